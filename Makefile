@@ -1,0 +1,94 @@
+# capmoe - capacity-aware MoE inference server.
+#
+#   make            build build/capmoe and build/capmoe-server
+#   make run        install missing Debian packages, build, start the server
+#                   on the shipped default model (config/model)
+#   make test       install missing packages, build (plain + ASan/UBSan), run
+#                   every test (tests/run.sh)
+#   make asan       the AddressSanitizer + UBSan build in build-asan/
+#   make bench      a short benchmark (capmoe bench) printing its table
+#   make clean
+
+CC      ?= cc
+BUILD   ?= build
+SAN     ?= 0
+WERROR  ?= -Werror
+OPT     ?= -O2
+
+PKGS    := openblas libcjson libmicrohttpd libuv libpcre2-8 libutf8proc
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
+CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
+
+CFLAGS  := -std=c11 -D_GNU_SOURCE -Wall -Wextra $(WERROR) -Iinclude $(PKG_CFLAGS) -MMD -MP
+LDLIBS  := $(PKG_LIBS) -lpthread -lm
+ifeq ($(SAN),1)
+CFLAGS  += -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+else
+CFLAGS  += $(OPT) -g
+endif
+
+CORE_SRC   := $(sort $(wildcard core/*.c))
+SERVER_SRC := $(filter-out server/main_%.c,$(sort $(wildcard server/*.c)))
+TEST_SRC   := $(sort $(wildcard tests/check_*.c))
+CORE_OBJ   := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
+SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/obj/%.o)
+TEST_BIN   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+LIB        := $(BUILD)/libcapmoe.a
+SRVLIB     := $(BUILD)/libcapmoe-server.a
+
+.PHONY: all deps test-deps run test asan tests bench clean
+all: $(BUILD)/capmoe $(BUILD)/capmoe-server
+
+deps:
+	@sh docker/install-deps.sh build
+
+test-deps:
+	@sh docker/install-deps.sh test
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(LIB): $(CORE_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(SRVLIB): $(SERVER_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^ $(if $(SERVER_OBJ),,)
+
+$(BUILD)/capmoe: $(BUILD)/obj/server/main_cli.o $(SRVLIB) $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/capmoe-server: $(BUILD)/obj/server/main_server.o $(SRVLIB) $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: tests/%.c $(SRVLIB) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(CHECK_CFLAGS) -Iserver -o $@ $< $(SRVLIB) $(LIB) $(LDFLAGS) $(CHECK_LIBS) $(LDLIBS)
+
+tests: all $(TEST_BIN)
+
+asan:
+	$(MAKE) BUILD=build-asan SAN=1 tests
+
+run: deps
+	$(MAKE) all
+	./$(BUILD)/capmoe-server --config config/capmoe.json
+
+test: test-deps
+	$(MAKE) tests
+	$(MAKE) BUILD=build-asan SAN=1 tests
+	sh tests/run.sh
+
+bench: deps
+	$(MAKE) all
+	sh tests/bench/bench_short.sh
+
+clean:
+	rm -rf build build-asan
+
+-include $(CORE_OBJ:.o=.d) $(SERVER_OBJ:.o=.d) $(BUILD)/obj/server/main_cli.d $(BUILD)/obj/server/main_server.d

@@ -1,0 +1,306 @@
+/* model.c - loading a Hugging Face MoE checkpoint into a capmoe_model, and
+ * per-sequence KV caches. The forward pass is in forward.c and moe.c. */
+#include "model_internal.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int capmoe_buf_reserve(struct capmoe_buf *b, size_t n) {
+    if (n <= b->cap) return 0;
+    size_t nc = b->cap ? b->cap : 1024;
+    while (nc < n) nc *= 2;
+    float *p = realloc(b->p, nc * sizeof(float));
+    if (!p) return -1;
+    b->p = p;
+    b->cap = nc;
+    return 0;
+}
+
+void capmoe_buf_free(struct capmoe_buf *b) {
+    free(b->p);
+    b->p = NULL;
+    b->cap = 0;
+}
+
+/* Fetches a float32 view of tensor NAME with the given shape; records
+ * converted buffers in m->owned. */
+static int get_tensor(struct capmoe_model *m, const float **out, capmoe_error *err, int ndim,
+                      int64_t d0, int64_t d1, int64_t d2, const char *fmt, ...) {
+    char name[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    int64_t shape[3] = {d0, d1, d2};
+    const float *data = NULL;
+    float *owned = NULL;
+    if (capmoe_st_get_f32(m->st, name, ndim, shape, &data, &owned, err) != 0) return -1;
+    size_t numel = 1;
+    for (int i = 0; i < ndim; i++) numel *= (size_t)shape[i];
+    if (owned) {
+        if (m->n_owned == m->cap_owned) {
+            int nc = m->cap_owned ? m->cap_owned * 2 : 256;
+            float **p = realloc(m->owned, (size_t)nc * sizeof *p);
+            if (!p) {
+                free(owned);
+                return capmoe_set_error(err, "out of memory loading %s", name);
+            }
+            m->owned = p;
+            m->cap_owned = nc;
+        }
+        m->owned[m->n_owned++] = owned;
+        m->alloc_bytes += numel * sizeof(float);
+    } else {
+        m->mapped_bytes += numel * sizeof(float);
+    }
+    *out = data;
+    return 0;
+}
+
+static int has_tensor(const struct capmoe_model *m, const char *fmt, ...) {
+    char name[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    return capmoe_st_find(m->st, name) != NULL;
+}
+
+#define GET1(dst, a, ...) \
+    if (get_tensor(m, &(dst), err, 1, (a), 0, 0, __VA_ARGS__)) return -1
+#define GET2(dst, a, b, ...) \
+    if (get_tensor(m, &(dst), err, 2, (a), (b), 0, __VA_ARGS__)) return -1
+
+static int load_experts(struct capmoe_model *m, struct capmoe_layer *L, int l,
+                        capmoe_error *err) {
+    const capmoe_hfconfig *c = &m->cfg;
+    int E = c->n_experts, H = c->hidden_size, I = c->moe_intermediate_size;
+    int mixtral = c->arch == CAPMOE_ARCH_MIXTRAL;
+    const char *blk = mixtral ? "block_sparse_moe" : "mlp";
+    L->w_gate = calloc((size_t)E, sizeof *L->w_gate);
+    L->w_up = calloc((size_t)E, sizeof *L->w_up);
+    L->w_down = calloc((size_t)E, sizeof *L->w_down);
+    if (!L->w_gate || !L->w_up || !L->w_down) return capmoe_set_error(err, "out of memory");
+    GET2(L->router, E, H, "model.layers.%d.%s.gate.weight", l, blk);
+    if (has_tensor(m, "model.layers.%d.%s.experts.gate_up_proj", l, blk)) {
+        /* transformers 5 in-memory layout: fused [E, 2I, H] and [E, H, I]. */
+        const float *gu, *dn;
+        if (get_tensor(m, &gu, err, 3, E, 2 * I, H, "model.layers.%d.%s.experts.gate_up_proj", l,
+                       blk) ||
+            get_tensor(m, &dn, err, 3, E, H, I, "model.layers.%d.%s.experts.down_proj", l, blk))
+            return -1;
+        for (int e = 0; e < E; e++) {
+            L->w_gate[e] = gu + (size_t)e * 2 * I * H;
+            L->w_up[e] = L->w_gate[e] + (size_t)I * H;
+            L->w_down[e] = dn + (size_t)e * H * I;
+        }
+        return 0;
+    }
+    for (int e = 0; e < E; e++) {
+        if (mixtral) {
+            GET2(L->w_gate[e], I, H, "model.layers.%d.block_sparse_moe.experts.%d.w1.weight", l, e);
+            GET2(L->w_down[e], H, I, "model.layers.%d.block_sparse_moe.experts.%d.w2.weight", l, e);
+            GET2(L->w_up[e], I, H, "model.layers.%d.block_sparse_moe.experts.%d.w3.weight", l, e);
+        } else {
+            GET2(L->w_gate[e], I, H, "model.layers.%d.mlp.experts.%d.gate_proj.weight", l, e);
+            GET2(L->w_up[e], I, H, "model.layers.%d.mlp.experts.%d.up_proj.weight", l, e);
+            GET2(L->w_down[e], H, I, "model.layers.%d.mlp.experts.%d.down_proj.weight", l, e);
+        }
+    }
+    if (c->shared_expert_intermediate_size > 0) {
+        int Is = c->shared_expert_intermediate_size;
+        GET2(L->sh_gate, Is, H, "model.layers.%d.mlp.shared_expert.gate_proj.weight", l);
+        GET2(L->sh_up, Is, H, "model.layers.%d.mlp.shared_expert.up_proj.weight", l);
+        GET2(L->sh_down, H, Is, "model.layers.%d.mlp.shared_expert.down_proj.weight", l);
+        GET2(L->sh_gate_w, 1, H, "model.layers.%d.mlp.shared_expert_gate.weight", l);
+    }
+    return 0;
+}
+
+static int load_layer(struct capmoe_model *m, int l, capmoe_error *err) {
+    const capmoe_hfconfig *c = &m->cfg;
+    struct capmoe_layer *L = &m->layers[l];
+    int H = c->hidden_size, d = c->head_dim, qd = c->n_heads * d, kd = c->n_kv_heads * d;
+    GET1(L->attn_norm, H, "model.layers.%d.input_layernorm.weight", l);
+    GET1(L->ffn_norm, H, "model.layers.%d.post_attention_layernorm.weight", l);
+    GET2(L->wq, qd, H, "model.layers.%d.self_attn.q_proj.weight", l);
+    GET2(L->wk, kd, H, "model.layers.%d.self_attn.k_proj.weight", l);
+    GET2(L->wv, kd, H, "model.layers.%d.self_attn.v_proj.weight", l);
+    GET2(L->wo, H, qd, "model.layers.%d.self_attn.o_proj.weight", l);
+    if (c->qkv_bias) {
+        GET1(L->bq, qd, "model.layers.%d.self_attn.q_proj.bias", l);
+        GET1(L->bk, kd, "model.layers.%d.self_attn.k_proj.bias", l);
+        GET1(L->bv, kd, "model.layers.%d.self_attn.v_proj.bias", l);
+    }
+    if (c->o_bias) GET1(L->bo, H, "model.layers.%d.self_attn.o_proj.bias", l);
+    if (c->qk_norm == CAPMOE_QK_NORM_FULL) {
+        GET1(L->q_norm, qd, "model.layers.%d.self_attn.q_norm.weight", l);
+        GET1(L->k_norm, kd, "model.layers.%d.self_attn.k_norm.weight", l);
+    } else if (c->qk_norm == CAPMOE_QK_NORM_HEAD) {
+        GET1(L->q_norm, d, "model.layers.%d.self_attn.q_norm.weight", l);
+        GET1(L->k_norm, d, "model.layers.%d.self_attn.k_norm.weight", l);
+    }
+    L->is_moe = c->layer_is_moe[l];
+    if (L->is_moe) return load_experts(m, L, l, err);
+    int Id = c->intermediate_size;
+    GET2(L->d_gate, Id, H, "model.layers.%d.mlp.gate_proj.weight", l);
+    GET2(L->d_up, Id, H, "model.layers.%d.mlp.up_proj.weight", l);
+    GET2(L->d_down, H, Id, "model.layers.%d.mlp.down_proj.weight", l);
+    return 0;
+}
+
+int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_opts *opts,
+                      capmoe_error *err) {
+    *out = NULL;
+    struct capmoe_model *m = calloc(1, sizeof *m);
+    if (!m) return capmoe_set_error(err, "out of memory");
+    capmoe_dispatch_plan_init(&m->plan);
+    if (capmoe_hfconfig_load(&m->cfg, dir, err) != 0) goto fail;
+    if (capmoe_st_open_dir(&m->st, dir, err) != 0) goto fail;
+    const capmoe_hfconfig *c = &m->cfg;
+    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
+    m->inv_freq = calloc((size_t)(c->head_dim / 2 + 1), sizeof(float));
+    if (!m->layers || !m->inv_freq) {
+        capmoe_set_error(err, "out of memory");
+        goto fail;
+    }
+    if (get_tensor(m, &m->embed, err, 2, c->vocab_size, c->hidden_size, 0,
+                   "model.embed_tokens.weight") ||
+        get_tensor(m, &m->final_norm, err, 1, c->hidden_size, 0, 0, "model.norm.weight"))
+        goto fail;
+    if (capmoe_st_find(m->st, "lm_head.weight")) {
+        if (get_tensor(m, &m->lm_head, err, 2, c->vocab_size, c->hidden_size, 0,
+                       "lm_head.weight"))
+            goto fail;
+    } else if (c->tie_word_embeddings) {
+        m->lm_head = m->embed;
+    } else {
+        capmoe_set_error(err,
+                         "%s: tensor lm_head.weight is missing and tie_word_embeddings is false",
+                         dir);
+        goto fail;
+    }
+    for (int l = 0; l < c->n_layers; l++)
+        if (load_layer(m, l, err) != 0) goto fail;
+    /* RoPE inverse frequencies exactly as Hugging Face computes them (float32). */
+    for (int i = 0; i < c->head_dim / 2; i++) {
+        float expo = (float)(2 * i) / (float)c->head_dim;
+        m->inv_freq[i] = 1.0f / powf((float)c->rope_theta, expo);
+    }
+    int R = opts && opts->max_ranks > 0 ? opts->max_ranks : 8;
+    m->ep = capmoe_ep_new(R, err);
+    if (!m->ep) goto fail;
+    *out = m;
+    return 0;
+fail:
+    capmoe_model_free(m);
+    return -1;
+}
+
+void capmoe_model_free(capmoe_model *m) {
+    if (!m) return;
+    capmoe_ep_free(m->ep);
+    if (m->layers) {
+        for (int l = 0; l < m->cfg.n_layers; l++) {
+            free(m->layers[l].w_gate);
+            free(m->layers[l].w_up);
+            free(m->layers[l].w_down);
+        }
+    }
+    free(m->layers);
+    for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
+    free(m->owned);
+    free(m->inv_freq);
+    capmoe_st_close(m->st);
+    capmoe_dispatch_plan_free(&m->plan);
+    struct capmoe_buf *bufs[] = {&m->x,      &m->h,      &m->q,  &m->k,  &m->v,  &m->att,
+                                 &m->tmp,    &m->scores, &m->logit_in, &m->router, &m->xe,
+                                 &m->ge,     &m->ue,     &m->ye, &m->sh1, &m->sh2};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) capmoe_buf_free(bufs[i]);
+    free(m->tok_rank);
+    free(m->tok_pos);
+    free(m);
+}
+
+const capmoe_hfconfig *capmoe_model_config(const capmoe_model *m) { return &m->cfg; }
+size_t capmoe_model_alloc_bytes(const capmoe_model *m) { return m->alloc_bytes; }
+size_t capmoe_model_mapped_bytes(const capmoe_model *m) { return m->mapped_bytes; }
+
+size_t capmoe_model_active_bytes_per_token(const capmoe_model *m) {
+    const capmoe_hfconfig *c = &m->cfg;
+    size_t H = (size_t)c->hidden_size, d = (size_t)c->head_dim;
+    size_t qd = (size_t)c->n_heads * d, kd = (size_t)c->n_kv_heads * d;
+    size_t per = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        per += H * qd * 2 + H * kd * 2; /* q, o, k, v */
+        if (c->layer_is_moe[l]) {
+            per += (size_t)c->n_experts * H;                                   /* router */
+            per += (size_t)c->top_k * 3 * H * (size_t)c->moe_intermediate_size; /* k experts */
+            per += 3 * H * (size_t)c->shared_expert_intermediate_size;
+        } else {
+            per += 3 * H * (size_t)c->intermediate_size;
+        }
+    }
+    per += (size_t)c->vocab_size * H; /* lm_head */
+    return per * sizeof(float);
+}
+
+/* ---- KV cache ---------------------------------------------------------- */
+
+capmoe_kv *capmoe_kv_new(const capmoe_model *m, int max_tokens) {
+    const capmoe_hfconfig *c = &m->cfg;
+    capmoe_kv *kv = calloc(1, sizeof *kv);
+    if (!kv) return NULL;
+    kv->n_layers = c->n_layers;
+    kv->row = c->n_kv_heads * c->head_dim;
+    kv->max = max_tokens > 0 ? max_tokens : c->max_position_embeddings;
+    kv->k = calloc((size_t)c->n_layers, sizeof *kv->k);
+    kv->v = calloc((size_t)c->n_layers, sizeof *kv->v);
+    if (!kv->k || !kv->v) {
+        capmoe_kv_free(kv);
+        return NULL;
+    }
+    return kv;
+}
+
+void capmoe_kv_free(capmoe_kv *kv) {
+    if (!kv) return;
+    for (int l = 0; l < kv->n_layers && kv->k; l++) {
+        free(kv->k[l]);
+        if (kv->v) free(kv->v[l]);
+    }
+    free(kv->k);
+    free(kv->v);
+    free(kv);
+}
+
+int capmoe_kv_len(const capmoe_kv *kv) { return kv->len; }
+int capmoe_kv_max(const capmoe_kv *kv) { return kv->max; }
+void capmoe_kv_clear(capmoe_kv *kv) { kv->len = 0; }
+
+size_t capmoe_kv_bytes(const capmoe_kv *kv) {
+    return (size_t)kv->cap * (size_t)kv->row * sizeof(float) * 2 * (size_t)kv->n_layers;
+}
+
+/* Makes room for n tokens: 0, or -1 (over max / out of memory). Used by forward.c. */
+int capmoe_kv_reserve(capmoe_kv *kv, int n);
+int capmoe_kv_reserve(capmoe_kv *kv, int n) {
+    if (n > kv->max) return -1;
+    if (n <= kv->cap) return 0;
+    int nc = kv->cap ? kv->cap : 64;
+    while (nc < n) nc *= 2;
+    if (nc > kv->max) nc = kv->max;
+    for (int l = 0; l < kv->n_layers; l++) {
+        float *k = realloc(kv->k[l], (size_t)nc * kv->row * sizeof(float));
+        if (!k) return -1;
+        kv->k[l] = k;
+        float *v = realloc(kv->v[l], (size_t)nc * kv->row * sizeof(float));
+        if (!v) return -1;
+        kv->v[l] = v;
+    }
+    kv->cap = nc;
+    return 0;
+}

@@ -1,0 +1,68 @@
+/* model_internal.h - the model's private layout, shared by model.c (load),
+ * forward.c (attention + forward) and moe.c (the MoE block). */
+#ifndef CAPMOE_MODEL_INTERNAL_H
+#define CAPMOE_MODEL_INTERNAL_H
+
+#include "capmoe/dispatch.h"
+#include "capmoe/ep.h"
+#include "capmoe/hfconfig.h"
+#include "capmoe/model.h"
+#include "capmoe/safetensors.h"
+
+/* Weights of one decoder layer; every pointer is either into the mmap or into
+ * a buffer listed in capmoe_model.owned. Shapes as [out, in]. */
+struct capmoe_layer {
+    const float *attn_norm, *ffn_norm;       /* [H] */
+    const float *wq, *wk, *wv, *wo;          /* [nH*d, H] [nKV*d, H] [nKV*d, H] [H, nH*d] */
+    const float *bq, *bk, *bv, *bo;          /* biases or NULL */
+    const float *q_norm, *k_norm;            /* [nH*d] / [nKV*d] (FULL) or [d] (HEAD) */
+    int is_moe;
+    const float *router;                     /* [E, H] */
+    const float **w_gate, **w_up, **w_down;  /* per expert: [I, H] [I, H] [H, I] */
+    const float *sh_gate, *sh_up, *sh_down;  /* shared expert [Is, H] [Is, H] [H, Is] */
+    const float *sh_gate_w;                  /* shared_expert_gate [1, H] */
+    const float *d_gate, *d_up, *d_down;     /* dense MLP [Id, H] [Id, H] [H, Id] */
+};
+
+/* Grow-only scratch buffer. */
+struct capmoe_buf {
+    float *p;
+    size_t cap; /* floats */
+};
+
+struct capmoe_model {
+    capmoe_hfconfig cfg;
+    capmoe_st *st;
+    float **owned;           /* converted weights we allocated */
+    int n_owned, cap_owned;
+    size_t alloc_bytes, mapped_bytes;
+    const float *embed;      /* [V, H] */
+    const float *final_norm; /* [H] */
+    const float *lm_head;    /* [V, H] (== embed when tied) */
+    struct capmoe_layer *layers;
+    float *inv_freq;         /* [d/2] */
+    capmoe_ep_pool *ep;
+    capmoe_dispatch_plan plan;
+    /* scratch, grown per forward */
+    struct capmoe_buf x, h, q, k, v, att, tmp, scores, logit_in;
+    struct capmoe_buf router, xe, ge, ue, ye, sh1, sh2;
+    int *tok_rank, *tok_pos;
+    size_t cap_tok;
+};
+
+struct capmoe_kv {
+    int n_layers, row;       /* row = nKV * d floats per token */
+    int len, cap, max;
+    float **k, **v;          /* per layer [cap, row] */
+};
+
+int capmoe_buf_reserve(struct capmoe_buf *b, size_t n);
+void capmoe_buf_free(struct capmoe_buf *b);
+
+/* The MoE block (router, dispatch, experts on ranks, combine, shared expert)
+ * over T rows of h, written to out [T, H]. */
+int capmoe_moe_forward(struct capmoe_model *m, const struct capmoe_layer *L, int layer_idx,
+                       const float *h, float *out, int T, const capmoe_dispatch_cfg *cfg,
+                       const int *tok_rank, capmoe_layer_stats *ls, capmoe_error *err);
+
+#endif

@@ -1,0 +1,124 @@
+/* moe.c - one MoE block: router GEMM, capacity-aware dispatch over all T tokens
+ * of the batch, the experts' GEMMs on R rank workers (rank r hosts experts
+ * [r*E/R, (r+1)*E/R)), the weighted combine and the Qwen2-MoE shared expert.
+ * Each expert's tokens are gathered and run as one GEMM per projection. */
+#include <math.h>
+#include <string.h>
+
+#include "capmoe/ops.h"
+#include "model_internal.h"
+
+struct rank_job {
+    struct capmoe_model *m;
+    const struct capmoe_layer *L;
+    const float *h;
+    int R;
+    double rank_time[CAPMOE_MAX_RANKS];
+};
+
+static void run_rank(void *arg, int r) {
+    struct rank_job *j = arg;
+    struct capmoe_model *m = j->m;
+    const capmoe_dispatch_plan *P = &m->plan;
+    const capmoe_hfconfig *c = &m->cfg;
+    int H = c->hidden_size, I = c->moe_intermediate_size, E = c->n_experts;
+    double t0 = capmoe_now();
+    int e0 = r * E / j->R, e1 = (r + 1) * E / j->R;
+    for (int e = e0; e < e1; e++) {
+        int off = P->expert_off[e], n = P->expert_off[e + 1] - off;
+        if (n == 0) continue;
+        float *xe = m->xe.p + (size_t)off * H;
+        float *ge = m->ge.p + (size_t)off * I;
+        float *ue = m->ue.p + (size_t)off * I;
+        float *ye = m->ye.p + (size_t)off * H;
+        for (int i = 0; i < n; i++)
+            memcpy(xe + (size_t)i * H, j->h + (size_t)P->tok[off + i] * H,
+                   (size_t)H * sizeof(float));
+        capmoe_linear(ge, xe, j->L->w_gate[e], NULL, n, I, H);
+        capmoe_linear(ue, xe, j->L->w_up[e], NULL, n, I, H);
+        capmoe_silu_mul(ge, ue, (size_t)n * I);
+        capmoe_linear(ye, ge, j->L->w_down[e], NULL, n, H, I);
+    }
+    j->rank_time[r] = capmoe_now() - t0;
+}
+
+int capmoe_moe_forward(struct capmoe_model *m, const struct capmoe_layer *L, int layer_idx,
+                       const float *h, float *out, int T, const capmoe_dispatch_cfg *cfg,
+                       const int *tok_rank, capmoe_layer_stats *ls, capmoe_error *err) {
+    const capmoe_hfconfig *c = &m->cfg;
+    int H = c->hidden_size, I = c->moe_intermediate_size, E = c->n_experts;
+    int R = cfg->ep_ranks > 0 ? cfg->ep_ranks : 1;
+    double t0 = capmoe_now();
+    if (capmoe_buf_reserve(&m->router, (size_t)T * E) != 0)
+        return capmoe_set_error(err, "out of memory");
+    capmoe_linear(m->router.p, h, L->router, NULL, T, E, H);
+    capmoe_dispatch_plan *P = &m->plan;
+    if (capmoe_dispatch_compute(P, cfg, m->router.p, T, E, c->top_k, c->norm_topk_prob, tok_rank,
+                                err) != 0)
+        return -1;
+    double t1 = capmoe_now();
+    size_t np = (size_t)P->n_pairs;
+    if (capmoe_buf_reserve(&m->xe, np * H + 1) || capmoe_buf_reserve(&m->ge, np * I + 1) ||
+        capmoe_buf_reserve(&m->ue, np * I + 1) || capmoe_buf_reserve(&m->ye, np * H + 1))
+        return capmoe_set_error(err, "out of memory for %zu expert pairs", np);
+
+    struct rank_job job = {.m = m, .L = L, .h = h, .R = R};
+    int saved = 0;
+    if (R > 1) {
+        /* Each rank runs single-threaded GEMMs, as one device would. */
+        saved = capmoe_blas_threads();
+        capmoe_blas_set_threads(1);
+    }
+    capmoe_ep_run(m->ep, R, run_rank, &job);
+    if (R > 1) capmoe_blas_set_threads(saved);
+    double t2 = capmoe_now();
+
+    memset(out, 0, (size_t)T * H * sizeof(float));
+    for (int e = 0; e < E; e++)
+        for (int i = P->expert_off[e]; i < P->expert_off[e + 1]; i++)
+            capmoe_axpy(out + (size_t)P->tok[i] * H, m->ye.p + (size_t)i * H, P->weight[i], H);
+
+    if (L->sh_gate) {
+        int Is = c->shared_expert_intermediate_size;
+        if (capmoe_buf_reserve(&m->sh1, (size_t)T * Is) ||
+            capmoe_buf_reserve(&m->sh2, (size_t)T * Is) ||
+            capmoe_buf_reserve(&m->xe, (size_t)T * H))
+            return capmoe_set_error(err, "out of memory");
+        capmoe_linear(m->sh1.p, h, L->sh_gate, NULL, T, Is, H);
+        capmoe_linear(m->sh2.p, h, L->sh_up, NULL, T, Is, H);
+        capmoe_silu_mul(m->sh1.p, m->sh2.p, (size_t)T * Is);
+        float *y = m->xe.p;
+        capmoe_linear(y, m->sh1.p, L->sh_down, NULL, T, H, Is);
+        for (int t = 0; t < T; t++) {
+            const float *ht = h + (size_t)t * H;
+            double g = 0.0;
+            for (int i = 0; i < H; i++) g += (double)ht[i] * L->sh_gate_w[i];
+            float gate = (float)(1.0 / (1.0 + exp(-g)));
+            capmoe_axpy(out + (size_t)t * H, y + (size_t)t * H, gate, H);
+        }
+    }
+
+    if (ls) {
+        memset(ls, 0, sizeof *ls);
+        ls->layer = layer_idx;
+        ls->tokens = T;
+        ls->limited = P->limited;
+        ls->capacity = P->capacity;
+        ls->gamma = P->gamma;
+        ls->n_experts = E < CAPMOE_MAX_EXPERTS ? E : CAPMOE_MAX_EXPERTS;
+        for (int e = 0; e < ls->n_experts; e++) ls->loads[e] = P->loads[e];
+        ls->dropped = P->dropped;
+        ls->rerouted = P->rerouted;
+        ls->dropped_mass = P->dropped_mass;
+        ls->n_ranks = R < CAPMOE_MAX_RANKS ? R : CAPMOE_MAX_RANKS;
+        for (int r = 0; r < ls->n_ranks; r++) {
+            int e0 = r * E / R, e1 = (r + 1) * E / R;
+            for (int e = e0; e < e1; e++) ls->rank_load[r] += P->loads[e];
+            ls->rank_time[r] = job.rank_time[r];
+        }
+        ls->router_time = t1 - t0;
+        ls->expert_time = t2 - t1;
+        ls->layer_time = capmoe_now() - t0;
+    }
+    return 0;
+}

@@ -1,0 +1,43 @@
+/* cli.h - shared pieces of the `capmoe` command-line tool (server/cli_*.c):
+ * option parsing with strict number checks, the dispatch options common to
+ * every subcommand, and the subcommands that live outside main_cli.c. */
+#ifndef CAPMOE_CLI_H
+#define CAPMOE_CLI_H
+
+#include "capmoe/dispatch.h"
+
+/* A parsed command line: --name value pairs and --flag switches, in order. */
+typedef struct capmoe_cli_args {
+    int n;
+    const char *name[128];
+    const char *value[128]; /* NULL for a switch */
+    int used[128];
+    char namebuf[128][64]; /* names given as --name=value */
+} capmoe_cli_args;
+
+/* Parses argv (after the subcommand). `switches` lists the option names that
+ * take no value (e.g. "renormalize"). Returns 0 or -1 with err set. */
+int capmoe_cli_parse(capmoe_cli_args *a, int argc, char **argv, const char *const *switches,
+                     capmoe_error *err);
+/* Last value of --name (NULL if absent); marks it used. */
+const char *capmoe_cli_get(capmoe_cli_args *a, const char *name);
+int capmoe_cli_has(capmoe_cli_args *a, const char *name);
+/* Strict number parsing; errors name the option. */
+int capmoe_cli_int(capmoe_cli_args *a, const char *name, long lo, long hi, long def, long *out,
+                   capmoe_error *err);
+int capmoe_cli_double(capmoe_cli_args *a, const char *name, double lo, double hi, double def,
+                      double *out, capmoe_error *err);
+/* Fails naming the first option that no subcommand code looked at. */
+int capmoe_cli_check_unused(const capmoe_cli_args *a, capmoe_error *err);
+/* "5,9,12" -> malloc'd ids. */
+int capmoe_cli_parse_ids(const char *s, int32_t **ids, int *n, capmoe_error *err);
+/* The dispatch options: --policy --capacity-factor G|auto --ep-ranks
+ * --renormalize --min-tokens --drop-budget. */
+int capmoe_cli_dispatch(capmoe_cli_args *a, capmoe_dispatch_cfg *cfg, capmoe_error *err);
+
+/* Subcommands implemented in server/cli_bench.c, cli_perplexity.c, cli_synth.c. */
+int capmoe_cmd_bench(int argc, char **argv);
+int capmoe_cmd_perplexity(int argc, char **argv);
+int capmoe_cmd_synth(int argc, char **argv);
+
+#endif

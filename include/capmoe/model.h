@@ -1,0 +1,67 @@
+/* model.h - a loaded MoE checkpoint and its batched forward pass.
+ *
+ * The model owns its weights (mmap'd F32 used in place, F16/BF16 converted to
+ * float32 once at load), its scratch buffers and its expert-parallel rank
+ * workers. One thread at a time may call capmoe_model_forward (the scheduler
+ * thread in the server, main in the CLI). KV caches are per sequence and owned
+ * by the caller. */
+#ifndef CAPMOE_MODEL_H
+#define CAPMOE_MODEL_H
+
+#include "capmoe/common.h"
+#include "capmoe/hfconfig.h"
+#include "capmoe/dispatch.h"
+#include "capmoe/stats.h"
+
+typedef struct capmoe_model capmoe_model;
+
+typedef struct capmoe_model_opts {
+    int max_ranks;     /* rank worker threads to create (>= any ep_ranks used); 0 = 8 */
+} capmoe_model_opts;
+
+int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_opts *opts,
+                      capmoe_error *err);
+void capmoe_model_free(capmoe_model *m);
+const capmoe_hfconfig *capmoe_model_config(const capmoe_model *m);
+/* Bytes of float32 weight memory the model allocated (converted weights). */
+size_t capmoe_model_alloc_bytes(const capmoe_model *m);
+/* Bytes of weights mapped in place from the files. */
+size_t capmoe_model_mapped_bytes(const capmoe_model *m);
+/* Bytes of expert + attention weights read per token (active parameters * 4). */
+size_t capmoe_model_active_bytes_per_token(const capmoe_model *m);
+
+/* Per-sequence KV cache. Grows on demand up to max_tokens (the model's
+ * context length when 0). */
+typedef struct capmoe_kv capmoe_kv;
+capmoe_kv *capmoe_kv_new(const capmoe_model *m, int max_tokens);
+void capmoe_kv_free(capmoe_kv *kv);
+int capmoe_kv_len(const capmoe_kv *kv);
+int capmoe_kv_max(const capmoe_kv *kv);
+void capmoe_kv_clear(capmoe_kv *kv);
+size_t capmoe_kv_bytes(const capmoe_kv *kv); /* memory currently allocated */
+
+/* One sequence's share of a batch. */
+typedef enum capmoe_logits_want {
+    CAPMOE_LOGITS_NONE = 0,
+    CAPMOE_LOGITS_LAST,   /* one row: the sequence's last new token */
+    CAPMOE_LOGITS_ALL     /* one row per new token */
+} capmoe_logits_want;
+
+typedef struct capmoe_batch_seq {
+    capmoe_kv *kv;            /* appended to: kv_len grows by n_tokens */
+    const int32_t *tokens;    /* new tokens of this step */
+    int n_tokens;
+    capmoe_logits_want want;
+    int rank;                 /* expert-parallel rank the sequence lives on */
+} capmoe_batch_seq;
+
+/* One forward pass over all new tokens of all sequences (batch order =
+ * sequence order). Every MoE layer dispatches all T tokens at once with cfg.
+ * logits receives the requested rows in batch order, vocab_size floats each
+ * (caller-allocated). stats may be NULL. On error nothing is appended to any
+ * cache. */
+int capmoe_model_forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_seqs,
+                         const capmoe_dispatch_cfg *cfg, float *logits,
+                         capmoe_forward_stats *stats, capmoe_error *err);
+
+#endif

@@ -1,0 +1,173 @@
+/* cli_args.c - option parsing shared by the capmoe subcommands. */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "capmoe/cli.h"
+
+int capmoe_cli_parse(capmoe_cli_args *a, int argc, char **argv, const char *const *switches,
+                     capmoe_error *err) {
+    memset(a, 0, sizeof *a);
+    for (int i = 0; i < argc; i++) {
+        const char *arg = argv[i];
+        if (strncmp(arg, "--", 2) != 0 || arg[2] == '\0')
+            return capmoe_set_error(err, "unexpected argument '%s' (options start with --)", arg);
+        if (a->n >= 128) return capmoe_set_error(err, "too many options");
+        const char *name = arg + 2;
+        const char *eq = strchr(name, '=');
+        if (eq) {
+            size_t l = (size_t)(eq - name);
+            if (l >= sizeof a->namebuf[0]) return capmoe_set_error(err, "option '%s' too long", arg);
+            memcpy(a->namebuf[a->n], name, l);
+            a->namebuf[a->n][l] = '\0';
+            a->name[a->n] = a->namebuf[a->n];
+            a->value[a->n] = eq + 1;
+            a->n++;
+            continue;
+        }
+        int is_switch = 0;
+        for (int s = 0; switches && switches[s]; s++)
+            if (strcmp(switches[s], name) == 0) is_switch = 1;
+        a->name[a->n] = name;
+        if (is_switch) {
+            a->value[a->n] = NULL;
+        } else {
+            if (i + 1 >= argc) return capmoe_set_error(err, "option --%s needs a value", name);
+            a->value[a->n] = argv[++i];
+        }
+        a->n++;
+    }
+    return 0;
+}
+
+const char *capmoe_cli_get(capmoe_cli_args *a, const char *name) {
+    const char *v = NULL;
+    for (int i = 0; i < a->n; i++)
+        if (strcmp(a->name[i], name) == 0) {
+            a->used[i] = 1;
+            v = a->value[i] ? a->value[i] : "";
+        }
+    return v;
+}
+
+int capmoe_cli_has(capmoe_cli_args *a, const char *name) { return capmoe_cli_get(a, name) != NULL; }
+
+int capmoe_cli_int(capmoe_cli_args *a, const char *name, long lo, long hi, long def, long *out,
+                   capmoe_error *err) {
+    const char *v = capmoe_cli_get(a, name);
+    if (!v) {
+        *out = def;
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || end == v || *end != '\0')
+        return capmoe_set_error(err, "--%s: '%s' is not an integer", name, v);
+    if (x < lo || x > hi)
+        return capmoe_set_error(err, "--%s: %ld is out of range [%ld, %ld]", name, x, lo, hi);
+    *out = x;
+    return 0;
+}
+
+int capmoe_cli_double(capmoe_cli_args *a, const char *name, double lo, double hi, double def,
+                      double *out, capmoe_error *err) {
+    const char *v = capmoe_cli_get(a, name);
+    if (!v) {
+        *out = def;
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (errno || end == v || *end != '\0' || !isfinite(x))
+        return capmoe_set_error(err, "--%s: '%s' is not a number", name, v);
+    if (x < lo || x > hi)
+        return capmoe_set_error(err, "--%s: %g is out of range [%g, %g]", name, x, lo, hi);
+    *out = x;
+    return 0;
+}
+
+int capmoe_cli_check_unused(const capmoe_cli_args *a, capmoe_error *err) {
+    for (int i = 0; i < a->n; i++)
+        if (!a->used[i]) return capmoe_set_error(err, "unknown option --%s", a->name[i]);
+    return 0;
+}
+
+int capmoe_cli_parse_ids(const char *s, int32_t **ids, int *n, capmoe_error *err) {
+    *ids = NULL;
+    *n = 0;
+    size_t cap = 16, cnt = 0;
+    int32_t *v = malloc(cap * sizeof *v);
+    if (!v) return capmoe_set_error(err, "out of memory");
+    const char *p = s;
+    if (*p == '\0') {
+        free(v);
+        return capmoe_set_error(err, "--ids: empty list");
+    }
+    while (*p) {
+        char *end;
+        errno = 0;
+        long x = strtol(p, &end, 10);
+        if (errno || end == p || x < 0 || x > INT32_MAX || (*end != ',' && *end != '\0')) {
+            free(v);
+            return capmoe_set_error(err, "--ids: '%s' is not a comma-separated list of token ids",
+                                    s);
+        }
+        if (cnt == cap) {
+            cap *= 2;
+            int32_t *nv = realloc(v, cap * sizeof *v);
+            if (!nv) {
+                free(v);
+                return capmoe_set_error(err, "out of memory");
+            }
+            v = nv;
+        }
+        v[cnt++] = (int32_t)x;
+        p = end;
+        if (*p == ',') {
+            p++;
+            if (*p == '\0') {
+                free(v);
+                return capmoe_set_error(err, "--ids: trailing comma in '%s'", s);
+            }
+        }
+    }
+    *ids = v;
+    *n = (int)cnt;
+    return 0;
+}
+
+int capmoe_cli_dispatch(capmoe_cli_args *a, capmoe_dispatch_cfg *cfg, capmoe_error *err) {
+    capmoe_dispatch_cfg_default(cfg);
+    const char *pol = capmoe_cli_get(a, "policy");
+    if (pol) {
+        int p = capmoe_policy_parse(pol);
+        if (p < 0)
+            return capmoe_set_error(
+                err, "--policy: unknown policy '%s' (none, drop, reroute, expanded, rank_drop)",
+                pol);
+        cfg->policy = (capmoe_policy)p;
+    }
+    const char *cf = capmoe_cli_get(a, "capacity-factor");
+    if (cf) {
+        if (strcmp(cf, "auto") == 0) {
+            cfg->auto_gamma = 1;
+        } else if (capmoe_cli_double(a, "capacity-factor", 1e-6, 1e6, 1.0, &cfg->capacity_factor,
+                                     err) != 0) {
+            return capmoe_set_error(err,
+                                    "--capacity-factor: '%s' is not a positive number or 'auto'",
+                                    cf);
+        }
+    }
+    long r, mt;
+    if (capmoe_cli_int(a, "ep-ranks", 1, 64, 1, &r, err) ||
+        capmoe_cli_int(a, "min-tokens", 0, 1L << 30, cfg->min_tokens, &mt, err) ||
+        capmoe_cli_double(a, "drop-budget", 0.0, 1.0, cfg->drop_budget, &cfg->drop_budget, err))
+        return -1;
+    cfg->ep_ranks = (int)r;
+    cfg->min_tokens = (int)mt;
+    if (capmoe_cli_has(a, "renormalize")) cfg->renormalize = 1;
+    return 0;
+}

@@ -1,0 +1,376 @@
+/* main_cli.c - the `capmoe` command-line tool (dispatch-spec.md section 2).
+ *
+ *   capmoe logits | tokenize | detokenize | generate | bench | perplexity | synth
+ *
+ * Output on stdout is one JSON object; errors go to stderr with a non-zero
+ * exit status (1: the command failed, 2: bad usage). */
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "capmoe/cli.h"
+#include "capmoe/model.h"
+#include "capmoe/sample.h"
+#include "capmoe/tokenizer.h"
+
+static const char *USAGE =
+    "usage: capmoe <command> --model DIR [options]\n"
+    "commands:\n"
+    "  logits      --ids 5,9,12 [--ids ...] --out FILE [dispatch options]\n"
+    "  tokenize    --text STR\n"
+    "  detokenize  --ids 1,2,3\n"
+    "  generate    (--ids 1,2,3 | --prompt STR) --max-tokens N [--temperature T] [--seed S]\n"
+    "              [--stop-at-eos] [dispatch options]\n"
+    "  bench       see `capmoe bench --help`\n"
+    "  perplexity  see `capmoe perplexity --help`\n"
+    "  synth       see `capmoe synth --help`\n"
+    "dispatch options:\n"
+    "  --policy none|drop|reroute|expanded|rank_drop   (default none)\n"
+    "  --capacity-factor G|auto   capacity factor gamma, or per-dispatch tuning (default 1.0)\n"
+    "  --ep-ranks R               expert-parallel ranks (default 1)\n"
+    "  --renormalize              rescale each token's kept weights to sum to 1\n"
+    "  --min-tokens N             no limit below N tokens per dispatch (default 16, 0 = off)\n"
+    "  --drop-budget B            auto: largest dropped routing mass allowed (default 0.01)\n";
+
+static const char *const SWITCHES[] = {"renormalize", "stop-at-eos", "help", NULL};
+
+static int fail(const char *cmd, const capmoe_error *err) {
+    fprintf(stderr, "capmoe %s: %s\n", cmd, err->msg);
+    return 1;
+}
+
+static int usage_fail(const char *cmd, const capmoe_error *err) {
+    fprintf(stderr, "capmoe %s: %s\n%s", cmd, err->msg, USAGE);
+    return 2;
+}
+
+static void print_json(cJSON *o) {
+    char *s = cJSON_PrintUnformatted(o);
+    if (s) {
+        fputs(s, stdout);
+        fputc('\n', stdout);
+        free(s);
+    }
+    cJSON_Delete(o);
+}
+
+static const char *need_model(capmoe_cli_args *a, capmoe_error *err) {
+    const char *m = capmoe_cli_get(a, "model");
+    if (!m || !*m) capmoe_set_error(err, "--model DIR is required");
+    return m && *m ? m : NULL;
+}
+
+/* ---- logits ------------------------------------------------------------ */
+
+static int cmd_logits(int argc, char **argv) {
+    capmoe_error err = {{0}};
+    capmoe_cli_args a;
+    if (capmoe_cli_parse(&a, argc, argv, SWITCHES, &err)) return usage_fail("logits", &err);
+    const char *dir = need_model(&a, &err);
+    if (!dir) return usage_fail("logits", &err);
+    capmoe_dispatch_cfg cfg;
+    if (capmoe_cli_dispatch(&a, &cfg, &err)) return usage_fail("logits", &err);
+    const char *out = capmoe_cli_get(&a, "out");
+    if (!out || !*out) {
+        capmoe_set_error(&err, "--out FILE is required");
+        return usage_fail("logits", &err);
+    }
+    int n_seqs = 0;
+    int32_t *ids[128] = {0};
+    int n_ids[128] = {0};
+    int rc = 2;
+    for (int i = 0; i < a.n; i++) {
+        if (strcmp(a.name[i], "ids") != 0) continue;
+        a.used[i] = 1;
+        if (n_seqs == 128) {
+            capmoe_set_error(&err, "at most 128 --ids sequences");
+            goto done_usage;
+        }
+        if (capmoe_cli_parse_ids(a.value[i] ? a.value[i] : "", &ids[n_seqs], &n_ids[n_seqs], &err))
+            goto done_usage;
+        n_seqs++;
+    }
+    if (n_seqs == 0) {
+        capmoe_set_error(&err, "at least one --ids sequence is required");
+        goto done_usage;
+    }
+    if (capmoe_cli_check_unused(&a, &err)) goto done_usage;
+
+    rc = 1;
+    capmoe_model *m = NULL;
+    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks};
+    if (capmoe_model_load(&m, dir, &mo, &err)) {
+        fail("logits", &err);
+        goto done;
+    }
+    const capmoe_hfconfig *c = capmoe_model_config(m);
+    if (capmoe_dispatch_cfg_check(&cfg, c->n_experts, &err)) {
+        fail("logits", &err);
+        capmoe_model_free(m);
+        goto done;
+    }
+    capmoe_batch_seq seqs[128];
+    int T = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        seqs[s] = (capmoe_batch_seq){.kv = capmoe_kv_new(m, 0), .tokens = ids[s],
+                                     .n_tokens = n_ids[s], .want = CAPMOE_LOGITS_ALL,
+                                     .rank = s % cfg.ep_ranks};
+        T += n_ids[s];
+    }
+    float *logits = malloc((size_t)T * (size_t)c->vocab_size * sizeof(float));
+    capmoe_layer_stats *ls = calloc((size_t)(c->n_moe_layers + 1), sizeof *ls);
+    capmoe_forward_stats st = {.layers = ls, .cap_layers = c->n_moe_layers};
+    int ok = 0;
+    if (!logits || !ls) {
+        capmoe_set_error(&err, "out of memory");
+    } else if (capmoe_model_forward(m, seqs, n_seqs, &cfg, logits, &st, &err) == 0) {
+        FILE *f = fopen(out, "wb");
+        if (!f) {
+            capmoe_set_error(&err, "%s: cannot open for writing", out);
+        } else {
+            size_t n = (size_t)T * (size_t)c->vocab_size;
+            if (fwrite(logits, sizeof(float), n, f) != n || fclose(f) != 0)
+                capmoe_set_error(&err, "%s: write failed", out);
+            else
+                ok = 1;
+            if (!ok) fclose(f);
+        }
+    }
+    if (ok) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddNumberToObject(o, "tokens", T);
+        cJSON *cap = cJSON_AddArrayToObject(o, "capacity");
+        cJSON *gam = cJSON_AddArrayToObject(o, "capacity_factor");
+        cJSON *loads = cJSON_AddArrayToObject(o, "loads");
+        long dropped = 0, rerouted = 0;
+        for (int l = 0; l < st.n_moe; l++) {
+            cJSON_AddItemToArray(cap, ls[l].limited ? cJSON_CreateNumber(ls[l].capacity)
+                                                    : cJSON_CreateNull());
+            cJSON_AddItemToArray(gam, ls[l].limited ? cJSON_CreateNumber(ls[l].gamma)
+                                                    : cJSON_CreateNull());
+            cJSON *lo = cJSON_CreateArray();
+            for (int e = 0; e < ls[l].n_experts; e++)
+                cJSON_AddItemToArray(lo, cJSON_CreateNumber(ls[l].loads[e]));
+            cJSON_AddItemToArray(loads, lo);
+            dropped += ls[l].dropped;
+            rerouted += ls[l].rerouted;
+        }
+        cJSON_AddNumberToObject(o, "dropped", (double)dropped);
+        cJSON_AddNumberToObject(o, "rerouted", (double)rerouted);
+        print_json(o);
+        rc = 0;
+    } else {
+        fail("logits", &err);
+    }
+    free(logits);
+    free(ls);
+    for (int s = 0; s < n_seqs; s++) capmoe_kv_free(seqs[s].kv);
+    capmoe_model_free(m);
+    goto done;
+done_usage:
+    usage_fail("logits", &err);
+done:
+    for (int s = 0; s < n_seqs; s++) free(ids[s]);
+    return rc;
+}
+
+/* ---- tokenize / detokenize -------------------------------------------- */
+
+static int cmd_tokenize(int argc, char **argv) {
+    capmoe_error err = {{0}};
+    capmoe_cli_args a;
+    if (capmoe_cli_parse(&a, argc, argv, SWITCHES, &err)) return usage_fail("tokenize", &err);
+    const char *dir = need_model(&a, &err);
+    if (!dir) return usage_fail("tokenize", &err);
+    const char *text = capmoe_cli_get(&a, "text");
+    if (!text) {
+        capmoe_set_error(&err, "--text STR is required");
+        return usage_fail("tokenize", &err);
+    }
+    if (capmoe_cli_check_unused(&a, &err)) return usage_fail("tokenize", &err);
+    capmoe_tokenizer *tok = NULL;
+    if (capmoe_tokenizer_load(&tok, dir, &err)) return fail("tokenize", &err);
+    int32_t *ids = NULL;
+    int n = 0;
+    if (capmoe_tokenizer_encode(tok, text, strlen(text), 1, &ids, &n, &err)) {
+        capmoe_tokenizer_free(tok);
+        return fail("tokenize", &err);
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON *arr = cJSON_AddArrayToObject(o, "ids");
+    for (int i = 0; i < n; i++) cJSON_AddItemToArray(arr, cJSON_CreateNumber(ids[i]));
+    print_json(o);
+    free(ids);
+    capmoe_tokenizer_free(tok);
+    return 0;
+}
+
+static int cmd_detokenize(int argc, char **argv) {
+    capmoe_error err = {{0}};
+    capmoe_cli_args a;
+    if (capmoe_cli_parse(&a, argc, argv, SWITCHES, &err)) return usage_fail("detokenize", &err);
+    const char *dir = need_model(&a, &err);
+    if (!dir) return usage_fail("detokenize", &err);
+    const char *s = capmoe_cli_get(&a, "ids");
+    if (!s) {
+        capmoe_set_error(&err, "--ids 1,2,3 is required");
+        return usage_fail("detokenize", &err);
+    }
+    int32_t *ids = NULL;
+    int n = 0;
+    if (capmoe_cli_parse_ids(s, &ids, &n, &err) || capmoe_cli_check_unused(&a, &err)) {
+        free(ids);
+        return usage_fail("detokenize", &err);
+    }
+    capmoe_tokenizer *tok = NULL;
+    if (capmoe_tokenizer_load(&tok, dir, &err)) {
+        free(ids);
+        return fail("detokenize", &err);
+    }
+    char *text = NULL;
+    size_t len = 0;
+    int rc = capmoe_tokenizer_decode(tok, ids, n, 0, &text, &len, &err);
+    if (rc == 0) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "text", text);
+        print_json(o);
+    }
+    free(text);
+    free(ids);
+    capmoe_tokenizer_free(tok);
+    return rc == 0 ? 0 : fail("detokenize", &err);
+}
+
+/* ---- generate ---------------------------------------------------------- */
+
+static int cmd_generate(int argc, char **argv) {
+    capmoe_error err = {{0}};
+    capmoe_cli_args a;
+    if (capmoe_cli_parse(&a, argc, argv, SWITCHES, &err)) return usage_fail("generate", &err);
+    const char *dir = need_model(&a, &err);
+    if (!dir) return usage_fail("generate", &err);
+    capmoe_dispatch_cfg cfg;
+    long max_tokens, seed;
+    double temperature, top_p;
+    long top_k;
+    if (capmoe_cli_dispatch(&a, &cfg, &err) ||
+        capmoe_cli_int(&a, "max-tokens", 0, 1L << 20, -1, &max_tokens, &err) ||
+        capmoe_cli_double(&a, "temperature", 0.0, 100.0, 0.0, &temperature, &err) ||
+        capmoe_cli_double(&a, "top-p", 1e-9, 1.0, 1.0, &top_p, &err) ||
+        capmoe_cli_int(&a, "top-k", 0, 1L << 30, 0, &top_k, &err) ||
+        capmoe_cli_int(&a, "seed", 0, INT64_MAX, 0, &seed, &err))
+        return usage_fail("generate", &err);
+    if (max_tokens < 0) {
+        capmoe_set_error(&err, "--max-tokens N is required");
+        return usage_fail("generate", &err);
+    }
+    const char *ids_s = capmoe_cli_get(&a, "ids");
+    const char *prompt = capmoe_cli_get(&a, "prompt");
+    int stop_eos = capmoe_cli_has(&a, "stop-at-eos");
+    if ((ids_s == NULL) == (prompt == NULL)) {
+        capmoe_set_error(&err, "give exactly one of --ids or --prompt");
+        return usage_fail("generate", &err);
+    }
+    if (capmoe_cli_check_unused(&a, &err)) return usage_fail("generate", &err);
+
+    int32_t *ids = NULL;
+    int n = 0;
+    if (ids_s && capmoe_cli_parse_ids(ids_s, &ids, &n, &err)) return usage_fail("generate", &err);
+    capmoe_tokenizer *tok = NULL;
+    capmoe_model *m = NULL;
+    int rc = 1;
+    float *logits = NULL;
+    int32_t *out = NULL;
+    void *scratch = NULL;
+    capmoe_kv *kv = NULL;
+    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks};
+    if (capmoe_tokenizer_load(&tok, dir, &err) || capmoe_model_load(&m, dir, &mo, &err)) goto end;
+    if (prompt && capmoe_tokenizer_encode(tok, prompt, strlen(prompt), 1, &ids, &n, &err)) goto end;
+    if (n == 0) {
+        capmoe_set_error(&err, "the prompt has no tokens");
+        goto end;
+    }
+    const capmoe_hfconfig *c = capmoe_model_config(m);
+    kv = capmoe_kv_new(m, 0);
+    logits = malloc((size_t)c->vocab_size * sizeof(float));
+    out = malloc(((size_t)max_tokens + 1) * sizeof(int32_t));
+    scratch = malloc((size_t)c->vocab_size * 2 * sizeof(float) + 64);
+    if (!kv || !logits || !out || !scratch) {
+        capmoe_set_error(&err, "out of memory");
+        goto end;
+    }
+    if (n + max_tokens > capmoe_kv_max(kv)) {
+        capmoe_set_error(&err, "prompt (%d tokens) + --max-tokens %ld exceed the context length %d",
+                         n, max_tokens, capmoe_kv_max(kv));
+        goto end;
+    }
+    capmoe_sampling sp;
+    capmoe_sampling_default(&sp);
+    sp.temperature = (float)temperature;
+    sp.top_p = (float)top_p;
+    sp.top_k = (int)top_k;
+    capmoe_rng rng;
+    capmoe_rng_seed(&rng, (uint64_t)seed);
+    int eos = capmoe_tokenizer_eos_id(tok);
+    int n_out = 0;
+    const int32_t *step = ids;
+    int step_n = n;
+    while (n_out < max_tokens) {
+        capmoe_batch_seq bs = {.kv = kv, .tokens = step, .n_tokens = step_n,
+                               .want = CAPMOE_LOGITS_LAST, .rank = 0};
+        if (capmoe_model_forward(m, &bs, 1, &cfg, logits, NULL, &err)) goto end;
+        int next = capmoe_sample(logits, c->vocab_size, &sp, &rng, scratch);
+        out[n_out++] = next;
+        if (stop_eos && eos >= 0 && next == eos) break;
+        step = &out[n_out - 1];
+        step_n = 1;
+    }
+    char *text = NULL;
+    size_t tl = 0;
+    /* Ids the padded vocabulary has beyond the tokenizer's are left out of the text. */
+    int32_t *known = malloc(((size_t)n_out + 1) * sizeof *known);
+    int nk = 0;
+    for (int i = 0; known && i < n_out; i++)
+        if (out[i] < capmoe_tokenizer_n_vocab(tok)) known[nk++] = out[i];
+    if (!known || capmoe_tokenizer_decode(tok, known, nk, 1, &text, &tl, &err)) {
+        free(known);
+        goto end;
+    }
+    free(known);
+    cJSON *o = cJSON_CreateObject();
+    cJSON *arr = cJSON_AddArrayToObject(o, "ids");
+    for (int i = 0; i < n_out; i++) cJSON_AddItemToArray(arr, cJSON_CreateNumber(out[i]));
+    cJSON_AddStringToObject(o, "text", text);
+    print_json(o);
+    free(text);
+    rc = 0;
+end:
+    if (rc) fail("generate", &err);
+    free(ids);
+    free(out);
+    free(logits);
+    free(scratch);
+    capmoe_kv_free(kv);
+    capmoe_model_free(m);
+    capmoe_tokenizer_free(tok);
+    return rc;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        fputs(USAGE, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "logits") == 0) return cmd_logits(argc - 2, argv + 2);
+    if (strcmp(cmd, "tokenize") == 0) return cmd_tokenize(argc - 2, argv + 2);
+    if (strcmp(cmd, "detokenize") == 0) return cmd_detokenize(argc - 2, argv + 2);
+    if (strcmp(cmd, "generate") == 0) return cmd_generate(argc - 2, argv + 2);
+    if (strcmp(cmd, "bench") == 0) return capmoe_cmd_bench(argc - 2, argv + 2);
+    if (strcmp(cmd, "perplexity") == 0) return capmoe_cmd_perplexity(argc - 2, argv + 2);
+    if (strcmp(cmd, "synth") == 0) return capmoe_cmd_synth(argc - 2, argv + 2);
+    fprintf(stderr, "capmoe: unknown command '%s'\n%s", cmd, USAGE);
+    return 2;
+}
