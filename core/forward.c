@@ -9,6 +9,10 @@
 
 int capmoe_kv_reserve(capmoe_kv *kv, int n);
 
+/* Query rows per attention block: bounds the score scratch to
+ * ATTN_QBLOCK x context floats whatever the prompt length. */
+#define ATTN_QBLOCK 256
+
 static int reserve_all(struct capmoe_model *m, int T, int max_ctx, capmoe_error *err) {
     const capmoe_hfconfig *c = &m->cfg;
     size_t H = (size_t)c->hidden_size, qd = (size_t)c->n_heads * c->head_dim;
@@ -18,7 +22,8 @@ static int reserve_all(struct capmoe_model *m, int T, int max_ctx, capmoe_error 
         capmoe_buf_reserve(&m->q, (size_t)T * qd) || capmoe_buf_reserve(&m->k, (size_t)T * kd) ||
         capmoe_buf_reserve(&m->v, (size_t)T * kd) || capmoe_buf_reserve(&m->att, (size_t)T * qd) ||
         capmoe_buf_reserve(&m->tmp, (size_t)T * wide) ||
-        capmoe_buf_reserve(&m->scores, (size_t)T * (size_t)max_ctx))
+        capmoe_buf_reserve(&m->rope, (size_t)T * (size_t)c->head_dim) ||
+        capmoe_buf_reserve(&m->scores, (size_t)ATTN_QBLOCK * (size_t)max_ctx))
         return capmoe_set_error(err, "out of memory for a batch of %d tokens", T);
     if ((size_t)T > m->cap_tok) {
         int *a = realloc(m->tok_rank, (size_t)T * sizeof(int));
@@ -36,25 +41,31 @@ static int reserve_all(struct capmoe_model *m, int T, int max_ctx, capmoe_error 
 static void attend(struct capmoe_model *m, const capmoe_kv *kv, int l, int t0, int n, int p0) {
     const capmoe_hfconfig *c = &m->cfg;
     int d = c->head_dim, nH = c->n_heads, nKV = c->n_kv_heads;
-    int qd = nH * d, kd = nKV * d, L = p0 + n, grp = nH / nKV;
+    int qd = nH * d, kd = nKV * d, grp = nH / nKV;
     int sw = c->sliding_window;
     float scale = 1.0f / sqrtf((float)d);
     float *S = m->scores.p;
     for (int hh = 0; hh < nH; hh++) {
         int g = hh / grp;
-        const float *Q = m->q.p + (size_t)t0 * qd + (size_t)hh * d;
         const float *K = kv->k[l] + (size_t)g * d;
         const float *V = kv->v[l] + (size_t)g * d;
-        capmoe_gemm_nt(S, L, Q, qd, K, kd, n, L, d, scale, 0.0f);
-        for (int i = 0; i < n; i++) {
-            float *row = S + (size_t)i * L;
-            int qpos = p0 + i;
-            for (int j = qpos + 1; j < L; j++) row[j] = -INFINITY;
-            if (sw > 0)
-                for (int j = 0; j <= qpos - sw && j < L; j++) row[j] = -INFINITY;
-            capmoe_softmax_row(row, L);
+        /* Query rows in blocks; block rows i0.. see keys [0, p0 + i0 + nb). */
+        for (int i0 = 0; i0 < n; i0 += ATTN_QBLOCK) {
+            int nb = n - i0 < ATTN_QBLOCK ? n - i0 : ATTN_QBLOCK;
+            int Lb = p0 + i0 + nb;
+            const float *Q = m->q.p + (size_t)(t0 + i0) * qd + (size_t)hh * d;
+            capmoe_gemm_nt(S, Lb, Q, qd, K, kd, nb, Lb, d, scale, 0.0f);
+            for (int i = 0; i < nb; i++) {
+                float *row = S + (size_t)i * Lb;
+                int qpos = p0 + i0 + i;
+                for (int j = qpos + 1; j < Lb; j++) row[j] = -INFINITY;
+                if (sw > 0)
+                    for (int j = 0; j <= qpos - sw && j < Lb; j++) row[j] = -INFINITY;
+                capmoe_softmax_row(row, Lb);
+            }
+            capmoe_gemm_nn(m->att.p + (size_t)(t0 + i0) * qd + (size_t)hh * d, qd, S, Lb, V, kd,
+                           nb, d, Lb);
         }
-        capmoe_gemm_nn(m->att.p + (size_t)t0 * qd + (size_t)hh * d, qd, S, L, V, kd, n, d, L);
     }
 }
 
@@ -126,6 +137,7 @@ int capmoe_model_forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_se
                    (size_t)H * sizeof(float));
             m->tok_rank[t] = seqs[s].rank;
             m->tok_pos[t] = seqs[s].kv->len + i;
+            capmoe_rope_table(m->rope.p + (size_t)t * d, d, m->tok_pos[t], m->inv_freq);
         }
 
     int rc = 0;
@@ -145,12 +157,11 @@ int capmoe_model_forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_se
                            c->rms_norm_eps);
         }
         for (int t = 0; t < T; t++) {
+            const float *cs = m->rope.p + (size_t)t * d;
             for (int hh = 0; hh < c->n_heads; hh++)
-                capmoe_rope(m->q.p + (size_t)t * qd + (size_t)hh * d, d, m->tok_pos[t],
-                            m->inv_freq);
+                capmoe_rope_apply(m->q.p + (size_t)t * qd + (size_t)hh * d, d, cs);
             for (int hh = 0; hh < c->n_kv_heads; hh++)
-                capmoe_rope(m->k.p + (size_t)t * kd + (size_t)hh * d, d, m->tok_pos[t],
-                            m->inv_freq);
+                capmoe_rope_apply(m->k.p + (size_t)t * kd + (size_t)hh * d, d, cs);
         }
         for (int s = 0, t0 = 0; s < n_seqs; s++) {
             capmoe_kv *kv = seqs[s].kv;

@@ -7,6 +7,10 @@
 void capmoe_gemm_nt(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M,
                     int N, int K, float alpha, float beta) {
     if (M <= 0 || N <= 0) return;
+    if (M == 1) { /* one row (a decode step): a matrix-vector product reads W once */
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, alpha, B, ldb, A, 1, beta, C, 1);
+        return;
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, alpha, A, lda, B, ldb, beta, C,
                 ldc);
 }
@@ -41,12 +45,20 @@ void capmoe_rmsnorm(float *out, int ldo, const float *x, int ld, const float *w,
     }
 }
 
-void capmoe_rope(float *v, int d, int pos, const float *inv_freq) {
+void capmoe_rope_table(float *cs, int d, int pos, const float *inv_freq) {
     int h = d / 2;
     for (int i = 0; i < h; i++) {
         /* As Hugging Face: angle = float(pos) * inv_freq in float32. */
         float ang = (float)pos * inv_freq[i];
-        float c = cosf(ang), s = sinf(ang);
+        cs[i] = cosf(ang);
+        cs[h + i] = sinf(ang);
+    }
+}
+
+void capmoe_rope_apply(float *v, int d, const float *cs) {
+    int h = d / 2;
+    for (int i = 0; i < h; i++) {
+        float c = cs[i], s = cs[h + i];
         float a = v[i], b = v[i + h];
         v[i] = a * c - b * s;
         v[i + h] = b * c + a * s;

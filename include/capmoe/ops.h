@@ -18,9 +18,11 @@ void capmoe_gemm_nn(float *C, int ldc, const float *A, int lda, const float *B, 
 /* RMSNorm of each of the M rows of length n (stride ld) into out (stride ldo). */
 void capmoe_rmsnorm(float *out, int ldo, const float *x, int ld, const float *w, int M, int n,
                     float eps);
-/* In-place RoPE (rotate-half / NeoX layout, as Hugging Face) on one head vector
- * of length d at integer position pos; inv_freq has d/2 entries. */
-void capmoe_rope(float *v, int d, int pos, const float *inv_freq);
+/* RoPE (rotate-half / NeoX layout, as Hugging Face). capmoe_rope_table fills
+ * cs[0..d/2) with cos and cs[d/2..d) with sin of position pos (inv_freq has d/2
+ * entries); capmoe_rope_apply rotates one head vector of length d in place. */
+void capmoe_rope_table(float *cs, int d, int pos, const float *inv_freq);
+void capmoe_rope_apply(float *v, int d, const float *cs);
 /* a[i] = silu(a[i]) * b[i] */
 void capmoe_silu_mul(float *a, const float *b, size_t n);
 /* Softmax of a row in place; returns nothing. Entries equal to -INFINITY get 0. */
