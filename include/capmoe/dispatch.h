@@ -17,6 +17,7 @@ typedef enum capmoe_policy {
 } capmoe_policy;
 
 #define CAPMOE_GRID_MAX 16
+#define CAPMOE_TOPK_MAX 64   /* largest k (experts per token) a dispatch accepts */
 
 typedef struct capmoe_dispatch_cfg {
     capmoe_policy policy;
@@ -60,9 +61,11 @@ int capmoe_dispatch_cfg_check(const capmoe_dispatch_cfg *cfg, int n_experts,
  *   extra         computed pairs outside S_t: reroute = rerouted; expanded =
  *                   local candidates kept that were not in S_t; else 0.
  *   dropped_mass  sum(w over the S_t pairs counted in `dropped`) /
- *                   sum(w over all T*k S_t pairs), in double over float w; 0 when
- *                   not limited. Under auto it is that of the configured policy
- *                   at the chosen gamma (the choice itself uses policy drop).
+ *                   sum(w over all T*k S_t pairs), computed in double (w and
+ *                   Z_t in double); 0 when not limited. Under auto it is that
+ *                   of the configured policy at the chosen gamma. The choice
+ *                   itself uses the mass of policy drop at each grid gamma and
+ *                   takes the first with mass <= drop_budget + 1e-9.
  *   weight        w[t,e] = p[t,e] / Z_t for every computed pair (also a reroute
  *                   substitute or an expanded extra), Z_t = float sum of p over
  *                   S_t in best-first order (1 when !norm_topk). With
@@ -111,7 +114,8 @@ int capmoe_dispatch_softmax(const float *logits, int T, int E, float *probs,
  *   logits      T x E router logits (row-major, float32)
  *   norm_topk   1 when the model normalises its top-k weights (Z_t)
  *   token_rank  T entries: the rank each token lives on (expanded); NULL = all 0
- * Limits: 1 <= k <= E, T >= 0 (T = 0 gives an empty plan), T*(E+k) <= INT_MAX.
+ * Limits: 1 <= k <= min(E, CAPMOE_TOPK_MAX), T >= 0 (T = 0 gives an empty
+ * plan), T*(E+k) <= INT_MAX.
  * Returns 0, or -1 with err set (bad cfg, E % R != 0, token rank out of range,
  * non-finite logits, allocation); the plan's contents are then unspecified but
  * it stays valid to reuse or free. */

@@ -1,0 +1,708 @@
+/* dispatch.c - capacity-aware expert dispatch (../shared/docs/dispatch-spec.md §1).
+ *
+ * One call turns the router output of one MoE layer for the T tokens of a batch
+ * into a dispatch plan: for every expert the ascending list of tokens it computes
+ * and their weights, plus the report (loads, capacity, gamma, dropped, rerouted,
+ * dropped routing mass).
+ *
+ * Ordering. Every "largest p, ties to the lower token index (then the lower
+ * expert index)" rule of the spec is one total order on pairs (t,e), encoded in
+ * a 64-bit key: the IEEE bits of p (monotonic for p >= 0) in the high word and
+ * 0xFFFFFFFF - (t*E + e) in the low word. A larger key is a better pair, keys
+ * are unique, so "keep the C best" = "keep the keys >= the C-th largest key",
+ * which a selection (introselect, O(n) on average) finds without a full sort.
+ *
+ * Memory: the plan owns every buffer (output and scratch) and only grows them,
+ * so a warm plan does not allocate. */
+#include "capmoe/dispatch.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- configuration ------------------------------------------------------ */
+
+static const double default_grid[] = {1.0, 1.25, 1.5, 2.0, 3.0};
+
+void capmoe_dispatch_cfg_default(capmoe_dispatch_cfg *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    cfg->policy = CAPMOE_POLICY_NONE;
+    cfg->capacity_factor = 1.0;
+    cfg->auto_gamma = 0;
+    cfg->ep_ranks = 1;
+    cfg->renormalize = 0;
+    cfg->min_tokens = 16;
+    cfg->drop_budget = 0.01;
+    cfg->n_grid = (int)(sizeof default_grid / sizeof default_grid[0]);
+    for (int i = 0; i < cfg->n_grid; i++) cfg->grid[i] = default_grid[i];
+}
+
+static const char *const policy_names[] = {"none", "drop", "reroute", "expanded",
+                                           "rank_drop"};
+#define N_POLICIES ((int)(sizeof policy_names / sizeof policy_names[0]))
+
+int capmoe_policy_parse(const char *s) {
+    if (!s) return -1;
+    for (int i = 0; i < N_POLICIES; i++)
+        if (strcmp(s, policy_names[i]) == 0) return i;
+    return -1;
+}
+
+const char *capmoe_policy_name(capmoe_policy p) {
+    if ((int)p < 0 || (int)p >= N_POLICIES) return "unknown";
+    return policy_names[p];
+}
+
+int capmoe_dispatch_cfg_check(const capmoe_dispatch_cfg *cfg, int n_experts,
+                              capmoe_error *err) {
+    if (!cfg) return capmoe_set_error(err, "dispatch: no configuration");
+    if ((int)cfg->policy < 0 || (int)cfg->policy >= N_POLICIES)
+        return capmoe_set_error(err, "dispatch: unknown policy %d", (int)cfg->policy);
+    const char *pn = policy_names[cfg->policy];
+    if (n_experts < 1)
+        return capmoe_set_error(err, "dispatch: n_experts E=%d must be >= 1", n_experts);
+    if (cfg->ep_ranks < 1)
+        return capmoe_set_error(err, "dispatch: ep_ranks R=%d must be >= 1", cfg->ep_ranks);
+    if ((cfg->policy == CAPMOE_POLICY_EXPANDED || cfg->policy == CAPMOE_POLICY_RANK_DROP) &&
+        n_experts % cfg->ep_ranks != 0)
+        return capmoe_set_error(err,
+                                "dispatch: policy %s needs the number of experts E=%d to be "
+                                "divisible by the number of ep ranks R=%d",
+                                pn, n_experts, cfg->ep_ranks);
+    if (cfg->min_tokens < 0)
+        return capmoe_set_error(err, "dispatch: min_tokens %d must be >= 0 (0 disables it)",
+                                cfg->min_tokens);
+    if (!cfg->auto_gamma) {
+        if (!isfinite(cfg->capacity_factor) || !(cfg->capacity_factor > 0))
+            return capmoe_set_error(err,
+                                    "dispatch: capacity factor gamma=%g must be a finite "
+                                    "number > 0",
+                                    cfg->capacity_factor);
+    } else {
+        if (!isfinite(cfg->drop_budget) || cfg->drop_budget < 0 || cfg->drop_budget > 1)
+            return capmoe_set_error(err, "dispatch: drop budget %g must be in [0, 1]",
+                                    cfg->drop_budget);
+        if (cfg->n_grid < 1 || cfg->n_grid > CAPMOE_GRID_MAX)
+            return capmoe_set_error(err, "dispatch: auto grid needs 1..%d values, got %d",
+                                    CAPMOE_GRID_MAX, cfg->n_grid);
+        for (int i = 0; i < cfg->n_grid; i++) {
+            double g = cfg->grid[i];
+            if (!isfinite(g) || !(g > 0))
+                return capmoe_set_error(err,
+                                        "dispatch: auto grid value %d (%g) must be a finite "
+                                        "number > 0",
+                                        i, g);
+            if (i > 0 && !(g > cfg->grid[i - 1]))
+                return capmoe_set_error(err,
+                                        "dispatch: auto grid must be strictly increasing "
+                                        "(value %d: %g after %g)",
+                                        i, g, cfg->grid[i - 1]);
+        }
+    }
+    return 0;
+}
+
+/* C = max(1, ceil(gamma * k * T / E)), evaluated in double left to right.
+ * ceil is robust to representation error: when gamma*k*T/E lies within a
+ * relative 1e-9 of an integer n it is taken to be n (so 1.1*2*100/4, which
+ * evaluates to 55.00000000000001, gives 55, not 56). */
+int capmoe_dispatch_capacity(double gamma, int k, int T, int E) {
+    if (E < 1) return 1;
+    double x = gamma * (double)k * (double)T / (double)E;
+    if (!(x == x)) return 1;
+    double r = nearbyint(x);
+    double c = fabs(x - r) <= 1e-9 * fmax(1.0, fabs(x)) ? r : ceil(x);
+    if (c < 1) c = 1;
+    if (c > (double)INT_MAX) c = (double)INT_MAX;
+    return (int)c;
+}
+
+/* ---- plan and scratch ---------------------------------------------------- */
+
+typedef struct scratch {
+    float *probs;       /* T*E   softmax of the logits (logits entry point) */
+    int *topk;          /* T*k   S_t, best first */
+    float *z;           /* T     Z_t (float: the weights) */
+    double *zd;         /* T     Z_t in double (routing mass) */
+    float *ksum;        /* T     kept p per token (renormalize) */
+    unsigned char *keep;/* T*k   S_t slot computed */
+    int *sub;           /* T*k   reroute substitute of a dropped slot, or -1 */
+    uint64_t *keys;     /* per-expert (or per-rank) candidate keys, grouped */
+    uint64_t *sel;      /* T*k   selection copy of one group */
+    uint64_t *thr;      /* E     per-expert (or per-rank) keep threshold */
+    int *off;           /* E+1   group offsets into keys */
+    int *cur;           /* E     fill cursors / running loads */
+    int *stamp;         /* E     membership stamps for reroute */
+    size_t c_loads, c_weight; /* capacities of plan->loads and plan->weight */
+    size_t c_probs, c_topk, c_z, c_zd, c_ksum, c_keep, c_sub, c_keys, c_sel, c_thr, c_off, c_cur,
+        c_stamp;
+} scratch;
+
+void capmoe_dispatch_plan_init(capmoe_dispatch_plan *plan) {
+    memset(plan, 0, sizeof *plan);
+}
+
+void capmoe_dispatch_plan_free(capmoe_dispatch_plan *plan) {
+    if (!plan) return;
+    scratch *s = plan->scratch;
+    if (s) {
+        free(s->probs);
+        free(s->topk);
+        free(s->z);
+        free(s->zd);
+        free(s->ksum);
+        free(s->keep);
+        free(s->sub);
+        free(s->keys);
+        free(s->sel);
+        free(s->thr);
+        free(s->off);
+        free(s->cur);
+        free(s->stamp);
+        free(s);
+    }
+    free(plan->expert_off);
+    free(plan->tok);
+    free(plan->weight);
+    free(plan->loads);
+    memset(plan, 0, sizeof *plan);
+}
+
+/* Grows *p to at least n elements of size sz. 0 or -1 (out of memory). */
+static int grow(void *pp, size_t *cap, size_t n, size_t sz) {
+    void **p = pp;
+    if (n == 0) n = 1;
+    if (*p && *cap >= n) return 0;
+    size_t nc = *cap ? *cap : 16;
+    while (nc < n) {
+        if (nc > SIZE_MAX / 2) {
+            nc = n;
+            break;
+        }
+        nc *= 2;
+    }
+    if (sz && nc > SIZE_MAX / sz) return -1;
+    void *q = realloc(*p, nc * sz);
+    if (!q) return -1;
+    *p = q;
+    *cap = nc;
+    return 0;
+}
+
+#define GROW(ptr, cap, n) grow(&(ptr), &(cap), (size_t)(n), sizeof *(ptr))
+
+/* ---- ordering keys and selection ---------------------------------------- */
+
+static inline uint32_t pbits(float p) {
+    uint32_t u;
+    memcpy(&u, &p, sizeof u);
+    return u & 0x7fffffffu; /* p >= 0 (checked); maps -0.0 to +0.0 */
+}
+
+static inline uint64_t pair_key(float p, int t, int e, int E) {
+    uint32_t idx = (uint32_t)t * (uint32_t)E + (uint32_t)e;
+    return ((uint64_t)pbits(p) << 32) | (uint64_t)(0xffffffffu - idx);
+}
+
+static inline uint32_t key_idx(uint64_t key) {
+    return 0xffffffffu - (uint32_t)(key & 0xffffffffu);
+}
+
+static int cmp_key_desc(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* The value at position kth (0-based) of a[0..n) sorted in descending order.
+ * Reorders a. Keys are unique. Quickselect with a median-of-three pivot; after
+ * 2*log2(n) rounds it falls back to sorting the remaining range. */
+static uint64_t select_desc(uint64_t *a, size_t n, size_t kth) {
+    size_t lo = 0, hi = n - 1;
+    int depth = 8;
+    for (size_t m = n; m > 1; m >>= 1) depth += 2;
+    while (hi > lo) {
+        if (depth-- <= 0) {
+            qsort(a + lo, hi - lo + 1, sizeof *a, cmp_key_desc);
+            return a[kth];
+        }
+        size_t mid = lo + (hi - lo) / 2;
+        uint64_t x = a[lo], y = a[mid], z = a[hi], piv;
+        if ((x >= y) == (y >= z)) piv = y;
+        else if ((y >= x) == (x >= z)) piv = x;
+        else piv = z;
+        /* Hoare partition, descending: [lo..j] >= piv, [i..hi] <= piv. */
+        ptrdiff_t i = (ptrdiff_t)lo, j = (ptrdiff_t)hi;
+        while (i <= j) {
+            while (a[i] > piv) i++;
+            while (a[j] < piv) j--;
+            if (i <= j) {
+                uint64_t t = a[i];
+                a[i] = a[j];
+                a[j] = t;
+                i++;
+                j--;
+            }
+        }
+        if ((ptrdiff_t)kth <= j) hi = (size_t)j;
+        else if ((ptrdiff_t)kth >= i) lo = (size_t)i;
+        else return a[kth];
+    }
+    return a[lo];
+}
+
+/* ---- softmax ------------------------------------------------------------ */
+
+int capmoe_dispatch_softmax(const float *logits, int T, int E, float *probs,
+                            capmoe_error *err) {
+    for (int t = 0; t < T; t++) {
+        const float *x = logits + (size_t)t * E;
+        float *p = probs + (size_t)t * E;
+        float m = -INFINITY;
+        for (int e = 0; e < E; e++) {
+            if (isnan(x[e]) || x[e] == INFINITY)
+                return capmoe_set_error(err,
+                                        "dispatch: router logit of token %d, expert %d is "
+                                        "not finite (%g)",
+                                        t, e, (double)x[e]);
+            if (x[e] > m) m = x[e];
+        }
+        if (m == -INFINITY)
+            return capmoe_set_error(err, "dispatch: all router logits of token %d are -inf",
+                                    t);
+        float sum = 0.0f;
+        for (int e = 0; e < E; e++) {
+            p[e] = expf(x[e] - m);
+            sum += p[e];
+        }
+        for (int e = 0; e < E; e++) p[e] = p[e] / sum;
+    }
+    return 0;
+}
+
+/* ---- the dispatch ------------------------------------------------------- */
+
+typedef struct ctx {
+    capmoe_dispatch_plan *plan;
+    const capmoe_dispatch_cfg *cfg;
+    scratch *s;
+    const float *p; /* T x E */
+    int T, E, k;
+} ctx;
+
+/* Groups the keys of all S_t pairs into s->keys with offsets s->off; group =
+ * e / experts_per_group (1: per expert; E/R: per rank); within a group the
+ * pairs are in ascending token order. */
+static void group_topk(ctx *c, int n_groups, int experts_per_group) {
+    scratch *s = c->s;
+    int T = c->T, E = c->E, k = c->k;
+    memset(s->off, 0, sizeof(int) * (size_t)(n_groups + 1));
+    for (size_t i = 0; i < (size_t)T * k; i++) s->off[s->topk[i] / experts_per_group + 1]++;
+    for (int g = 0; g < n_groups; g++) s->off[g + 1] += s->off[g];
+    memcpy(s->cur, s->off, sizeof(int) * (size_t)n_groups);
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < k; j++) {
+            int e = s->topk[(size_t)t * k + j];
+            s->keys[s->cur[e / experts_per_group]++] =
+                pair_key(c->p[(size_t)t * E + e], t, e, E);
+        }
+}
+
+/* For every group with more than cap[g] keys: thr[g] = the cap-th largest key,
+ * else thr[g] = 0 (keep all). */
+static void thresholds(ctx *c, int n_groups, long long cap) {
+    scratch *s = c->s;
+    for (int g = 0; g < n_groups; g++) {
+        size_t n = (size_t)(s->off[g + 1] - s->off[g]);
+        if ((long long)n <= cap) {
+            s->thr[g] = 0;
+            continue;
+        }
+        memcpy(s->sel, s->keys + s->off[g], n * sizeof *s->sel);
+        s->thr[g] = select_desc(s->sel, n, (size_t)cap - 1);
+    }
+}
+
+/* Keep flags of S_t slots from per-group thresholds. */
+static void keep_from_thr(ctx *c, int experts_per_group) {
+    scratch *s = c->s;
+    int T = c->T, E = c->E, k = c->k;
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < k; j++) {
+            size_t slot = (size_t)t * k + j;
+            int e = s->topk[slot];
+            s->keep[slot] = pair_key(c->p[(size_t)t * E + e], t, e, E) >=
+                            s->thr[e / experts_per_group];
+        }
+}
+
+static inline float base_w(const ctx *c, int t, int e) {
+    float z = c->s->z[t];
+    return z > 0 ? c->p[(size_t)t * c->E + e] / z : 0.0f;
+}
+
+/* The baseline weight in double, for routing mass: sums of many weights and
+ * the budget comparison should not carry float rounding. */
+static inline double base_wd(const ctx *c, int t, int e) {
+    double z = c->s->zd[t];
+    return z > 0 ? (double)c->p[(size_t)t * c->E + e] / z : 0.0;
+}
+
+/* Auto tuning compares mass <= budget + MASS_EPS: a mass that equals the
+ * budget in exact arithmetic meets it despite summation-order noise. */
+#define MASS_EPS 1e-9
+
+/* Dropped routing mass of policy drop at capacity C (auto tuning). The S_t
+ * keys must be grouped per expert and sorted descending within each group. */
+static double drop_mass_sorted(ctx *c, int C, double total) {
+    scratch *s = c->s;
+    double dropped = 0;
+    for (int e = 0; e < c->E; e++) {
+        if (s->off[e + 1] - s->off[e] <= C) continue;
+        for (int i = s->off[e] + C; i < s->off[e + 1]; i++) {
+            uint32_t idx = key_idx(s->keys[i]);
+            dropped += base_wd(c, (int)(idx / (uint32_t)c->E), (int)(idx % (uint32_t)c->E));
+        }
+    }
+    return total > 0 ? dropped / total : 0.0;
+}
+
+static double total_mass(ctx *c) {
+    double total = 0;
+    for (int t = 0; t < c->T; t++)
+        for (int j = 0; j < c->k; j++) total += base_wd(c, t, c->s->topk[(size_t)t * c->k + j]);
+    return total;
+}
+
+/* Per-batch tuning: the smallest grid gamma whose drop-policy dropped mass is
+ * within the budget, or 0 when none is. */
+static double choose_gamma(ctx *c) {
+    scratch *s = c->s;
+    const capmoe_dispatch_cfg *cfg = c->cfg;
+    group_topk(c, c->E, 1);
+    for (int e = 0; e < c->E; e++)
+        qsort(s->keys + s->off[e], (size_t)(s->off[e + 1] - s->off[e]), sizeof *s->keys,
+              cmp_key_desc);
+    double total = total_mass(c);
+    for (int i = 0; i < cfg->n_grid; i++) {
+        int C = capmoe_dispatch_capacity(cfg->grid[i], c->k, c->T, c->E);
+        if (drop_mass_sorted(c, C, total) <= cfg->drop_budget + MASS_EPS) return cfg->grid[i];
+    }
+    return 0.0;
+}
+
+/* Policy reroute, after the drop keep flags and with s->cur = loads. */
+static void reroute(ctx *c, int C) {
+    scratch *s = c->s;
+    int T = c->T, E = c->E, k = c->k;
+    size_t nd = 0;
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < k; j++) {
+            size_t slot = (size_t)t * k + j;
+            if (!s->keep[slot]) {
+                int e = s->topk[slot];
+                s->keys[nd++] = pair_key(c->p[(size_t)t * E + e], t, e, E);
+            }
+        }
+    /* decreasing p, ties lower token, then lower expert: descending key */
+    qsort(s->keys, nd, sizeof *s->keys, cmp_key_desc);
+    for (int e = 0; e < E; e++) s->stamp[e] = -1;
+    for (size_t d = 0; d < nd; d++) {
+        uint32_t idx = key_idx(s->keys[d]);
+        int t = (int)(idx / (uint32_t)E), e = (int)(idx % (uint32_t)E);
+        const int *st = s->topk + (size_t)t * k;
+        int stamp = (int)d, slot = -1;
+        for (int j = 0; j < k; j++) {
+            s->stamp[st[j]] = stamp;
+            if (st[j] == e) slot = j;
+            if (s->sub[(size_t)t * k + j] >= 0) s->stamp[s->sub[(size_t)t * k + j]] = stamp;
+        }
+        const float *pt = c->p + (size_t)t * E;
+        int best = -1;
+        for (int x = 0; x < E; x++) {
+            if (s->stamp[x] == stamp || s->cur[x] >= C) continue;
+            if (best < 0 || pt[x] > pt[best]) best = x;
+        }
+        if (best >= 0) {
+            s->sub[(size_t)t * k + slot] = best;
+            s->cur[best]++;
+        }
+    }
+}
+
+/* Output CSR from S_t keep flags and reroute substitutes (tokens ascending). */
+static void csr_from_slots(ctx *c) {
+    capmoe_dispatch_plan *pl = c->plan;
+    scratch *s = c->s;
+    int T = c->T, E = c->E, k = c->k;
+    memset(pl->loads, 0, sizeof(int) * (size_t)E);
+    for (size_t slot = 0; slot < (size_t)T * k; slot++) {
+        if (s->keep[slot]) pl->loads[s->topk[slot]]++;
+        else if (s->sub[slot] >= 0) pl->loads[s->sub[slot]]++;
+    }
+    pl->expert_off[0] = 0;
+    for (int e = 0; e < E; e++) pl->expert_off[e + 1] = pl->expert_off[e] + pl->loads[e];
+    memcpy(s->cur, pl->expert_off, sizeof(int) * (size_t)E);
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < k; j++) {
+            size_t slot = (size_t)t * k + j;
+            int e = s->keep[slot] ? s->topk[slot] : s->sub[slot];
+            if (e >= 0) pl->tok[s->cur[e]++] = t;
+        }
+    pl->n_pairs = pl->expert_off[E];
+}
+
+/* Policy expanded: candidates S_t ∪ experts of t's rank, top C per expert.
+ * Writes the output CSR and the S_t keep flags. */
+static void expanded(ctx *c, int C, const int *token_rank) {
+    capmoe_dispatch_plan *pl = c->plan;
+    scratch *s = c->s;
+    int T = c->T, E = c->E, k = c->k, R = c->cfg->ep_ranks, epr = E / R;
+    /* candidate counts */
+    memset(s->off, 0, sizeof(int) * (size_t)(E + 1));
+    for (int t = 0; t < T; t++) {
+        int r = token_rank ? token_rank[t] : 0;
+        for (int e = r * epr; e < (r + 1) * epr; e++) s->off[e + 1]++;
+        for (int j = 0; j < k; j++) {
+            int e = s->topk[(size_t)t * k + j];
+            if (e / epr != r) s->off[e + 1]++;
+        }
+    }
+    for (int e = 0; e < E; e++) s->off[e + 1] += s->off[e];
+    memcpy(s->cur, s->off, sizeof(int) * (size_t)E);
+    for (int t = 0; t < T; t++) {
+        int r = token_rank ? token_rank[t] : 0;
+        const float *pt = c->p + (size_t)t * E;
+        for (int e = r * epr; e < (r + 1) * epr; e++)
+            s->keys[s->cur[e]++] = pair_key(pt[e], t, e, E);
+        for (int j = 0; j < k; j++) {
+            int e = s->topk[(size_t)t * k + j];
+            if (e / epr != r) s->keys[s->cur[e]++] = pair_key(pt[e], t, e, E);
+        }
+    }
+    thresholds(c, E, C);
+    pl->expert_off[0] = 0;
+    int n = 0;
+    for (int e = 0; e < E; e++) {
+        for (int i = s->off[e]; i < s->off[e + 1]; i++)
+            if (s->keys[i] >= s->thr[e]) pl->tok[n++] = (int)(key_idx(s->keys[i]) / (uint32_t)E);
+        pl->expert_off[e + 1] = n;
+        pl->loads[e] = n - pl->expert_off[e];
+    }
+    pl->n_pairs = n;
+    keep_from_thr(c, 1);
+}
+
+static int core(capmoe_dispatch_plan *plan, const capmoe_dispatch_cfg *cfg, const float *p,
+                int T, int E, int k, int norm_topk, const int *token_rank, capmoe_error *err) {
+    scratch *s = plan->scratch;
+    ctx c = {plan, cfg, s, p, T, E, k};
+    size_t Tk = (size_t)T * (size_t)k;
+
+    /* output and slot buffers */
+    if (GROW(plan->expert_off, plan->cap_E, E + 1) || GROW(plan->loads, s->c_loads, E) ||
+        GROW(s->topk, s->c_topk, Tk) || GROW(s->z, s->c_z, T) || GROW(s->zd, s->c_zd, T) ||
+        GROW(s->ksum, s->c_ksum, T) || GROW(s->sel, s->c_sel, Tk) ||
+        GROW(s->keep, s->c_keep, Tk) || GROW(s->sub, s->c_sub, Tk) ||
+        GROW(s->thr, s->c_thr, E) || GROW(s->off, s->c_off, E + 1) ||
+        GROW(s->cur, s->c_cur, E) || GROW(s->stamp, s->c_stamp, E))
+        return capmoe_set_error(err, "dispatch: out of memory (T=%d, E=%d, k=%d)", T, E, k);
+
+    /* S_t (best first, ties to the lower expert) and Z_t */
+    for (int t = 0; t < T; t++) {
+        const float *pt = p + (size_t)t * E;
+        int *st = s->topk + (size_t)t * k;
+        /* insertion into a sorted list; strict > keeps the lower index first */
+        float sv[CAPMOE_TOPK_MAX];
+        int n = 0;
+        for (int e = 0; e < E; e++) {
+            float v = pt[e];
+            if (n == k && !(v > sv[k - 1])) continue;
+            int pos = n < k ? n : k - 1;
+            while (pos > 0 && v > sv[pos - 1]) {
+                st[pos] = st[pos - 1];
+                sv[pos] = sv[pos - 1];
+                pos--;
+            }
+            st[pos] = e;
+            sv[pos] = v;
+            if (n < k) n++;
+        }
+        float z = 0.0f;
+        double zd = 0.0;
+        for (int j = 0; j < k; j++) {
+            z += pt[st[j]];
+            zd += (double)pt[st[j]];
+        }
+        s->z[t] = norm_topk ? z : 1.0f;
+        s->zd[t] = norm_topk ? zd : 1.0;
+    }
+    for (size_t i = 0; i < Tk; i++) {
+        s->keep[i] = 1;
+        s->sub[i] = -1;
+    }
+
+    /* limit? */
+    double gamma = 0.0;
+    int limited = !(cfg->policy == CAPMOE_POLICY_NONE || T <= 1 ||
+                    (cfg->min_tokens > 0 && T < cfg->min_tokens));
+    size_t need_keys = Tk;
+    if (limited && cfg->policy == CAPMOE_POLICY_EXPANDED)
+        need_keys = (size_t)T * (size_t)(E / cfg->ep_ranks) + Tk;
+    /* s->sel holds one group at a time: <= T (an expert) or <= T*k (a rank) */
+    if (GROW(s->keys, s->c_keys, need_keys))
+        return capmoe_set_error(err, "dispatch: out of memory (T=%d, E=%d, k=%d)", T, E, k);
+    if (limited) {
+        gamma = cfg->auto_gamma ? choose_gamma(&c) : cfg->capacity_factor;
+        if (gamma == 0.0) limited = 0;
+    }
+    int C = limited ? capmoe_dispatch_capacity(gamma, k, T, E) : 0;
+    int R = cfg->ep_ranks;
+
+    size_t need_pairs = Tk;
+    if (limited && cfg->policy == CAPMOE_POLICY_EXPANDED) {
+        size_t cap_all = (size_t)C * (size_t)E;
+        need_pairs = need_keys < cap_all ? need_keys : cap_all;
+    }
+    if (GROW(plan->tok, plan->cap_pairs, need_pairs) ||
+        GROW(plan->weight, s->c_weight, need_pairs))
+        goto oom;
+
+    if (!limited) {
+        csr_from_slots(&c);
+    } else {
+        switch (cfg->policy) {
+        case CAPMOE_POLICY_DROP:
+        case CAPMOE_POLICY_REROUTE:
+            group_topk(&c, E, 1);
+            thresholds(&c, E, C);
+            keep_from_thr(&c, 1);
+            if (cfg->policy == CAPMOE_POLICY_REROUTE) {
+                for (int e = 0; e < E; e++) {
+                    int n = s->off[e + 1] - s->off[e];
+                    s->cur[e] = n < C ? n : C;
+                }
+                reroute(&c, C);
+            }
+            csr_from_slots(&c);
+            break;
+        case CAPMOE_POLICY_RANK_DROP:
+            group_topk(&c, R, E / R);
+            thresholds(&c, R, (long long)(E / R) * C);
+            keep_from_thr(&c, E / R);
+            csr_from_slots(&c);
+            break;
+        case CAPMOE_POLICY_EXPANDED:
+            expanded(&c, C, token_rank);
+            break;
+        default:
+            csr_from_slots(&c);
+            break;
+        }
+    }
+
+    /* weights */
+    if (limited && cfg->renormalize) {
+        for (int t = 0; t < T; t++) s->ksum[t] = 0.0f;
+        for (int e = 0; e < E; e++)
+            for (int i = plan->expert_off[e]; i < plan->expert_off[e + 1]; i++)
+                s->ksum[plan->tok[i]] += p[(size_t)plan->tok[i] * E + e];
+        for (int e = 0; e < E; e++)
+            for (int i = plan->expert_off[e]; i < plan->expert_off[e + 1]; i++) {
+                int t = plan->tok[i];
+                float ks = s->ksum[t];
+                plan->weight[i] = ks > 0 ? p[(size_t)t * E + e] / ks : 0.0f;
+            }
+    } else {
+        for (int e = 0; e < E; e++)
+            for (int i = plan->expert_off[e]; i < plan->expert_off[e + 1]; i++)
+                plan->weight[i] = base_w(&c, plan->tok[i], e);
+    }
+
+    /* report */
+    plan->T = T;
+    plan->E = E;
+    plan->k = k;
+    plan->limited = limited;
+    plan->capacity = C;
+    plan->gamma = limited ? gamma : 0.0;
+    int dropped = 0, rerouted = 0, kept_topk = 0;
+    double dmass = 0, tmass = 0;
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < k; j++) {
+            size_t slot = (size_t)t * k + j;
+            double w = base_wd(&c, t, s->topk[slot]);
+            tmass += w;
+            if (s->keep[slot]) {
+                kept_topk++;
+            } else if (s->sub[slot] >= 0) {
+                rerouted++;
+            } else {
+                dropped++;
+                dmass += w;
+            }
+        }
+    plan->dropped = dropped;
+    plan->rerouted = rerouted;
+    plan->extra = plan->n_pairs - kept_topk;
+    plan->dropped_mass = tmass > 0 ? dmass / tmass : 0.0;
+    return 0;
+oom:
+    return capmoe_set_error(err, "dispatch: out of memory (T=%d, E=%d, k=%d)", T, E, k);
+}
+
+/* Validates the call, makes sure the scratch exists. */
+static int prepare(capmoe_dispatch_plan *plan, const capmoe_dispatch_cfg *cfg, const void *in,
+                   int T, int E, int k, const int *token_rank, capmoe_error *err) {
+    if (!plan) return capmoe_set_error(err, "dispatch: no plan");
+    if (capmoe_dispatch_cfg_check(cfg, E, err)) return -1;
+    if (T < 0) return capmoe_set_error(err, "dispatch: number of tokens T=%d must be >= 0", T);
+    if (k < 1 || k > E || k > CAPMOE_TOPK_MAX)
+        return capmoe_set_error(err,
+                                "dispatch: experts per token k=%d must be in [1, E=%d] and at "
+                                "most %d",
+                                k, E, CAPMOE_TOPK_MAX);
+    if ((long long)T * ((long long)E + k) > (long long)INT_MAX)
+        return capmoe_set_error(err, "dispatch: batch too large (T=%d tokens x E=%d experts)",
+                                T, E);
+    if (T > 0 && !in) return capmoe_set_error(err, "dispatch: no router scores");
+    if (token_rank && cfg->policy == CAPMOE_POLICY_EXPANDED)
+        for (int t = 0; t < T; t++)
+            if (token_rank[t] < 0 || token_rank[t] >= cfg->ep_ranks)
+                return capmoe_set_error(err,
+                                        "dispatch: token %d lives on rank %d, outside "
+                                        "[0, R=%d)",
+                                        t, token_rank[t], cfg->ep_ranks);
+    if (!plan->scratch) {
+        plan->scratch = calloc(1, sizeof(scratch));
+        if (!plan->scratch) return capmoe_set_error(err, "dispatch: out of memory");
+        plan->scratch_size = sizeof(scratch);
+    }
+    return 0;
+}
+
+int capmoe_dispatch_compute(capmoe_dispatch_plan *plan, const capmoe_dispatch_cfg *cfg,
+                            const float *logits, int T, int E, int k, int norm_topk,
+                            const int *token_rank, capmoe_error *err) {
+    if (prepare(plan, cfg, logits, T, E, k, token_rank, err)) return -1;
+    scratch *s = plan->scratch;
+    if (GROW(s->probs, s->c_probs, (size_t)T * E))
+        return capmoe_set_error(err, "dispatch: out of memory (T=%d, E=%d)", T, E);
+    if (capmoe_dispatch_softmax(logits, T, E, s->probs, err)) return -1;
+    return core(plan, cfg, s->probs, T, E, k, norm_topk, token_rank, err);
+}
+
+int capmoe_dispatch_compute_probs(capmoe_dispatch_plan *plan, const capmoe_dispatch_cfg *cfg,
+                                  const float *probs, int T, int E, int k, int norm_topk,
+                                  const int *token_rank, capmoe_error *err) {
+    if (prepare(plan, cfg, probs, T, E, k, token_rank, err)) return -1;
+    for (size_t i = 0; i < (size_t)T * E; i++)
+        if (!(probs[i] >= 0.0f) || probs[i] == INFINITY)
+            return capmoe_set_error(err,
+                                    "dispatch: probability of token %d, expert %d is not a "
+                                    "finite number >= 0 (%g)",
+                                    (int)(i / (size_t)E), (int)(i % (size_t)E),
+                                    (double)probs[i]);
+    return core(plan, cfg, probs, T, E, k, norm_topk, token_rank, err);
+}
