@@ -1,0 +1,1016 @@
+/* sched.c - continuous batching on a dedicated thread (see sched.h).
+ *
+ * Ownership: the scheduler thread alone touches the model, the KV caches,
+ * the sequences and the active request list. Other threads only reach the
+ * `shared` fields below, under `mu`: the incoming queue, cancellation ids,
+ * flags and counters. Events leave through opts.on_event (called on the
+ * scheduler thread, never with `mu` held). */
+#include "capmoe/sched.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "capmoe/model.h"
+
+/* ---- data ---------------------------------------------------------------- */
+
+struct sreq;
+
+typedef struct seq {
+    struct sreq *rq;
+    int choice;
+    capmoe_kv *kv;         /* allocated at admission */
+    int slot;              /* -1: waiting for a slot */
+    long admit_order;
+    int pos;               /* prompt tokens fed so far */
+    int n_gen;             /* tokens sampled */
+    int32_t next_tok;      /* decode input of the next step */
+    int done;
+    capmoe_rng rng;
+    capmoe_detok_stream detok;
+    int detok_init;
+    char *held;            /* decoded text not yet released (stop-string hold-back) */
+    size_t held_len, held_cap;
+} seq;
+
+typedef struct sreq {
+    uint64_t id;
+    void *user;
+    int32_t *prompt;
+    int n_prompt;
+    int n;
+    int max_tokens;
+    capmoe_sampling sampling;
+    uint64_t seed;
+    char *stop[CAPMOE_SCHED_MAX_STOP];
+    size_t stop_len[CAPMOE_SCHED_MAX_STOP];
+    int n_stop;
+    int32_t stop_ids[CAPMOE_SCHED_MAX_STOP_IDS];
+    int n_stop_ids;
+    int ignore_eos;
+    int logprobs;
+    int prompt_logprobs;
+    int skip_special;
+    seq *seqs;             /* n */
+    int n_admitted, n_done;
+    int n_generated_total;
+    double t_submit, t_admit, t_first;
+    int cancelled;
+    char *error;
+    struct sreq *next;
+} sreq;
+
+typedef enum entry_kind { ENT_DECODE = 0, ENT_PREFILL } entry_kind;
+
+struct capmoe_sched {
+    capmoe_sched_opts o;
+    char *model_dir;
+    pthread_t th;
+    int started;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    /* shared, under mu */
+    sreq *in_head, *in_tail;
+    int n_incoming;
+    uint64_t *cancel_ids;
+    int n_cancel, cap_cancel;
+    int cancel_all, draining, stop;
+    int n_waiting;         /* requests the thread holds that are not fully admitted */
+    int n_active;          /* submitted, FINISHED not yet emitted */
+    uint64_t next_id;
+    int ready;             /* 1 loaded, -1 failed, 0 loading */
+    uint64_t seed_counter;
+
+    /* scheduler thread (read-only for others after READY: tok, hc, context, vocab) */
+    capmoe_model *model;
+    capmoe_tokenizer *tok;
+    const capmoe_hfconfig *hc;
+    int context, vocab;
+    int32_t eos[24];
+    int n_eos;
+    sreq *reqs;            /* active requests, submission order */
+    seq **slots;           /* max_running */
+    long admit_counter;
+    float *logits;
+    size_t logits_rows;
+    void *scratch;         /* sampling scratch: vocab floats + vocab ints */
+    int *top_ids;
+    double *top_lps;
+    capmoe_batch_seq *batch;
+    seq **batch_seq;
+    entry_kind *batch_kind;
+    int *batch_pos;        /* prompt position of a prefill entry */
+    capmoe_layer_stats *layer_st;
+    capmoe_forward_stats st;
+};
+
+const char *capmoe_finish_name(capmoe_finish f) {
+    switch (f) {
+    case CAPMOE_FINISH_STOP: return "stop";
+    case CAPMOE_FINISH_LENGTH: return "length";
+    case CAPMOE_FINISH_CANCELLED: return "cancelled";
+    case CAPMOE_FINISH_TIMEOUT: return "timeout";
+    case CAPMOE_FINISH_ERROR: return "error";
+    default: return "none";
+    }
+}
+
+void capmoe_sched_event_free(capmoe_sched_event *ev) {
+    if (!ev) return;
+    free(ev->text);
+    free(ev->toks);
+    free(ev->error);
+    free(ev);
+}
+
+void capmoe_gen_params_default(capmoe_gen_params *p) {
+    memset(p, 0, sizeof *p);
+    p->n = 1;
+    p->max_tokens = 16;
+    capmoe_sampling_default(&p->sampling);
+    p->logprobs = -1;
+    p->skip_special = 1;
+}
+
+/* ---- events ---------------------------------------------------------------- */
+
+static capmoe_sched_event *ev_new(capmoe_event_type type, const sreq *rq, int choice) {
+    capmoe_sched_event *ev = calloc(1, sizeof *ev);
+    if (!ev) return NULL;
+    ev->type = type;
+    ev->choice = choice;
+    ev->time = capmoe_now();
+    if (rq) {
+        ev->req_id = rq->id;
+        ev->user = rq->user;
+    }
+    return ev;
+}
+
+static void emit(capmoe_sched *s, capmoe_sched_event *ev) {
+    if (ev) s->o.on_event(s->o.user, ev);
+}
+
+/* Text into an event (copied; "" when empty). 0, or -1 on allocation failure. */
+static int ev_text(capmoe_sched_event *ev, const char *t, size_t n) {
+    ev->text = malloc(n + 1);
+    if (!ev->text) return -1;
+    if (n) memcpy(ev->text, t, n);
+    ev->text[n] = '\0';
+    ev->text_len = n;
+    return 0;
+}
+
+/* ---- requests and sequences ---------------------------------------------------- */
+
+static void seq_release(capmoe_sched *s, seq *q) {
+    if (q->slot >= 0) {
+        s->slots[q->slot] = NULL;
+        q->slot = -1;
+    }
+    capmoe_kv_free(q->kv);
+    q->kv = NULL;
+    if (q->detok_init) capmoe_detok_stream_free(&q->detok);
+    q->detok_init = 0;
+    free(q->held);
+    q->held = NULL;
+    q->held_len = q->held_cap = 0;
+}
+
+static void req_free(capmoe_sched *s, sreq *rq) {
+    if (!rq) return;
+    for (int i = 0; rq->seqs && i < rq->n; i++) seq_release(s, &rq->seqs[i]);
+    free(rq->seqs);
+    free(rq->prompt);
+    for (int i = 0; i < rq->n_stop; i++) free(rq->stop[i]);
+    free(rq->error);
+    free(rq);
+}
+
+static int held_add(seq *q, const char *t, size_t n) {
+    if (q->held_len + n + 1 > q->held_cap) {
+        size_t cap = q->held_cap ? q->held_cap : 64;
+        while (cap < q->held_len + n + 1) cap *= 2;
+        char *nh = realloc(q->held, cap);
+        if (!nh) return -1;
+        q->held = nh;
+        q->held_cap = cap;
+    }
+    memcpy(q->held + q->held_len, t, n);
+    q->held_len += n;
+    q->held[q->held_len] = '\0';
+    return 0;
+}
+
+/* Decides how much of the held text can be released. Returns the number of
+ * bytes to release; *stopped = 1 when a stop string starts at that point (the
+ * rest is then discarded). final: no more text will come, release all that
+ * is not cut by a stop string. */
+static size_t held_release(const sreq *rq, const seq *q, int final, int *stopped) {
+    *stopped = 0;
+    size_t n = q->held_len;
+    size_t first = n;
+    for (int i = 0; i < rq->n_stop && n > 0; i++) {
+        const char *m = memmem(q->held, n, rq->stop[i], rq->stop_len[i]);
+        if (m && (size_t)(m - q->held) < first) first = (size_t)(m - q->held);
+    }
+    if (first < n) {
+        *stopped = 1;
+        return first;
+    }
+    if (final) return n;
+    /* Hold back the longest tail that is a proper prefix of a stop string. */
+    size_t keep = 0;
+    for (int i = 0; i < rq->n_stop; i++) {
+        size_t L = rq->stop_len[i];
+        size_t max = L - 1 < n ? L - 1 : n;
+        for (size_t k = max; k > keep; k--)
+            if (memcmp(q->held + n - k, rq->stop[i], k) == 0) {
+                keep = k;
+                break;
+            }
+    }
+    return n - keep;
+}
+
+/* Moves `n` released bytes from the held buffer into ev->text. */
+static int take_held(seq *q, size_t n, capmoe_sched_event *ev) {
+    if (ev_text(ev, q->held, n) != 0) return -1;
+    if (q->held_len > n) memmove(q->held, q->held + n, q->held_len - n);
+    q->held_len -= n;
+    if (q->held) q->held[q->held_len] = '\0';
+    return 0;
+}
+
+static void finish_request_if_done(capmoe_sched *s, sreq *rq);
+static void seq_finish(capmoe_sched *s, seq *q, capmoe_finish why, const char *error);
+
+/* Ends one choice: emits CHOICE_DONE (with the held-back text when flush),
+ * frees the sequence; the request ends with its last choice. */
+static void seq_finish_ex(capmoe_sched *s, seq *q, capmoe_finish why, int flush,
+                          const char *error) {
+    if (q->done) return;
+    sreq *rq = q->rq;
+    q->done = 1;
+    capmoe_sched_event *ev = ev_new(CAPMOE_EV_CHOICE_DONE, rq, q->choice);
+    if (ev) {
+        ev->finish = why;
+        ev->n_generated = q->n_gen;
+        if (flush) {
+            if (q->detok_init) {
+                char *rest = NULL;
+                size_t rl = 0;
+                capmoe_error e;
+                if (capmoe_detok_stream_finish(&q->detok, &rest, &rl, &e) == 0 && rl)
+                    held_add(q, rest, rl);
+                free(rest);
+            }
+            int stopped;
+            size_t n = held_release(rq, q, 1, &stopped);
+            if (stopped) ev->finish = CAPMOE_FINISH_STOP;
+            take_held(q, n, ev);
+        }
+        if (!ev->text) ev_text(ev, "", 0);
+        if (error) ev->error = strdup(error);
+    }
+    seq_release(s, q);
+    rq->n_done++;
+    emit(s, ev);
+    finish_request_if_done(s, rq);
+}
+
+static void seq_finish(capmoe_sched *s, seq *q, capmoe_finish why, const char *error) {
+    int flush = why == CAPMOE_FINISH_LENGTH || why == CAPMOE_FINISH_STOP ||
+                why == CAPMOE_FINISH_TIMEOUT;
+    seq_finish_ex(s, q, why, flush, error);
+}
+
+static void unlink_req(capmoe_sched *s, sreq *rq) {
+    for (sreq **pp = &s->reqs; *pp; pp = &(*pp)->next)
+        if (*pp == rq) {
+            *pp = rq->next;
+            return;
+        }
+}
+
+static void finish_request_if_done(capmoe_sched *s, sreq *rq) {
+    if (rq->n_done < rq->n) return;
+    capmoe_sched_event *ev = ev_new(CAPMOE_EV_FINISHED, rq, 0);
+    if (ev) {
+        ev->n_prompt = rq->n_prompt;
+        ev->n_generated_total = rq->n_generated_total;
+        ev->t_submit = rq->t_submit;
+        ev->t_admit = rq->t_admit;
+        ev->t_first_token = rq->t_first;
+        ev->cancelled = rq->cancelled;
+        if (rq->error) ev->error = strdup(rq->error);
+    }
+    unlink_req(s, rq);
+    req_free(s, rq);
+    pthread_mutex_lock(&s->mu);
+    s->n_active--;
+    pthread_mutex_unlock(&s->mu);
+    emit(s, ev);
+}
+
+static void req_end(capmoe_sched *s, sreq *rq, capmoe_finish why, const char *error) {
+    if (why == CAPMOE_FINISH_CANCELLED) rq->cancelled = 1;
+    if (error && !rq->error) rq->error = strdup(error);
+    /* seq_finish may free rq with the last choice: walk a copy of the count */
+    int n = rq->n;
+    for (int i = 0; i < n; i++) {
+        seq *q = &rq->seqs[i];
+        int last = rq->n_done == n - 1 && !q->done;
+        seq_finish(s, q, why, error);
+        if (last) return;
+    }
+}
+
+/* ---- loading ---------------------------------------------------------------- */
+
+static void add_eos(capmoe_sched *s, int id) {
+    if (id < 0 || id >= s->vocab) return;
+    for (int i = 0; i < s->n_eos; i++)
+        if (s->eos[i] == id) return;
+    if (s->n_eos < (int)(sizeof s->eos / sizeof s->eos[0])) s->eos[s->n_eos++] = id;
+}
+
+/* generation_config.json eos_token_id (int or list), when present. */
+static void load_generation_eos(capmoe_sched *s) {
+    char *path = capmoe_path_join(s->model_dir, "generation_config.json");
+    if (!path) return;
+    size_t len;
+    char *text = capmoe_read_file(path, &len, NULL);
+    free(path);
+    if (!text) return;
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    const cJSON *e = root ? cJSON_GetObjectItemCaseSensitive(root, "eos_token_id") : NULL;
+    if (cJSON_IsNumber(e)) add_eos(s, (int)e->valuedouble);
+    else if (cJSON_IsArray(e))
+        for (const cJSON *it = e->child; it; it = it->next)
+            if (cJSON_IsNumber(it)) add_eos(s, (int)it->valuedouble);
+    cJSON_Delete(root);
+}
+
+static int load(capmoe_sched *s, capmoe_error *err) {
+    capmoe_model_opts mo = {.max_ranks = s->o.dispatch.ep_ranks};
+    if (capmoe_model_load(&s->model, s->model_dir, &mo, err) != 0) return -1;
+    s->hc = capmoe_model_config(s->model);
+    if (s->hc->n_moe_layers > 0 &&
+        capmoe_dispatch_cfg_check(&s->o.dispatch, s->hc->n_experts, err) != 0)
+        return -1;
+    if (capmoe_tokenizer_load(&s->tok, s->model_dir, err) != 0) return -1;
+    s->vocab = s->hc->vocab_size;
+    int maxpos = s->hc->max_position_embeddings;
+    if (s->o.context > 0 && maxpos > 0 && s->o.context > maxpos)
+        return capmoe_set_error(err,
+                                "context: %d exceeds the model's max_position_embeddings (%d)",
+                                s->o.context, maxpos);
+    s->context = s->o.context > 0 ? s->o.context : maxpos;
+    if (s->context < 2)
+        return capmoe_set_error(err, "context: %d tokens is too small", s->context);
+    for (int i = 0; i < s->hc->n_eos; i++) add_eos(s, s->hc->eos_token_id[i]);
+    add_eos(s, capmoe_tokenizer_eos_id(s->tok));
+    load_generation_eos(s);
+
+    int R = s->o.max_running, B = s->o.max_batch_tokens;
+    s->slots = calloc((size_t)R, sizeof *s->slots);
+    s->scratch = capmoe_malloc_array((size_t)s->vocab, sizeof(float) + sizeof(int));
+    s->top_ids = calloc(CAPMOE_SCHED_MAX_TOP, sizeof *s->top_ids);
+    s->top_lps = calloc(CAPMOE_SCHED_MAX_TOP, sizeof *s->top_lps);
+    s->batch = calloc((size_t)R, sizeof *s->batch);
+    s->batch_seq = calloc((size_t)R, sizeof *s->batch_seq);
+    s->batch_kind = calloc((size_t)R, sizeof *s->batch_kind);
+    s->batch_pos = calloc((size_t)R, sizeof *s->batch_pos);
+    s->layer_st = calloc((size_t)(s->hc->n_layers > 0 ? s->hc->n_layers : 1), sizeof *s->layer_st);
+    /* logits: one row per sequence covers every step without prompt logprobs */
+    s->logits_rows = (size_t)R;
+    s->logits = capmoe_malloc_array(s->logits_rows * (size_t)s->vocab, sizeof(float));
+    (void)B;
+    if (!s->slots || !s->scratch || !s->top_ids || !s->top_lps || !s->batch || !s->batch_seq ||
+        !s->batch_kind || !s->batch_pos || !s->layer_st || !s->logits)
+        return capmoe_set_error(err, "out of memory for the scheduler buffers");
+    s->st.layers = s->layer_st;
+    s->st.cap_layers = s->hc->n_layers;
+    return 0;
+}
+
+/* ---- one step ---------------------------------------------------------------- */
+
+static int is_stop_token(const capmoe_sched *s, const sreq *rq, int32_t t) {
+    if (!rq->ignore_eos)
+        for (int i = 0; i < s->n_eos; i++)
+            if (s->eos[i] == t) return 1;
+    for (int i = 0; i < rq->n_stop_ids; i++)
+        if (rq->stop_ids[i] == t) return 1;
+    return 0;
+}
+
+static void fill_tok_info(capmoe_sched *s, const float *row, int32_t id, int pos, int k,
+                          capmoe_tok_info *ti) {
+    memset(ti, 0, sizeof *ti);
+    ti->id = id;
+    ti->pos = pos;
+    ti->logprob = capmoe_logprob(row, s->vocab, id);
+    if (k > 0) {
+        ti->n_top = capmoe_top_logprobs(row, s->vocab, k, s->top_ids, s->top_lps);
+        for (int i = 0; i < ti->n_top; i++) {
+            ti->top_ids[i] = s->top_ids[i];
+            ti->top_lps[i] = s->top_lps[i];
+        }
+    }
+}
+
+/* Samples the next token of q from its logits row and emits it. */
+static void sample_next(capmoe_sched *s, seq *q, const float *row) {
+    sreq *rq = q->rq;
+    int32_t tok = capmoe_sample(row, s->vocab, &rq->sampling, &q->rng, s->scratch);
+    double now = capmoe_now();
+    q->n_gen++;
+    rq->n_generated_total++;
+    if (rq->t_first == 0) rq->t_first = now;
+    capmoe_sched_event *ev = ev_new(CAPMOE_EV_TOKEN, rq, q->choice);
+    if (ev) {
+        ev->toks = calloc(1, sizeof *ev->toks);
+        if (ev->toks) {
+            ev->n_toks = 1;
+            if (rq->logprobs >= 0) {
+                fill_tok_info(s, row, tok, q->pos + q->n_gen - 1, rq->logprobs, ev->toks);
+            } else {
+                ev->toks->id = tok;
+                ev->toks->pos = q->pos + q->n_gen - 1;
+            }
+        }
+    }
+    capmoe_finish fin = CAPMOE_FINISH_NONE;
+    int stop_string = 0;
+    if (is_stop_token(s, rq, tok)) {
+        fin = CAPMOE_FINISH_STOP; /* the stop token adds no text */
+    } else {
+        char *t = NULL;
+        size_t tl = 0;
+        capmoe_error e;
+        if (capmoe_detok_stream_push(&q->detok, tok, &t, &tl, &e) == 0 && tl) held_add(q, t, tl);
+        free(t);
+        int stopped;
+        size_t n = held_release(rq, q, 0, &stopped);
+        if (ev) take_held(q, n, ev);
+        if (stopped) {
+            fin = CAPMOE_FINISH_STOP;
+            stop_string = 1;
+            q->held_len = 0; /* the stop string and what follows are never emitted */
+        }
+    }
+    if (ev && !ev->text) ev_text(ev, "", 0);
+    emit(s, ev);
+    if (fin == CAPMOE_FINISH_NONE) {
+        if (q->n_gen >= rq->max_tokens) fin = CAPMOE_FINISH_LENGTH;
+        else if (capmoe_kv_len(q->kv) + 1 > s->context) fin = CAPMOE_FINISH_LENGTH;
+    }
+    if (stop_string) seq_finish_ex(s, q, fin, 0, NULL);
+    else if (fin != CAPMOE_FINISH_NONE) seq_finish(s, q, fin, NULL);
+    else q->next_tok = tok;
+}
+
+static int ensure_logit_rows(capmoe_sched *s, size_t rows) {
+    if (rows <= s->logits_rows) return 0;
+    float *nl = capmoe_malloc_array(rows * (size_t)s->vocab, sizeof(float));
+    if (!nl) return -1;
+    free(s->logits);
+    s->logits = nl;
+    s->logits_rows = rows;
+    return 0;
+}
+
+static int cmp_admit(const void *a, const void *b) {
+    const seq *x = *(seq *const *)a, *y = *(seq *const *)b;
+    return (x->admit_order > y->admit_order) - (x->admit_order < y->admit_order);
+}
+
+static void report(capmoe_sched *s, int tokens, int n_seqs, double step_time,
+                   const capmoe_forward_stats *fwd);
+
+/* Builds and runs one batch. Returns 1 when a forward ran. */
+static int step(capmoe_sched *s) {
+    int R = s->o.max_running, nb = 0, tokens = 0, rows = 0;
+    /* decode tokens first: one per running sequence past its prompt */
+    for (int i = 0; i < R; i++) {
+        seq *q = s->slots[i];
+        if (!q || q->done || q->pos < q->rq->n_prompt) continue;
+        s->batch[nb] = (capmoe_batch_seq){q->kv, &q->next_tok, 1, CAPMOE_LOGITS_LAST,
+                                          i % s->o.dispatch.ep_ranks};
+        s->batch_seq[nb] = q;
+        s->batch_kind[nb] = ENT_DECODE;
+        nb++;
+        tokens++;
+        rows++;
+    }
+    /* then prompt chunks, oldest admission first, within the token budget */
+    seq *pre[4096];
+    int np = 0;
+    for (int i = 0; i < R && np < (int)(sizeof pre / sizeof pre[0]); i++) {
+        seq *q = s->slots[i];
+        if (q && !q->done && q->pos < q->rq->n_prompt) pre[np++] = q;
+    }
+    qsort(pre, (size_t)np, sizeof pre[0], cmp_admit);
+    int budget = s->o.max_batch_tokens - tokens;
+    for (int i = 0; i < np && budget > 0; i++) {
+        seq *q = pre[i];
+        int left = q->rq->n_prompt - q->pos;
+        int chunk = left < budget ? left : budget;
+        int last = chunk == left;
+        capmoe_logits_want want = q->rq->prompt_logprobs ? CAPMOE_LOGITS_ALL
+                                  : last                 ? CAPMOE_LOGITS_LAST
+                                                         : CAPMOE_LOGITS_NONE;
+        s->batch[nb] = (capmoe_batch_seq){q->kv, q->rq->prompt + q->pos, chunk, want,
+                                          q->slot % s->o.dispatch.ep_ranks};
+        s->batch_seq[nb] = q;
+        s->batch_kind[nb] = ENT_PREFILL;
+        s->batch_pos[nb] = q->pos;
+        nb++;
+        tokens += chunk;
+        rows += want == CAPMOE_LOGITS_ALL ? chunk : want == CAPMOE_LOGITS_LAST ? 1 : 0;
+        budget -= chunk;
+    }
+    if (nb == 0) return 0;
+    capmoe_error err;
+    double t0 = capmoe_now();
+    int rc = ensure_logit_rows(s, (size_t)rows) == 0
+                 ? capmoe_model_forward(s->model, s->batch, nb, &s->o.dispatch, s->logits,
+                                        s->o.collect_stats ? &s->st : NULL, &err)
+                 : capmoe_set_error(&err, "out of memory for %d logits rows", rows);
+    if (rc != 0) {
+        /* Nothing was appended to any cache: fail the requests of this batch
+         * (each once; ending one request never frees another). */
+        sreq *failed[4096];
+        int nf = 0;
+        for (int i = 0; i < nb; i++) {
+            sreq *rq = s->batch_seq[i]->rq;
+            int seen = 0;
+            for (int j = 0; j < nf; j++) seen |= failed[j] == rq;
+            if (!seen && nf < (int)(sizeof failed / sizeof failed[0])) failed[nf++] = rq;
+        }
+        for (int j = 0; j < nf; j++) req_end(s, failed[j], CAPMOE_FINISH_ERROR, err.msg);
+        report(s, 0, 0, capmoe_now() - t0, NULL);
+        return 0;
+    }
+    /* Sequences may finish (and requests be freed) while we walk the batch:
+     * take what each entry needs first. */
+    const float *row = s->logits;
+    for (int i = 0; i < nb; i++) {
+        seq *q = s->batch_seq[i];
+        const capmoe_batch_seq *b = &s->batch[i];
+        if (s->batch_kind[i] == ENT_DECODE) {
+            sample_next(s, q, row);
+            row += s->vocab;
+            continue;
+        }
+        sreq *rq = q->rq;
+        int pos0 = s->batch_pos[i], chunk = b->n_tokens;
+        q->pos = pos0 + chunk;
+        if (b->want == CAPMOE_LOGITS_ALL) {
+            int k = rq->logprobs > 0 ? rq->logprobs : 0;
+            int n_lp = 0;
+            for (int j = 0; j < chunk; j++)
+                if (pos0 + j + 1 < rq->n_prompt) n_lp++;
+            if (n_lp > 0) {
+                capmoe_sched_event *ev = ev_new(CAPMOE_EV_PROMPT_LOGPROBS, rq, q->choice);
+                if (ev && (ev->toks = calloc((size_t)n_lp, sizeof *ev->toks))) {
+                    ev->n_toks = n_lp;
+                    for (int j = 0; j < n_lp; j++)
+                        fill_tok_info(s, row + (size_t)j * s->vocab, rq->prompt[pos0 + j + 1],
+                                      pos0 + j + 1, k, &ev->toks[j]);
+                    ev_text(ev, "", 0);
+                    emit(s, ev);
+                } else {
+                    capmoe_sched_event_free(ev);
+                }
+            }
+            if (q->pos == rq->n_prompt) sample_next(s, q, row + (size_t)(chunk - 1) * s->vocab);
+            row += (size_t)chunk * s->vocab;
+        } else if (b->want == CAPMOE_LOGITS_LAST) {
+            sample_next(s, q, row);
+            row += s->vocab;
+        }
+    }
+    report(s, tokens, nb, capmoe_now() - t0, s->o.collect_stats ? &s->st : NULL);
+    return 1;
+}
+
+/* Gives free slots to waiting sequences, oldest request first. */
+static void admit(capmoe_sched *s) {
+    int R = s->o.max_running;
+    for (sreq *rq = s->reqs; rq; rq = rq->next) {
+        for (int c = 0; c < rq->n && rq->n_admitted < rq->n; c++) {
+            seq *q = &rq->seqs[c];
+            if (q->done || q->kv) continue;
+            int slot = -1;
+            for (int i = 0; i < R; i++)
+                if (!s->slots[i]) {
+                    slot = i;
+                    break;
+                }
+            if (slot < 0) return;
+            q->kv = capmoe_kv_new(s->model, s->context);
+            if (!q->kv) {
+                req_end(s, rq, CAPMOE_FINISH_ERROR, "out of memory for a KV cache");
+                return; /* the request list changed: resume at the next round */
+            }
+            capmoe_detok_stream_init(&q->detok, s->tok, rq->skip_special);
+            q->detok_init = 1;
+            q->slot = slot;
+            q->admit_order = s->admit_counter++;
+            s->slots[slot] = q;
+            rq->n_admitted++;
+            if (rq->t_admit == 0) rq->t_admit = capmoe_now();
+        }
+    }
+}
+
+static void report(capmoe_sched *s, int tokens, int n_seqs, double step_time,
+                   const capmoe_forward_stats *fwd) {
+    capmoe_sched_step_info info;
+    memset(&info, 0, sizeof info);
+    info.batch_tokens = tokens;
+    info.batch_seqs = n_seqs;
+    info.step_time = step_time;
+    info.fwd = fwd;
+    int waiting = 0;
+    for (sreq *rq = s->reqs; rq; rq = rq->next)
+        if (rq->n_admitted < rq->n) waiting++;
+    for (int i = 0; i < s->o.max_running; i++) {
+        seq *q = s->slots[i];
+        if (!q) continue;
+        info.n_running++;
+        info.kv_tokens += capmoe_kv_len(q->kv);
+        info.kv_bytes += capmoe_kv_bytes(q->kv);
+    }
+    info.kv_capacity = (long long)s->o.max_running * s->context;
+    pthread_mutex_lock(&s->mu);
+    s->n_waiting = waiting;
+    info.n_waiting = waiting + s->n_incoming;
+    pthread_mutex_unlock(&s->mu);
+    if (s->o.on_step) s->o.on_step(s->o.user, &info);
+}
+
+/* ---- the thread ------------------------------------------------------------------ */
+
+static void *thread_main(void *arg) {
+    capmoe_sched *s = arg;
+    capmoe_error err;
+    if (load(s, &err) != 0) {
+        pthread_mutex_lock(&s->mu);
+        s->ready = -1;
+        pthread_mutex_unlock(&s->mu);
+        capmoe_sched_event *ev = ev_new(CAPMOE_EV_LOAD_FAILED, NULL, 0);
+        if (ev) ev->error = strdup(err.msg);
+        emit(s, ev);
+        return NULL;
+    }
+    pthread_mutex_lock(&s->mu);
+    s->ready = 1;
+    pthread_mutex_unlock(&s->mu);
+    emit(s, ev_new(CAPMOE_EV_READY, NULL, 0));
+    report(s, 0, 0, 0, NULL);
+
+    uint64_t *cancels = NULL;
+    int cap_cancels = 0;
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        while (!s->stop && !s->in_head && s->n_cancel == 0 && !s->cancel_all && !s->reqs)
+            pthread_cond_wait(&s->cv, &s->mu);
+        /* take the shared queues */
+        sreq *in = s->in_head;
+        s->in_head = s->in_tail = NULL;
+        s->n_waiting += s->n_incoming; /* still waiting until admitted (report recounts) */
+        s->n_incoming = 0;
+        int nc = s->n_cancel;
+        if (nc > cap_cancels) {
+            uint64_t *nb = realloc(cancels, sizeof *nb * (size_t)nc);
+            if (nb) {
+                cancels = nb;
+                cap_cancels = nc;
+            } else {
+                nc = cap_cancels;
+            }
+        }
+        if (nc) memcpy(cancels, s->cancel_ids, sizeof *cancels * (size_t)nc);
+        if (s->n_cancel > nc)
+            memmove(s->cancel_ids, s->cancel_ids + nc,
+                    sizeof *cancels * (size_t)(s->n_cancel - nc));
+        s->n_cancel -= nc;
+        int all = s->cancel_all || s->stop;
+        s->cancel_all = 0;
+        int stop = s->stop;
+        pthread_mutex_unlock(&s->mu);
+
+        /* append the new requests in submission order */
+        sreq **tail = &s->reqs;
+        while (*tail) tail = &(*tail)->next;
+        *tail = in;
+
+        if (all) {
+            while (s->reqs) req_end(s, s->reqs, CAPMOE_FINISH_CANCELLED, NULL);
+        } else {
+            for (int i = 0; i < nc; i++)
+                for (sreq *rq = s->reqs; rq; rq = rq->next)
+                    if (rq->id == cancels[i]) {
+                        req_end(s, rq, CAPMOE_FINISH_CANCELLED, NULL);
+                        break;
+                    }
+            if (s->o.request_timeout_s > 0) {
+                double now = capmoe_now();
+                sreq *rq = s->reqs;
+                while (rq) {
+                    sreq *next = rq->next;
+                    if (now - rq->t_submit > s->o.request_timeout_s)
+                        req_end(s, rq, CAPMOE_FINISH_TIMEOUT, NULL);
+                    rq = next;
+                }
+            }
+        }
+        if (stop) break;
+        admit(s);
+        int waiting = 0;
+        for (sreq *rq = s->reqs; rq; rq = rq->next)
+            if (rq->n_admitted < rq->n) waiting++;
+        pthread_mutex_lock(&s->mu);
+        s->n_waiting = waiting;
+        pthread_mutex_unlock(&s->mu);
+        if (!step(s)) report(s, 0, 0, 0, NULL);
+    }
+    free(cancels);
+    report(s, 0, 0, 0, NULL);
+    return NULL;
+}
+
+/* ---- public API -------------------------------------------------------------------- */
+
+int capmoe_sched_new(capmoe_sched **out, const capmoe_sched_opts *o, capmoe_error *err) {
+    *out = NULL;
+    if (!o->on_event) return capmoe_set_error(err, "scheduler: on_event is required");
+    if (!o->model_dir || !o->model_dir[0]) return capmoe_set_error(err, "model: no directory given");
+    if (o->max_running < 1) return capmoe_set_error(err, "max_running: must be >= 1");
+    if (o->max_batch_tokens < o->max_running)
+        return capmoe_set_error(err, "max_batch_tokens (%d) must be >= max_running (%d)",
+                                o->max_batch_tokens, o->max_running);
+    if (o->max_queue < 1) return capmoe_set_error(err, "max_queue: must be >= 1");
+    if (o->context < 0) return capmoe_set_error(err, "context: must be >= 0");
+    if (o->dispatch.ep_ranks < 1 || o->dispatch.ep_ranks > CAPMOE_MAX_RANKS)
+        return capmoe_set_error(err, "ep_ranks: must be 1..%d", CAPMOE_MAX_RANKS);
+    capmoe_sched *s = calloc(1, sizeof *s);
+    if (!s) return capmoe_set_error(err, "out of memory");
+    s->o = *o;
+    s->model_dir = strdup(o->model_dir);
+    s->o.model_dir = s->model_dir;
+    if (!s->model_dir) {
+        free(s);
+        return capmoe_set_error(err, "out of memory");
+    }
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    s->next_id = 1;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    s->seed_counter = (uint64_t)ts.tv_sec * 1000000007ull ^ (uint64_t)ts.tv_nsec;
+    *out = s;
+    return 0;
+}
+
+int capmoe_sched_start(capmoe_sched *s, capmoe_error *err) {
+    if (s->started) return capmoe_set_error(err, "scheduler: already started");
+    int rc = pthread_create(&s->th, NULL, thread_main, s);
+    if (rc != 0) return capmoe_set_error(err, "scheduler: cannot start its thread: %s", strerror(rc));
+    s->started = 1;
+    return 0;
+}
+
+void capmoe_sched_free(capmoe_sched *s) {
+    if (!s) return;
+    if (s->started) {
+        pthread_mutex_lock(&s->mu);
+        s->stop = 1;
+        pthread_cond_signal(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->th, NULL);
+    }
+    while (s->reqs) { /* only when the thread never ran */
+        sreq *rq = s->reqs;
+        s->reqs = rq->next;
+        req_free(s, rq);
+    }
+    while (s->in_head) {
+        sreq *rq = s->in_head;
+        s->in_head = rq->next;
+        req_free(s, rq);
+    }
+    capmoe_model_free(s->model);
+    capmoe_tokenizer_free(s->tok);
+    free(s->slots);
+    free(s->scratch);
+    free(s->top_ids);
+    free(s->top_lps);
+    free(s->batch);
+    free(s->batch_seq);
+    free(s->batch_kind);
+    free(s->batch_pos);
+    free(s->layer_st);
+    free(s->logits);
+    free(s->cancel_ids);
+    free(s->model_dir);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+    free(s);
+}
+
+static uint64_t mix64(uint64_t x) { /* splitmix64 finaliser */
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+static capmoe_sched_rc validate(const capmoe_sched *s, const capmoe_gen_params *p,
+                                capmoe_error *err) {
+    if (!p->prompt || p->n_prompt < 1) {
+        capmoe_set_error(err, "the prompt is empty");
+        return CAPMOE_SCHED_EINVAL;
+    }
+    if (p->n_prompt >= s->context) {
+        capmoe_set_error(err,
+                         "the prompt has %d tokens but the context is %d tokens (at least one "
+                         "must be left for the completion)",
+                         p->n_prompt, s->context);
+        return CAPMOE_SCHED_EINVAL;
+    }
+    for (int i = 0; i < p->n_prompt; i++)
+        if (p->prompt[i] < 0 || p->prompt[i] >= s->vocab) {
+            capmoe_set_error(err, "prompt token %d: id %d is out of range 0..%d", i, p->prompt[i],
+                             s->vocab - 1);
+            return CAPMOE_SCHED_EINVAL;
+        }
+    if (p->n < 1 || p->n > s->o.max_running) {
+        capmoe_set_error(err, "n must be 1..%d (max_running), got %d", s->o.max_running, p->n);
+        return CAPMOE_SCHED_EINVAL;
+    }
+    if (p->max_tokens < 1) {
+        capmoe_set_error(err, "max_tokens must be >= 1, got %d", p->max_tokens);
+        return CAPMOE_SCHED_EINVAL;
+    }
+    const capmoe_sampling *sp = &p->sampling;
+    if (!(sp->temperature >= 0 && isfinite(sp->temperature)) || !(sp->top_p > 0 && sp->top_p <= 1) ||
+        sp->top_k < 0 || !(sp->min_p >= 0 && sp->min_p <= 1)) {
+        capmoe_set_error(err, "sampling parameters out of range");
+        return CAPMOE_SCHED_EINVAL;
+    }
+    if (p->n_stop < 0 || p->n_stop > CAPMOE_SCHED_MAX_STOP || (p->n_stop && !p->stop)) {
+        capmoe_set_error(err, "at most %d stop strings", CAPMOE_SCHED_MAX_STOP);
+        return CAPMOE_SCHED_EINVAL;
+    }
+    for (int i = 0; i < p->n_stop; i++) {
+        size_t L = p->stop[i] ? strlen(p->stop[i]) : 0;
+        if (L == 0 || L > CAPMOE_SCHED_MAX_STOP_LEN) {
+            capmoe_set_error(err, "stop strings must be 1..%d bytes", CAPMOE_SCHED_MAX_STOP_LEN);
+            return CAPMOE_SCHED_EINVAL;
+        }
+    }
+    if (p->n_stop_ids < 0 || p->n_stop_ids > CAPMOE_SCHED_MAX_STOP_IDS ||
+        (p->n_stop_ids && !p->stop_ids)) {
+        capmoe_set_error(err, "at most %d stop token ids", CAPMOE_SCHED_MAX_STOP_IDS);
+        return CAPMOE_SCHED_EINVAL;
+    }
+    if (p->logprobs > CAPMOE_SCHED_MAX_TOP) {
+        capmoe_set_error(err, "logprobs must be at most %d", CAPMOE_SCHED_MAX_TOP);
+        return CAPMOE_SCHED_EINVAL;
+    }
+    return CAPMOE_SCHED_OK;
+}
+
+capmoe_sched_rc capmoe_sched_submit(capmoe_sched *s, const capmoe_gen_params *p, uint64_t *id,
+                                    capmoe_error *err) {
+    pthread_mutex_lock(&s->mu);
+    int ready = s->ready, draining = s->draining || s->stop;
+    pthread_mutex_unlock(&s->mu);
+    if (ready != 1) {
+        capmoe_set_error(err, ready < 0 ? "the model failed to load" : "the model is loading");
+        return CAPMOE_SCHED_ENOTREADY;
+    }
+    if (draining) {
+        capmoe_set_error(err, "the scheduler is draining (shutting down)");
+        return CAPMOE_SCHED_EDRAINING;
+    }
+    capmoe_sched_rc rc = validate(s, p, err);
+    if (rc != CAPMOE_SCHED_OK) return rc;
+
+    sreq *rq = calloc(1, sizeof *rq);
+    if (!rq) goto oom;
+    rq->user = p->user;
+    rq->n_prompt = p->n_prompt;
+    rq->prompt = capmoe_malloc_array((size_t)p->n_prompt, sizeof(int32_t));
+    rq->seqs = calloc((size_t)p->n, sizeof *rq->seqs);
+    if (!rq->prompt || !rq->seqs) goto oom;
+    rq->n = p->n;
+    for (int c = 0; c < p->n; c++) {
+        rq->seqs[c].rq = rq;
+        rq->seqs[c].choice = c;
+        rq->seqs[c].slot = -1; /* never 0 from calloc: req_free would clear slot 0 */
+    }
+    memcpy(rq->prompt, p->prompt, sizeof(int32_t) * (size_t)p->n_prompt);
+    rq->max_tokens = p->max_tokens;
+    rq->sampling = p->sampling;
+    for (int i = 0; i < p->n_stop; i++) {
+        rq->stop[i] = strdup(p->stop[i]);
+        if (!rq->stop[i]) goto oom;
+        rq->stop_len[i] = strlen(p->stop[i]);
+        rq->n_stop = i + 1;
+    }
+    rq->n_stop_ids = p->n_stop_ids;
+    if (p->n_stop_ids) memcpy(rq->stop_ids, p->stop_ids, sizeof(int32_t) * (size_t)p->n_stop_ids);
+    rq->ignore_eos = p->ignore_eos;
+    rq->logprobs = p->logprobs < 0 ? -1 : p->logprobs;
+    rq->prompt_logprobs = p->prompt_logprobs;
+    rq->skip_special = p->skip_special;
+    rq->t_submit = capmoe_now();
+
+    pthread_mutex_lock(&s->mu);
+    if (s->draining || s->stop) {
+        pthread_mutex_unlock(&s->mu);
+        req_free(s, rq);
+        capmoe_set_error(err, "the scheduler is draining (shutting down)");
+        return CAPMOE_SCHED_EDRAINING;
+    }
+    if (!p->bypass_queue_limit && s->n_incoming + s->n_waiting >= s->o.max_queue) {
+        int q = s->n_incoming + s->n_waiting;
+        pthread_mutex_unlock(&s->mu);
+        req_free(s, rq);
+        capmoe_set_error(err, "the queue is full (%d requests waiting)", q);
+        return CAPMOE_SCHED_EFULL;
+    }
+    rq->id = s->next_id++;
+    rq->seed = p->has_seed ? p->seed : mix64(s->seed_counter++ ^ rq->id);
+    pthread_mutex_unlock(&s->mu);
+    for (int c = 0; c < rq->n; c++) capmoe_rng_seed(&rq->seqs[c].rng, rq->seed + (uint64_t)c);
+    pthread_mutex_lock(&s->mu);
+    if (s->in_tail) s->in_tail->next = rq;
+    else s->in_head = rq;
+    s->in_tail = rq;
+    s->n_incoming++;
+    s->n_active++;
+    *id = rq->id;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    return CAPMOE_SCHED_OK;
+oom:
+    req_free(s, rq);
+    capmoe_set_error(err, "out of memory");
+    return CAPMOE_SCHED_ENOMEM;
+}
+
+void capmoe_sched_cancel(capmoe_sched *s, uint64_t id) {
+    pthread_mutex_lock(&s->mu);
+    if (s->n_cancel == s->cap_cancel) {
+        int nc = s->cap_cancel ? s->cap_cancel * 2 : 16;
+        uint64_t *n = realloc(s->cancel_ids, sizeof *n * (size_t)nc);
+        if (!n) { /* cannot record it: fall back to nothing (the request ends normally) */
+            pthread_mutex_unlock(&s->mu);
+            return;
+        }
+        s->cancel_ids = n;
+        s->cap_cancel = nc;
+    }
+    s->cancel_ids[s->n_cancel++] = id;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+void capmoe_sched_drain(capmoe_sched *s) {
+    pthread_mutex_lock(&s->mu);
+    s->draining = 1;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void capmoe_sched_cancel_all(capmoe_sched *s) {
+    pthread_mutex_lock(&s->mu);
+    s->cancel_all = 1;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+int capmoe_sched_active(capmoe_sched *s) {
+    pthread_mutex_lock(&s->mu);
+    int n = s->n_active;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+const capmoe_tokenizer *capmoe_sched_tokenizer(const capmoe_sched *s) { return s->tok; }
+const capmoe_hfconfig *capmoe_sched_model_config(const capmoe_sched *s) { return s->hc; }
+int capmoe_sched_context(const capmoe_sched *s) { return s->context; }
+int capmoe_sched_vocab(const capmoe_sched *s) { return s->vocab; }

@@ -1,0 +1,114 @@
+/* config.h - capmoe-server configuration: one option table drives the JSON
+ * file, the CAPMOE_* environment variables, the command-line flags and --help.
+ *
+ * Precedence, lowest first: built-in defaults < JSON file (--config FILE or
+ * CAPMOE_CONFIG) < environment CAPMOE_<UPPER_NAME> < flags --kebab-name.
+ * An invalid value anywhere is refused with a message naming the option and
+ * where it came from; unknown keys in the file and unknown flags are refused.
+ *
+ *   name                      type            default        meaning
+ *   ------------------------  --------------  -------------  ---------------------------------------
+ *   model                     path            config/model   Hugging Face model directory
+ *   model_name                string          ""             id served in /v1/models ("" = basename of model)
+ *   host                      string          127.0.0.1      address to listen on (IPv4/IPv6 literal or name)
+ *   port                      int 0..65535    8080           TCP port (0 = any free port, logged at start)
+ *   api_key                   string          ""             when set, the /v1 routes, /tokenize, /detokenize need
+ *                                                            "Authorization: Bearer <key>"
+ *   policy                    enum            none           none|drop|reroute|expanded|rank_drop
+ *   capacity_factor           number|"auto"   1.0            gamma, or "auto" (per-dispatch tuning)
+ *   ep_ranks                  int 1..64       1              expert-parallel ranks (worker threads)
+ *   renormalize               bool            false          rescale kept top-k weights after a policy
+ *   min_tokens                int >= 0        16             no capacity limit below this many tokens
+ *   drop_budget               number 0..1     0.01           dropped routing mass allowed under auto
+ *   max_batch_tokens          int             512            token budget of one scheduler step
+ *   max_running               int             16             sequences decoded together
+ *   max_queue                 int             256            requests waiting for a slot (then 429)
+ *   context                   int >= 0        0              tokens per sequence (0 = the model's)
+ *   max_body_bytes            int             1048576        request body limit (413 above)
+ *   grace_period_s            number          30             SIGTERM: time running requests get to finish
+ *   request_timeout_s         number          0              generation wall-clock limit from arrival
+ *                                                            (0 = none); ends with finish_reason length
+ *   connection_timeout_s      int             60             idle HTTP connection timeout (0 = none)
+ *   max_connections           int             512            concurrent HTTP connections
+ *   metrics_per_layer_expert  bool            false          expert-token counters per {layer,expert}
+ *   blas_threads              int 0..256      0              OpenBLAS threads (0 = OpenBLAS default)
+ *
+ * Flag-only: --config FILE, --help, --version, --healthcheck (GET /health on
+ * host:port; exit 0 when it answers 200, else 1). */
+#ifndef CAPMOE_CONFIG_H
+#define CAPMOE_CONFIG_H
+
+#include <stdio.h>
+
+#include "capmoe/common.h"
+#include "capmoe/dispatch.h"
+
+typedef struct capmoe_config {
+    char *model;                 /* malloc'd; owned by the config */
+    char *model_name;            /* malloc'd ("" = basename of model) */
+    char *host;                  /* malloc'd */
+    int port;
+    char *api_key;               /* malloc'd ("" = no authentication) */
+    int policy;                  /* capmoe_policy */
+    double capacity_factor;      /* gamma when !capacity_auto */
+    int capacity_auto;           /* 1: "auto" */
+    int ep_ranks;
+    int renormalize;
+    int min_tokens;
+    double drop_budget;
+    int max_batch_tokens;
+    int max_running;
+    int max_queue;
+    int context;
+    long long max_body_bytes;
+    double grace_period_s;
+    double request_timeout_s;
+    int connection_timeout_s;
+    int max_connections;
+    int metrics_per_layer_expert;
+    int blas_threads;
+    char *config_file;           /* malloc'd path of the file read, NULL if none */
+} capmoe_config;
+
+typedef enum capmoe_config_action {
+    CAPMOE_CONFIG_RUN = 0,       /* start the server */
+    CAPMOE_CONFIG_HELP,          /* --help: print capmoe_config_help and exit 0 */
+    CAPMOE_CONFIG_VERSION,       /* --version */
+    CAPMOE_CONFIG_HEALTHCHECK    /* --healthcheck: probe host:port/health */
+} capmoe_config_action;
+
+/* Fills the built-in defaults (allocates the default strings). */
+void capmoe_config_defaults(capmoe_config *cfg);
+/* Frees the strings; cfg may then be reused after capmoe_config_defaults. */
+void capmoe_config_free(capmoe_config *cfg);
+
+/* Builds cfg from defaults, the JSON file, envp (NULL-terminated "K=V"
+ * strings, e.g. environ; NULL = none) and argv[1..argc-1]. On success
+ * returns 0 and stores the requested action; on error returns -1 with a
+ * message naming the option. cfg must be freed in both cases. */
+int capmoe_config_load(capmoe_config *cfg, int argc, char **argv, char *const *envp,
+                       capmoe_config_action *action, capmoe_error *err);
+
+/* Applies a JSON object text (the file format) on top of cfg. what names the
+ * source in messages (the file path). */
+int capmoe_config_apply_json(capmoe_config *cfg, const char *json, size_t len,
+                             const char *what, capmoe_error *err);
+/* Applies one option by its name (snake_case) from a string value, as the
+ * environment and flags do. what names the source ("--port", "CAPMOE_PORT"). */
+int capmoe_config_set(capmoe_config *cfg, const char *name, const char *value,
+                      const char *what, capmoe_error *err);
+/* Cross-option checks (max_batch_tokens >= max_running, ...). */
+int capmoe_config_check(const capmoe_config *cfg, capmoe_error *err);
+
+/* Writes the --help text: every option with its flag, variable and default. */
+void capmoe_config_help(FILE *out, const char *prog);
+/* Writes cfg as a JSON object of every option (the file format). malloc'd. */
+char *capmoe_config_to_json(const capmoe_config *cfg);
+
+/* The dispatch configuration the options describe. */
+void capmoe_config_dispatch(const capmoe_config *cfg, capmoe_dispatch_cfg *out);
+/* The served model id: model_name, or the last path component of model
+ * (trailing slashes ignored). malloc'd; caller frees. */
+char *capmoe_config_model_id(const capmoe_config *cfg);
+
+#endif

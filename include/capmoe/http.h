@@ -1,0 +1,107 @@
+/* http.h - libmicrohttpd driven by a libuv loop (../shared/docs/ecosystem-notes.md §1).
+ *
+ * One loop thread owns everything here: MHD runs in external epoll mode
+ * (MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO | MHD_USE_ERROR_LOG),
+ * its epoll fd watched by a uv_poll_t, MHD_get_timeout honoured with a
+ * uv_timer_t (0 included), a uv_async_t wakes the loop from other threads
+ * (capmoe_http_wake is the only thread-safe call), uv_signal_t catches
+ * SIGTERM / SIGINT. SIGPIPE must be ignored by the program.
+ *
+ * A request reaches on_request once, when its headers and whole body are in
+ * (bodies over max_body_bytes are answered 413 by this layer: from
+ * Content-Length before reading, or while reading a chunked body). The
+ * handler answers it with exactly one of
+ *   capmoe_http_respond      a complete response, now;
+ *   capmoe_http_defer        suspend the connection; answer later with
+ *                            capmoe_http_respond (from any loop callback);
+ *   capmoe_http_stream_start a streamed (chunked) response whose body is fed
+ *                            with capmoe_http_stream_write / _end.
+ * Suspended connections are watched for client disconnects (a peek on the
+ * socket every 100 ms): a gone client is closed at once, and on_done reports
+ * aborted = 1 so the application can cancel its work.
+ *
+ * on_done(req) is called exactly once per request that reached on_request
+ * (response sent, client gone, or daemon shutdown); the request pointer is
+ * invalid after it returns. */
+#ifndef CAPMOE_HTTP_H
+#define CAPMOE_HTTP_H
+
+#include <stddef.h>
+
+#include "capmoe/common.h"
+
+typedef struct capmoe_http capmoe_http;
+typedef struct capmoe_http_req capmoe_http_req;
+
+typedef struct capmoe_http_handlers {
+    void *user;
+    void (*on_request)(void *user, capmoe_http_req *req);
+    void (*on_done)(void *user, capmoe_http_req *req, int aborted);
+    void (*on_wake)(void *user);               /* after capmoe_http_wake (coalesced) */
+    void (*on_signal)(void *user, int signum); /* SIGTERM or SIGINT */
+    /* Optional: a request this layer answered itself without on_request
+     * (413 body too large); path and status for metrics / logs. */
+    void (*on_rejected)(void *user, const char *path, int status);
+} capmoe_http_handlers;
+
+typedef struct capmoe_http_opts {
+    const char *host;              /* numeric address or name; wildcard ok */
+    int port;                      /* 0 = any free port (see capmoe_http_port) */
+    long long max_body_bytes;      /* 413 above */
+    unsigned connection_timeout_s; /* MHD idle timeout; 0 = none */
+    unsigned max_connections;
+} capmoe_http_opts;
+
+/* Creates the loop, binds and listens (the socket is up when this returns). */
+int capmoe_http_new(capmoe_http **out, const capmoe_http_opts *opts,
+                    const capmoe_http_handlers *handlers, capmoe_error *err);
+/* Runs the loop until capmoe_http_stop has closed everything. */
+int capmoe_http_run(capmoe_http *h);
+/* Frees what is left after capmoe_http_run returned. NULL ok. */
+void capmoe_http_free(capmoe_http *h);
+int capmoe_http_port(const capmoe_http *h);
+
+/* Thread-safe: makes the loop call on_wake soon (coalesced). */
+void capmoe_http_wake(capmoe_http *h);
+/* Stops accepting connections (MHD_quiesce_daemon, listen fd closed);
+ * connections already open are still served. Idempotent. */
+void capmoe_http_quiesce(capmoe_http *h);
+/* Final shutdown: resumes and closes every suspended connection, closes the
+ * poll handle, stops the daemon (remaining requests get on_done(aborted=1)),
+ * closes the other handles; capmoe_http_run then returns. Idempotent. */
+void capmoe_http_stop(capmoe_http *h);
+/* Requests that reached on_request and have not had on_done yet. */
+int capmoe_http_in_flight(const capmoe_http *h);
+/* One-shot timer on the loop (one per server; re-arming replaces it).
+ * seconds < 0 cancels it. */
+void capmoe_http_set_timer(capmoe_http *h, double seconds, void (*cb)(void *arg), void *arg);
+
+/* ---- the request (loop thread only) ---------------------------------------- */
+const char *capmoe_http_req_method(const capmoe_http_req *r);
+const char *capmoe_http_req_path(const capmoe_http_req *r);  /* without the query */
+/* Header value (case-insensitive name), NULL when absent. Borrowed. */
+const char *capmoe_http_req_header(const capmoe_http_req *r, const char *name);
+/* The body (not NUL-terminated; may be NULL when empty). Borrowed. */
+const char *capmoe_http_req_body(const capmoe_http_req *r, size_t *len);
+void capmoe_http_req_set_user(capmoe_http_req *r, void *user);
+void *capmoe_http_req_user(const capmoe_http_req *r);
+/* 1 once the client is known to be gone (the request ends soon). */
+int capmoe_http_req_aborted(const capmoe_http_req *r);
+
+/* Extra headers: NULL-terminated array of name, value pairs; may be NULL.
+ * All functions copy what they are given. */
+int capmoe_http_respond(capmoe_http_req *r, int status, const char *content_type,
+                        const char *body, size_t len, const char *const *headers);
+void capmoe_http_defer(capmoe_http_req *r);
+int capmoe_http_stream_start(capmoe_http_req *r, int status, const char *content_type,
+                             const char *const *headers);
+int capmoe_http_stream_write(capmoe_http_req *r, const char *data, size_t len);
+int capmoe_http_stream_end(capmoe_http_req *r);
+
+/* --healthcheck client: GET http://host:port/path over a plain socket, with a
+ * timeout. A wildcard host (0.0.0.0, ::, empty) probes the loopback. Returns
+ * the HTTP status (> 0), or -1 with err set (connect / timeout / garbage). */
+int capmoe_http_probe(const char *host, int port, const char *path, double timeout_s,
+                      capmoe_error *err);
+
+#endif

@@ -1,0 +1,167 @@
+/* openai.h - the HTTP API of capmoe-server: routes, request parsing and
+ * validation (JSON -> native structs), responses, SSE, error bodies.
+ *
+ * Routes
+ *   POST /v1/completions, POST /v1/chat/completions   generation (JSON or SSE)
+ *   GET  /v1/models, GET /v1/models/{id}
+ *   GET  /health      503 {"error":{...,"type":"unavailable_error"}} while loading
+ *                     or shutting down, 200 {"status":"ok"} when ready
+ *   GET  /metrics     Prometheus text 0.0.4 (capmoe_metrics_render)
+ *   POST /tokenize    {"prompt"|"text", "add_special_tokens"} -> {"tokens","count","max_model_len"}
+ *   POST /detokenize  {"tokens":[...]} -> {"prompt","text"}
+ * Errors are {"error":{"message","type","param","code"}}: 400 invalid_request_error
+ * (malformed JSON, invalid UTF-8, wrong types, out-of-range values, prompt
+ * longer than the context), 401 invalid_api_key, 404 not_found /
+ * model_not_found, 405 (+Allow), 413, 429 (+Retry-After) when the queue is
+ * full, 503 (+Retry-After) while loading or draining, 500 server_error.
+ * With an api_key, /v1/..., /tokenize and /detokenize need the bearer token;
+ * /health and /metrics stay public (as in vLLM).
+ *
+ * Threads: everything runs on the loop thread except capmoe_api_sched_event /
+ * capmoe_api_sched_step, which the scheduler thread calls; they only queue and
+ * wake the loop (capmoe_http_wake). */
+#ifndef CAPMOE_OPENAI_H
+#define CAPMOE_OPENAI_H
+
+#include <stddef.h>
+
+#include "capmoe/chat.h"
+#include "capmoe/common.h"
+#include "capmoe/config.h"
+#include "capmoe/http.h"
+#include "capmoe/metrics.h"
+#include "capmoe/sample.h"
+#include "capmoe/sched.h"
+
+/* ---- errors ------------------------------------------------------------------ */
+
+typedef struct capmoe_api_error {
+    int status;            /* HTTP status */
+    const char *type;      /* static: "invalid_request_error", "server_error", ... */
+    const char *code;      /* static, NULL = JSON null */
+    char param[64];        /* "" = JSON null */
+    char message[768];
+} capmoe_api_error;
+
+/* Fills e and returns -1. */
+int capmoe_api_fail(capmoe_api_error *e, int status, const char *type, const char *code,
+                    const char *param, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 6, 7)))
+#endif
+    ;
+/* {"error":{"message","type","param","code"}}; malloc'd, *len optional. */
+char *capmoe_api_error_json(const capmoe_api_error *e, size_t *len);
+
+/* ---- requests ------------------------------------------------------------------ */
+
+/* Limits the parser checks against; 0 = unknown (that check is skipped). */
+typedef struct capmoe_api_limits {
+    int context;     /* max_tokens <= context */
+    int vocab;       /* token ids in [0, vocab) */
+    int max_n;       /* n <= max_n (16 by default) */
+} capmoe_api_limits;
+
+typedef struct capmoe_api_prompt {
+    char *text;      /* a text prompt (malloc'd, NUL-terminated), or NULL */
+    size_t text_len;
+    int32_t *ids;    /* a token-id prompt (malloc'd), or NULL */
+    int n_ids;
+} capmoe_api_prompt;
+
+typedef enum capmoe_api_kind {
+    CAPMOE_API_COMPLETIONS = 0,
+    CAPMOE_API_CHAT
+} capmoe_api_kind;
+
+#define CAPMOE_API_MAX_STOP 4
+#define CAPMOE_API_MAX_PROMPTS 64
+
+typedef struct capmoe_api_request {
+    capmoe_api_kind kind;
+    char *model;                   /* NULL when omitted */
+    capmoe_api_prompt *prompts;    /* completions: 1..CAPMOE_API_MAX_PROMPTS */
+    int n_prompts;
+    capmoe_chat_msg *messages;     /* chat: role / content malloc'd */
+    int n_messages;
+    int max_tokens;                /* -1 when not given */
+    capmoe_sampling sampling;
+    int has_seed;
+    uint64_t seed;
+    char *stop[CAPMOE_API_MAX_STOP];
+    int n_stop;
+    int32_t stop_ids[CAPMOE_SCHED_MAX_STOP_IDS]; /* extension: stop_token_ids */
+    int n_stop_ids;
+    int n;
+    int logprobs;                  /* -1: none; else top alternatives (completions 0..5,
+                                      chat top_logprobs 0..20 with logprobs true) */
+    int echo;                      /* completions */
+    int stream;
+    int include_usage;             /* stream_options.include_usage */
+    int ignore_eos;                /* extension (vLLM) */
+    int skip_special;              /* extension skip_special_tokens, default 1 */
+    int add_special;               /* extension add_special_tokens (completions), default 1 */
+    char *user;
+} capmoe_api_request;
+
+/* Parse + validate a body of /v1/completions or /v1/chat/completions.
+ * Checks UTF-8 (whole body), JSON syntax (cJSON's nesting limit refuses deep
+ * documents), types, ranges and the limits given (lim may be NULL). Unknown
+ * fields are ignored. On error returns -1 with e filled (400, param set). */
+int capmoe_api_parse_request(capmoe_api_kind kind, const char *body, size_t len,
+                             const capmoe_api_limits *lim, capmoe_api_request *out,
+                             capmoe_api_error *e);
+void capmoe_api_request_free(capmoe_api_request *r);
+
+/* 1 when s[0..len) is valid UTF-8 (no overlongs, surrogates or > U+10FFFF). */
+int capmoe_utf8_valid(const char *s, size_t len);
+/* Length of the longest prefix of s[0..len) that ends on a character
+ * boundary (drops a trailing incomplete sequence). */
+size_t capmoe_utf8_complete(const char *s, size_t len);
+
+/* "data: <json>\n\n" (malloc'd). */
+char *capmoe_sse_frame(const char *json, size_t *len);
+
+/* ---- the API object ---------------------------------------------------------------- */
+
+typedef struct capmoe_api capmoe_api;
+
+typedef enum capmoe_api_state {
+    CAPMOE_API_LOADING = 0,
+    CAPMOE_API_READY,
+    CAPMOE_API_FAILED,
+    CAPMOE_API_DRAINING
+} capmoe_api_state;
+
+/* Creates the API and its scheduler (not started). cfg, metrics are borrowed
+ * and must outlive the API; metrics may be NULL. */
+int capmoe_api_new(capmoe_api **out, const capmoe_config *cfg, capmoe_metrics *metrics,
+                   capmoe_error *err);
+/* Starts the scheduler thread (model loading). http is borrowed. */
+int capmoe_api_start(capmoe_api *api, capmoe_http *http, capmoe_error *err);
+/* Stops waking the loop from the scheduler thread (events queue up and are
+ * handled by capmoe_api_free). Call before capmoe_http_stop: the loop's async
+ * handle is closed after that. Thread-safe. */
+void capmoe_api_detach_http(capmoe_api *api);
+/* Stops the scheduler (cancelling what is left), processes its last events
+ * and frees everything. Call after capmoe_http_run returned. NULL ok. */
+void capmoe_api_free(capmoe_api *api);
+
+/* http callbacks (loop thread). */
+void capmoe_api_on_request(capmoe_api *api, capmoe_http_req *req);
+void capmoe_api_on_done(capmoe_api *api, capmoe_http_req *req, int aborted);
+void capmoe_api_on_rejected(capmoe_api *api, const char *path, int status);
+/* Handles queued scheduler events (call from on_wake). */
+void capmoe_api_process(capmoe_api *api);
+
+/* Draining: new generation requests get 503; /health answers 503. */
+void capmoe_api_drain(capmoe_api *api);
+/* Cancels every generation still running (grace period over). */
+void capmoe_api_cancel_all(capmoe_api *api);
+capmoe_api_state capmoe_api_get_state(const capmoe_api *api);
+/* Generation calls the scheduler still owes a FINISHED for. */
+int capmoe_api_busy(const capmoe_api *api);
+/* The LOAD_FAILED message (valid in state FAILED). */
+const char *capmoe_api_error_msg(const capmoe_api *api);
+
+#endif

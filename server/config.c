@@ -1,0 +1,512 @@
+/* config.c - the option table of capmoe-server and the four ways to set it:
+ * defaults, JSON file, CAPMOE_* environment variables and --flags. */
+#include "capmoe/config.h"
+
+#include <cjson/cJSON.h>
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- the table ------------------------------------------------------------ */
+
+typedef enum opt_type {
+    OPT_STRING = 0,   /* char *, malloc'd */
+    OPT_INT,          /* int */
+    OPT_LLONG,        /* long long */
+    OPT_DOUBLE,       /* double */
+    OPT_BOOL,         /* int 0/1 */
+    OPT_POLICY,       /* int capmoe_policy */
+    OPT_GAMMA         /* double capacity_factor + int capacity_auto */
+} opt_type;
+
+typedef struct opt {
+    const char *name;    /* snake_case: JSON key; flag = kebab-case; env = CAPMOE_UPPER */
+    opt_type type;
+    size_t off;          /* offset of the field in capmoe_config */
+    double min, max;     /* numeric range (inclusive) */
+    const char *def;     /* default, as the text a flag would carry */
+    const char *meta;    /* value placeholder in --help */
+    const char *help;
+} opt;
+
+#define OFF(f) offsetof(capmoe_config, f)
+
+static const opt k_opts[] = {
+    {"model", OPT_STRING, OFF(model), 0, 0, "config/model", "DIR",
+     "Hugging Face model directory (config.json, safetensors, tokenizer.json)"},
+    {"model_name", OPT_STRING, OFF(model_name), 0, 0, "", "ID",
+     "model id served in /v1/models and accepted in \"model\" (empty: basename of --model)"},
+    {"host", OPT_STRING, OFF(host), 0, 0, "127.0.0.1", "ADDR",
+     "address to listen on (IPv4 / IPv6 literal or host name)"},
+    {"port", OPT_INT, OFF(port), 0, 65535, "8080", "N",
+     "TCP port to listen on (0: any free port, logged at start)"},
+    {"api_key", OPT_STRING, OFF(api_key), 0, 0, "", "KEY",
+     "require \"Authorization: Bearer KEY\" on /v1/..., /tokenize, /detokenize (empty: off)"},
+    {"policy", OPT_POLICY, OFF(policy), 0, 0, "none", "P",
+     "capacity-aware dispatch policy: none, drop, reroute, expanded, rank_drop"},
+    {"capacity_factor", OPT_GAMMA, OFF(capacity_factor), 1e-6, 1e6, "1.0", "G|auto",
+     "capacity factor gamma (> 0), or auto (smallest grid gamma within the drop budget)"},
+    {"ep_ranks", OPT_INT, OFF(ep_ranks), 1, 64, "1", "R",
+     "expert-parallel ranks (worker threads); sequence i lives on rank i mod R"},
+    {"renormalize", OPT_BOOL, OFF(renormalize), 0, 1, "false", "BOOL",
+     "rescale each token's kept expert weights to sum to 1 after a limited dispatch"},
+    {"min_tokens", OPT_INT, OFF(min_tokens), 0, 1e9, "16", "N",
+     "dispatches of fewer tokens are never capacity-limited (0: always limit)"},
+    {"drop_budget", OPT_DOUBLE, OFF(drop_budget), 0, 1, "0.01", "B",
+     "dropped routing mass allowed per dispatch under capacity_factor auto"},
+    {"max_batch_tokens", OPT_INT, OFF(max_batch_tokens), 1, 1 << 20, "512", "N",
+     "token budget of one scheduler step (decode tokens + prompt chunks)"},
+    {"max_running", OPT_INT, OFF(max_running), 1, 4096, "16", "N",
+     "sequences decoded together (a request with n choices uses n)"},
+    {"max_queue", OPT_INT, OFF(max_queue), 1, 1e6, "256", "N",
+     "requests waiting for a slot; more are refused with 429 and Retry-After"},
+    {"context", OPT_INT, OFF(context), 0, 1 << 24, "0", "N",
+     "tokens per sequence, prompt + completion (0: the model's max_position_embeddings)"},
+    {"max_body_bytes", OPT_LLONG, OFF(max_body_bytes), 1024, 1073741824.0, "1048576", "N",
+     "largest request body accepted (413 above, decided from Content-Length when sent)"},
+    {"grace_period_s", OPT_DOUBLE, OFF(grace_period_s), 0, 86400, "30", "S",
+     "on SIGTERM/SIGINT: seconds running requests get to finish before they are cancelled"},
+    {"request_timeout_s", OPT_DOUBLE, OFF(request_timeout_s), 0, 1e7, "0", "S",
+     "end a generation this long after its arrival (queue time included) with what it has, "
+     "finish_reason length (0: no limit)"},
+    {"connection_timeout_s", OPT_INT, OFF(connection_timeout_s), 0, 86400, "60", "S",
+     "close an HTTP connection idle this long (0: never)"},
+    {"max_connections", OPT_INT, OFF(max_connections), 1, 65536, "512", "N",
+     "concurrent HTTP connections (suspended streaming ones included)"},
+    {"metrics_per_layer_expert", OPT_BOOL, OFF(metrics_per_layer_expert), 0, 1, "false", "BOOL",
+     "label expert-token counters by {layer,expert} (layers x experts series) instead of {expert}"},
+    {"blas_threads", OPT_INT, OFF(blas_threads), 0, 256, "0", "N",
+     "OpenBLAS threads (0: OpenBLAS default / OPENBLAS_NUM_THREADS)"},
+};
+#define N_OPTS (sizeof k_opts / sizeof k_opts[0])
+
+static const opt *find_opt(const char *name) {
+    for (size_t i = 0; i < N_OPTS; i++)
+        if (strcmp(k_opts[i].name, name) == 0) return &k_opts[i];
+    return NULL;
+}
+
+static void *field(capmoe_config *cfg, const opt *o) { return (char *)cfg + o->off; }
+static const void *cfield(const capmoe_config *cfg, const opt *o) {
+    return (const char *)cfg + o->off;
+}
+
+/* ---- value parsing ------------------------------------------------------- */
+
+static int parse_bool(const char *v, int *out) {
+    static const char *yes[] = {"true", "1", "yes", "on"};
+    static const char *no[] = {"false", "0", "no", "off"};
+    for (int i = 0; i < 4; i++) {
+        if (strcasecmp(v, yes[i]) == 0) { *out = 1; return 0; }
+        if (strcasecmp(v, no[i]) == 0) { *out = 0; return 0; }
+    }
+    return -1;
+}
+
+static int parse_double(const char *v, double *out) {
+    char *end;
+    errno = 0;
+    while (isspace((unsigned char)*v)) v++;
+    if (!*v) return -1;
+    double d = strtod(v, &end);
+    while (isspace((unsigned char)*end)) end++;
+    if (*end || errno == ERANGE || !isfinite(d)) return -1;
+    *out = d;
+    return 0;
+}
+
+static int parse_integer(const char *v, long long *out) {
+    char *end;
+    errno = 0;
+    while (isspace((unsigned char)*v)) v++;
+    if (!*v) return -1;
+    long long x = strtoll(v, &end, 10);
+    while (isspace((unsigned char)*end)) end++;
+    if (*end || errno == ERANGE) return -1;
+    *out = x;
+    return 0;
+}
+
+static void fmt_num(char *buf, size_t n, double d) {
+    if (d == floor(d) && fabs(d) < 1e15) snprintf(buf, n, "%.0f", d);
+    else snprintf(buf, n, "%g", d);
+}
+
+int capmoe_config_set(capmoe_config *cfg, const char *name, const char *value,
+                      const char *what, capmoe_error *err) {
+    const opt *o = find_opt(name);
+    if (!o) return capmoe_set_error(err, "%s: unknown option '%s'", what, name);
+    if (!value) return capmoe_set_error(err, "%s: missing value", what);
+    void *f = field(cfg, o);
+    char lo[32], hi[32];
+    fmt_num(lo, sizeof lo, o->min);
+    fmt_num(hi, sizeof hi, o->max);
+    switch (o->type) {
+    case OPT_STRING: {
+        char *s = strdup(value);
+        if (!s) return capmoe_set_error(err, "%s: out of memory", what);
+        free(*(char **)f);
+        *(char **)f = s;
+        return 0;
+    }
+    case OPT_INT:
+    case OPT_LLONG: {
+        long long x;
+        if (parse_integer(value, &x) != 0)
+            return capmoe_set_error(err, "%s: '%s' is not an integer", what, value);
+        if ((double)x < o->min || (double)x > o->max)
+            return capmoe_set_error(err, "%s: %lld is out of range %s..%s", what, x, lo, hi);
+        if (o->type == OPT_INT) *(int *)f = (int)x;
+        else *(long long *)f = x;
+        return 0;
+    }
+    case OPT_DOUBLE: {
+        double d;
+        if (parse_double(value, &d) != 0)
+            return capmoe_set_error(err, "%s: '%s' is not a finite number", what, value);
+        if (d < o->min || d > o->max)
+            return capmoe_set_error(err, "%s: %s is out of range %s..%s", what, value, lo, hi);
+        *(double *)f = d;
+        return 0;
+    }
+    case OPT_BOOL: {
+        int b;
+        if (parse_bool(value, &b) != 0)
+            return capmoe_set_error(err, "%s: '%s' is not a boolean (true/false)", what, value);
+        *(int *)f = b;
+        return 0;
+    }
+    case OPT_POLICY: {
+        int p = capmoe_policy_parse(value);
+        if (p < 0)
+            return capmoe_set_error(
+                err, "%s: unknown policy '%s' (none, drop, reroute, expanded, rank_drop)", what,
+                value);
+        *(int *)f = p;
+        return 0;
+    }
+    case OPT_GAMMA: {
+        if (strcmp(value, "auto") == 0) {
+            cfg->capacity_auto = 1;
+            return 0;
+        }
+        double d;
+        if (parse_double(value, &d) != 0)
+            return capmoe_set_error(err, "%s: '%s' is neither a number nor \"auto\"", what, value);
+        if (d < o->min || d > o->max)
+            return capmoe_set_error(err, "%s: %s is out of range (> 0, at most %s)", what, value,
+                                    hi);
+        cfg->capacity_factor = d;
+        cfg->capacity_auto = 0;
+        return 0;
+    }
+    }
+    return capmoe_set_error(err, "%s: internal error (option type)", what);
+}
+
+void capmoe_config_defaults(capmoe_config *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    for (size_t i = 0; i < N_OPTS; i++) {
+        capmoe_error e;
+        /* The table's defaults are valid by construction (check_config tests it). */
+        if (capmoe_config_set(cfg, k_opts[i].name, k_opts[i].def, "default", &e) != 0) abort();
+    }
+}
+
+void capmoe_config_free(capmoe_config *cfg) {
+    if (!cfg) return;
+    for (size_t i = 0; i < N_OPTS; i++) {
+        if (k_opts[i].type != OPT_STRING) continue;
+        char **p = (char **)field(cfg, &k_opts[i]);
+        free(*p);
+        *p = NULL;
+    }
+    free(cfg->config_file);
+    cfg->config_file = NULL;
+}
+
+/* ---- JSON file ------------------------------------------------------------ */
+
+int capmoe_config_apply_json(capmoe_config *cfg, const char *json, size_t len, const char *what,
+                             capmoe_error *err) {
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, 0);
+    if (root) { /* nothing but white space may follow the object */
+        for (const char *p = end; p && p < json + len; p++)
+            if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
+                cJSON_Delete(root);
+                root = NULL;
+                end = p;
+                break;
+            }
+    }
+    if (!root) {
+        size_t at = end && end >= json ? (size_t)(end - json) : 0;
+        return capmoe_set_error(err, "%s: invalid JSON near byte %zu", what, at);
+    }
+    int rc = 0;
+    if (!cJSON_IsObject(root)) {
+        rc = capmoe_set_error(err, "%s: the top level must be a JSON object", what);
+        goto out;
+    }
+    for (cJSON *it = root->child; it; it = it->next) {
+        const opt *o = it->string ? find_opt(it->string) : NULL;
+        char src[512];
+        snprintf(src, sizeof src, "%s: \"%s\"", what, it->string ? it->string : "?");
+        if (!o) {
+            rc = capmoe_set_error(err, "%s: unknown option (see capmoe-server --help)", src);
+            goto out;
+        }
+        char buf[64];
+        const char *val = NULL;
+        switch (o->type) {
+        case OPT_STRING:
+        case OPT_POLICY:
+            if (!cJSON_IsString(it)) {
+                rc = capmoe_set_error(err, "%s: must be a string", src);
+                goto out;
+            }
+            val = it->valuestring;
+            break;
+        case OPT_INT:
+        case OPT_LLONG:
+        case OPT_DOUBLE:
+            if (!cJSON_IsNumber(it)) {
+                rc = capmoe_set_error(err, "%s: must be a number", src);
+                goto out;
+            }
+            snprintf(buf, sizeof buf, "%.17g", it->valuedouble);
+            val = buf;
+            break;
+        case OPT_BOOL:
+            if (!cJSON_IsBool(it)) {
+                rc = capmoe_set_error(err, "%s: must be true or false", src);
+                goto out;
+            }
+            val = cJSON_IsTrue(it) ? "true" : "false";
+            break;
+        case OPT_GAMMA:
+            if (cJSON_IsNumber(it)) {
+                snprintf(buf, sizeof buf, "%.17g", it->valuedouble);
+                val = buf;
+            } else if (cJSON_IsString(it) && strcmp(it->valuestring, "auto") == 0) {
+                val = "auto";
+            } else {
+                rc = capmoe_set_error(err, "%s: must be a number or \"auto\"", src);
+                goto out;
+            }
+            break;
+        }
+        if (capmoe_config_set(cfg, o->name, val, src, err) != 0) {
+            rc = -1;
+            goto out;
+        }
+    }
+out:
+    cJSON_Delete(root);
+    return rc;
+}
+
+char *capmoe_config_to_json(const capmoe_config *cfg) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return NULL;
+    for (size_t i = 0; i < N_OPTS; i++) {
+        const opt *op = &k_opts[i];
+        const void *f = cfield(cfg, op);
+        switch (op->type) {
+        case OPT_STRING: cJSON_AddStringToObject(o, op->name, *(char *const *)f ? *(char *const *)f : ""); break;
+        case OPT_INT: cJSON_AddNumberToObject(o, op->name, *(const int *)f); break;
+        case OPT_LLONG: cJSON_AddNumberToObject(o, op->name, (double)*(const long long *)f); break;
+        case OPT_DOUBLE: cJSON_AddNumberToObject(o, op->name, *(const double *)f); break;
+        case OPT_BOOL: cJSON_AddBoolToObject(o, op->name, *(const int *)f); break;
+        case OPT_POLICY:
+            cJSON_AddStringToObject(o, op->name, capmoe_policy_name((capmoe_policy) * (const int *)f));
+            break;
+        case OPT_GAMMA:
+            if (cfg->capacity_auto) cJSON_AddStringToObject(o, op->name, "auto");
+            else cJSON_AddNumberToObject(o, op->name, cfg->capacity_factor);
+            break;
+        }
+    }
+    char *s = cJSON_Print(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+/* ---- environment and flags ------------------------------------------------ */
+
+static const char *env_get(char *const *envp, const char *key) {
+    if (!envp) return NULL;
+    size_t n = strlen(key);
+    for (char *const *e = envp; *e; e++)
+        if (strncmp(*e, key, n) == 0 && (*e)[n] == '=') return *e + n + 1;
+    return NULL;
+}
+
+static void env_name(const char *name, char *out, size_t n) {
+    size_t o = (size_t)snprintf(out, n, "CAPMOE_");
+    for (const char *p = name; *p && o + 1 < n; p++) out[o++] = (char)toupper((unsigned char)*p);
+    out[o] = '\0';
+}
+
+static void flag_name(const char *name, char *out, size_t n) {
+    size_t o = (size_t)snprintf(out, n, "--");
+    for (const char *p = name; *p && o + 1 < n; p++) out[o++] = *p == '_' ? '-' : *p;
+    out[o] = '\0';
+}
+
+/* "--max-batch-tokens" -> "max_batch_tokens" (without the leading dashes). */
+static void flag_to_name(const char *flag, size_t len, char *out, size_t n) {
+    size_t o = 0;
+    for (size_t i = 0; i < len && o + 1 < n; i++) out[o++] = flag[i] == '-' ? '_' : flag[i];
+    out[o] = '\0';
+}
+
+int capmoe_config_check(const capmoe_config *cfg, capmoe_error *err) {
+    if (!cfg->model || !cfg->model[0]) return capmoe_set_error(err, "model: must not be empty");
+    if (!cfg->host || !cfg->host[0]) return capmoe_set_error(err, "host: must not be empty");
+    if (cfg->max_batch_tokens < cfg->max_running)
+        return capmoe_set_error(err,
+                                "max_batch_tokens (%d) must be at least max_running (%d): every "
+                                "running sequence decodes one token per step",
+                                cfg->max_batch_tokens, cfg->max_running);
+    if (cfg->api_key && strpbrk(cfg->api_key, " \t\r\n"))
+        return capmoe_set_error(err, "api_key: must not contain white space");
+    return 0;
+}
+
+int capmoe_config_load(capmoe_config *cfg, int argc, char **argv, char *const *envp,
+                       capmoe_config_action *action, capmoe_error *err) {
+    capmoe_config_defaults(cfg);
+    *action = CAPMOE_CONFIG_RUN;
+    /* Pass 1: actions and --config. */
+    const char *file = env_get(envp, "CAPMOE_CONFIG");
+    const char *file_src = "CAPMOE_CONFIG";
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            *action = CAPMOE_CONFIG_HELP;
+            return 0;
+        }
+        if (strcmp(a, "--version") == 0) *action = CAPMOE_CONFIG_VERSION;
+        else if (strcmp(a, "--healthcheck") == 0) *action = CAPMOE_CONFIG_HEALTHCHECK;
+        else if (strcmp(a, "--config") == 0) {
+            if (i + 1 >= argc) return capmoe_set_error(err, "--config: missing FILE");
+            file = argv[++i];
+            file_src = "--config";
+        } else if (strncmp(a, "--config=", 9) == 0) {
+            file = a + 9;
+            file_src = "--config";
+        }
+    }
+    if (file) {
+        if (!*file) return capmoe_set_error(err, "%s: empty file name", file_src);
+        capmoe_error e;
+        size_t len;
+        char *text = capmoe_read_file(file, &len, &e);
+        if (!text) return capmoe_set_error(err, "%s: %s", file_src, e.msg);
+        int rc = capmoe_config_apply_json(cfg, text, len, file, err);
+        free(text);
+        if (rc != 0) return -1;
+        cfg->config_file = strdup(file);
+    }
+    /* Environment. */
+    for (size_t i = 0; i < N_OPTS; i++) {
+        char key[96];
+        env_name(k_opts[i].name, key, sizeof key);
+        const char *v = env_get(envp, key);
+        if (v && capmoe_config_set(cfg, k_opts[i].name, v, key, err) != 0) return -1;
+    }
+    /* Flags. */
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--version") == 0 || strcmp(a, "--healthcheck") == 0) continue;
+        if (strcmp(a, "--config") == 0) {
+            i++;
+            continue;
+        }
+        if (strncmp(a, "--config=", 9) == 0) continue;
+        if (strncmp(a, "--", 2) != 0 || !a[2])
+            return capmoe_set_error(err, "unexpected argument '%s' (see --help)", a);
+        const char *body = a + 2;
+        const char *eq = strchr(body, '=');
+        size_t nlen = eq ? (size_t)(eq - body) : strlen(body);
+        char name[96];
+        if (nlen >= sizeof name) return capmoe_set_error(err, "unknown option '%s' (see --help)", a);
+        flag_to_name(body, nlen, name, sizeof name);
+        char flag[112];
+        snprintf(flag, sizeof flag, "--%.*s", (int)nlen, body);
+        const opt *o = find_opt(name);
+        if (!o && strncmp(name, "no_", 3) == 0 && !eq) {
+            const opt *b = find_opt(name + 3);
+            if (b && b->type == OPT_BOOL) {
+                if (capmoe_config_set(cfg, b->name, "false", flag, err) != 0) return -1;
+                continue;
+            }
+        }
+        if (!o) return capmoe_set_error(err, "unknown option '%s' (see --help)", flag);
+        const char *val;
+        if (eq) val = eq + 1;
+        else if (o->type == OPT_BOOL) val = "true";
+        else if (i + 1 < argc) val = argv[++i];
+        else return capmoe_set_error(err, "%s: missing value (%s)", flag, o->meta);
+        if (capmoe_config_set(cfg, o->name, val, flag, err) != 0) return -1;
+    }
+    return capmoe_config_check(cfg, err);
+}
+
+/* ---- help ----------------------------------------------------------------- */
+
+void capmoe_config_help(FILE *out, const char *prog) {
+    fprintf(out,
+            "Usage: %s [--config FILE] [options]\n"
+            "Serves a Mixture-of-Experts model over HTTP (OpenAI-compatible API, Prometheus\n"
+            "metrics) with continuous batching and capacity-aware expert dispatch.\n\n"
+            "Every option can be set in the JSON file (key as shown without dashes, e.g.\n"
+            "\"max_batch_tokens\"), by the environment variable shown, or by the flag;\n"
+            "flags override variables, which override the file. Booleans take\n"
+            "--flag, --flag=true|false or --no-flag.\n\n"
+            "Options:\n",
+            prog);
+    for (size_t i = 0; i < N_OPTS; i++) {
+        const opt *o = &k_opts[i];
+        char flag[64], env[80], left[96];
+        flag_name(o->name, flag, sizeof flag);
+        env_name(o->name, env, sizeof env);
+        if (o->type == OPT_BOOL) snprintf(left, sizeof left, "%s[=BOOL]", flag);
+        else snprintf(left, sizeof left, "%s %s", flag, o->meta);
+        const char *def = o->def[0] ? o->def : "\"\"";
+        fprintf(out, "  %-32s %s\n  %-32s (default: %s; env %s)\n", left, o->help, "", def, env);
+    }
+    fprintf(out,
+            "  %-32s %s\n  %-32s %s\n  %-32s %s\n  %-32s %s\n",
+            "--config FILE", "JSON file of options (also CAPMOE_CONFIG); config/capmoe.json ships",
+            "--healthcheck", "GET http://HOST:PORT/health; exit 0 on 200, else 1 (for Docker)",
+            "--version", "print the version and exit", "--help", "this text");
+}
+
+/* ---- derived values ------------------------------------------------------- */
+
+void capmoe_config_dispatch(const capmoe_config *cfg, capmoe_dispatch_cfg *out) {
+    capmoe_dispatch_cfg_default(out);
+    out->policy = (capmoe_policy)cfg->policy;
+    out->capacity_factor = cfg->capacity_factor;
+    out->auto_gamma = cfg->capacity_auto;
+    out->ep_ranks = cfg->ep_ranks;
+    out->renormalize = cfg->renormalize;
+    out->min_tokens = cfg->min_tokens;
+    out->drop_budget = cfg->drop_budget;
+}
+
+char *capmoe_config_model_id(const capmoe_config *cfg) {
+    if (cfg->model_name && cfg->model_name[0]) return strdup(cfg->model_name);
+    const char *m = cfg->model ? cfg->model : "";
+    size_t end = strlen(m);
+    while (end > 1 && m[end - 1] == '/') end--;
+    size_t start = end;
+    while (start > 0 && m[start - 1] != '/') start--;
+    if (start == end) return strdup(m[0] ? m : "model");
+    return strndup(m + start, end - start);
+}

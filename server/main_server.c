@@ -1,0 +1,238 @@
+/* main_server.c - capmoe-server: configuration, wiring of http + api +
+ * scheduler + metrics, and the shutdown sequence.
+ *
+ * Start: options (file < env < flags) -> model directory checked -> metrics
+ * -> API + scheduler -> HTTP socket up (GET /health answers 503 while the
+ * scheduler thread loads the model) -> loop.
+ * SIGTERM / SIGINT: stop accepting (MHD quiesce), refuse new generations
+ * (503), let running ones finish within grace_period_s, then cancel them;
+ * once no generation and no HTTP request is left (or 2 s after the cancel),
+ * stop the HTTP layer and exit 0. A second signal cancels at once. A model
+ * that fails to load exits 1. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cblas.h>
+
+#include "capmoe/config.h"
+#include "capmoe/hfconfig.h"
+#include "capmoe/http.h"
+#include "capmoe/metrics.h"
+#include "capmoe/openai.h"
+
+#define CAPMOE_SERVER_VERSION "0.1.0"
+
+extern char **environ;
+
+typedef struct server {
+    const capmoe_config *cfg;
+    capmoe_http *http;
+    capmoe_api *api;
+    int draining;      /* a signal arrived (or loading failed) */
+    int cancelled;     /* the grace period is over */
+    int stop_sent;
+    int exit_code;
+} server;
+
+static void stop_http(server *s) {
+    s->stop_sent = 1;
+    capmoe_api_detach_http(s->api); /* no uv_async_send once the loop closes */
+    capmoe_http_stop(s->http);
+}
+
+static void check_shutdown(server *s) {
+    if (!s->draining || s->stop_sent) return;
+    if (capmoe_api_busy(s->api) == 0 && capmoe_http_in_flight(s->http) == 0) stop_http(s);
+}
+
+static void flush_over(void *arg) { /* cancelled answers had 2 s to leave */
+    server *s = arg;
+    if (!s->stop_sent) {
+        fprintf(stderr, "capmoe-server: closing %d unfinished connection(s)\n",
+                capmoe_http_in_flight(s->http));
+        stop_http(s);
+    }
+}
+
+static void grace_over(void *arg) {
+    server *s = arg;
+    if (s->cancelled) return;
+    s->cancelled = 1;
+    int busy = capmoe_api_busy(s->api);
+    if (busy) fprintf(stderr, "capmoe-server: grace period over: cancelling %d request(s)\n", busy);
+    capmoe_api_cancel_all(s->api);
+    capmoe_http_set_timer(s->http, 2.0, flush_over, s);
+    check_shutdown(s);
+}
+
+static void begin_drain(server *s, double grace) {
+    s->draining = 1;
+    capmoe_http_quiesce(s->http);
+    capmoe_api_drain(s->api);
+    capmoe_http_set_timer(s->http, grace, grace_over, s);
+    check_shutdown(s);
+}
+
+static void on_request(void *u, capmoe_http_req *req) {
+    server *s = u;
+    capmoe_api_on_request(s->api, req);
+}
+
+static void on_done(void *u, capmoe_http_req *req, int aborted) {
+    server *s = u;
+    capmoe_api_on_done(s->api, req, aborted);
+    check_shutdown(s);
+}
+
+static void on_rejected(void *u, const char *path, int status) {
+    server *s = u;
+    capmoe_api_on_rejected(s->api, path, status);
+}
+
+static void on_wake(void *u) {
+    server *s = u;
+    capmoe_api_process(s->api);
+    if (capmoe_api_get_state(s->api) == CAPMOE_API_FAILED && !s->draining) {
+        fprintf(stderr, "capmoe-server: cannot load the model: %s\n",
+                capmoe_api_error_msg(s->api));
+        s->exit_code = 1;
+        begin_drain(s, 0);
+    }
+    check_shutdown(s);
+}
+
+static void on_signal(void *u, int signum) {
+    server *s = u;
+    const char *name = signum == SIGTERM ? "SIGTERM" : "SIGINT";
+    if (!s->draining) {
+        fprintf(stderr,
+                "capmoe-server: %s: no new requests; waiting up to %g s for %d running one(s)\n",
+                name, s->cfg->grace_period_s, capmoe_api_busy(s->api));
+        begin_drain(s, s->cfg->grace_period_s);
+    } else if (!s->cancelled) {
+        fprintf(stderr, "capmoe-server: second %s: cancelling now\n", name);
+        grace_over(s);
+    }
+}
+
+static int check_model_dir(const char *dir, capmoe_hfconfig *hc, capmoe_error *err) {
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        return capmoe_set_error(err,
+                                "model: '%s' is not a directory (give a Hugging Face model "
+                                "directory with --model DIR; the default is config/model)",
+                                dir);
+    char *cj = capmoe_path_join(dir, "config.json");
+    int ok = cj && access(cj, R_OK) == 0;
+    free(cj);
+    if (!ok)
+        return capmoe_set_error(err, "model: '%s' has no readable config.json", dir);
+    capmoe_error e;
+    if (capmoe_hfconfig_load(hc, dir, &e) != 0) return capmoe_set_error(err, "model: %s", e.msg);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    signal(SIGPIPE, SIG_IGN);
+    capmoe_config cfg;
+    capmoe_config_action action;
+    capmoe_error err;
+    if (capmoe_config_load(&cfg, argc, argv, environ, &action, &err) != 0) {
+        fprintf(stderr, "capmoe-server: %s\n", err.msg);
+        capmoe_config_free(&cfg);
+        return 2;
+    }
+    if (action == CAPMOE_CONFIG_HELP) {
+        capmoe_config_help(stdout, "capmoe-server");
+        capmoe_config_free(&cfg);
+        return 0;
+    }
+    if (action == CAPMOE_CONFIG_VERSION) {
+        printf("capmoe-server %s\n", CAPMOE_SERVER_VERSION);
+        capmoe_config_free(&cfg);
+        return 0;
+    }
+    if (action == CAPMOE_CONFIG_HEALTHCHECK) {
+        int status = capmoe_http_probe(cfg.host, cfg.port, "/health", 5.0, &err);
+        int rc = status == 200 ? 0 : 1;
+        if (status < 0) fprintf(stderr, "capmoe-server: healthcheck: %s\n", err.msg);
+        else if (rc) fprintf(stderr, "capmoe-server: healthcheck: /health answered %d\n", status);
+        capmoe_config_free(&cfg);
+        return rc;
+    }
+
+    capmoe_hfconfig hc;
+    if (check_model_dir(cfg.model, &hc, &err) != 0) {
+        fprintf(stderr, "capmoe-server: %s\n", err.msg);
+        capmoe_config_free(&cfg);
+        return 1;
+    }
+    if (cfg.blas_threads > 0) openblas_set_num_threads(cfg.blas_threads);
+
+    char *model_id = capmoe_config_model_id(&cfg);
+    capmoe_metrics_opts mo = {
+        .model_name = model_id ? model_id : "model",
+        .n_layers = hc.n_layers,
+        .n_experts = hc.n_experts,
+        .per_layer_expert = cfg.metrics_per_layer_expert,
+        .policy = capmoe_policy_name((capmoe_policy)cfg.policy),
+    };
+    capmoe_metrics *metrics = capmoe_metrics_new(&mo);
+    if (!metrics) {
+        fprintf(stderr, "capmoe-server: cannot create the metrics registry\n");
+        free(model_id);
+        capmoe_config_free(&cfg);
+        return 1;
+    }
+
+    server s = {.cfg = &cfg};
+    if (capmoe_api_new(&s.api, &cfg, metrics, &err) != 0) {
+        fprintf(stderr, "capmoe-server: %s\n", err.msg);
+        capmoe_metrics_free(metrics);
+        free(model_id);
+        capmoe_config_free(&cfg);
+        return 1;
+    }
+    capmoe_http_opts ho = {
+        .host = cfg.host,
+        .port = cfg.port,
+        .max_body_bytes = cfg.max_body_bytes,
+        .connection_timeout_s = (unsigned)cfg.connection_timeout_s,
+        .max_connections = (unsigned)cfg.max_connections,
+    };
+    capmoe_http_handlers hh = {
+        .user = &s,
+        .on_request = on_request,
+        .on_done = on_done,
+        .on_wake = on_wake,
+        .on_signal = on_signal,
+        .on_rejected = on_rejected,
+    };
+    if (capmoe_http_new(&s.http, &ho, &hh, &err) != 0) {
+        fprintf(stderr, "capmoe-server: %s\n", err.msg);
+        capmoe_api_free(s.api);
+        capmoe_metrics_free(metrics);
+        free(model_id);
+        capmoe_config_free(&cfg);
+        return 1;
+    }
+    fprintf(stderr, "capmoe-server %s: listening on http://%s:%d (model %s as '%s', loading)\n",
+            CAPMOE_SERVER_VERSION, cfg.host, capmoe_http_port(s.http), cfg.model, model_id);
+    if (capmoe_api_start(s.api, s.http, &err) != 0) {
+        fprintf(stderr, "capmoe-server: %s\n", err.msg);
+        s.exit_code = 1;
+        begin_drain(&s, 0);
+    }
+    capmoe_http_run(s.http);
+    capmoe_api_free(s.api); /* joins the scheduler */
+    capmoe_http_free(s.http);
+    capmoe_metrics_free(metrics);
+    fprintf(stderr, "capmoe-server: stopped\n");
+    free(model_id);
+    capmoe_config_free(&cfg);
+    return s.exit_code;
+}
