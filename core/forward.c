@@ -36,6 +36,31 @@ static int reserve_all(struct capmoe_model *m, int T, int max_ctx, capmoe_error 
     return 0;
 }
 
+/* Decode steps have one or a few query rows per sequence and head: a plain
+ * loop over the cache beats two tiny BLAS calls (and their thread wake-ups)
+ * per head. Row i sits at position qpos0 + i and sees keys [0, qpos0 + i]. */
+#define ATTN_DIRECT_ROWS 4
+static void attend_direct(float *out, int ldo, const float *Q, int ldq, const float *K,
+                          const float *V, int ldkv, int nq, int qpos0, int d, int sw, float scale,
+                          float *S) {
+    for (int i = 0; i < nq; i++) {
+        const float *q = Q + (size_t)i * ldq;
+        int last = qpos0 + i, first = sw > 0 && last - sw + 1 > 0 ? last - sw + 1 : 0;
+        int L = last + 1;
+        for (int j = 0; j < first; j++) S[j] = -INFINITY;
+        for (int j = first; j < L; j++) {
+            const float *k = K + (size_t)j * ldkv;
+            float acc = 0.0f;
+            for (int x = 0; x < d; x++) acc += q[x] * k[x];
+            S[j] = acc * scale;
+        }
+        capmoe_softmax_row(S, L);
+        float *o = out + (size_t)i * ldo;
+        for (int x = 0; x < d; x++) o[x] = 0.0f;
+        for (int j = first; j < L; j++) capmoe_axpy(o, V + (size_t)j * ldkv, S[j], d);
+    }
+}
+
 /* Causal attention of one sequence's n new tokens (rows t0..t0+n-1 of q)
  * against its cache of L = p0 + n positions, all heads. */
 static void attend(struct capmoe_model *m, const capmoe_kv *kv, int l, int t0, int n, int p0) {
@@ -54,6 +79,11 @@ static void attend(struct capmoe_model *m, const capmoe_kv *kv, int l, int t0, i
             int nb = n - i0 < ATTN_QBLOCK ? n - i0 : ATTN_QBLOCK;
             int Lb = p0 + i0 + nb;
             const float *Q = m->q.p + (size_t)(t0 + i0) * qd + (size_t)hh * d;
+            if (nb <= ATTN_DIRECT_ROWS) {
+                attend_direct(m->att.p + (size_t)(t0 + i0) * qd + (size_t)hh * d, qd, Q, qd, K, V,
+                              kd, nb, p0 + i0, d, sw, scale, S);
+                continue;
+            }
             capmoe_gemm_nt(S, Lb, Q, qd, K, kd, nb, Lb, d, scale, 0.0f);
             for (int i = 0; i < nb; i++) {
                 float *row = S + (size_t)i * Lb;

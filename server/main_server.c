@@ -188,6 +188,9 @@ int main(int argc, char **argv) {
         capmoe_config_free(&cfg);
         return 1;
     }
+    /* routed pairs per dispatch = tokens x top_k (not computed + dropped, which
+     * differs under expanded) */
+    capmoe_metrics_set_top_k(metrics, hc.top_k);
 
     server s = {.cfg = &cfg};
     if (capmoe_api_new(&s.api, &cfg, metrics, &err) != 0) {

@@ -29,4 +29,14 @@ int capmoe_chat_render(const capmoe_tokenizer *tok, const capmoe_chat_msg *msgs,
                        int add_generation_prompt, char **prompt, int *add_special,
                        capmoe_error *err);
 
+/* As capmoe_chat_render with an explicit template string and bos/eos token
+ * texts (NULL renders as ""), e.g. for a template given in a config file.
+ * Unrecognised templates fail with a message quoting the template's start;
+ * conversations the Jinja template would reject (roles that do not
+ * alternate, an unsupported role) fail with the template's reason.
+ * *prompt is malloc'd (caller frees). Added by the tokenizer engineer. */
+int capmoe_chat_render_template(const char *template_str, const char *bos, const char *eos,
+                                const capmoe_chat_msg *msgs, int n_msgs, int add_generation_prompt,
+                                char **prompt, int *add_special, capmoe_error *err);
+
 #endif
