@@ -42,18 +42,27 @@ int capmoe_tokenizer_eos_id(const capmoe_tokenizer *tok); /* -1 if none */
 const char *capmoe_tokenizer_chat_template(const capmoe_tokenizer *tok);
 
 /* Streaming-safe decoding: feed ids one at a time, get only complete UTF-8
- * text (never half a character). State owned by the caller. */
+ * text (never half a character). The pieces add up to
+ * capmoe_tokenizer_decode of all ids (the one exception: a run of <0xXX>
+ * byte-fallback tokens that turns invalid after part of it was returned, see
+ * core/tokenizer.c). Each push decodes a short window of recent ids, so the
+ * cost per id does not grow with the length of the stream. State owned by
+ * the caller; one stream per thread. */
 typedef struct capmoe_detok_stream {
     const capmoe_tokenizer *tok;
-    int32_t *ids;       /* ids seen so far (internal) */
+    int32_t *ids;       /* (internal) the recent ids decoded together */
     int n_ids, cap_ids;
-    size_t emitted;     /* bytes of the cumulative decode already returned */
+    size_t emitted;     /* (internal) bytes of their text already returned */
     int skip_special;
+    char *shown;        /* (internal) those bytes */
+    size_t shown_cap;
 } capmoe_detok_stream;
 
 void capmoe_detok_stream_init(capmoe_detok_stream *s, const capmoe_tokenizer *tok,
                               int skip_special);
-/* Appends id; *text receives malloc'd new complete text (may be "") . */
+/* Appends id; *text receives malloc'd new complete text (may be "").
+ * An id out of range fails with a message naming it and leaves the stream
+ * as it was. */
 int capmoe_detok_stream_push(capmoe_detok_stream *s, int32_t id, char **text, size_t *len,
                              capmoe_error *err);
 /* Flushes what remains (incomplete bytes become U+FFFD). */
