@@ -73,15 +73,15 @@ $(BUILD)/tests/%: tests/%.c $(SRVLIB) $(LIB)
 tests: all $(TEST_BIN)
 
 asan:
-	$(MAKE) BUILD=build-asan SAN=1 tests
+	$(MAKE) -j2 BUILD=build-asan SAN=1 tests
 
 run: deps
 	$(MAKE) all
 	./$(BUILD)/capmoe-server --config config/capmoe.json
 
 test: test-deps
-	$(MAKE) tests
-	$(MAKE) BUILD=build-asan SAN=1 tests
+	$(MAKE) -j2 tests
+	$(MAKE) -j2 BUILD=build-asan SAN=1 tests
 	sh tests/run.sh
 
 bench: deps
