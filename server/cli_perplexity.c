@@ -1,0 +1,270 @@
+/* cli_perplexity.c - `capmoe perplexity`: sliding-window perplexity of a model
+ * over a text file under any dispatch policy, several windows per forward so
+ * that every dispatch sees a realistic number of tokens.
+ *
+ *   capmoe perplexity --model DIR --file TEXT [--context 256] [--stride N]
+ *                     [--batch 8] [--max-tokens N] [dispatch options]
+ *
+ * Method (the Hugging Face "perplexity of fixed-length models" recipe):
+ *  - the whole file is tokenized once with the tokenizer's post-processor
+ *    (add_special_tokens = True), as `tokenizer(text)` in that recipe: a BOS
+ *    token, if the tokenizer adds one, appears once at the start of the text,
+ *    not at the start of every window. --max-tokens keeps the first N ids.
+ *  - windows of `context` tokens start at 0, stride, 2 stride, ... (the last
+ *    one is cut at the end of the text; the loop stops at the first window that
+ *    reaches the end). Each window scores only the tokens that no earlier
+ *    window scored (positions from the previous window's end on); the first
+ *    window scores all its tokens but the first, which has no context. A token
+ *    at the start of a window is never scored (no context inside the window),
+ *    so with stride = context the first token of each window is skipped, as in
+ *    the recipe.
+ *  - --batch windows go through one forward pass, each with its own fresh KV
+ *    cache (window i of a forward lives on rank i mod R), so each dispatch sees
+ *    T = the batch's total tokens. Logits of every position are computed
+ *    (batch x context x vocab floats of memory).
+ *  - NLL of a scored token = logsumexp(row) - row[target], in double over the
+ *    float32 logits. perplexity = exp(total NLL / scored tokens).
+ *
+ * Output: {"perplexity", "nll" (mean per scored token, nats), "tokens" (scored),
+ *  "text_tokens", "windows", "forwards", "context", "stride", "batch", "policy",
+ *  "capacity_factor" (number, "auto", or null for policy none), "ep_ranks",
+ *  "renormalize", "min_tokens", "dispatches", "limited_dispatches",
+ *  "mean_gamma" (over limited dispatches, null if none), "routed_pairs",
+ *  "dropped_pairs", "rerouted_pairs", "dropped_fraction" (dropped pairs /
+ *  routed pairs, routed = T x k per dispatch), "dropped_mass" (mean over
+ *  dispatches), "rerouted_fraction" (rerouted pairs / routed pairs), "time_s"}. */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "capmoe/cli.h"
+#include "capmoe/model.h"
+#include "capmoe/stats.h"
+#include "capmoe/tokenizer.h"
+
+static const char *PPL_USAGE =
+    "usage: capmoe perplexity --model DIR --file TEXT [options]\n"
+    "  --context N      window length in tokens (default 256)\n"
+    "  --stride N       window step (default context / 2); each window scores its new tokens\n"
+    "  --batch B        windows per forward pass (default 8)\n"
+    "  --max-tokens N   use only the first N tokens of the text\n"
+    "  dispatch options: --policy --capacity-factor G|auto --ep-ranks R --renormalize\n"
+    "                    --min-tokens N --drop-budget B (as for `capmoe logits`)\n";
+
+typedef struct window {
+    int begin, end, score_from;
+} window;
+
+/* log(sum(exp(row))) in double. */
+static double logsumexp(const float *row, int n) {
+    double mx = -INFINITY;
+    for (int i = 0; i < n; i++)
+        if (row[i] > mx) mx = row[i];
+    if (!isfinite(mx)) return mx;
+    double s = 0.0;
+    for (int i = 0; i < n; i++) s += exp((double)row[i] - mx);
+    return mx + log(s);
+}
+
+int capmoe_cmd_perplexity(int argc, char **argv) {
+    static const char *const SW[] = {"renormalize", "help", NULL};
+    capmoe_error err = {{0}};
+    capmoe_cli_args a;
+    if (capmoe_cli_parse(&a, argc, argv, SW, &err)) goto usage;
+    if (capmoe_cli_has(&a, "help")) {
+        fputs(PPL_USAGE, stdout);
+        return 0;
+    }
+    const char *dir = capmoe_cli_get(&a, "model");
+    const char *file = capmoe_cli_get(&a, "file");
+    if (!dir || !*dir) {
+        capmoe_set_error(&err, "--model DIR is required");
+        goto usage;
+    }
+    if (!file || !*file) {
+        capmoe_set_error(&err, "--file TEXT is required");
+        goto usage;
+    }
+    capmoe_dispatch_cfg cfg;
+    long ctx, stride, batch, max_tokens;
+    if (capmoe_cli_dispatch(&a, &cfg, &err) ||
+        capmoe_cli_int(&a, "context", 2, 1L << 20, 256, &ctx, &err) ||
+        capmoe_cli_int(&a, "stride", 1, 1L << 20, ctx / 2 > 0 ? ctx / 2 : 1, &stride, &err) ||
+        capmoe_cli_int(&a, "batch", 1, 4096, 8, &batch, &err) ||
+        capmoe_cli_int(&a, "max-tokens", 2, INT32_MAX, INT32_MAX, &max_tokens, &err))
+        goto usage;
+    if (stride > ctx) {
+        capmoe_set_error(&err, "--stride %ld exceeds --context %ld (tokens would be skipped)",
+                         stride, ctx);
+        goto usage;
+    }
+    if (capmoe_cli_check_unused(&a, &err)) goto usage;
+
+    int rc = 1;
+    capmoe_tokenizer *tok = NULL;
+    capmoe_model *m = NULL;
+    char *text = NULL;
+    int32_t *ids = NULL;
+    window *win = NULL;
+    capmoe_batch_seq *seqs = NULL;
+    float *logits = NULL;
+    capmoe_layer_stats *ls = NULL;
+    int n_ids = 0, n_win = 0, B = (int)batch;
+    size_t len = 0;
+    text = capmoe_read_file(file, &len, &err);
+    if (!text) goto end;
+    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks};
+    if (capmoe_tokenizer_load(&tok, dir, &err) || capmoe_model_load(&m, dir, &mo, &err)) goto end;
+    const capmoe_hfconfig *c = capmoe_model_config(m);
+    if (c->n_moe_layers > 0 && capmoe_dispatch_cfg_check(&cfg, c->n_experts, &err)) goto end;
+    if (ctx > c->max_position_embeddings) {
+        capmoe_set_error(&err, "--context %ld exceeds the context length %d of %s", ctx,
+                         c->max_position_embeddings, dir);
+        goto end;
+    }
+    if (capmoe_tokenizer_encode(tok, text, len, 1, &ids, &n_ids, &err)) goto end;
+    if (n_ids > max_tokens) n_ids = (int)max_tokens;
+    if (n_ids < 2) {
+        capmoe_set_error(&err, "%s: the text has %d token(s); at least 2 are needed", file,
+                         n_ids);
+        goto end;
+    }
+    for (int i = 0; i < n_ids; i++)
+        if (ids[i] < 0 || ids[i] >= c->vocab_size) {
+            capmoe_set_error(&err, "%s: token id %d is outside the model's vocabulary (%d)", file,
+                             ids[i], c->vocab_size);
+            goto end;
+        }
+
+    /* Windows, as in the Hugging Face recipe. */
+    win = calloc((size_t)(n_ids / stride + 2), sizeof *win);
+    if (!win) {
+        capmoe_set_error(&err, "out of memory");
+        goto end;
+    }
+    for (long begin = 0, prev_end = 0; begin < n_ids; begin += stride) {
+        long end = begin + ctx < n_ids ? begin + ctx : n_ids;
+        long from = prev_end > begin + 1 ? prev_end : begin + 1;
+        win[n_win++] = (window){(int)begin, (int)end, (int)from};
+        prev_end = end;
+        if (end == n_ids) break;
+    }
+
+    seqs = calloc((size_t)B, sizeof *seqs);
+    logits = capmoe_malloc_array((size_t)B * (size_t)ctx * (size_t)c->vocab_size, sizeof(float));
+    ls = calloc((size_t)(c->n_moe_layers > 0 ? c->n_moe_layers : 1), sizeof *ls);
+    if (!seqs || !logits || !ls) {
+        capmoe_set_error(&err, "out of memory for %d windows of %ld tokens x %d logits", B, ctx,
+                         c->vocab_size);
+        goto end;
+    }
+    for (int s = 0; s < B; s++) {
+        seqs[s].kv = capmoe_kv_new(m, (int)ctx);
+        if (!seqs[s].kv) {
+            capmoe_set_error(&err, "out of memory for KV caches");
+            goto end;
+        }
+        seqs[s].want = CAPMOE_LOGITS_ALL;
+        seqs[s].rank = s % cfg.ep_ranks;
+    }
+    capmoe_forward_stats st = {.layers = ls, .cap_layers = c->n_moe_layers};
+    double nll = 0.0, gamma_sum = 0.0, mass_sum = 0.0, t0 = capmoe_now();
+    long scored = 0, routed = 0, dropped = 0, rerouted = 0, dispatches = 0, limited = 0;
+    int forwards = 0;
+    for (int w0 = 0; w0 < n_win; w0 += B) {
+        int nb = n_win - w0 < B ? n_win - w0 : B;
+        for (int s = 0; s < nb; s++) {
+            const window *w = &win[w0 + s];
+            capmoe_kv_clear(seqs[s].kv);
+            seqs[s].tokens = ids + w->begin;
+            seqs[s].n_tokens = w->end - w->begin;
+        }
+        if (capmoe_model_forward(m, seqs, nb, &cfg, logits, &st, &err)) goto end;
+        forwards++;
+        size_t row = 0;
+        for (int s = 0; s < nb; s++) {
+            const window *w = &win[w0 + s];
+            for (int j = w->begin + 1; j < w->end; j++) {
+                if (j >= w->score_from) {
+                    const float *r = logits + (row + (size_t)(j - 1 - w->begin)) *
+                                                  (size_t)c->vocab_size;
+                    double lse = logsumexp(r, c->vocab_size);
+                    nll += lse - (double)r[ids[j]];
+                    scored++;
+                }
+            }
+            row += (size_t)(w->end - w->begin);
+        }
+        for (int l = 0; l < st.n_moe; l++) {
+            dispatches++;
+            routed += (long)ls[l].tokens * c->top_k;
+            dropped += ls[l].dropped;
+            rerouted += ls[l].rerouted;
+            mass_sum += ls[l].dropped_mass;
+            if (ls[l].limited) {
+                limited++;
+                gamma_sum += ls[l].gamma;
+            }
+        }
+    }
+    double elapsed = capmoe_now() - t0;
+    if (scored == 0 || !isfinite(nll)) {
+        capmoe_set_error(&err, "%s: no finite score (%ld tokens scored)", file, scored);
+        goto end;
+    }
+    cJSON *o = cJSON_CreateObject();
+    double mean = nll / (double)scored;
+    cJSON_AddNumberToObject(o, "perplexity", exp(mean));
+    cJSON_AddNumberToObject(o, "nll", mean);
+    cJSON_AddNumberToObject(o, "tokens", (double)scored);
+    cJSON_AddNumberToObject(o, "text_tokens", n_ids);
+    cJSON_AddNumberToObject(o, "windows", n_win);
+    cJSON_AddNumberToObject(o, "forwards", forwards);
+    cJSON_AddNumberToObject(o, "context", (double)ctx);
+    cJSON_AddNumberToObject(o, "stride", (double)stride);
+    cJSON_AddNumberToObject(o, "batch", (double)batch);
+    cJSON_AddStringToObject(o, "policy", capmoe_policy_name(cfg.policy));
+    if (cfg.policy == CAPMOE_POLICY_NONE) cJSON_AddNullToObject(o, "capacity_factor");
+    else if (cfg.auto_gamma) cJSON_AddStringToObject(o, "capacity_factor", "auto");
+    else cJSON_AddNumberToObject(o, "capacity_factor", cfg.capacity_factor);
+    cJSON_AddNumberToObject(o, "ep_ranks", cfg.ep_ranks);
+    cJSON_AddBoolToObject(o, "renormalize", cfg.renormalize);
+    cJSON_AddNumberToObject(o, "min_tokens", cfg.min_tokens);
+    cJSON_AddNumberToObject(o, "dispatches", (double)dispatches);
+    cJSON_AddNumberToObject(o, "limited_dispatches", (double)limited);
+    if (limited > 0) cJSON_AddNumberToObject(o, "mean_gamma", gamma_sum / (double)limited);
+    else cJSON_AddNullToObject(o, "mean_gamma");
+    cJSON_AddNumberToObject(o, "routed_pairs", (double)routed);
+    cJSON_AddNumberToObject(o, "dropped_pairs", (double)dropped);
+    cJSON_AddNumberToObject(o, "rerouted_pairs", (double)rerouted);
+    cJSON_AddNumberToObject(o, "dropped_fraction", routed ? (double)dropped / routed : 0.0);
+    cJSON_AddNumberToObject(o, "dropped_mass", dispatches ? mass_sum / (double)dispatches : 0.0);
+    cJSON_AddNumberToObject(o, "rerouted_fraction", routed ? (double)rerouted / routed : 0.0);
+    cJSON_AddNumberToObject(o, "time_s", elapsed);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (!s) {
+        capmoe_set_error(&err, "out of memory");
+        goto end;
+    }
+    puts(s);
+    free(s);
+    rc = 0;
+end:
+    if (rc) fprintf(stderr, "capmoe perplexity: %s\n", err.msg);
+    for (int s = 0; seqs && s < B; s++) capmoe_kv_free(seqs[s].kv);
+    free(seqs);
+    free(logits);
+    free(ls);
+    free(win);
+    free(ids);
+    free(text);
+    capmoe_model_free(m);
+    capmoe_tokenizer_free(tok);
+    return rc;
+usage:
+    fprintf(stderr, "capmoe perplexity: %s\n%s", err.msg, PPL_USAGE);
+    return 2;
+}
