@@ -44,20 +44,13 @@ static void attend_direct(float *out, int ldo, const float *Q, int ldq, const fl
                           const float *V, int ldkv, int nq, int qpos0, int d, int sw, float scale,
                           float *S) {
     for (int i = 0; i < nq; i++) {
-        const float *q = Q + (size_t)i * ldq;
         int last = qpos0 + i, first = sw > 0 && last - sw + 1 > 0 ? last - sw + 1 : 0;
-        int L = last + 1;
-        for (int j = 0; j < first; j++) S[j] = -INFINITY;
-        for (int j = first; j < L; j++) {
-            const float *k = K + (size_t)j * ldkv;
-            float acc = 0.0f;
-            for (int x = 0; x < d; x++) acc += q[x] * k[x];
-            S[j] = acc * scale;
-        }
-        capmoe_softmax_row(S, L);
-        float *o = out + (size_t)i * ldo;
-        for (int x = 0; x < d; x++) o[x] = 0.0f;
-        for (int j = first; j < L; j++) capmoe_axpy(o, V + (size_t)j * ldkv, S[j], d);
+        int n = last + 1 - first;
+        const float *Kf = K + (size_t)first * ldkv, *Vf = V + (size_t)first * ldkv;
+        capmoe_gemv(S, Kf, ldkv, Q + (size_t)i * ldq, n, d, 0); /* S = K q */
+        for (int j = 0; j < n; j++) S[j] *= scale;
+        capmoe_softmax_row(S, n);
+        capmoe_gemv(out + (size_t)i * ldo, Vf, ldkv, S, n, d, 1); /* o = V^T p */
     }
 }
 

@@ -4,11 +4,21 @@
 #include <cblas.h>
 #include <math.h>
 
+/* Up to GEMV_MAX_ROWS rows run as matrix-vector products: no packing of B,
+ * which dominates small sgemm calls (measured with `capmoe bench --decode`). */
+#ifndef GEMV_MAX_ROWS
+#define GEMV_MAX_ROWS 4
+#endif
+
 void capmoe_gemm_nt(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M,
                     int N, int K, float alpha, float beta) {
     if (M <= 0 || N <= 0) return;
-    if (M == 1) { /* one row (a decode step): a matrix-vector product reads W once */
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, alpha, B, ldb, A, 1, beta, C, 1);
+    if (M <= GEMV_MAX_ROWS) {
+        /* A few rows (decode steps, an expert with few tokens): matrix-vector
+         * products read B in place, where sgemm would first pack all of it. */
+        for (int i = 0; i < M; i++)
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, alpha, B, ldb, A + (size_t)i * lda, 1,
+                        beta, C + (size_t)i * ldc, 1);
         return;
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, alpha, A, lda, B, ldb, beta, C,
@@ -31,6 +41,12 @@ void capmoe_linear(float *y, const float *x, const float *W, const float *bias, 
             for (int j = 0; j < N; j++) row[j] += bias[j];
         }
     }
+}
+
+void capmoe_gemv(float *y, const float *A, int lda, const float *x, int M, int N, int trans) {
+    if (M <= 0 || N <= 0) return;
+    cblas_sgemv(CblasRowMajor, trans ? CblasTrans : CblasNoTrans, M, N, 1.0f, A, lda, x, 1, 0.0f,
+                y, 1);
 }
 
 void capmoe_rmsnorm(float *out, int ldo, const float *x, int ld, const float *w, int M, int n,
@@ -90,8 +106,20 @@ void capmoe_softmax_row(float *x, int n) {
     for (int i = 0; i < n; i++) x[i] *= inv;
 }
 
-void capmoe_axpy(float *y, const float *x, float w, int n) {
+void capmoe_axpy(float *restrict y, const float *restrict x, float w, int n) {
     for (int i = 0; i < n; i++) y[i] += w * x[i];
+}
+
+float capmoe_dot(const float *restrict a, const float *restrict b, int n) {
+    /* Eight independent partial sums: the compiler can keep them in vector
+     * lanes without reassociating a single running sum. */
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) acc[j] += a[i + j] * b[i + j];
+    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
 }
 
 int capmoe_blas_threads(void) { return openblas_get_num_threads(); }

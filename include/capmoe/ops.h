@@ -15,6 +15,9 @@ void capmoe_gemm_nt(float *C, int ldc, const float *A, int lda, const float *B, 
 /* C[M,N] (ldc) = A[M,K] (lda) * B[K,N] (ldb). */
 void capmoe_gemm_nn(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M,
                     int N, int K);
+/* y = A x (trans = 0: A is [M, N], x has N entries, y has M) or y = A^T x
+ * (trans = 1: x has M entries, y has N); rows of A are lda floats apart. */
+void capmoe_gemv(float *y, const float *A, int lda, const float *x, int M, int N, int trans);
 /* RMSNorm of each of the M rows of length n (stride ld) into out (stride ldo). */
 void capmoe_rmsnorm(float *out, int ldo, const float *x, int ld, const float *w, int M, int n,
                     float eps);
@@ -27,8 +30,10 @@ void capmoe_rope_apply(float *v, int d, const float *cs);
 void capmoe_silu_mul(float *a, const float *b, size_t n);
 /* Softmax of a row in place; returns nothing. Entries equal to -INFINITY get 0. */
 void capmoe_softmax_row(float *x, int n);
-/* y[i] += w * x[i] */
-void capmoe_axpy(float *y, const float *x, float w, int n);
+/* y[i] += w * x[i] (y and x must not overlap) */
+void capmoe_axpy(float *restrict y, const float *restrict x, float w, int n);
+/* sum a[i] * b[i] */
+float capmoe_dot(const float *restrict a, const float *restrict b, int n);
 /* Number of threads OpenBLAS uses; set it (1 while rank workers run GEMMs). */
 int capmoe_blas_threads(void);
 void capmoe_blas_set_threads(int n);
