@@ -110,17 +110,5 @@ void capmoe_axpy(float *restrict y, const float *restrict x, float w, int n) {
     for (int i = 0; i < n; i++) y[i] += w * x[i];
 }
 
-float capmoe_dot(const float *restrict a, const float *restrict b, int n) {
-    /* Eight independent partial sums: the compiler can keep them in vector
-     * lanes without reassociating a single running sum. */
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++) acc[j] += a[i + j] * b[i + j];
-    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
 int capmoe_blas_threads(void) { return openblas_get_num_threads(); }
 void capmoe_blas_set_threads(int n) { openblas_set_num_threads(n); }

@@ -32,8 +32,6 @@ void capmoe_silu_mul(float *a, const float *b, size_t n);
 void capmoe_softmax_row(float *x, int n);
 /* y[i] += w * x[i] (y and x must not overlap) */
 void capmoe_axpy(float *restrict y, const float *restrict x, float w, int n);
-/* sum a[i] * b[i] */
-float capmoe_dot(const float *restrict a, const float *restrict b, int n);
 /* Number of threads OpenBLAS uses; set it (1 while rank workers run GEMMs). */
 int capmoe_blas_threads(void);
 void capmoe_blas_set_threads(int n);
