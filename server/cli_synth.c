@@ -54,6 +54,7 @@
 #include <unistd.h>
 
 #include "capmoe/cli.h"
+#include "capmoe/sample.h"
 #include "capmoe/hfconfig.h"
 #include "capmoe/model.h"
 #include "capmoe/safetensors.h"
@@ -77,39 +78,21 @@ static const char *SYNTH_USAGE =
 /* ---- deterministic random numbers --------------------------------------- */
 
 typedef struct rng {
-    uint64_t s[4];
-    int have;
+    capmoe_rng core; /* xoshiro256** of sample.h */
+    int have;        /* Box-Muller keeps its second value */
     double spare;
 } rng;
 
-static uint64_t splitmix(uint64_t *x) {
-    uint64_t z = (*x += 0x9E3779B97F4A7C15ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-}
-
+/* Seeds from the run's seed and the tensor name, so every tensor's values
+ * depend on nothing else. */
 static void rng_seed(rng *r, uint64_t seed, const char *name) {
     uint64_t h = 1469598103934665603ULL; /* FNV-1a of the tensor name */
     for (const char *p = name; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ULL;
-    uint64_t x = seed ^ h;
-    for (int i = 0; i < 4; i++) r->s[i] = splitmix(&x);
+    capmoe_rng_seed(&r->core, seed ^ h);
     r->have = 0;
 }
 
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-static uint64_t rng_next(rng *r) { /* xoshiro256** */
-    uint64_t *s = r->s;
-    uint64_t res = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return res;
-}
+static uint64_t rng_next(rng *r) { return capmoe_rng_next(&r->core); }
 
 static double rng_unit(rng *r) { /* (0, 1) */
     return ((double)(rng_next(r) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
