@@ -78,7 +78,7 @@ def main():
     print("Model `%s` (%s), held-out text `%s` (%d scored tokens; windows of %s tokens, stride %s, "
           "%s windows per forward, so each dispatch sees %d tokens). Speed: `capmoe bench` prefill of "
           "T = %s tokens of the same text on R = %s expert-parallel ranks." % (
-              a.model, m.get("architecture", ""), a.text, rows[0]["tokens"], a.context, a.stride, a.batch,
+              a.model, m.get("arch", ""), a.text, rows[0]["tokens"], a.context, a.stride, a.batch,
               int(a.context) * int(a.batch), a.prefill, a.ep_ranks))
     print()
     print("| policy | gamma | perplexity | vs none | dropped routing mass | dropped pairs | rerouted pairs "
