@@ -4,6 +4,7 @@
  * Each expert's tokens are gathered and run as one GEMM per projection. */
 #include <math.h>
 #include <string.h>
+#include <time.h>
 
 #include "capmoe/ops.h"
 #include "model_internal.h"
@@ -14,7 +15,14 @@ struct rank_job {
     const float *h;
     int R;
     double rank_time[CAPMOE_MAX_RANKS];
+    double rank_cpu[CAPMOE_MAX_RANKS];
 };
+
+static double thread_cpu_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
 
 static void run_rank(void *arg, int r) {
     struct rank_job *j = arg;
@@ -22,7 +30,7 @@ static void run_rank(void *arg, int r) {
     const capmoe_dispatch_plan *P = &m->plan;
     const capmoe_hfconfig *c = &m->cfg;
     int H = c->hidden_size, I = c->moe_intermediate_size, E = c->n_experts;
-    double t0 = capmoe_now();
+    double t0 = capmoe_now(), c0 = thread_cpu_seconds();
     int e0 = r * E / j->R, e1 = (r + 1) * E / j->R;
     for (int e = e0; e < e1; e++) {
         int off = P->expert_off[e], n = P->expert_off[e + 1] - off;
@@ -39,7 +47,10 @@ static void run_rank(void *arg, int r) {
         capmoe_silu_mul(ge, ue, (size_t)n * I);
         capmoe_linear(ye, ge, j->L->w_down[e], NULL, n, H, I);
     }
-    j->rank_time[r] = capmoe_now() - t0;
+    if (r < CAPMOE_MAX_RANKS) {
+        j->rank_time[r] = capmoe_now() - t0;
+        j->rank_cpu[r] = thread_cpu_seconds() - c0;
+    }
 }
 
 int capmoe_moe_forward(struct capmoe_model *m, const struct capmoe_layer *L, int layer_idx,
@@ -115,6 +126,7 @@ int capmoe_moe_forward(struct capmoe_model *m, const struct capmoe_layer *L, int
             int e0 = r * E / R, e1 = (r + 1) * E / R;
             for (int e = e0; e < e1; e++) ls->rank_load[r] += P->loads[e];
             ls->rank_time[r] = job.rank_time[r];
+            ls->rank_cpu_time[r] = job.rank_cpu[r];
         }
         ls->router_time = t1 - t0;
         ls->expert_time = t2 - t1;

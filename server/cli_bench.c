@@ -36,7 +36,7 @@
  *  - Modelled expert-parallel layer time = max over ranks of the rank load x the
  *    per-pair expert cost c, c measured from the `none` run of the same T (or B)
  *    in the same process: c = sum of rank busy times / pairs when R <= cores,
- *    else (ranks share cores) c = sum of expert-phase wall times x cores / pairs.
+ *    else (ranks share cores) c = sum of the rank threads' CPU times / pairs.
  *  - Speedups are ratios against the `none` run of the same T (or B):
  *    wall-clock forward time, MoE block time, and modelled EP layer time.
  *  - Flops: 2 x (attention projections + router + computed expert pairs x
@@ -233,6 +233,7 @@ typedef struct agg {
     double layer_time, router_time, expert_time; /* sums over observations */
     double imbalance, max_load, mean_load, max_rank_load, straggler, dropped_mass;
     double rank_time_sum;  /* sum of rank busy times */
+    double rank_cpu_sum;   /* sum of rank thread CPU times */
     long routed, computed, dropped, rerouted;
     int capacity;          /* C of the last limited layer (-1: never limited) */
     int limited, unlimited; /* layer observations with / without a limit */
@@ -306,7 +307,10 @@ static void add_stats(agg *a, const capmoe_forward_stats *st, int k) {
         a->max_rank_load += capmoe_layer_max_rank_load(ls);
         a->straggler += capmoe_layer_straggler_ratio(ls);
         a->dropped_mass += ls->dropped_mass;
-        for (int r = 0; r < ls->n_ranks; r++) a->rank_time_sum += ls->rank_time[r];
+        for (int r = 0; r < ls->n_ranks; r++) {
+            a->rank_time_sum += ls->rank_time[r];
+            a->rank_cpu_sum += ls->rank_cpu_time[r];
+        }
         a->routed += (long)ls->tokens * k;
         a->computed += sum;
         a->dropped += ls->dropped;
@@ -324,7 +328,9 @@ static void add_stats(agg *a, const capmoe_forward_stats *st, int k) {
 static double pair_cost(const bench *b, const agg *none) {
     if (none->computed <= 0) return 0.0;
     if (b->R <= b->cores) return none->rank_time_sum / (double)none->computed;
-    return none->expert_time * (double)b->cores / (double)none->computed;
+    /* Ranks share cores: each rank thread's CPU time excludes its wait for a
+     * core (rank threads run single-threaded BLAS when R > 1). */
+    return none->rank_cpu_sum / (double)none->computed;
 }
 
 static double modelled(const agg *a, double c) {
@@ -979,8 +985,8 @@ int capmoe_cmd_bench(int argc, char **argv) {
                                 "last-token logits) / bandwidth_gbs; KV reads not counted");
         cJSON_AddStringToObject(df, "per_pair_cost",
                                 "from the none run of the same T or B: sum of rank busy times / "
-                                "computed pairs when ranks <= cores, else sum of expert-phase "
-                                "wall times x cores / computed pairs");
+                                "computed pairs when ranks <= cores, else sum of the rank threads' "
+                                "CPU times / computed pairs");
         cJSON_AddStringToObject(df, "modelled_ep_layer_time",
                                 "mean over MoE layers of (max over ranks of rank load) x "
                                 "per_pair_cost");

@@ -25,6 +25,10 @@ typedef struct capmoe_layer_stats {
     int n_ranks;
     int rank_load[CAPMOE_MAX_RANKS];   /* pairs per rank */
     double rank_time[CAPMOE_MAX_RANKS];/* seconds each rank was busy on experts */
+    double rank_cpu_time[CAPMOE_MAX_RANKS]; /* CPU seconds of each rank's thread on
+                                                experts (excludes waiting for a core
+                                                when ranks outnumber cores; with R = 1
+                                                the caller's thread only) */
     double router_time;     /* seconds: router GEMM + dispatch */
     double expert_time;     /* seconds: wall time of the expert phase (slowest rank) */
     double layer_time;      /* seconds: whole MoE block incl. combine / shared expert */
