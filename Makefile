@@ -58,7 +58,7 @@ $(LIB): $(CORE_OBJ)
 
 $(SRVLIB): $(SERVER_OBJ)
 	@mkdir -p $(dir $@)
-	rm -f $@ && ar rcs $@ $^ $(if $(SERVER_OBJ),,)
+	rm -f $@ && ar rcs $@ $^
 
 $(BUILD)/capmoe: $(BUILD)/obj/server/main_cli.o $(SRVLIB) $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

@@ -76,11 +76,6 @@ double capmoe_now(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-void *capmoe_calloc(size_t n, size_t size) {
-    if (n == 0 || size == 0) return calloc(1, 1);
-    return calloc(n, size);
-}
-
 void *capmoe_malloc_array(size_t n, size_t size) {
     if (size && n > (size_t)-1 / size) return NULL;
     size_t total = n * size;

@@ -217,7 +217,7 @@ void capmoe_model_free(capmoe_model *m) {
     capmoe_st_close(m->st);
     capmoe_dispatch_plan_free(&m->plan);
     struct capmoe_buf *bufs[] = {&m->x,      &m->h,      &m->q,  &m->k,  &m->v,  &m->att,
-                                 &m->tmp,    &m->scores, &m->logit_in, &m->router, &m->xe,
+                                 &m->tmp,    &m->scores, &m->router, &m->xe,
                                  &m->ge,     &m->ue,     &m->ye, &m->sh1, &m->sh2, &m->rope};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) capmoe_buf_free(bufs[i]);
     free(m->tok_rank);

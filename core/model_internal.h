@@ -44,7 +44,7 @@ struct capmoe_model {
     capmoe_ep_pool *ep;
     capmoe_dispatch_plan plan;
     /* scratch, grown per forward */
-    struct capmoe_buf x, h, q, k, v, att, tmp, scores, logit_in, rope;
+    struct capmoe_buf x, h, q, k, v, att, tmp, scores, rope;
     struct capmoe_buf router, xe, ge, ue, ye, sh1, sh2;
     int *tok_rank, *tok_pos;
     size_t cap_tok;

@@ -32,8 +32,7 @@ char *capmoe_path_join(const char *dir, const char *name);
 /* Monotonic clock in seconds. */
 double capmoe_now(void);
 
-/* Overflow-checked allocation helpers: abort-free, return NULL on failure. */
-void *capmoe_calloc(size_t n, size_t size);
+/* Overflow-checked n * size allocation: NULL on overflow or failure. */
 void *capmoe_malloc_array(size_t n, size_t size);
 
 #endif
