@@ -52,6 +52,10 @@ $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
+# The kernels' a*b+c must become fused multiply-adds (ISO C mode forbids
+# contraction by default).
+$(BUILD)/obj/core/kern.o: CFLAGS += -ffp-contract=fast -Wno-psabi
+
 $(LIB): $(CORE_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^

@@ -1,9 +1,11 @@
 /* forward.c - the batched forward pass: embeddings, attention with per-sequence
  * KV caches (GQA, RoPE, q/k norms, sliding window), MoE or dense MLP, logits. */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "capmoe/kern.h"
 #include "capmoe/ops.h"
 #include "model_internal.h"
 
@@ -13,7 +15,16 @@ int capmoe_kv_reserve(capmoe_kv *kv, int n);
  * ATTN_QBLOCK x context floats whatever the prompt length. */
 #define ATTN_QBLOCK 256
 
-static int reserve_all(struct capmoe_model *m, int T, int max_ctx, capmoe_error *err) {
+/* Score scratch per thread: a block of query rows of one head, or every
+ * head of one decode row, against the longest context of the batch. */
+static size_t attn_scratch(const capmoe_hfconfig *c, int max_q, int max_ctx) {
+    size_t rows = (size_t)(max_q < ATTN_QBLOCK ? max_q : ATTN_QBLOCK);
+    if (rows < (size_t)c->n_heads) rows = (size_t)c->n_heads;
+    return rows * (size_t)max_ctx;
+}
+
+static int reserve_all(struct capmoe_model *m, int T, int n_seqs, int max_q, int max_ctx,
+                       capmoe_error *err) {
     const capmoe_hfconfig *c = &m->cfg;
     size_t H = (size_t)c->hidden_size, qd = (size_t)c->n_heads * c->head_dim;
     size_t kd = (size_t)c->n_kv_heads * c->head_dim;
@@ -23,7 +34,8 @@ static int reserve_all(struct capmoe_model *m, int T, int max_ctx, capmoe_error 
         capmoe_buf_reserve(&m->v, (size_t)T * kd) || capmoe_buf_reserve(&m->att, (size_t)T * qd) ||
         capmoe_buf_reserve(&m->tmp, (size_t)T * wide) ||
         capmoe_buf_reserve(&m->rope, (size_t)T * (size_t)c->head_dim) ||
-        capmoe_buf_reserve(&m->scores, (size_t)ATTN_QBLOCK * (size_t)max_ctx))
+        capmoe_buf_reserve(&m->scores, (size_t)capmoe_par_threads(m->par) *
+                                           attn_scratch(c, max_q, max_ctx)))
         return capmoe_set_error(err, "out of memory for a batch of %d tokens", T);
     if ((size_t)T > m->cap_tok) {
         int *a = realloc(m->tok_rank, (size_t)T * sizeof(int));
@@ -33,62 +45,101 @@ static int reserve_all(struct capmoe_model *m, int T, int max_ctx, capmoe_error 
         if (!a || !b) return capmoe_set_error(err, "out of memory");
         m->cap_tok = (size_t)T;
     }
+    if ((size_t)n_seqs > m->cap_seq) {
+        int *a = realloc(m->seq_t0, (size_t)n_seqs * sizeof(int));
+        if (a) m->seq_t0 = a;
+        int *b = realloc(m->attn_items, (size_t)n_seqs * (size_t)c->n_heads * 2 * sizeof(int));
+        if (b) m->attn_items = b;
+        if (!a || !b) return capmoe_set_error(err, "out of memory");
+        m->cap_seq = (size_t)n_seqs;
+    }
     return 0;
 }
 
-/* Decode steps have one or a few query rows per sequence and head: a plain
- * loop over the cache beats two tiny BLAS calls (and their thread wake-ups)
- * per head. Row i sits at position qpos0 + i and sees keys [0, qpos0 + i]. */
+/* Decode steps have one or a few query rows per sequence: all heads of a
+ * row go at once, reading each cache row once (kern.h) instead of two tiny
+ * BLAS calls per head. Row i sits at position p0 + i and sees keys
+ * [0, p0 + i]; S holds n_heads x (p0 + nq) floats. */
 #define ATTN_DIRECT_ROWS 4
-static void attend_direct(float *out, int ldo, const float *Q, int ldq, const float *K,
-                          const float *V, int ldkv, int nq, int qpos0, int d, int sw, float scale,
-                          float *S) {
+static void attend_direct(struct capmoe_model *m, const capmoe_kv *kv, int l, int t0, int nq,
+                          int p0, float *S) {
+    const capmoe_hfconfig *c = &m->cfg;
+    int d = c->head_dim, nH = c->n_heads, kd = c->n_kv_heads * d, qd = nH * d;
+    int grp = nH / c->n_kv_heads, sw = c->sliding_window;
+    float scale = 1.0f / sqrtf((float)d);
     for (int i = 0; i < nq; i++) {
-        int last = qpos0 + i, first = sw > 0 && last - sw + 1 > 0 ? last - sw + 1 : 0;
+        int last = p0 + i, first = sw > 0 && last - sw + 1 > 0 ? last - sw + 1 : 0;
         int n = last + 1 - first;
-        const float *Kf = K + (size_t)first * ldkv, *Vf = V + (size_t)first * ldkv;
-        capmoe_gemv(S, Kf, ldkv, Q + (size_t)i * ldq, n, d, 0); /* S = K q */
-        for (int j = 0; j < n; j++) S[j] *= scale;
-        capmoe_softmax_row(S, n);
-        capmoe_gemv(out + (size_t)i * ldo, Vf, ldkv, S, n, d, 1); /* o = V^T p */
+        const float *Kf = kv->k[l] + (size_t)first * kd, *Vf = kv->v[l] + (size_t)first * kd;
+        const float *q = m->q.p + (size_t)(t0 + i) * qd;
+        float *o = m->att.p + (size_t)(t0 + i) * qd;
+        capmoe_kern_attn_scores(S, n, q, nH, grp, d, Kf, kd, n, scale);
+        for (int h = 0; h < nH; h++) {
+            capmoe_softmax_row(S + (size_t)h * n, n);
+            capmoe_kern_weighted_sum(o + (size_t)h * d, S + (size_t)h * n,
+                                     Vf + (size_t)(h / grp) * d, kd, n, d);
+        }
     }
 }
 
-/* Causal attention of one sequence's n new tokens (rows t0..t0+n-1 of q)
- * against its cache of L = p0 + n positions, all heads. */
-static void attend(struct capmoe_model *m, const capmoe_kv *kv, int l, int t0, int n, int p0) {
+/* Causal attention of one head of one sequence: its n new tokens (rows
+ * t0..t0+n-1 of q) against its cache of L = p0 + n positions. S is this
+ * thread's score scratch (ATTN_QBLOCK x L floats at most). */
+static void attend_head(struct capmoe_model *m, const capmoe_kv *kv, int l, int t0, int n, int p0,
+                        int hh, float *S) {
     const capmoe_hfconfig *c = &m->cfg;
     int d = c->head_dim, nH = c->n_heads, nKV = c->n_kv_heads;
     int qd = nH * d, kd = nKV * d, grp = nH / nKV;
     int sw = c->sliding_window;
     float scale = 1.0f / sqrtf((float)d);
-    float *S = m->scores.p;
-    for (int hh = 0; hh < nH; hh++) {
-        int g = hh / grp;
-        const float *K = kv->k[l] + (size_t)g * d;
-        const float *V = kv->v[l] + (size_t)g * d;
-        /* Query rows in blocks; block rows i0.. see keys [0, p0 + i0 + nb). */
-        for (int i0 = 0; i0 < n; i0 += ATTN_QBLOCK) {
-            int nb = n - i0 < ATTN_QBLOCK ? n - i0 : ATTN_QBLOCK;
-            int Lb = p0 + i0 + nb;
-            const float *Q = m->q.p + (size_t)(t0 + i0) * qd + (size_t)hh * d;
-            if (nb <= ATTN_DIRECT_ROWS) {
-                attend_direct(m->att.p + (size_t)(t0 + i0) * qd + (size_t)hh * d, qd, Q, qd, K, V,
-                              kd, nb, p0 + i0, d, sw, scale, S);
-                continue;
-            }
-            capmoe_gemm_nt(S, Lb, Q, qd, K, kd, nb, Lb, d, scale, 0.0f);
-            for (int i = 0; i < nb; i++) {
-                float *row = S + (size_t)i * Lb;
-                int qpos = p0 + i0 + i;
-                for (int j = qpos + 1; j < Lb; j++) row[j] = -INFINITY;
-                if (sw > 0)
-                    for (int j = 0; j <= qpos - sw && j < Lb; j++) row[j] = -INFINITY;
-                capmoe_softmax_row(row, Lb);
-            }
-            capmoe_gemm_nn(m->att.p + (size_t)(t0 + i0) * qd + (size_t)hh * d, qd, S, Lb, V, kd,
-                           nb, d, Lb);
+    int g = hh / grp;
+    const float *K = kv->k[l] + (size_t)g * d;
+    const float *V = kv->v[l] + (size_t)g * d;
+    /* Query rows in blocks; block rows i0.. see keys [0, p0 + i0 + nb). */
+    for (int i0 = 0; i0 < n; i0 += ATTN_QBLOCK) {
+        int nb = n - i0 < ATTN_QBLOCK ? n - i0 : ATTN_QBLOCK;
+        int Lb = p0 + i0 + nb;
+        const float *Q = m->q.p + (size_t)(t0 + i0) * qd + (size_t)hh * d;
+        float *O = m->att.p + (size_t)(t0 + i0) * qd + (size_t)hh * d;
+        capmoe_gemm_nt(NULL, S, Lb, Q, qd, K, kd, nb, Lb, d, scale, 0.0f);
+        for (int i = 0; i < nb; i++) {
+            float *row = S + (size_t)i * Lb;
+            int qpos = p0 + i0 + i;
+            for (int j = qpos + 1; j < Lb; j++) row[j] = -INFINITY;
+            if (sw > 0)
+                for (int j = 0; j <= qpos - sw && j < Lb; j++) row[j] = -INFINITY;
+            capmoe_softmax_row(row, Lb);
         }
+        capmoe_gemm_nn(O, qd, S, Lb, V, kd, nb, d, Lb);
+    }
+}
+
+/* Attention of the whole batch, spread over the pool as items: one per
+ * decode-like sequence (all heads), one per head of a longer one. Each
+ * thread claims items one at a time, so a long prompt's heads and many
+ * short decode rows balance alike. */
+struct attn_job {
+    struct capmoe_model *m;
+    const capmoe_batch_seq *seqs;
+    int l, n_items;
+    const int *items;    /* pairs (sequence, head or -1 for all heads) */
+    size_t scratch;      /* score floats per thread */
+    atomic_int next;     /* next unclaimed item */
+};
+
+static void attn_part(void *arg, int part, int n_parts) {
+    (void)n_parts;
+    struct attn_job *j = arg;
+    float *S = j->m->scores.p + (size_t)part * j->scratch;
+    for (;;) {
+        int it = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (it >= j->n_items) break;
+        int s = j->items[2 * it], hh = j->items[2 * it + 1];
+        const capmoe_batch_seq *q = &j->seqs[s];
+        if (hh < 0)
+            attend_direct(j->m, q->kv, j->l, j->m->seq_t0[s], q->n_tokens, q->kv->len, S);
+        else
+            attend_head(j->m, q->kv, j->l, j->m->seq_t0[s], q->n_tokens, q->kv->len, hh, S);
     }
 }
 
@@ -100,10 +151,10 @@ static void dense_mlp(struct capmoe_model *m, const struct capmoe_layer *L, cons
         *rc = capmoe_set_error(err, "out of memory");
         return;
     }
-    capmoe_linear(m->sh1.p, h, L->d_gate, NULL, T, I, H);
-    capmoe_linear(m->sh2.p, h, L->d_up, NULL, T, I, H);
+    capmoe_linear(m->par, m->sh1.p, h, L->d_gate, NULL, T, I, H);
+    capmoe_linear(m->par, m->sh2.p, h, L->d_up, NULL, T, I, H);
     capmoe_silu_mul(m->sh1.p, m->sh2.p, (size_t)T * I);
-    capmoe_linear(out, m->sh1.p, L->d_down, NULL, T, H, I);
+    capmoe_linear(m->par, out, m->sh1.p, L->d_down, NULL, T, H, I);
 }
 
 int capmoe_model_forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_seqs,
@@ -123,7 +174,7 @@ int capmoe_model_forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_se
     if (cfg->ep_ranks > capmoe_ep_max_ranks(m->ep))
         return capmoe_set_error(err, "ep_ranks %d exceeds the %d rank workers started",
                                 cfg->ep_ranks, capmoe_ep_max_ranks(m->ep));
-    int T = 0, max_ctx = 1;
+    int T = 0, max_ctx = 1, max_q = 1;
     for (int s = 0; s < n_seqs; s++) {
         const capmoe_batch_seq *q = &seqs[s];
         if (!q->kv || q->n_tokens < 0 || (q->n_tokens > 0 && !q->tokens))
@@ -141,12 +192,27 @@ int capmoe_model_forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_se
             return capmoe_set_error(err, "out of memory for the KV cache");
         T += q->n_tokens;
         if (need > max_ctx) max_ctx = need;
+        if (q->n_tokens > max_q) max_q = q->n_tokens;
         for (int t = s + 1; t < n_seqs; t++)
             if (seqs[t].kv == q->kv)
                 return capmoe_set_error(err, "forward: sequences %d and %d share a cache", s, t);
     }
     if (T == 0) return capmoe_set_error(err, "forward: no tokens in the batch");
-    if (reserve_all(m, T, max_ctx, err) != 0) return -1;
+    if (reserve_all(m, T, n_seqs, max_q, max_ctx, err) != 0) return -1;
+    size_t scratch = attn_scratch(c, max_q, max_ctx);
+    int n_items = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        int n = seqs[s].n_tokens;
+        if (n > 0 && n <= ATTN_DIRECT_ROWS) {
+            m->attn_items[2 * n_items] = s;
+            m->attn_items[2 * n_items++ + 1] = -1;
+        } else {
+            for (int hh = 0; n > 0 && hh < c->n_heads; hh++) {
+                m->attn_items[2 * n_items] = s;
+                m->attn_items[2 * n_items++ + 1] = hh;
+            }
+        }
+    }
     if (stats) {
         stats->n_moe = 0;
         stats->tokens = T;
@@ -154,7 +220,8 @@ int capmoe_model_forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_se
     }
 
     float *x = m->x.p, *h = m->h.p;
-    for (int s = 0, t = 0; s < n_seqs; s++)
+    for (int s = 0, t = 0; s < n_seqs; s++) {
+        m->seq_t0[s] = t;
         for (int i = 0; i < seqs[s].n_tokens; i++, t++) {
             memcpy(x + (size_t)t * H, m->embed + (size_t)seqs[s].tokens[i] * H,
                    (size_t)H * sizeof(float));
@@ -162,15 +229,16 @@ int capmoe_model_forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_se
             m->tok_pos[t] = seqs[s].kv->len + i;
             capmoe_rope_table(m->rope.p + (size_t)t * d, d, m->tok_pos[t], m->inv_freq);
         }
+    }
 
     int rc = 0;
     for (int l = 0; l < c->n_layers && rc == 0; l++) {
         const struct capmoe_layer *L = &m->layers[l];
         double ta = capmoe_now();
         capmoe_rmsnorm(h, H, x, H, L->attn_norm, T, H, c->rms_norm_eps);
-        capmoe_linear(m->q.p, h, L->wq, L->bq, T, qd, H);
-        capmoe_linear(m->k.p, h, L->wk, L->bk, T, kd, H);
-        capmoe_linear(m->v.p, h, L->wv, L->bv, T, kd, H);
+        capmoe_linear(m->par, m->q.p, h, L->wq, L->bq, T, qd, H);
+        capmoe_linear(m->par, m->k.p, h, L->wk, L->bk, T, kd, H);
+        capmoe_linear(m->par, m->v.p, h, L->wv, L->bv, T, kd, H);
         if (c->qk_norm == CAPMOE_QK_NORM_FULL) {
             capmoe_rmsnorm(m->q.p, qd, m->q.p, qd, L->q_norm, T, qd, c->rms_norm_eps);
             capmoe_rmsnorm(m->k.p, kd, m->k.p, kd, L->k_norm, T, kd, c->rms_norm_eps);
@@ -186,18 +254,19 @@ int capmoe_model_forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_se
             for (int hh = 0; hh < c->n_kv_heads; hh++)
                 capmoe_rope_apply(m->k.p + (size_t)t * kd + (size_t)hh * d, d, cs);
         }
-        for (int s = 0, t0 = 0; s < n_seqs; s++) {
+        for (int s = 0; s < n_seqs; s++) {
             capmoe_kv *kv = seqs[s].kv;
-            int n = seqs[s].n_tokens;
-            if (n == 0) continue;
+            int n = seqs[s].n_tokens, t0 = m->seq_t0[s];
             memcpy(kv->k[l] + (size_t)kv->len * kd, m->k.p + (size_t)t0 * kd,
                    (size_t)n * kd * sizeof(float));
             memcpy(kv->v[l] + (size_t)kv->len * kd, m->v.p + (size_t)t0 * kd,
                    (size_t)n * kd * sizeof(float));
-            attend(m, kv, l, t0, n, kv->len);
-            t0 += n;
         }
-        capmoe_linear(m->tmp.p, m->att.p, L->wo, L->bo, T, H, qd);
+        struct attn_job aj = {.m = m, .seqs = seqs, .l = l, .n_items = n_items,
+                              .items = m->attn_items, .scratch = scratch};
+        atomic_init(&aj.next, 0);
+        capmoe_par_run(m->par, aj.n_items, attn_part, &aj);
+        capmoe_linear(m->par, m->tmp.p, m->att.p, L->wo, L->bo, T, H, qd);
         for (size_t i = 0; i < (size_t)T * H; i++) x[i] += m->tmp.p[i];
         double tm = capmoe_now();
         if (stats) stats->attn_time += tm - ta;
@@ -233,7 +302,7 @@ int capmoe_model_forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_se
         }
         if (nrows > 0) {
             capmoe_rmsnorm(h, H, h, H, m->final_norm, nrows, H, c->rms_norm_eps);
-            capmoe_linear(logits, h, m->lm_head, NULL, nrows, V, H);
+            capmoe_linear(m->par, logits, h, m->lm_head, NULL, nrows, V, H);
         }
     }
     if (stats) stats->total_time = capmoe_now() - t_start;

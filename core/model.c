@@ -1,5 +1,6 @@
 /* model.c - loading a Hugging Face MoE checkpoint into a capmoe_model, and
  * per-sequence KV caches. The forward pass is in forward.c and moe.c. */
+#include "capmoe/ops.h"
 #include "model_internal.h"
 
 #include <math.h>
@@ -193,6 +194,10 @@ int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_op
     int R = opts && opts->max_ranks > 0 ? opts->max_ranks : 8;
     m->ep = capmoe_ep_new(R, err);
     if (!m->ep) goto fail;
+    int nt = opts && opts->threads > 0 ? opts->threads : capmoe_ep_cores();
+    m->par = capmoe_par_new(nt, err);
+    if (!m->par) goto fail;
+    capmoe_blas_single_threaded();
     *out = m;
     return 0;
 fail:
@@ -203,6 +208,7 @@ fail:
 void capmoe_model_free(capmoe_model *m) {
     if (!m) return;
     capmoe_ep_free(m->ep);
+    capmoe_par_free(m->par);
     if (m->layers) {
         for (int l = 0; l < m->cfg.n_layers; l++) {
             free(m->layers[l].w_gate);
@@ -222,6 +228,8 @@ void capmoe_model_free(capmoe_model *m) {
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) capmoe_buf_free(bufs[i]);
     free(m->tok_rank);
     free(m->tok_pos);
+    free(m->seq_t0);
+    free(m->attn_items);
     free(m);
 }
 

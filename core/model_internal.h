@@ -5,6 +5,7 @@
 
 #include "capmoe/dispatch.h"
 #include "capmoe/ep.h"
+#include "capmoe/par.h"
 #include "capmoe/hfconfig.h"
 #include "capmoe/model.h"
 #include "capmoe/safetensors.h"
@@ -42,12 +43,16 @@ struct capmoe_model {
     struct capmoe_layer *layers;
     float *inv_freq;         /* [d/2] */
     capmoe_ep_pool *ep;
+    capmoe_par *par;         /* splits small products across cores (ops.h) */
     capmoe_dispatch_plan plan;
     /* scratch, grown per forward */
     struct capmoe_buf x, h, q, k, v, att, tmp, scores, rope;
     struct capmoe_buf router, xe, ge, ue, ye, sh1, sh2;
     int *tok_rank, *tok_pos;
     size_t cap_tok;
+    int *seq_t0;             /* first batch row of each sequence */
+    int *attn_items;         /* (sequence, head) pairs of the attention pass */
+    size_t cap_seq;
 };
 
 struct capmoe_kv {

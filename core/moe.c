@@ -31,6 +31,9 @@ static void run_rank(void *arg, int r) {
     const capmoe_hfconfig *c = &m->cfg;
     int H = c->hidden_size, I = c->moe_intermediate_size, E = c->n_experts;
     double t0 = capmoe_now(), c0 = thread_cpu_seconds();
+    /* One rank alone may use every core; several ranks each run on one, as
+     * one device each would. */
+    capmoe_par *par = j->R > 1 ? NULL : m->par;
     int e0 = r * E / j->R, e1 = (r + 1) * E / j->R;
     for (int e = e0; e < e1; e++) {
         int off = P->expert_off[e], n = P->expert_off[e + 1] - off;
@@ -42,10 +45,10 @@ static void run_rank(void *arg, int r) {
         for (int i = 0; i < n; i++)
             memcpy(xe + (size_t)i * H, j->h + (size_t)P->tok[off + i] * H,
                    (size_t)H * sizeof(float));
-        capmoe_linear(ge, xe, j->L->w_gate[e], NULL, n, I, H);
-        capmoe_linear(ue, xe, j->L->w_up[e], NULL, n, I, H);
+        capmoe_linear(par, ge, xe, j->L->w_gate[e], NULL, n, I, H);
+        capmoe_linear(par, ue, xe, j->L->w_up[e], NULL, n, I, H);
         capmoe_silu_mul(ge, ue, (size_t)n * I);
-        capmoe_linear(ye, ge, j->L->w_down[e], NULL, n, H, I);
+        capmoe_linear(par, ye, ge, j->L->w_down[e], NULL, n, H, I);
     }
     if (r < CAPMOE_MAX_RANKS) {
         j->rank_time[r] = capmoe_now() - t0;
@@ -62,7 +65,7 @@ int capmoe_moe_forward(struct capmoe_model *m, const struct capmoe_layer *L, int
     double t0 = capmoe_now();
     if (capmoe_buf_reserve(&m->router, (size_t)T * E) != 0)
         return capmoe_set_error(err, "out of memory");
-    capmoe_linear(m->router.p, h, L->router, NULL, T, E, H);
+    capmoe_linear(m->par, m->router.p, h, L->router, NULL, T, E, H);
     capmoe_dispatch_plan *P = &m->plan;
     if (capmoe_dispatch_compute(P, cfg, m->router.p, T, E, c->top_k, c->norm_topk_prob, tok_rank,
                                 err) != 0)
@@ -74,14 +77,7 @@ int capmoe_moe_forward(struct capmoe_model *m, const struct capmoe_layer *L, int
         return capmoe_set_error(err, "out of memory for %zu expert pairs", np);
 
     struct rank_job job = {.m = m, .L = L, .h = h, .R = R};
-    int saved = 0;
-    if (R > 1) {
-        /* Each rank runs single-threaded GEMMs, as one device would. */
-        saved = capmoe_blas_threads();
-        capmoe_blas_set_threads(1);
-    }
     capmoe_ep_run(m->ep, R, run_rank, &job);
-    if (R > 1) capmoe_blas_set_threads(saved);
     double t2 = capmoe_now();
 
     memset(out, 0, (size_t)T * H * sizeof(float));
@@ -95,11 +91,11 @@ int capmoe_moe_forward(struct capmoe_model *m, const struct capmoe_layer *L, int
             capmoe_buf_reserve(&m->sh2, (size_t)T * Is) ||
             capmoe_buf_reserve(&m->xe, (size_t)T * H))
             return capmoe_set_error(err, "out of memory");
-        capmoe_linear(m->sh1.p, h, L->sh_gate, NULL, T, Is, H);
-        capmoe_linear(m->sh2.p, h, L->sh_up, NULL, T, Is, H);
+        capmoe_linear(m->par, m->sh1.p, h, L->sh_gate, NULL, T, Is, H);
+        capmoe_linear(m->par, m->sh2.p, h, L->sh_up, NULL, T, Is, H);
         capmoe_silu_mul(m->sh1.p, m->sh2.p, (size_t)T * Is);
         float *y = m->xe.p;
-        capmoe_linear(y, m->sh1.p, L->sh_down, NULL, T, H, Is);
+        capmoe_linear(m->par, y, m->sh1.p, L->sh_down, NULL, T, H, Is);
         for (int t = 0; t < T; t++) {
             const float *ht = h + (size_t)t * H;
             double g = 0.0;

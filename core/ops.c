@@ -1,28 +1,54 @@
-/* ops.c - float32 kernels: BLAS wrappers, RMSNorm, RoPE, SiLU, softmax. */
+/* ops.c - float32 kernels: matrix products (kern.c or OpenBLAS, split across
+ * the pool), RMSNorm, RoPE, SiLU, softmax. */
 #include "capmoe/ops.h"
 
 #include <cblas.h>
 #include <math.h>
 
-/* Up to GEMV_MAX_ROWS rows run as matrix-vector products: no packing of B,
- * which dominates small sgemm calls (measured with `capmoe bench --decode`). */
-#ifndef GEMV_MAX_ROWS
-#define GEMV_MAX_ROWS 4
-#endif
+#include "capmoe/kern.h"
 
-void capmoe_gemm_nt(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M,
-                    int N, int K, float alpha, float beta) {
+/* Products below this many multiply-adds run on one thread: handing half of
+ * a smaller one to a worker costs more than it saves. */
+#define PAR_MIN_MACS (64 * 1024)
+
+struct nt_job {
+    float *C;
+    const float *A, *B;
+    int ldc, lda, ldb, M, N, K;
+    float alpha, beta;
+};
+
+/* Part `part` of n_parts takes a contiguous range of B's rows (C's columns),
+ * in multiples of 16 (whole cache lines of C, whole sgemm register tiles). */
+static void nt_part(void *arg, int part, int n_parts) {
+    const struct nt_job *j = arg;
+    int blocks = (j->N + 15) / 16;
+    int b0 = blocks * part / n_parts, b1 = blocks * (part + 1) / n_parts;
+    int n0 = b0 * 16, n1 = b1 * 16 < j->N ? b1 * 16 : j->N;
+    if (n1 <= n0) return;
+    float *C = j->C + n0;
+    const float *B = j->B + (size_t)n0 * j->ldb;
+    if (j->M <= CAPMOE_KERN_MAX_ROWS)
+        capmoe_kern_gemm_nt(C, j->ldc, j->A, j->lda, B, j->ldb, j->M, n1 - n0, j->K, j->alpha,
+                            j->beta);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->M, n1 - n0, j->K, j->alpha, j->A,
+                    j->lda, B, j->ldb, j->beta, C, j->ldc);
+}
+
+void capmoe_gemm_nt(capmoe_par *par, float *C, int ldc, const float *A, int lda, const float *B,
+                    int ldb, int M, int N, int K, float alpha, float beta) {
     if (M <= 0 || N <= 0) return;
-    if (M <= GEMV_MAX_ROWS) {
-        /* A few rows (decode steps, an expert with few tokens): matrix-vector
-         * products read B in place, where sgemm would first pack all of it. */
-        for (int i = 0; i < M; i++)
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, alpha, B, ldb, A + (size_t)i * lda, 1,
-                        beta, C + (size_t)i * ldc, 1);
-        return;
-    }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, alpha, A, lda, B, ldb, beta, C,
-                ldc);
+    /* Few rows (decode steps, an expert with few tokens): each row of B is
+     * streamed once for all rows of A, with no packing (kern.h). More rows:
+     * OpenBLAS sgemm, single-threaded, on each part's columns. */
+    struct nt_job j = {C, A, B, ldc, lda, ldb, M, N, K, alpha, beta};
+    int parts = capmoe_par_threads(par);
+    long long macs = (long long)M * N * K;
+    if (macs < PAR_MIN_MACS * 2LL) parts = 1;
+    else if (macs / parts < PAR_MIN_MACS) parts = (int)(macs / PAR_MIN_MACS);
+    if (parts > (N + 15) / 16) parts = (N + 15) / 16;
+    capmoe_par_run(parts > 1 ? par : NULL, parts, nt_part, &j);
 }
 
 void capmoe_gemm_nn(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M,
@@ -32,21 +58,15 @@ void capmoe_gemm_nn(float *C, int ldc, const float *A, int lda, const float *B, 
                 ldc);
 }
 
-void capmoe_linear(float *y, const float *x, const float *W, const float *bias, int M, int N,
-                   int K) {
-    capmoe_gemm_nt(y, N, x, K, W, K, M, N, K, 1.0f, 0.0f);
+void capmoe_linear(capmoe_par *par, float *y, const float *x, const float *W, const float *bias,
+                   int M, int N, int K) {
+    capmoe_gemm_nt(par, y, N, x, K, W, K, M, N, K, 1.0f, 0.0f);
     if (bias) {
         for (int i = 0; i < M; i++) {
             float *row = y + (size_t)i * N;
             for (int j = 0; j < N; j++) row[j] += bias[j];
         }
     }
-}
-
-void capmoe_gemv(float *y, const float *A, int lda, const float *x, int M, int N, int trans) {
-    if (M <= 0 || N <= 0) return;
-    cblas_sgemv(CblasRowMajor, trans ? CblasTrans : CblasNoTrans, M, N, 1.0f, A, lda, x, 1, 0.0f,
-                y, 1);
 }
 
 void capmoe_rmsnorm(float *out, int ldo, const float *x, int ld, const float *w, int M, int n,
@@ -110,5 +130,6 @@ void capmoe_axpy(float *restrict y, const float *restrict x, float w, int n) {
     for (int i = 0; i < n; i++) y[i] += w * x[i];
 }
 
-int capmoe_blas_threads(void) { return openblas_get_num_threads(); }
-void capmoe_blas_set_threads(int n) { openblas_set_num_threads(n); }
+void capmoe_blas_single_threaded(void) {
+    if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
+}

@@ -93,9 +93,14 @@ static inline int before(const float *logits, int a, int b) {
 
 int capmoe_argmax(const float *logits, int n) {
     if (!logits || n <= 0) return 0;
+    /* NaN compares false, so it never wins: the same as ranking it -inf. */
     int best = 0;
-    for (int i = 1; i < n; i++)
-        if (lg(logits, i) > lg(logits, best)) best = i;
+    float bv = -INFINITY;
+    for (int i = 0; i < n; i++)
+        if (logits[i] > bv) {
+            bv = logits[i];
+            best = i;
+        }
     return best;
 }
 

@@ -158,7 +158,7 @@ keys(o['model'], ['dir', 'arch', 'hidden_size', 'layers', 'moe_layers', 'experts
                   'moe_intermediate_size', 'shared_expert_intermediate_size', 'vocab_size',
                   'active_params_per_token', 'active_bytes_per_token'], 'model')
 keys(o['machine'], ['cores', 'ep_ranks', 'experts_per_rank', 'ranks_exceed_cores', 'note',
-                    'blas_threads', 'sgemm_size', 'sgemm_gflops', 'sgemm_gflops_start_end',
+                    'threads', 'sgemm_size', 'sgemm_gflops', 'sgemm_gflops_start_end',
                     'memcpy_bytes', 'memcpy_gbs_1thread', 'memcpy_gbs', 'bandwidth_gbs',
                     'bandwidth_gbs_start_end'], 'machine')
 keys(o['ratios'], ['prefill_tokens', 'prefill_gflops', 'prefill_fraction_of_sgemm',

@@ -17,6 +17,7 @@ typedef struct capmoe_model capmoe_model;
 
 typedef struct capmoe_model_opts {
     int max_ranks;     /* rank worker threads to create (>= any ep_ranks used); 0 = 8 */
+    int threads;       /* threads for small matrix products (decode); 0 = cores */
 } capmoe_model_opts;
 
 int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_opts *opts,

@@ -1,0 +1,30 @@
+/* par.h - a small fork-join pool for splitting one kernel call across cores.
+ *
+ * capmoe_par_run(p, n, fn, arg) calls fn(arg, i, n) for every i < n, part 0 on
+ * the calling thread and the others on the pool's workers, and returns when
+ * all have returned. Workers spin briefly between calls (a decode step makes
+ * hundreds of small calls in a row) and then sleep on a condition variable,
+ * so an idle pool costs no CPU. One caller at a time: a pool belongs to one
+ * model and is driven by the thread that runs its forward passes. */
+#ifndef CAPMOE_PAR_H
+#define CAPMOE_PAR_H
+
+#include "capmoe/common.h"
+
+#define CAPMOE_PAR_MAX_THREADS 64
+
+typedef struct capmoe_par capmoe_par;
+typedef void (*capmoe_par_fn)(void *arg, int part, int n_parts);
+
+/* A pool of n_threads - 1 workers (plus the caller; n_threads is capped at
+ * CAPMOE_PAR_MAX_THREADS). n_threads <= 1 makes a
+ * pool that runs everything on the caller. Returns NULL and sets err on
+ * failure. The pool owns its threads; capmoe_par_free joins them. */
+capmoe_par *capmoe_par_new(int n_threads, capmoe_error *err);
+void capmoe_par_free(capmoe_par *p);
+/* Threads taking part in a run (workers + the caller); 1 for a NULL pool. */
+int capmoe_par_threads(const capmoe_par *p);
+/* n_parts is clamped to capmoe_par_threads(p). p may be NULL (serial). */
+void capmoe_par_run(capmoe_par *p, int n_parts, capmoe_par_fn fn, void *arg);
+
+#endif
