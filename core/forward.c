@@ -48,7 +48,7 @@ static int reserve_all(struct capmoe_model *m, int T, int n_seqs, int max_q, int
     if ((size_t)n_seqs > m->cap_seq) {
         int *a = realloc(m->seq_t0, (size_t)n_seqs * sizeof(int));
         if (a) m->seq_t0 = a;
-        int *b = realloc(m->attn_items, (size_t)n_seqs * (size_t)c->n_heads * 2 * sizeof(int));
+        int *b = realloc(m->attn_items, (size_t)n_seqs * (size_t)c->n_heads * 3 * sizeof(int));
         if (b) m->attn_items = b;
         if (!a || !b) return capmoe_set_error(err, "out of memory");
         m->cap_seq = (size_t)n_seqs;
@@ -56,25 +56,28 @@ static int reserve_all(struct capmoe_model *m, int T, int n_seqs, int max_q, int
     return 0;
 }
 
-/* Decode steps have one or a few query rows per sequence: all heads of a
- * row go at once, reading each cache row once (kern.h) instead of two tiny
- * BLAS calls per head. Row i sits at position p0 + i and sees keys
- * [0, p0 + i]; S holds n_heads x (p0 + nq) floats. */
+/* Decode steps have one or a few query rows per sequence: the heads
+ * [h0, h1) of a row (whole GQA groups) go at once, reading each cache row
+ * once (kern.h) instead of two tiny BLAS calls per head. Row i sits at
+ * position p0 + i and sees keys [0, p0 + i]; S holds n_heads x (p0 + nq)
+ * floats. */
 #define ATTN_DIRECT_ROWS 4
 static void attend_direct(struct capmoe_model *m, const capmoe_kv *kv, int l, int t0, int nq,
-                          int p0, float *S) {
+                          int p0, int h0, int h1, float *S) {
     const capmoe_hfconfig *c = &m->cfg;
     int d = c->head_dim, nH = c->n_heads, kd = c->n_kv_heads * d, qd = nH * d;
     int grp = nH / c->n_kv_heads, sw = c->sliding_window;
+    size_t goff = (size_t)(h0 / grp) * d; /* the first group's slice of a cache row */
     float scale = 1.0f / sqrtf((float)d);
     for (int i = 0; i < nq; i++) {
         int last = p0 + i, first = sw > 0 && last - sw + 1 > 0 ? last - sw + 1 : 0;
         int n = last + 1 - first;
-        const float *Kf = kv->k[l] + (size_t)first * kd, *Vf = kv->v[l] + (size_t)first * kd;
-        const float *q = m->q.p + (size_t)(t0 + i) * qd;
-        float *o = m->att.p + (size_t)(t0 + i) * qd;
-        capmoe_kern_attn_scores(S, n, q, nH, grp, d, Kf, kd, n, scale);
-        for (int h = 0; h < nH; h++) {
+        const float *Kf = kv->k[l] + (size_t)first * kd + goff;
+        const float *Vf = kv->v[l] + (size_t)first * kd + goff;
+        const float *q = m->q.p + (size_t)(t0 + i) * qd + (size_t)h0 * d;
+        float *o = m->att.p + (size_t)(t0 + i) * qd + (size_t)h0 * d;
+        capmoe_kern_attn_scores(S, n, q, h1 - h0, grp, d, Kf, kd, n, scale);
+        for (int h = 0; h < h1 - h0; h++) {
             capmoe_softmax_row(S + (size_t)h * n, n);
             capmoe_kern_weighted_sum(o + (size_t)h * d, S + (size_t)h * n,
                                      Vf + (size_t)(h / grp) * d, kd, n, d);
@@ -101,7 +104,7 @@ static void attend_head(struct capmoe_model *m, const capmoe_kv *kv, int l, int 
         int Lb = p0 + i0 + nb;
         const float *Q = m->q.p + (size_t)(t0 + i0) * qd + (size_t)hh * d;
         float *O = m->att.p + (size_t)(t0 + i0) * qd + (size_t)hh * d;
-        capmoe_gemm_nt(NULL, S, Lb, Q, qd, K, kd, nb, Lb, d, scale, 0.0f);
+        capmoe_gemm_nt(NULL, S, Lb, Q, qd, capmoe_wmat_f32(K), kd, nb, Lb, d, scale, 0.0f);
         for (int i = 0; i < nb; i++) {
             float *row = S + (size_t)i * Lb;
             int qpos = p0 + i0 + i;
@@ -122,7 +125,7 @@ struct attn_job {
     struct capmoe_model *m;
     const capmoe_batch_seq *seqs;
     int l, n_items;
-    const int *items;    /* pairs (sequence, head or -1 for all heads) */
+    const int *items;    /* triples (sequence, first head, end head) */
     size_t scratch;      /* score floats per thread */
     atomic_int next;     /* next unclaimed item */
 };
@@ -134,12 +137,13 @@ static void attn_part(void *arg, int part, int n_parts) {
     for (;;) {
         int it = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
         if (it >= j->n_items) break;
-        int s = j->items[2 * it], hh = j->items[2 * it + 1];
-        const capmoe_batch_seq *q = &j->seqs[s];
-        if (hh < 0)
-            attend_direct(j->m, q->kv, j->l, j->m->seq_t0[s], q->n_tokens, q->kv->len, S);
+        const int *item = j->items + 3 * (size_t)it;
+        const capmoe_batch_seq *q = &j->seqs[item[0]];
+        int t0 = j->m->seq_t0[item[0]];
+        if (q->n_tokens <= ATTN_DIRECT_ROWS)
+            attend_direct(j->m, q->kv, j->l, t0, q->n_tokens, q->kv->len, item[1], item[2], S);
         else
-            attend_head(j->m, q->kv, j->l, j->m->seq_t0[s], q->n_tokens, q->kv->len, hh, S);
+            attend_head(j->m, q->kv, j->l, t0, q->n_tokens, q->kv->len, item[1], S);
     }
 }
 
@@ -200,16 +204,27 @@ int capmoe_model_forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_se
     if (T == 0) return capmoe_set_error(err, "forward: no tokens in the batch");
     if (reserve_all(m, T, n_seqs, max_q, max_ctx, err) != 0) return -1;
     size_t scratch = attn_scratch(c, max_q, max_ctx);
-    int n_items = 0;
+    /* Attention items: each head of a longer sequence alone; a decode-like
+     * sequence in as many runs of whole GQA groups as keep every thread
+     * busy when there are fewer such sequences than threads. */
+    int n_items = 0, n_direct = 0, grp = c->n_heads / c->n_kv_heads;
+    for (int s = 0; s < n_seqs; s++) n_direct += seqs[s].n_tokens <= ATTN_DIRECT_ROWS;
+    int splits = n_direct > 0 ? (capmoe_par_threads(m->par) + n_direct - 1) / n_direct : 1;
+    if (splits > c->n_kv_heads) splits = c->n_kv_heads;
     for (int s = 0; s < n_seqs; s++) {
-        int n = seqs[s].n_tokens;
-        if (n > 0 && n <= ATTN_DIRECT_ROWS) {
-            m->attn_items[2 * n_items] = s;
-            m->attn_items[2 * n_items++ + 1] = -1;
+        int n = seqs[s].n_tokens, *it = m->attn_items + 3 * (size_t)n_items;
+        if (n == 0) continue;
+        if (n <= ATTN_DIRECT_ROWS) {
+            for (int p = 0; p < splits; p++, n_items++, it += 3) {
+                it[0] = s;
+                it[1] = c->n_kv_heads * p / splits * grp;
+                it[2] = c->n_kv_heads * (p + 1) / splits * grp;
+            }
         } else {
-            for (int hh = 0; n > 0 && hh < c->n_heads; hh++) {
-                m->attn_items[2 * n_items] = s;
-                m->attn_items[2 * n_items++ + 1] = hh;
+            for (int hh = 0; hh < c->n_heads; hh++, n_items++, it += 3) {
+                it[0] = s;
+                it[1] = hh;
+                it[2] = hh + 1;
             }
         }
     }
@@ -223,8 +238,8 @@ int capmoe_model_forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_se
     for (int s = 0, t = 0; s < n_seqs; s++) {
         m->seq_t0[s] = t;
         for (int i = 0; i < seqs[s].n_tokens; i++, t++) {
-            memcpy(x + (size_t)t * H, m->embed + (size_t)seqs[s].tokens[i] * H,
-                   (size_t)H * sizeof(float));
+            capmoe_wmat row = capmoe_wmat_offset(m->embed, (size_t)seqs[s].tokens[i] * H);
+            capmoe_kern_to_f32(x + (size_t)t * H, row.p, row.dtype, (size_t)H);
             m->tok_rank[t] = seqs[s].rank;
             m->tok_pos[t] = seqs[s].kv->len + i;
             capmoe_rope_table(m->rope.p + (size_t)t * d, d, m->tok_pos[t], m->inv_freq);

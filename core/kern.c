@@ -28,52 +28,160 @@ static inline void store_c(float *c, float v, float alpha, float beta) {
     *c = beta == 0.0f ? alpha * v : alpha * v + beta * *c;
 }
 
-/* dot(a, b) over k in [k0, K) in scalar, for the K % 16 tail. */
-static inline float dot_tail(const float *a, const float *b, int k0, int K) {
-    float s = 0.0f;
-    for (int k = k0; k < K; k++) s += a[k] * b[k];
-    return s;
+/* Weight element loads: 8 lanes converted to float32 (exactly: BF16 is the
+ * top half of a float32, and every F16 value is a float32 value), and one. */
+typedef unsigned short u16x8 __attribute__((vector_size(16), aligned(2), may_alias));
+typedef unsigned int u32x8 __attribute__((vector_size(32)));
+typedef _Float16 h8 __attribute__((vector_size(16), aligned(2), may_alias));
+
+static inline v8 ldw8_f32(const void *p, size_t i) { return ld8((const float *)p + i); }
+static inline v8 ldw8_bf16(const void *p, size_t i) {
+    u32x8 w = __builtin_convertvector(*(const u16x8 *)((const unsigned short *)p + i), u32x8);
+    return (v8)(w << 16);
+}
+static inline v8 ldw8_f16(const void *p, size_t i) {
+    return __builtin_convertvector(*(const h8 *)((const _Float16 *)p + i), v8);
+}
+static inline float ldw1_f32(const void *p, size_t i) { return ((const float *)p)[i]; }
+static inline float ldw1_bf16(const void *p, size_t i) {
+    union { unsigned int u; float f; } v = {(unsigned int)((const unsigned short *)p)[i] << 16};
+    return v.f;
+}
+static inline float ldw1_f16(const void *p, size_t i) { return (float)((const _Float16 *)p)[i]; }
+
+/* Rows of A against one row of B, C[i*ldc] for i < M. B's rows are read one
+ * after the other, a single sequential stream the hardware prefetcher
+ * follows at full bandwidth (interleaving several rows of B measured 2-3x
+ * slower from DRAM); the rows of A stay in L1. Two accumulators per row of
+ * A over alternate 8-float halves of each 16-float step keep eight FMA chains
+ * in flight. One instance per stored dtype of B: LDW8/LDW1 load 8 / 1
+ * elements of B at an element index as float32. */
+#define DEFINE_ROW_DOT(SUFFIX, LDW8, LDW1)                                                    \
+    static inline __attribute__((always_inline)) void row_dot_##SUFFIX(                       \
+        float *C, int ldc, const float *A, int lda,                                           \
+                                        const void *B, size_t b, int M, int K, float alpha,   \
+                                        float beta) {                                         \
+        int K16 = K & ~15, m0 = 0;                                                            \
+        for (; m0 + 4 <= M; m0 += 4) {                                                        \
+            const float *a0 = A + (size_t)m0 * lda, *a1 = a0 + lda, *a2 = a1 + lda;           \
+            const float *a3 = a2 + lda;                                                       \
+            v8 c0 = splat8(0), c1 = c0, c2 = c0, c3 = c0;                                     \
+            v8 d0 = c0, d1 = c0, d2 = c0, d3 = c0;                                            \
+            for (int k = 0; k < K16; k += 16) {                                               \
+                v8 w = LDW8(B, b + k), u = LDW8(B, b + k + 8);                                \
+                c0 += ld8(a0 + k) * w, c1 += ld8(a1 + k) * w;                                 \
+                c2 += ld8(a2 + k) * w, c3 += ld8(a3 + k) * w;                                 \
+                d0 += ld8(a0 + k + 8) * u, d1 += ld8(a1 + k + 8) * u;                         \
+                d2 += ld8(a2 + k + 8) * u, d3 += ld8(a3 + k + 8) * u;                         \
+            }                                                                                 \
+            float s[4] = {hsum8(c0 + d0), hsum8(c1 + d1), hsum8(c2 + d2), hsum8(c3 + d3)};    \
+            for (int k = K16; k < K; k++) {                                                   \
+                float w = LDW1(B, b + k);                                                     \
+                s[0] += a0[k] * w, s[1] += a1[k] * w, s[2] += a2[k] * w, s[3] += a3[k] * w;   \
+            }                                                                                 \
+            for (int i = 0; i < 4; i++) store_c(C + (size_t)(m0 + i) * ldc, s[i], alpha, beta); \
+        }                                                                                     \
+        if (m0 + 2 <= M) {                                                                    \
+            const float *a0 = A + (size_t)m0 * lda, *a1 = a0 + lda;                           \
+            v8 c0 = splat8(0), c1 = c0, d0 = c0, d1 = c0;                                     \
+            for (int k = 0; k < K16; k += 16) {                                               \
+                v8 w = LDW8(B, b + k), u = LDW8(B, b + k + 8);                                \
+                c0 += ld8(a0 + k) * w, c1 += ld8(a1 + k) * w;                                 \
+                d0 += ld8(a0 + k + 8) * u, d1 += ld8(a1 + k + 8) * u;                         \
+            }                                                                                 \
+            float s0 = hsum8(c0 + d0), s1 = hsum8(c1 + d1);                                   \
+            for (int k = K16; k < K; k++) {                                                   \
+                float w = LDW1(B, b + k);                                                     \
+                s0 += a0[k] * w, s1 += a1[k] * w;                                             \
+            }                                                                                 \
+            store_c(C + (size_t)m0 * ldc, s0, alpha, beta);                                   \
+            store_c(C + (size_t)(m0 + 1) * ldc, s1, alpha, beta);                             \
+            m0 += 2;                                                                          \
+        }                                                                                     \
+        if (m0 < M) {                                                                         \
+            /* one row: four chains over 32-float steps */                                    \
+            const float *a0 = A + (size_t)m0 * lda;                                           \
+            v8 c0 = splat8(0), d0 = c0, e0 = c0, f0 = c0;                                     \
+            int k = 0;                                                                        \
+            for (; k + 32 <= K16; k += 32) {                                                  \
+                c0 += ld8(a0 + k) * LDW8(B, b + k);                                           \
+                d0 += ld8(a0 + k + 8) * LDW8(B, b + k + 8);                                   \
+                e0 += ld8(a0 + k + 16) * LDW8(B, b + k + 16);                                 \
+                f0 += ld8(a0 + k + 24) * LDW8(B, b + k + 24);                                 \
+            }                                                                                 \
+            for (; k < K16; k += 16) {                                                        \
+                c0 += ld8(a0 + k) * LDW8(B, b + k);                                           \
+                d0 += ld8(a0 + k + 8) * LDW8(B, b + k + 8);                                   \
+            }                                                                                 \
+            float s = hsum8((c0 + e0) + (d0 + f0));                                           \
+            for (k = K16; k < K; k++) s += a0[k] * LDW1(B, b + k);                            \
+            store_c(C + (size_t)m0 * ldc, s, alpha, beta);                                    \
+        }                                                                                     \
+    }
+
+DEFINE_ROW_DOT(f32, ldw8_f32, ldw1_f32)
+DEFINE_ROW_DOT(bf16, ldw8_bf16, ldw1_bf16)
+DEFINE_ROW_DOT(f16, ldw8_f16, ldw1_f16)
+
+/* A BF16/F16 row of B used by more than four rows of A is converted once
+ * into this many floats on the stack rather than once per four rows. */
+#define ROW_BUF 8192
+
+KERN_CLONES
+static void gemm_nt_f32(float *C, int ldc, const float *A, int lda, const void *B, int ldb, int M,
+                        int N, int K, float alpha, float beta) {
+    for (int n = 0; n < N; n++)
+        row_dot_f32(C + n, ldc, A, lda, B, (size_t)n * ldb, M, K, alpha, beta);
 }
 
-/* One row of B against up to four rows of A. B's rows are read one after the
- * other, a single sequential stream the hardware prefetcher follows at full
- * bandwidth (interleaving several rows of B measured 2-3x slower from DRAM);
- * the rows of A stay in L1. Two accumulators per row of A over alternate
- * 8-float halves of each 16-float step keep eight FMA chains in flight. */
-KERN_CLONES
-void capmoe_kern_gemm_nt(float *C, int ldc, const float *A, int lda, const float *B, int ldb,
-                         int M, int N, int K, float alpha, float beta) {
-    int K16 = K & ~15;
-    for (int n = 0; n < N; n++) {
-        const float *b = B + (size_t)n * ldb;
-        int m0 = 0;
-        for (; m0 + 4 <= M; m0 += 4) {
-            const float *a0 = A + (size_t)m0 * lda, *a1 = a0 + lda, *a2 = a1 + lda;
-            const float *a3 = a2 + lda;
-            v8 c0 = splat8(0), c1 = c0, c2 = c0, c3 = c0, d0 = c0, d1 = c0, d2 = c0, d3 = c0;
-            for (int k = 0; k < K16; k += 16) {
-                v8 w = ld8(b + k), u = ld8(b + k + 8);
-                c0 += ld8(a0 + k) * w, c1 += ld8(a1 + k) * w;
-                c2 += ld8(a2 + k) * w, c3 += ld8(a3 + k) * w;
-                d0 += ld8(a0 + k + 8) * u, d1 += ld8(a1 + k + 8) * u;
-                d2 += ld8(a2 + k + 8) * u, d3 += ld8(a3 + k + 8) * u;
-            }
-            float *c = C + (size_t)m0 * ldc + n;
-            store_c(c, hsum8(c0 + d0) + dot_tail(a0, b, K16, K), alpha, beta);
-            store_c(c + ldc, hsum8(c1 + d1) + dot_tail(a1, b, K16, K), alpha, beta);
-            store_c(c + 2 * (size_t)ldc, hsum8(c2 + d2) + dot_tail(a2, b, K16, K), alpha, beta);
-            store_c(c + 3 * (size_t)ldc, hsum8(c3 + d3) + dot_tail(a3, b, K16, K), alpha, beta);
-        }
-        for (; m0 < M; m0++) {
-            const float *a0 = A + (size_t)m0 * lda;
-            v8 c0 = splat8(0), d0 = c0;
-            for (int k = 0; k < K16; k += 16) {
-                c0 += ld8(a0 + k) * ld8(b + k);
-                d0 += ld8(a0 + k + 8) * ld8(b + k + 8);
-            }
-            store_c(C + (size_t)m0 * ldc + n, hsum8(c0 + d0) + dot_tail(a0, b, K16, K), alpha,
-                    beta);
-        }
+#define DEFINE_GEMM_NT(SUFFIX)                                                                \
+    KERN_CLONES                                                                               \
+    static void gemm_nt_##SUFFIX(float *C, int ldc, const float *A, int lda, const void *B,   \
+                                 int ldb, int M, int N, int K, float alpha, float beta) {     \
+        float wrow[ROW_BUF] __attribute__((aligned(64)));                                     \
+        int convert = M > 4 && K <= ROW_BUF;                                                  \
+        for (int n = 0; n < N; n++) {                                                         \
+            size_t b = (size_t)n * ldb;                                                       \
+            if (convert) {                                                                    \
+                int k = 0;                                                                    \
+                for (; k + 8 <= K; k += 8) st8(wrow + k, ldw8_##SUFFIX(B, b + k));           \
+                for (; k < K; k++) wrow[k] = ldw1_##SUFFIX(B, b + k);                         \
+                row_dot_f32(C + n, ldc, A, lda, wrow, 0, M, K, alpha, beta);                  \
+            } else {                                                                          \
+                row_dot_##SUFFIX(C + n, ldc, A, lda, B, b, M, K, alpha, beta);                \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
+DEFINE_GEMM_NT(bf16)
+DEFINE_GEMM_NT(f16)
+
+void capmoe_kern_gemm_nt(float *C, int ldc, const float *A, int lda, const void *B,
+                         capmoe_dtype bt, int ldb, int M, int N, int K, float alpha, float beta) {
+    switch (bt) {
+    case CAPMOE_DTYPE_BF16: gemm_nt_bf16(C, ldc, A, lda, B, ldb, M, N, K, alpha, beta); break;
+    case CAPMOE_DTYPE_F16: gemm_nt_f16(C, ldc, A, lda, B, ldb, M, N, K, alpha, beta); break;
+    default: gemm_nt_f32(C, ldc, A, lda, B, ldb, M, N, K, alpha, beta); break;
+    }
+}
+
+#define DEFINE_TO_F32(SUFFIX)                                                                 \
+    KERN_CLONES                                                                               \
+    static void to_f32_##SUFFIX(float *dst, const void *src, size_t n) {                      \
+        size_t i = 0;                                                                         \
+        for (; i + 8 <= n; i += 8) st8(dst + i, ldw8_##SUFFIX(src, i));                        \
+        for (; i < n; i++) dst[i] = ldw1_##SUFFIX(src, i);                                    \
+    }
+DEFINE_TO_F32(bf16)
+DEFINE_TO_F32(f16)
+
+void capmoe_kern_to_f32(float *dst, const void *src, capmoe_dtype t, size_t n) {
+    switch (t) {
+    case CAPMOE_DTYPE_BF16: to_f32_bf16(dst, src, n); break;
+    case CAPMOE_DTYPE_F16: to_f32_f16(dst, src, n); break;
+    default:
+        for (size_t i = 0; i < n; i++) dst[i] = ((const float *)src)[i];
+        break;
     }
 }
 

@@ -26,8 +26,26 @@ void capmoe_buf_free(struct capmoe_buf *b) {
     b->cap = 0;
 }
 
-/* Fetches a float32 view of tensor NAME with the given shape; records
- * converted buffers in m->owned. */
+/* Takes ownership of a buffer the loader allocated. */
+static int own(struct capmoe_model *m, void *buf, size_t bytes, const char *name,
+               capmoe_error *err) {
+    if (m->n_owned == m->cap_owned) {
+        int nc = m->cap_owned ? m->cap_owned * 2 : 256;
+        void **p = realloc(m->owned, (size_t)nc * sizeof *p);
+        if (!p) {
+            free(buf);
+            return capmoe_set_error(err, "out of memory loading %s", name);
+        }
+        m->owned = p;
+        m->cap_owned = nc;
+    }
+    m->owned[m->n_owned++] = buf;
+    m->alloc_bytes += bytes;
+    return 0;
+}
+
+/* Fetches a float32 view of (small) tensor NAME with the given shape: norms,
+ * biases, the router. Converted buffers are recorded in m->owned. */
 static int get_tensor(struct capmoe_model *m, const float **out, capmoe_error *err, int ndim,
                       int64_t d0, int64_t d1, int64_t d2, const char *fmt, ...) {
     char name[256];
@@ -42,22 +60,38 @@ static int get_tensor(struct capmoe_model *m, const float **out, capmoe_error *e
     size_t numel = 1;
     for (int i = 0; i < ndim; i++) numel *= (size_t)shape[i];
     if (owned) {
-        if (m->n_owned == m->cap_owned) {
-            int nc = m->cap_owned ? m->cap_owned * 2 : 256;
-            float **p = realloc(m->owned, (size_t)nc * sizeof *p);
-            if (!p) {
-                free(owned);
-                return capmoe_set_error(err, "out of memory loading %s", name);
-            }
-            m->owned = p;
-            m->cap_owned = nc;
-        }
-        m->owned[m->n_owned++] = owned;
-        m->alloc_bytes += numel * sizeof(float);
+        if (own(m, owned, numel * sizeof(float), name, err) != 0) return -1;
     } else {
         m->mapped_bytes += numel * sizeof(float);
     }
     *out = data;
+    return 0;
+}
+
+/* Fetches weight matrix NAME in its stored dtype (F32, BF16 or F16), mapped
+ * in place; only data not aligned to its element size is copied (safetensors
+ * does not promise alignment). */
+static int get_matrix(struct capmoe_model *m, capmoe_wmat *out, capmoe_error *err, int ndim,
+                      int64_t d0, int64_t d1, int64_t d2, const char *fmt, ...) {
+    char name[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    int64_t shape[3] = {d0, d1, d2};
+    const capmoe_st_tensor *t;
+    if (capmoe_st_get_float(m->st, name, ndim, shape, &t, err) != 0) return -1;
+    out->dtype = t->dtype;
+    out->p = t->data;
+    if (((uintptr_t)t->data & (capmoe_dtype_size(t->dtype) - 1)) == 0) {
+        m->mapped_bytes += t->nbytes;
+        return 0;
+    }
+    void *copy = malloc(t->nbytes ? t->nbytes : 1);
+    if (!copy) return capmoe_set_error(err, "%s: tensor %s: out of memory", t->file, t->name);
+    memcpy(copy, t->data, t->nbytes);
+    if (own(m, copy, t->nbytes, name, err) != 0) return -1;
+    out->p = copy;
     return 0;
 }
 
@@ -74,6 +108,8 @@ static int has_tensor(const struct capmoe_model *m, const char *fmt, ...) {
     if (get_tensor(m, &(dst), err, 1, (a), 0, 0, __VA_ARGS__)) return -1
 #define GET2(dst, a, b, ...) \
     if (get_tensor(m, &(dst), err, 2, (a), (b), 0, __VA_ARGS__)) return -1
+#define GETW(dst, a, b, ...) \
+    if (get_matrix(m, &(dst), err, 2, (a), (b), 0, __VA_ARGS__)) return -1
 
 static int load_experts(struct capmoe_model *m, struct capmoe_layer *L, int l,
                         capmoe_error *err) {
@@ -88,34 +124,34 @@ static int load_experts(struct capmoe_model *m, struct capmoe_layer *L, int l,
     GET2(L->router, E, H, "model.layers.%d.%s.gate.weight", l, blk);
     if (has_tensor(m, "model.layers.%d.%s.experts.gate_up_proj", l, blk)) {
         /* transformers 5 in-memory layout: fused [E, 2I, H] and [E, H, I]. */
-        const float *gu, *dn;
-        if (get_tensor(m, &gu, err, 3, E, 2 * I, H, "model.layers.%d.%s.experts.gate_up_proj", l,
+        capmoe_wmat gu, dn;
+        if (get_matrix(m, &gu, err, 3, E, 2 * I, H, "model.layers.%d.%s.experts.gate_up_proj", l,
                        blk) ||
-            get_tensor(m, &dn, err, 3, E, H, I, "model.layers.%d.%s.experts.down_proj", l, blk))
+            get_matrix(m, &dn, err, 3, E, H, I, "model.layers.%d.%s.experts.down_proj", l, blk))
             return -1;
         for (int e = 0; e < E; e++) {
-            L->w_gate[e] = gu + (size_t)e * 2 * I * H;
-            L->w_up[e] = L->w_gate[e] + (size_t)I * H;
-            L->w_down[e] = dn + (size_t)e * H * I;
+            L->w_gate[e] = capmoe_wmat_offset(gu, (size_t)e * 2 * I * H);
+            L->w_up[e] = capmoe_wmat_offset(L->w_gate[e], (size_t)I * H);
+            L->w_down[e] = capmoe_wmat_offset(dn, (size_t)e * H * I);
         }
         return 0;
     }
     for (int e = 0; e < E; e++) {
         if (mixtral) {
-            GET2(L->w_gate[e], I, H, "model.layers.%d.block_sparse_moe.experts.%d.w1.weight", l, e);
-            GET2(L->w_down[e], H, I, "model.layers.%d.block_sparse_moe.experts.%d.w2.weight", l, e);
-            GET2(L->w_up[e], I, H, "model.layers.%d.block_sparse_moe.experts.%d.w3.weight", l, e);
+            GETW(L->w_gate[e], I, H, "model.layers.%d.block_sparse_moe.experts.%d.w1.weight", l, e);
+            GETW(L->w_down[e], H, I, "model.layers.%d.block_sparse_moe.experts.%d.w2.weight", l, e);
+            GETW(L->w_up[e], I, H, "model.layers.%d.block_sparse_moe.experts.%d.w3.weight", l, e);
         } else {
-            GET2(L->w_gate[e], I, H, "model.layers.%d.mlp.experts.%d.gate_proj.weight", l, e);
-            GET2(L->w_up[e], I, H, "model.layers.%d.mlp.experts.%d.up_proj.weight", l, e);
-            GET2(L->w_down[e], H, I, "model.layers.%d.mlp.experts.%d.down_proj.weight", l, e);
+            GETW(L->w_gate[e], I, H, "model.layers.%d.mlp.experts.%d.gate_proj.weight", l, e);
+            GETW(L->w_up[e], I, H, "model.layers.%d.mlp.experts.%d.up_proj.weight", l, e);
+            GETW(L->w_down[e], H, I, "model.layers.%d.mlp.experts.%d.down_proj.weight", l, e);
         }
     }
     if (c->shared_expert_intermediate_size > 0) {
         int Is = c->shared_expert_intermediate_size;
-        GET2(L->sh_gate, Is, H, "model.layers.%d.mlp.shared_expert.gate_proj.weight", l);
-        GET2(L->sh_up, Is, H, "model.layers.%d.mlp.shared_expert.up_proj.weight", l);
-        GET2(L->sh_down, H, Is, "model.layers.%d.mlp.shared_expert.down_proj.weight", l);
+        GETW(L->sh_gate, Is, H, "model.layers.%d.mlp.shared_expert.gate_proj.weight", l);
+        GETW(L->sh_up, Is, H, "model.layers.%d.mlp.shared_expert.up_proj.weight", l);
+        GETW(L->sh_down, H, Is, "model.layers.%d.mlp.shared_expert.down_proj.weight", l);
         GET2(L->sh_gate_w, 1, H, "model.layers.%d.mlp.shared_expert_gate.weight", l);
     }
     return 0;
@@ -127,10 +163,10 @@ static int load_layer(struct capmoe_model *m, int l, capmoe_error *err) {
     int H = c->hidden_size, d = c->head_dim, qd = c->n_heads * d, kd = c->n_kv_heads * d;
     GET1(L->attn_norm, H, "model.layers.%d.input_layernorm.weight", l);
     GET1(L->ffn_norm, H, "model.layers.%d.post_attention_layernorm.weight", l);
-    GET2(L->wq, qd, H, "model.layers.%d.self_attn.q_proj.weight", l);
-    GET2(L->wk, kd, H, "model.layers.%d.self_attn.k_proj.weight", l);
-    GET2(L->wv, kd, H, "model.layers.%d.self_attn.v_proj.weight", l);
-    GET2(L->wo, H, qd, "model.layers.%d.self_attn.o_proj.weight", l);
+    GETW(L->wq, qd, H, "model.layers.%d.self_attn.q_proj.weight", l);
+    GETW(L->wk, kd, H, "model.layers.%d.self_attn.k_proj.weight", l);
+    GETW(L->wv, kd, H, "model.layers.%d.self_attn.v_proj.weight", l);
+    GETW(L->wo, H, qd, "model.layers.%d.self_attn.o_proj.weight", l);
     if (c->qkv_bias) {
         GET1(L->bq, qd, "model.layers.%d.self_attn.q_proj.bias", l);
         GET1(L->bk, kd, "model.layers.%d.self_attn.k_proj.bias", l);
@@ -147,9 +183,9 @@ static int load_layer(struct capmoe_model *m, int l, capmoe_error *err) {
     L->is_moe = c->layer_is_moe[l];
     if (L->is_moe) return load_experts(m, L, l, err);
     int Id = c->intermediate_size;
-    GET2(L->d_gate, Id, H, "model.layers.%d.mlp.gate_proj.weight", l);
-    GET2(L->d_up, Id, H, "model.layers.%d.mlp.up_proj.weight", l);
-    GET2(L->d_down, H, Id, "model.layers.%d.mlp.down_proj.weight", l);
+    GETW(L->d_gate, Id, H, "model.layers.%d.mlp.gate_proj.weight", l);
+    GETW(L->d_up, Id, H, "model.layers.%d.mlp.up_proj.weight", l);
+    GETW(L->d_down, H, Id, "model.layers.%d.mlp.down_proj.weight", l);
     return 0;
 }
 
@@ -168,12 +204,12 @@ int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_op
         capmoe_set_error(err, "out of memory");
         goto fail;
     }
-    if (get_tensor(m, &m->embed, err, 2, c->vocab_size, c->hidden_size, 0,
+    if (get_matrix(m, &m->embed, err, 2, c->vocab_size, c->hidden_size, 0,
                    "model.embed_tokens.weight") ||
         get_tensor(m, &m->final_norm, err, 1, c->hidden_size, 0, 0, "model.norm.weight"))
         goto fail;
     if (capmoe_st_find(m->st, "lm_head.weight")) {
-        if (get_tensor(m, &m->lm_head, err, 2, c->vocab_size, c->hidden_size, 0,
+        if (get_matrix(m, &m->lm_head, err, 2, c->vocab_size, c->hidden_size, 0,
                        "lm_head.weight"))
             goto fail;
     } else if (c->tie_word_embeddings) {
@@ -230,6 +266,7 @@ void capmoe_model_free(capmoe_model *m) {
     free(m->tok_pos);
     free(m->seq_t0);
     free(m->attn_items);
+    free(m->expert_order);
     free(m);
 }
 
@@ -241,19 +278,23 @@ size_t capmoe_model_active_bytes_per_token(const capmoe_model *m) {
     const capmoe_hfconfig *c = &m->cfg;
     size_t H = (size_t)c->hidden_size, d = (size_t)c->head_dim;
     size_t qd = (size_t)c->n_heads * d, kd = (size_t)c->n_kv_heads * d;
-    size_t per = 0;
+    size_t bytes = 0;
     for (int l = 0; l < c->n_layers; l++) {
-        per += H * qd * 2 + H * kd * 2; /* q, o, k, v */
+        const struct capmoe_layer *L = &m->layers[l];
+        bytes += (H * qd * 2 + H * kd * 2) * capmoe_dtype_size(L->wq.dtype); /* q, o, k, v */
         if (c->layer_is_moe[l]) {
-            per += (size_t)c->n_experts * H;                                   /* router */
-            per += (size_t)c->top_k * 3 * H * (size_t)c->moe_intermediate_size; /* k experts */
-            per += 3 * H * (size_t)c->shared_expert_intermediate_size;
+            bytes += (size_t)c->n_experts * H * sizeof(float); /* router */
+            bytes += (size_t)c->top_k * 3 * H * (size_t)c->moe_intermediate_size *
+                     capmoe_dtype_size(L->w_gate[0].dtype); /* k experts */
+            if (c->shared_expert_intermediate_size > 0)
+                bytes += 3 * H * (size_t)c->shared_expert_intermediate_size *
+                         capmoe_dtype_size(L->sh_gate.dtype);
         } else {
-            per += 3 * H * (size_t)c->intermediate_size;
+            bytes += 3 * H * (size_t)c->intermediate_size * capmoe_dtype_size(L->d_gate.dtype);
         }
     }
-    per += (size_t)c->vocab_size * H; /* lm_head */
-    return per * sizeof(float);
+    bytes += (size_t)c->vocab_size * H * capmoe_dtype_size(m->lm_head.dtype); /* lm_head */
+    return bytes;
 }
 
 /* ---- KV cache ---------------------------------------------------------- */

@@ -5,6 +5,7 @@
 
 #include "capmoe/dispatch.h"
 #include "capmoe/ep.h"
+#include "capmoe/ops.h"
 #include "capmoe/par.h"
 #include "capmoe/hfconfig.h"
 #include "capmoe/model.h"
@@ -14,15 +15,15 @@
  * a buffer listed in capmoe_model.owned. Shapes as [out, in]. */
 struct capmoe_layer {
     const float *attn_norm, *ffn_norm;       /* [H] */
-    const float *wq, *wk, *wv, *wo;          /* [nH*d, H] [nKV*d, H] [nKV*d, H] [H, nH*d] */
+    capmoe_wmat wq, wk, wv, wo;              /* [nH*d, H] [nKV*d, H] [nKV*d, H] [H, nH*d] */
     const float *bq, *bk, *bv, *bo;          /* biases or NULL */
     const float *q_norm, *k_norm;            /* [nH*d] / [nKV*d] (FULL) or [d] (HEAD) */
     int is_moe;
     const float *router;                     /* [E, H] */
-    const float **w_gate, **w_up, **w_down;  /* per expert: [I, H] [I, H] [H, I] */
-    const float *sh_gate, *sh_up, *sh_down;  /* shared expert [Is, H] [Is, H] [H, Is] */
+    capmoe_wmat *w_gate, *w_up, *w_down;     /* per expert: [I, H] [I, H] [H, I] */
+    capmoe_wmat sh_gate, sh_up, sh_down;     /* shared expert [Is, H] [Is, H] [H, Is] */
     const float *sh_gate_w;                  /* shared_expert_gate [1, H] */
-    const float *d_gate, *d_up, *d_down;     /* dense MLP [Id, H] [Id, H] [H, Id] */
+    capmoe_wmat d_gate, d_up, d_down;        /* dense MLP [Id, H] [Id, H] [H, Id] */
 };
 
 /* Grow-only scratch buffer. */
@@ -34,12 +35,12 @@ struct capmoe_buf {
 struct capmoe_model {
     capmoe_hfconfig cfg;
     capmoe_st *st;
-    float **owned;           /* converted weights we allocated */
+    void **owned;            /* converted or realigned weights we allocated */
     int n_owned, cap_owned;
     size_t alloc_bytes, mapped_bytes;
-    const float *embed;      /* [V, H] */
+    capmoe_wmat embed;       /* [V, H] */
     const float *final_norm; /* [H] */
-    const float *lm_head;    /* [V, H] (== embed when tied) */
+    capmoe_wmat lm_head;     /* [V, H] (== embed when tied) */
     struct capmoe_layer *layers;
     float *inv_freq;         /* [d/2] */
     capmoe_ep_pool *ep;
@@ -51,7 +52,8 @@ struct capmoe_model {
     int *tok_rank, *tok_pos;
     size_t cap_tok;
     int *seq_t0;             /* first batch row of each sequence */
-    int *attn_items;         /* (sequence, head) pairs of the attention pass */
+    int *expert_order;       /* [E] experts by decreasing load (moe.c) */
+    int *attn_items;         /* (sequence, head range) triples of the attention pass */
     size_t cap_seq;
 };
 

@@ -3,9 +3,12 @@
  * [r*E/R, (r+1)*E/R)), the weighted combine and the Qwen2-MoE shared expert.
  * Each expert's tokens are gathered and run as one GEMM per projection. */
 #include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "capmoe/kern.h"
 #include "capmoe/ops.h"
 #include "model_internal.h"
 
@@ -24,31 +27,79 @@ static double thread_cpu_seconds(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* Expert e's tokens through gate/up, SiLU, down, with the products split over
+ * par (NULL: this thread only). */
+static void run_expert(struct rank_job *j, int e, capmoe_par *par) {
+    struct capmoe_model *m = j->m;
+    const capmoe_dispatch_plan *P = &m->plan;
+    const capmoe_hfconfig *c = &m->cfg;
+    int H = c->hidden_size, I = c->moe_intermediate_size;
+    int off = P->expert_off[e], n = P->expert_off[e + 1] - off;
+    if (n == 0) return;
+    float *xe = m->xe.p + (size_t)off * H;
+    float *ge = m->ge.p + (size_t)off * I;
+    float *ue = m->ue.p + (size_t)off * I;
+    float *ye = m->ye.p + (size_t)off * H;
+    for (int i = 0; i < n; i++)
+        memcpy(xe + (size_t)i * H, j->h + (size_t)P->tok[off + i] * H, (size_t)H * sizeof(float));
+    capmoe_linear(par, ge, xe, j->L->w_gate[e], NULL, n, I, H);
+    capmoe_linear(par, ue, xe, j->L->w_up[e], NULL, n, I, H);
+    capmoe_silu_mul(ge, ue, (size_t)n * I);
+    capmoe_linear(par, ye, ge, j->L->w_down[e], NULL, n, H, I);
+}
+
+/* The experts of one rank spread over the pool whole: each thread claims
+ * the next expert, largest first, and runs it alone. */
+struct expert_claim {
+    struct rank_job *j;
+    const int *order; /* experts by decreasing load */
+    int n;
+    atomic_int next;
+};
+
+static void expert_part(void *arg, int part, int n_parts) {
+    (void)part;
+    (void)n_parts;
+    struct expert_claim *ec = arg;
+    for (int i; (i = atomic_fetch_add_explicit(&ec->next, 1, memory_order_relaxed)) < ec->n;)
+        run_expert(ec->j, ec->order[i], NULL);
+}
+
 static void run_rank(void *arg, int r) {
     struct rank_job *j = arg;
     struct capmoe_model *m = j->m;
     const capmoe_dispatch_plan *P = &m->plan;
-    const capmoe_hfconfig *c = &m->cfg;
-    int H = c->hidden_size, I = c->moe_intermediate_size, E = c->n_experts;
+    int E = m->cfg.n_experts;
     double t0 = capmoe_now(), c0 = thread_cpu_seconds();
-    /* One rank alone may use every core; several ranks each run on one, as
-     * one device each would. */
-    capmoe_par *par = j->R > 1 ? NULL : m->par;
     int e0 = r * E / j->R, e1 = (r + 1) * E / j->R;
-    for (int e = e0; e < e1; e++) {
-        int off = P->expert_off[e], n = P->expert_off[e + 1] - off;
-        if (n == 0) continue;
-        float *xe = m->xe.p + (size_t)off * H;
-        float *ge = m->ge.p + (size_t)off * I;
-        float *ue = m->ue.p + (size_t)off * I;
-        float *ye = m->ye.p + (size_t)off * H;
-        for (int i = 0; i < n; i++)
-            memcpy(xe + (size_t)i * H, j->h + (size_t)P->tok[off + i] * H,
-                   (size_t)H * sizeof(float));
-        capmoe_linear(par, ge, xe, j->L->w_gate[e], NULL, n, I, H);
-        capmoe_linear(par, ue, xe, j->L->w_up[e], NULL, n, I, H);
-        capmoe_silu_mul(ge, ue, (size_t)n * I);
-        capmoe_linear(par, ye, ge, j->L->w_down[e], NULL, n, H, I);
+    if (j->R > 1) {
+        /* Several ranks: each runs on one thread, as one device each would. */
+        for (int e = e0; e < e1; e++) run_expert(j, e, NULL);
+    } else {
+        /* One rank may use every core. When every expert's batch is small
+         * (decode), whole experts go to the threads: no hand-off per product
+         * and the gathers and SiLUs run in parallel too. Otherwise each
+         * product is split across the threads. */
+        int big = 0, n_active = 0, *order = m->expert_order;
+        for (int e = e0; e < e1; e++) {
+            int n = P->expert_off[e + 1] - P->expert_off[e];
+            big |= n > capmoe_kern_max_rows(j->L->w_gate[e].dtype);
+            if (n > 0) {
+                int i = n_active++;
+                while (i > 0 && P->expert_off[order[i - 1] + 1] - P->expert_off[order[i - 1]] < n) {
+                    order[i] = order[i - 1];
+                    i--;
+                }
+                order[i] = e;
+            }
+        }
+        if (!big && n_active > 1 && capmoe_par_threads(m->par) > 1) {
+            struct expert_claim ec = {.j = j, .order = order, .n = n_active};
+            atomic_init(&ec.next, 0);
+            capmoe_par_run(m->par, n_active, expert_part, &ec);
+        } else {
+            for (int e = e0; e < e1; e++) run_expert(j, e, m->par);
+        }
     }
     if (r < CAPMOE_MAX_RANKS) {
         j->rank_time[r] = capmoe_now() - t0;
@@ -65,7 +116,9 @@ int capmoe_moe_forward(struct capmoe_model *m, const struct capmoe_layer *L, int
     double t0 = capmoe_now();
     if (capmoe_buf_reserve(&m->router, (size_t)T * E) != 0)
         return capmoe_set_error(err, "out of memory");
-    capmoe_linear(m->par, m->router.p, h, L->router, NULL, T, E, H);
+    if (!m->expert_order && !(m->expert_order = calloc((size_t)E, sizeof(int))))
+        return capmoe_set_error(err, "out of memory");
+    capmoe_linear(m->par, m->router.p, h, capmoe_wmat_f32(L->router), NULL, T, E, H);
     capmoe_dispatch_plan *P = &m->plan;
     if (capmoe_dispatch_compute(P, cfg, m->router.p, T, E, c->top_k, c->norm_topk_prob, tok_rank,
                                 err) != 0)
@@ -85,7 +138,7 @@ int capmoe_moe_forward(struct capmoe_model *m, const struct capmoe_layer *L, int
         for (int i = P->expert_off[e]; i < P->expert_off[e + 1]; i++)
             capmoe_axpy(out + (size_t)P->tok[i] * H, m->ye.p + (size_t)i * H, P->weight[i], H);
 
-    if (L->sh_gate) {
+    if (L->sh_gate.p) {
         int Is = c->shared_expert_intermediate_size;
         if (capmoe_buf_reserve(&m->sh1, (size_t)T * Is) ||
             capmoe_buf_reserve(&m->sh2, (size_t)T * Is) ||

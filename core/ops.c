@@ -4,6 +4,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdlib.h>
 
 #include "capmoe/kern.h"
 
@@ -12,11 +13,45 @@
 #define PAR_MIN_MACS (64 * 1024)
 
 struct nt_job {
+    capmoe_par *par;
     float *C;
-    const float *A, *B;
+    const float *A;
+    capmoe_wmat B;
     int ldc, lda, ldb, M, N, K;
     float alpha, beta;
 };
+
+/* Rows of a non-float32 B converted per sgemm call: panels of about 4 MiB,
+ * so the conversion is paid once per panel and stays in cache for sgemm. */
+#define PANEL_FLOATS ((size_t)1 << 20)
+
+/* sgemm on rows [n0, n1) of B stored as BF16/F16: converted to float32 a
+ * panel at a time in the part's scratch (a temporary when par is NULL). If no
+ * scratch can be had, the small-M kernel (which needs none) does the work. */
+static void sgemm_converted(const struct nt_job *j, int part, int n0, int n1) {
+    size_t panel = PANEL_FLOATS / (size_t)j->K;
+    panel = panel < 16 ? 16 : panel & ~(size_t)15;
+    if (panel > (size_t)(n1 - n0)) panel = (size_t)(n1 - n0);
+    float *tmp = NULL, *buf = j->par ? capmoe_par_scratch(j->par, part, panel * j->K) : NULL;
+    if (!buf) buf = tmp = capmoe_malloc_array(panel * (size_t)j->K, sizeof(float));
+    size_t es = capmoe_dtype_size(j->B.dtype);
+    for (int n = n0; n < n1; n += (int)panel) {
+        int rows = n1 - n < (int)panel ? n1 - n : (int)panel;
+        const char *src = (const char *)j->B.p + (size_t)n * j->ldb * es;
+        float *C = j->C + n;
+        if (!buf) {
+            capmoe_kern_gemm_nt(C, j->ldc, j->A, j->lda, src, j->B.dtype, j->ldb, j->M, rows,
+                                j->K, j->alpha, j->beta);
+            continue;
+        }
+        for (int r = 0; r < rows; r++)
+            capmoe_kern_to_f32(buf + (size_t)r * j->K, src + (size_t)r * j->ldb * es, j->B.dtype,
+                               (size_t)j->K);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->M, rows, j->K, j->alpha, j->A,
+                    j->lda, buf, j->K, j->beta, C, j->ldc);
+    }
+    free(tmp);
+}
 
 /* Part `part` of n_parts takes a contiguous range of B's rows (C's columns),
  * in multiples of 16 (whole cache lines of C, whole sgemm register tiles). */
@@ -27,28 +62,31 @@ static void nt_part(void *arg, int part, int n_parts) {
     int n0 = b0 * 16, n1 = b1 * 16 < j->N ? b1 * 16 : j->N;
     if (n1 <= n0) return;
     float *C = j->C + n0;
-    const float *B = j->B + (size_t)n0 * j->ldb;
-    if (j->M <= CAPMOE_KERN_MAX_ROWS)
-        capmoe_kern_gemm_nt(C, j->ldc, j->A, j->lda, B, j->ldb, j->M, n1 - n0, j->K, j->alpha,
-                            j->beta);
-    else
+    capmoe_wmat B = capmoe_wmat_offset(j->B, (size_t)n0 * j->ldb);
+    if (j->M <= capmoe_kern_max_rows(B.dtype))
+        capmoe_kern_gemm_nt(C, j->ldc, j->A, j->lda, B.p, B.dtype, j->ldb, j->M, n1 - n0, j->K,
+                            j->alpha, j->beta);
+    else if (B.dtype == CAPMOE_DTYPE_F32)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->M, n1 - n0, j->K, j->alpha, j->A,
-                    j->lda, B, j->ldb, j->beta, C, j->ldc);
+                    j->lda, B.p, j->ldb, j->beta, C, j->ldc);
+    else
+        sgemm_converted(j, part, n0, n1);
 }
 
-void capmoe_gemm_nt(capmoe_par *par, float *C, int ldc, const float *A, int lda, const float *B,
+void capmoe_gemm_nt(capmoe_par *par, float *C, int ldc, const float *A, int lda, capmoe_wmat B,
                     int ldb, int M, int N, int K, float alpha, float beta) {
     if (M <= 0 || N <= 0) return;
     /* Few rows (decode steps, an expert with few tokens): each row of B is
      * streamed once for all rows of A, with no packing (kern.h). More rows:
      * OpenBLAS sgemm, single-threaded, on each part's columns. */
-    struct nt_job j = {C, A, B, ldc, lda, ldb, M, N, K, alpha, beta};
+    struct nt_job j = {par, C, A, B, ldc, lda, ldb, M, N, K, alpha, beta};
     int parts = capmoe_par_threads(par);
     long long macs = (long long)M * N * K;
     if (macs < PAR_MIN_MACS * 2LL) parts = 1;
     else if (macs / parts < PAR_MIN_MACS) parts = (int)(macs / PAR_MIN_MACS);
     if (parts > (N + 15) / 16) parts = (N + 15) / 16;
-    capmoe_par_run(parts > 1 ? par : NULL, parts, nt_part, &j);
+    if (parts <= 1) j.par = NULL; /* its scratch belongs to parts of a run */
+    capmoe_par_run(j.par, parts, nt_part, &j);
 }
 
 void capmoe_gemm_nn(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M,
@@ -58,7 +96,7 @@ void capmoe_gemm_nn(float *C, int ldc, const float *A, int lda, const float *B, 
                 ldc);
 }
 
-void capmoe_linear(capmoe_par *par, float *y, const float *x, const float *W, const float *bias,
+void capmoe_linear(capmoe_par *par, float *y, const float *x, capmoe_wmat W, const float *bias,
                    int M, int N, int K) {
     capmoe_gemm_nt(par, y, N, x, K, W, K, M, N, K, 1.0f, 0.0f);
     if (bias) {

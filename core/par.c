@@ -1,10 +1,18 @@
-/* par.c - fork-join pool: a generation counter the workers spin on for a
- * while before sleeping, and a pending count the caller spins on. */
+/* par.c - fork-join pool. One 64-bit word carries the run's generation, its
+ * part count and the next unclaimed part; threads (the caller included)
+ * claim parts from it with compare-and-swap until none are left. A worker
+ * that is late or descheduled therefore never holds the caller up: the
+ * caller runs the parts nobody claimed, and only waits for parts already
+ * running elsewhere. Workers spin briefly for the next run, then yield, then
+ * sleep on a condition variable. */
 #include "capmoe/par.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <time.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #define CPU_RELAX() __builtin_ia32_pause()
@@ -12,62 +20,85 @@
 #define CPU_RELAX() ((void)0)
 #endif
 
-/* Spin iterations (about 20-40 us) a worker polls for the next call before
- * it goes to sleep: longer than the gaps inside a forward pass, shorter than
- * the gaps between requests. */
-#define SPIN_ITERS 20000
+/* claim word: generation << 16 | n_parts << 8 | next part index */
+#define W_GEN(w) ((w) >> 16)
+#define W_NP(w) ((int)(((w) >> 8) & 0xff))
+#define W_IDX(w) ((int)((w) & 0xff))
+#define W_MAKE(g, np) ((uint64_t)(g) << 16 | (uint64_t)(np) << 8)
+
+/* Pause-spins before a waiting thread starts yielding its core, and how
+ * long (seconds) a worker keeps looking for the next run before it sleeps:
+ * longer than the gaps inside a forward pass, shorter than the gaps between
+ * requests. */
+#define SPIN_PAUSES 2000
+#define WORKER_IDLE_S 300e-6
 
 struct capmoe_par {
     int n;                     /* threads taking part: workers + caller */
     pthread_t *th;             /* n - 1 workers */
     int started;               /* workers created */
-    atomic_ulong gen;          /* (runs << 8) | n_parts of the latest run */
-    atomic_int pending;        /* worker parts not yet finished */
+    _Atomic uint64_t claim;    /* see W_* */
+    atomic_int done;           /* parts finished in the current run */
     atomic_int quit;
-    capmoe_par_fn fn;
+    capmoe_par_fn fn;          /* of the current run; written before claim */
     void *arg;
     pthread_mutex_t mu;        /* guards sleepers and the sleep/wake handshake */
     pthread_cond_t wake;
     int sleepers;
+    float *scratch[CAPMOE_PAR_MAX_THREADS]; /* per part, grown on demand */
+    size_t scratch_cap[CAPMOE_PAR_MAX_THREADS];
 };
 
-struct worker_arg {
-    capmoe_par *p;
-    int part;
-};
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Claims and runs parts of generation gen until none are left. */
+static void run_parts(capmoe_par *p, uint64_t gen) {
+    uint64_t w = atomic_load_explicit(&p->claim, memory_order_acquire);
+    while (W_GEN(w) == gen && W_IDX(w) < W_NP(w)) {
+        if (!atomic_compare_exchange_weak_explicit(&p->claim, &w, w + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue; /* w was reloaded */
+        p->fn(p->arg, W_IDX(w), W_NP(w));
+        atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
+        w = atomic_load_explicit(&p->claim, memory_order_acquire);
+    }
+}
 
 static void *worker_main(void *v) {
-    struct worker_arg wa = *(struct worker_arg *)v;
-    free(v);
-    capmoe_par *p = wa.p;
-    unsigned long seen = 0; /* the value gen starts at: no run is missed */
+    capmoe_par *p = v;
+    uint64_t seen = 0; /* the generation the pool starts at: no run is missed */
     for (;;) {
-        unsigned long g;
+        uint64_t g;
         int spins = 0;
-        while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen &&
+        double idle_since = 0.0;
+        while ((g = W_GEN(atomic_load_explicit(&p->claim, memory_order_acquire))) == seen &&
                !atomic_load_explicit(&p->quit, memory_order_relaxed)) {
-            if (++spins < SPIN_ITERS) {
+            if (++spins < SPIN_PAUSES) {
                 CPU_RELAX();
+                continue;
+            }
+            if (idle_since == 0.0) idle_since = now_s();
+            if (now_s() - idle_since < WORKER_IDLE_S) {
+                sched_yield();
                 continue;
             }
             pthread_mutex_lock(&p->mu);
             p->sleepers++;
-            while (atomic_load_explicit(&p->gen, memory_order_acquire) == seen &&
+            while (W_GEN(atomic_load_explicit(&p->claim, memory_order_acquire)) == seen &&
                    !atomic_load_explicit(&p->quit, memory_order_relaxed))
                 pthread_cond_wait(&p->wake, &p->mu);
             p->sleepers--;
             pthread_mutex_unlock(&p->mu);
             spins = 0;
+            idle_since = 0.0;
         }
         if (atomic_load_explicit(&p->quit, memory_order_relaxed)) break;
         seen = g;
-        /* n_parts travels in the generation word itself, so a worker that
-         * sits out a run can never mistake it for a later one. */
-        int n_parts = (int)(g & 0xff);
-        if (wa.part < n_parts) {
-            p->fn(p->arg, wa.part, n_parts);
-            atomic_fetch_sub_explicit(&p->pending, 1, memory_order_release);
-        }
+        run_parts(p, g);
     }
     return NULL;
 }
@@ -82,17 +113,13 @@ capmoe_par *capmoe_par_new(int n_threads, capmoe_error *err) {
         return NULL;
     }
     p->n = n_threads;
-    atomic_init(&p->gen, 0);
-    atomic_init(&p->pending, 0);
+    atomic_init(&p->claim, 0);
+    atomic_init(&p->done, 0);
     atomic_init(&p->quit, 0);
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->wake, NULL);
     for (int i = 0; i < n_threads - 1; i++) {
-        struct worker_arg *wa = malloc(sizeof *wa);
-        if (wa) *wa = (struct worker_arg){p, i + 1};
-        if (!wa || pthread_create(&p->th[i], NULL, worker_main, wa) != 0) {
-            free(wa);
-            p->n = i + 1; /* the workers that did start */
+        if (pthread_create(&p->th[i], NULL, worker_main, p) != 0) {
             capmoe_par_free(p);
             capmoe_set_error(err, "par: cannot start worker thread %d", i + 1);
             return NULL;
@@ -111,6 +138,7 @@ void capmoe_par_free(capmoe_par *p) {
     for (int i = 0; i < p->started; i++) pthread_join(p->th[i], NULL);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->wake);
+    for (int i = 0; i < p->n; i++) free(p->scratch[i]);
     free(p->th);
     free(p);
 }
@@ -125,14 +153,29 @@ void capmoe_par_run(capmoe_par *p, int n_parts, capmoe_par_fn fn, void *arg) {
     }
     p->fn = fn;
     p->arg = arg;
-    /* Workers with part >= n_parts see the new generation and skip it. */
-    atomic_store_explicit(&p->pending, n_parts - 1, memory_order_relaxed);
-    unsigned long g = atomic_load_explicit(&p->gen, memory_order_relaxed);
-    atomic_store_explicit(&p->gen, ((g >> 8) + 1) << 8 | (unsigned long)n_parts,
-                          memory_order_release);
+    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+    uint64_t gen = W_GEN(atomic_load_explicit(&p->claim, memory_order_relaxed)) + 1;
+    atomic_store_explicit(&p->claim, W_MAKE(gen, n_parts), memory_order_release);
     pthread_mutex_lock(&p->mu);
     if (p->sleepers > 0) pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
-    fn(arg, 0, n_parts);
-    while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) CPU_RELAX();
+    run_parts(p, gen);
+    /* Only parts another thread is running are left: wait for them, giving
+     * the core away if that thread was preempted. */
+    for (int spins = 0; atomic_load_explicit(&p->done, memory_order_acquire) < n_parts; spins++) {
+        if (spins < SPIN_PAUSES) CPU_RELAX();
+        else sched_yield();
+    }
+}
+
+float *capmoe_par_scratch(capmoe_par *p, int part, size_t n) {
+    if (!p || part < 0 || part >= p->n) return NULL;
+    if (p->scratch_cap[part] < n) {
+        float *b = capmoe_malloc_array(n, sizeof *b);
+        if (!b) return NULL;
+        free(p->scratch[part]);
+        p->scratch[part] = b;
+        p->scratch_cap[part] = n;
+    }
+    return p->scratch[part];
 }

@@ -698,10 +698,9 @@ int capmoe_st_open_dir(capmoe_st **out, const char *dir, capmoe_error *err) {
 
 /* ---------- access ---------- */
 
-int capmoe_st_get_f32(const capmoe_st *st, const char *name, int ndim, const int64_t *shape,
-                      const float **data, float **owned, capmoe_error *err) {
-    *data = NULL;
-    *owned = NULL;
+int capmoe_st_get_float(const capmoe_st *st, const char *name, int ndim, const int64_t *shape,
+                        const capmoe_st_tensor **out, capmoe_error *err) {
+    *out = NULL;
     const capmoe_st_tensor *t = capmoe_st_find(st, name);
     if (!t)
         return capmoe_set_error(err, "%s: tensor %s not found", st ? st->source : "(null)",
@@ -718,6 +717,16 @@ int capmoe_st_get_f32(const capmoe_st *st, const char *name, int ndim, const int
     if (t->dtype == CAPMOE_DTYPE_OTHER)
         return capmoe_set_error(err, "%s: tensor %s has dtype %s, expected a float (F32, F16 "
                                 "or BF16)", t->file, t->name, t->dtype_name);
+    *out = t;
+    return 0;
+}
+
+int capmoe_st_get_f32(const capmoe_st *st, const char *name, int ndim, const int64_t *shape,
+                      const float **data, float **owned, capmoe_error *err) {
+    *data = NULL;
+    *owned = NULL;
+    const capmoe_st_tensor *t;
+    if (capmoe_st_get_float(st, name, ndim, shape, &t, err) != 0) return -1;
     size_t n = t->nbytes / (t->dtype == CAPMOE_DTYPE_F32 ? 4 : 2);
     if (t->dtype == CAPMOE_DTYPE_F32 && ((uintptr_t)t->data & 3u) == 0) {
         *data = (const float *)t->data;

@@ -360,7 +360,7 @@ static void load_generation_eos(capmoe_sched *s) {
 }
 
 static int load(capmoe_sched *s, capmoe_error *err) {
-    capmoe_model_opts mo = {.max_ranks = s->o.dispatch.ep_ranks};
+    capmoe_model_opts mo = {.max_ranks = s->o.dispatch.ep_ranks, .threads = s->o.threads};
     if (capmoe_model_load(&s->model, s->model_dir, &mo, err) != 0) return -1;
     s->hc = capmoe_model_config(s->model);
     if (s->hc->n_moe_layers > 0 &&

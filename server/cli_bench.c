@@ -150,10 +150,10 @@ static double measure_sgemm(int n, int threads, capmoe_error *err) {
          * running single-threaded OpenBLAS on its share of the columns. */
         capmoe_blas_single_threaded();
         capmoe_par *par = capmoe_par_new(threads, NULL);
-        capmoe_gemm_nt(par, C, n, A, n, B, n, n, n, n, 1.0f, 0.0f); /* warm-up */
+        capmoe_gemm_nt(par, C, n, A, n, capmoe_wmat_f32(B), n, n, n, n, 1.0f, 0.0f); /* warm-up */
         for (int r = 0; r < 5; r++) {
             double t0 = capmoe_now();
-            capmoe_gemm_nt(par, C, n, A, n, B, n, n, n, n, 1.0f, 0.0f);
+            capmoe_gemm_nt(par, C, n, A, n, capmoe_wmat_f32(B), n, n, n, n, 1.0f, 0.0f);
             double t = capmoe_now() - t0;
             if (t > 0 && (best < 0 || t < best)) best = t;
         }

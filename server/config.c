@@ -77,8 +77,8 @@ static const opt k_opts[] = {
      "concurrent HTTP connections (suspended streaming ones included)"},
     {"metrics_per_layer_expert", OPT_BOOL, OFF(metrics_per_layer_expert), 0, 1, "false", "BOOL",
      "label expert-token counters by {layer,expert} (layers x experts series) instead of {expert}"},
-    {"blas_threads", OPT_INT, OFF(blas_threads), 0, 256, "0", "N",
-     "OpenBLAS threads (0: OpenBLAS default / OPENBLAS_NUM_THREADS)"},
+    {"threads", OPT_INT, OFF(threads), 0, 64, "0", "N",
+     "engine threads for matrix products and attention (0: one per core)"},
 };
 #define N_OPTS (sizeof k_opts / sizeof k_opts[0])
 

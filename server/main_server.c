@@ -16,7 +16,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cblas.h>
 
 #include "capmoe/config.h"
 #include "capmoe/hfconfig.h"
@@ -171,7 +170,6 @@ int main(int argc, char **argv) {
         capmoe_config_free(&cfg);
         return 1;
     }
-    if (cfg.blas_threads > 0) openblas_set_num_threads(cfg.blas_threads);
 
     char *model_id = capmoe_config_model_id(&cfg);
     capmoe_metrics_opts mo = {

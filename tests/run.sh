@@ -10,8 +10,6 @@ export CAPMOE_BUILD="${CAPMOE_BUILD:-build}"
 export CAPMOE_ASAN="${CAPMOE_ASAN:-build-asan}"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
-# OpenBLAS uses a few threads of its own; keep 2-core CI machines responsive.
-export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-2}"
 filter="${1:-}"
 pass=0; fail=0; failed=""
 log_dir="$CAPMOE_BUILD/test-logs"; mkdir -p "$log_dir"

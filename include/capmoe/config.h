@@ -31,7 +31,7 @@
  *   connection_timeout_s      int             60             idle HTTP connection timeout (0 = none)
  *   max_connections           int             512            concurrent HTTP connections
  *   metrics_per_layer_expert  bool            false          expert-token counters per {layer,expert}
- *   blas_threads              int 0..256      0              OpenBLAS threads (0 = OpenBLAS default)
+ *   threads                   int 0..64       0              engine threads (0 = one per core)
  *
  * Flag-only: --config FILE, --help, --version, --healthcheck (GET /health on
  * host:port; exit 0 when it answers 200, else 1). */
@@ -66,7 +66,7 @@ typedef struct capmoe_config {
     int connection_timeout_s;
     int max_connections;
     int metrics_per_layer_expert;
-    int blas_threads;
+    int threads;
     char *config_file;           /* malloc'd path of the file read, NULL if none */
 } capmoe_config;
 

@@ -10,13 +10,28 @@
 #ifndef CAPMOE_KERN_H
 #define CAPMOE_KERN_H
 
-/* Rows of A up to which capmoe_kern_gemm_nt beats OpenBLAS sgemm. */
+#include <stddef.h>
+
+#include "capmoe/safetensors.h" /* capmoe_dtype */
+
+/* Rows of A up to which capmoe_kern_gemm_nt beats OpenBLAS sgemm: for
+ * float32 weights; for BF16/F16 ones, which sgemm could only use after
+ * converting them, twice as many (measured with the decode benchmark). */
 #define CAPMOE_KERN_MAX_ROWS 16
+#define CAPMOE_KERN_MAX_ROWS_16BIT 32
+static inline int capmoe_kern_max_rows(capmoe_dtype bt) {
+    return bt == CAPMOE_DTYPE_F32 ? CAPMOE_KERN_MAX_ROWS : CAPMOE_KERN_MAX_ROWS_16BIT;
+}
 
 /* C[i*ldc + j] = alpha * sum_k A[i*lda + k] * B[j*ldb + k] + beta * C[i*ldc + j]
- * for i < M, j < N. beta == 0 ignores C's previous contents (NaN included). */
-void capmoe_kern_gemm_nt(float *C, int ldc, const float *A, int lda, const float *B, int ldb,
-                         int M, int N, int K, float alpha, float beta);
+ * for i < M, j < N, with B's elements stored as bt (F32, BF16 or F16; ldb in
+ * elements) and converted to float32 exactly in registers. beta == 0
+ * ignores C's previous contents (NaN included). */
+void capmoe_kern_gemm_nt(float *C, int ldc, const float *A, int lda, const void *B,
+                         capmoe_dtype bt, int ldb, int M, int N, int K, float alpha, float beta);
+
+/* dst[i] = src[i] as float32 for i < n, src stored as t (F32, BF16, F16). */
+void capmoe_kern_to_f32(float *dst, const void *src, capmoe_dtype t, size_t n);
 
 /* Attention scores of one query row, all heads at once (GQA: head h reads
  * key slice h / grp of each cache row):

@@ -24,11 +24,14 @@ int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_op
                       capmoe_error *err);
 void capmoe_model_free(capmoe_model *m);
 const capmoe_hfconfig *capmoe_model_config(const capmoe_model *m);
-/* Bytes of float32 weight memory the model allocated (converted weights). */
+/* Bytes of weight memory the model allocated (small tensors converted to
+ * float32, matrices whose file data was not aligned to their element size). */
 size_t capmoe_model_alloc_bytes(const capmoe_model *m);
-/* Bytes of weights mapped in place from the files. */
+/* Bytes of weights used in place from the mapped files, in their stored
+ * dtype (F32, BF16 or F16). */
 size_t capmoe_model_mapped_bytes(const capmoe_model *m);
-/* Bytes of expert + attention weights read per token (active parameters * 4). */
+/* Bytes of weights read per token: attention, router, top-k experts, shared
+ * expert, lm_head, each at its stored element size. */
 size_t capmoe_model_active_bytes_per_token(const capmoe_model *m);
 
 /* Per-sequence KV cache. Grows on demand up to max_tokens (the model's

@@ -11,12 +11,32 @@
 #include <stddef.h>
 
 #include "capmoe/par.h"
+#include "capmoe/safetensors.h" /* capmoe_dtype */
+
+/* A weight matrix as stored in the checkpoint (mapped in place): row-major
+ * elements of dtype F32, BF16 or F16, converted to float32 exactly when
+ * used. Borrowed: the model (or the caller) owns the memory. */
+typedef struct capmoe_wmat {
+    const void *p;
+    capmoe_dtype dtype;
+} capmoe_wmat;
+
+static inline size_t capmoe_dtype_size(capmoe_dtype t) { return t == CAPMOE_DTYPE_F32 ? 4 : 2; }
+static inline capmoe_wmat capmoe_wmat_f32(const float *p) {
+    capmoe_wmat w = {p, CAPMOE_DTYPE_F32};
+    return w;
+}
+/* The same matrix from element `elems` on (a row offset times the row length). */
+static inline capmoe_wmat capmoe_wmat_offset(capmoe_wmat w, size_t elems) {
+    w.p = (const char *)w.p + elems * capmoe_dtype_size(w.dtype);
+    return w;
+}
 
 /* y[M,N] = x[M,K] * W[N,K]^T (+ bias[N] when non-NULL). */
-void capmoe_linear(capmoe_par *par, float *y, const float *x, const float *W, const float *bias,
+void capmoe_linear(capmoe_par *par, float *y, const float *x, capmoe_wmat W, const float *bias,
                    int M, int N, int K);
 /* C[M,N] (ldc) = alpha * A[M,K] (lda) * B[N,K]^T (ldb) + beta * C. */
-void capmoe_gemm_nt(capmoe_par *par, float *C, int ldc, const float *A, int lda, const float *B,
+void capmoe_gemm_nt(capmoe_par *par, float *C, int ldc, const float *A, int lda, capmoe_wmat B,
                     int ldb, int M, int N, int K, float alpha, float beta);
 /* C[M,N] (ldc) = A[M,K] (lda) * B[K,N] (ldb). */
 void capmoe_gemm_nn(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M,

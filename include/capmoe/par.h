@@ -1,17 +1,20 @@
 /* par.h - a small fork-join pool for splitting one kernel call across cores.
  *
- * capmoe_par_run(p, n, fn, arg) calls fn(arg, i, n) for every i < n, part 0 on
- * the calling thread and the others on the pool's workers, and returns when
- * all have returned. Workers spin briefly between calls (a decode step makes
- * hundreds of small calls in a row) and then sleep on a condition variable,
- * so an idle pool costs no CPU. One caller at a time: a pool belongs to one
- * model and is driven by the thread that runs its forward passes. */
+ * capmoe_par_run(p, n, fn, arg) calls fn(arg, i, n) exactly once for every
+ * i < n and returns when all have returned. Parts are claimed by whichever
+ * thread comes first, the caller included, so part i may run on any thread
+ * (index per-part scratch by i, never by thread) and a preempted worker
+ * never stalls the caller. Workers spin briefly between calls (a decode step
+ * makes hundreds of small calls in a row), then yield, then sleep on a
+ * condition variable, so an idle pool costs no CPU. One caller at a time: a
+ * pool belongs to one model and is driven by the thread that runs its
+ * forward passes. */
 #ifndef CAPMOE_PAR_H
 #define CAPMOE_PAR_H
 
 #include "capmoe/common.h"
 
-#define CAPMOE_PAR_MAX_THREADS 64
+#define CAPMOE_PAR_MAX_THREADS 64 /* parts are numbered in 8 bits */
 
 typedef struct capmoe_par capmoe_par;
 typedef void (*capmoe_par_fn)(void *arg, int part, int n_parts);
@@ -26,5 +29,10 @@ void capmoe_par_free(capmoe_par *p);
 int capmoe_par_threads(const capmoe_par *p);
 /* n_parts is clamped to capmoe_par_threads(p). p may be NULL (serial). */
 void capmoe_par_run(capmoe_par *p, int n_parts, capmoe_par_fn fn, void *arg);
+
+/* A buffer of at least n floats for part `part` of the current run, owned
+ * by the pool and kept for later runs; NULL when p is NULL or out of memory.
+ * Only the thread running that part may use it. */
+float *capmoe_par_scratch(capmoe_par *p, int part, size_t n);
 
 #endif

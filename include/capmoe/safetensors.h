@@ -43,6 +43,12 @@ const capmoe_st_tensor *capmoe_st_find(const capmoe_st *st, const char *name);
 int capmoe_st_count(const capmoe_st *st);
 const capmoe_st_tensor *capmoe_st_at(const capmoe_st *st, int i);
 
+/* Finds tensor NAME and checks it has exactly the given shape (ndim dims) and
+ * a float dtype (F32, F16, BF16); *out points into st. Errors name the file
+ * and tensor: missing, wrong dtype, wrong shape. */
+int capmoe_st_get_float(const capmoe_st *st, const char *name, int ndim, const int64_t *shape,
+                        const capmoe_st_tensor **out, capmoe_error *err);
+
 /* Gets tensor NAME as float32 with exactly the given shape (ndim dims).
  * F32 data that is 4-byte aligned is returned in place (*owned = NULL);
  * anything else (F16, BF16, unaligned F32) is converted into a malloc'd buffer

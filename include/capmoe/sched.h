@@ -156,6 +156,7 @@ typedef struct capmoe_sched_opts {
     double request_timeout_s;    /* 0 = none */
     capmoe_dispatch_cfg dispatch;
     int collect_stats;           /* 1: pass capmoe_forward_stats to the forward */
+    int threads;                 /* engine threads (capmoe_model_opts); 0 = one per core */
     capmoe_sched_event_cb on_event;  /* required */
     capmoe_sched_step_cb on_step;    /* optional */
     void *user;                  /* first argument of both callbacks */
