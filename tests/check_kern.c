@@ -1,0 +1,705 @@
+/* check_kern.c - tests of core/kern.c, core/par.c and the matrix product of
+ * core/ops.c: capmoe_kern_gemm_nt for B stored as F32 / BF16 / F16 against a
+ * naive double-precision product of the same (converted-back) values, over
+ * many shapes, padded leading dimensions, alpha / beta (beta == 0 over a C
+ * full of NaN), unaligned pointers and NaN padding that must never be read;
+ * capmoe_kern_to_f32 against the scalar conversions bit for bit; the
+ * attention scores and weighted sum against direct sums; capmoe_gemm_nt
+ * split over pools of 1-3 threads (kernel, sgemm and converted-panel sgemm
+ * paths); and the pool itself: every part exactly once, clamped part
+ * counts, many back-to-back runs, runs after the workers went to sleep
+ * (a barrier that only completes when the sleeping workers wake), scratch. */
+#include <check.h>
+#include <math.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "capmoe/kern.h"
+#include "capmoe/ops.h"
+#include "capmoe/par.h"
+#include "capmoe/safetensors.h"
+
+/* ---- deterministic random numbers (splitmix64) ------------------------------ */
+
+static uint64_t rng_next(uint64_t *s) {
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+static double rng_unit(uint64_t *s) { return (double)(rng_next(s) >> 11) * 0x1.0p-53; }
+/* A value in +-[0.25, 1): every product term matters to the sum, so a term
+ * dropped or counted twice is far outside the tolerance. */
+static float rng_val(uint64_t *s) {
+    float v = (float)(0.25 + 0.75 * rng_unit(s));
+    return (rng_next(s) & 1) ? -v : v;
+}
+
+/* Check records every passing ck_assert (a write per assertion): the
+ * element-wise checks here only call into Check when they fail. */
+#define EXPECT(cond, ...)                                                                      \
+    do {                                                                                      \
+        if (!(cond)) ck_abort_msg(__VA_ARGS__);                                               \
+    } while (0)
+
+static const char *dt_name(capmoe_dtype t) {
+    return t == CAPMOE_DTYPE_F32 ? "F32" : t == CAPMOE_DTYPE_BF16 ? "BF16" : "F16";
+}
+static size_t dt_size(capmoe_dtype t) { return t == CAPMOE_DTYPE_F32 ? 4 : 2; }
+
+/* Rounds v to dtype t, stores it at element i of buf, returns the value the
+ * stored element represents (what an exact kernel must multiply with). */
+static float store_elem(void *buf, capmoe_dtype t, size_t i, float v) {
+    if (t == CAPMOE_DTYPE_F32) {
+        ((float *)buf)[i] = v;
+        return v;
+    }
+    uint16_t h = t == CAPMOE_DTYPE_BF16 ? capmoe_f32_to_bf16(v) : capmoe_f32_to_f16(v);
+    memcpy((char *)buf + 2 * i, &h, 2);
+    return t == CAPMOE_DTYPE_BF16 ? capmoe_bf16_to_f32(h) : capmoe_f16_to_f32(h);
+}
+static void store_nan(void *buf, capmoe_dtype t, size_t i) {
+    if (t == CAPMOE_DTYPE_F32) {
+        ((float *)buf)[i] = NAN;
+        return;
+    }
+    uint16_t h = t == CAPMOE_DTYPE_BF16 ? 0x7fc0 : 0x7e00;
+    memcpy((char *)buf + 2 * i, &h, 2);
+}
+
+/* ---- one C = alpha A B^T + beta C case with its reference -------------------- */
+
+typedef struct gcase {
+    capmoe_dtype dt;
+    int M, N, K, lda, ldb, ldc;
+    float alpha, beta;
+    float *abuf, *A;   /* A = abuf + aoff; padding (k >= K) is NaN */
+    void *bbuf;        /* B = bbuf + boff elements; padding is NaN */
+    const void *B;
+    size_t boff, coff;
+    float *c0;         /* initial C buffer (coff + (M-1)*ldc + N floats) */
+    size_t cn;
+    double *ref, *mag; /* M*N: expected value, sum of |terms| */
+} gcase;
+
+/* Buffers are exactly as long as the last row needs, so ASan sees any read
+ * past it; the gaps between rows hold NaN, which any read would propagate. */
+static void gcase_init(gcase *g, uint64_t *rs, capmoe_dtype dt, int M, int N, int K, int lda,
+                       int ldb, int ldc, size_t aoff, size_t boff, size_t coff, float alpha,
+                       float beta, int c_nan) {
+    memset(g, 0, sizeof *g);
+    g->dt = dt, g->M = M, g->N = N, g->K = K, g->lda = lda, g->ldb = ldb, g->ldc = ldc;
+    g->alpha = alpha, g->beta = beta, g->boff = boff, g->coff = coff;
+    size_t an = aoff + (size_t)(M - 1) * lda + K, bn = boff + (size_t)(N - 1) * ldb + K;
+    g->cn = coff + (size_t)(M - 1) * ldc + N;
+    g->abuf = malloc(an * sizeof(float));
+    g->bbuf = malloc(bn * dt_size(dt));
+    g->c0 = malloc(g->cn * sizeof(float));
+    float *bv = malloc((size_t)N * K * sizeof(float));
+    g->ref = malloc((size_t)M * N * sizeof(double));
+    g->mag = malloc((size_t)M * N * sizeof(double));
+    EXPECT(g->abuf && g->bbuf && g->c0 && bv && g->ref && g->mag, "out of memory");
+    for (size_t i = 0; i < an; i++) g->abuf[i] = NAN;
+    for (size_t i = 0; i < bn; i++) store_nan(g->bbuf, dt, i);
+    g->A = g->abuf + aoff;
+    g->B = (const char *)g->bbuf + boff * dt_size(dt);
+    for (int i = 0; i < M; i++)
+        for (int k = 0; k < K; k++) g->A[(size_t)i * lda + k] = rng_val(rs);
+    for (int j = 0; j < N; j++)
+        for (int k = 0; k < K; k++)
+            bv[(size_t)j * K + k] =
+                store_elem(g->bbuf, dt, boff + (size_t)j * ldb + k, rng_val(rs));
+    for (size_t i = 0; i < g->cn; i++) g->c0[i] = c_nan ? NAN : rng_val(rs);
+    const float *C0 = g->c0 + coff;
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double s = 0, m = 0;
+            for (int k = 0; k < K; k++) {
+                double t = (double)g->A[(size_t)i * lda + k] * bv[(size_t)j * K + k];
+                s += t;
+                m += fabs(t);
+            }
+            s *= alpha, m *= fabs(alpha);
+            if (beta != 0.0f) {
+                s += (double)beta * C0[(size_t)i * ldc + j];
+                m += fabs((double)beta * C0[(size_t)i * ldc + j]);
+            }
+            g->ref[(size_t)i * N + j] = s;
+            g->mag[(size_t)i * N + j] = m;
+        }
+    free(bv);
+}
+
+static void gcase_free(gcase *g) {
+    free(g->abuf), free(g->bbuf), free(g->c0), free(g->ref), free(g->mag);
+}
+
+/* A fresh copy of the initial C (exactly cn floats). */
+static float *gcase_c(const gcase *g) {
+    float *c = malloc(g->cn * sizeof(float));
+    EXPECT(c, "out of memory");
+    memcpy(c, g->c0, g->cn * sizeof(float));
+    return c;
+}
+
+/* Every C[i][j] within 1e-5 of max(1, sum of |terms|); everything else in
+ * the C buffer (row gaps, the offset) bit-for-bit untouched. */
+static void gcase_check(const gcase *g, const float *cbuf, const char *what) {
+    const float *C = cbuf + g->coff;
+    for (int i = 0; i < g->M; i++)
+        for (int j = 0; j < g->N; j++) {
+            double ref = g->ref[(size_t)i * g->N + j], mag = g->mag[(size_t)i * g->N + j];
+            double got = C[(size_t)i * g->ldc + j];
+            double tol = 1e-5 * (mag > 1 ? mag : 1);
+            EXPECT(isfinite(got) && fabs(got - ref) <= tol,
+                          "%s %s M=%d N=%d K=%d lda=%d ldb=%d ldc=%d alpha=%g beta=%g: "
+                          "C[%d][%d] = %.9g, expected %.9g (tol %.3g)",
+                          what, dt_name(g->dt), g->M, g->N, g->K, g->lda, g->ldb, g->ldc,
+                          (double)g->alpha, (double)g->beta, i, j, got, ref, tol);
+        }
+    for (size_t x = 0; x < g->cn; x++) {
+        int inside = 0;
+        if (x >= g->coff) {
+            size_t r = (x - g->coff) / (size_t)g->ldc, c = (x - g->coff) % (size_t)g->ldc;
+            inside = r < (size_t)g->M && c < (size_t)g->N;
+        }
+        if (!inside)
+            EXPECT(memcmp(&cbuf[x], &g->c0[x], sizeof(float)) == 0,
+                          "%s %s M=%d N=%d K=%d ldc=%d: C buffer element %zu outside the "
+                          "matrix was written",
+                          what, dt_name(g->dt), g->M, g->N, g->K, g->ldc, x);
+    }
+}
+
+/* ---- capmoe_kern_gemm_nt ----------------------------------------------------- */
+
+static const capmoe_dtype DTYPES[3] = {CAPMOE_DTYPE_F32, CAPMOE_DTYPE_BF16, CAPMOE_DTYPE_F16};
+
+static void run_kern_case(uint64_t *rs, capmoe_dtype dt, int M, int N, int K, int variant) {
+    gcase g;
+    switch (variant) {
+    case 0: /* contiguous, beta 0 over NaN */
+        gcase_init(&g, rs, dt, M, N, K, K, K, N, 0, 0, 0, 1.0f, 0.0f, 1);
+        break;
+    case 1: /* padded rows, alpha != 1, beta 0 over NaN */
+        gcase_init(&g, rs, dt, M, N, K, K + 3, K + 5, N + 2, 0, 0, 0, -0.75f, 0.0f, 1);
+        break;
+    case 2: /* padded rows, accumulate into C */
+        gcase_init(&g, rs, dt, M, N, K, K + 8, K + 1, N + 7, 0, 0, 0, 1.5f, 0.5f, 0);
+        break;
+    default: /* A, B and C one element off their allocation's alignment */
+        gcase_init(&g, rs, dt, M, N, K, K + 1, K + 2, N + 1, 1, 1, 1, 1.0f, -1.0f, 0);
+        break;
+    }
+    float *c = gcase_c(&g);
+    capmoe_kern_gemm_nt(c + g.coff, g.ldc, g.A, g.lda, g.B, dt, g.ldb, M, N, K, g.alpha, g.beta);
+    char what[64];
+    snprintf(what, sizeof what, "kern_gemm_nt variant %d", variant);
+    gcase_check(&g, c, what);
+    free(c);
+    gcase_free(&g);
+}
+
+/* _i = dtype * 4 + variant */
+START_TEST(test_kern_gemm_nt_vs_reference) {
+    static const int Ms[] = {1, 2, 3, 4, 5, 7, 8, 16, 17, 33};
+    static const int Ns[] = {1, 3, 16, 17, 40};
+    static const int Ks[] = {1, 7, 8, 15, 16, 17, 31, 32, 33, 256, 300};
+    capmoe_dtype dt = DTYPES[_i / 4];
+    int variant = _i % 4;
+    uint64_t rs = 0x1234u + (uint64_t)_i;
+    for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++)
+        for (size_t ni = 0; ni < sizeof Ns / sizeof *Ns; ni++)
+            for (size_t ki = 0; ki < sizeof Ks / sizeof *Ks; ki++) {
+                /* the full cross product for the plain variant, a spread for the others */
+                if (variant != 0 && (mi + ni + ki) % 2 != (size_t)variant % 2) continue;
+                run_kern_case(&rs, dt, Ms[mi], Ns[ni], Ks[ki], variant);
+            }
+}
+END_TEST
+
+/* K beyond the 8192-float row buffer of the BF16/F16 path (rows of B are
+ * then read in place even for more than four rows of A), and just below. */
+START_TEST(test_kern_gemm_nt_long_rows) {
+    static const int Ms[] = {1, 3, 4, 5, 9};
+    static const int Ks[] = {8192, 8200};
+    uint64_t rs = 0x777u + (uint64_t)_i;
+    for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++)
+        for (size_t ki = 0; ki < sizeof Ks / sizeof *Ks; ki++)
+            for (int variant = 0; variant < 4; variant += 3)
+                run_kern_case(&rs, DTYPES[_i], Ms[mi], 3, Ks[ki], variant);
+}
+END_TEST
+
+/* M, N or K of zero: nothing is written (K = 0 with beta 0 gives zeros). */
+START_TEST(test_kern_gemm_nt_empty) {
+    for (int d = 0; d < 3; d++) {
+        float A[4] = {1, 2, 3, 4}, C[4];
+        uint16_t B16[4] = {0x3f80, 0x3f80, 0x3f80, 0x3f80};
+        float B32[4] = {1, 1, 1, 1};
+        const void *B = DTYPES[d] == CAPMOE_DTYPE_F32 ? (const void *)B32 : (const void *)B16;
+        for (int i = 0; i < 4; i++) C[i] = 42.0f;
+        capmoe_kern_gemm_nt(C, 2, A, 2, B, DTYPES[d], 2, 0, 2, 2, 1.0f, 0.0f);
+        capmoe_kern_gemm_nt(C, 2, A, 2, B, DTYPES[d], 2, 2, 0, 2, 1.0f, 0.0f);
+        for (int i = 0; i < 4; i++) ck_assert_float_eq(C[i], 42.0f);
+        capmoe_kern_gemm_nt(C, 2, A, 2, B, DTYPES[d], 2, 2, 2, 0, 1.0f, 0.0f);
+        for (int i = 0; i < 4; i++)
+            EXPECT(C[i] == 0.0f, "%s K=0: C[%d] = %g", dt_name(DTYPES[d]), i, (double)C[i]);
+    }
+}
+END_TEST
+
+/* ---- capmoe_kern_to_f32 ------------------------------------------------------ */
+
+/* F16 NaNs only need to stay NaNs of the same sign: the F16C instruction
+ * (and libgcc) quiet a signalling NaN (set the top fraction bit), while
+ * capmoe_f16_to_f32 copies the payload as it is. Everything else, -0 and
+ * subnormals included, must be bit-exact; BF16 and F32 are bit-exact always. */
+static int same_value(float a, float b) {
+    if (isnan(a) || isnan(b)) return isnan(a) && isnan(b) && signbit(a) == signbit(b);
+    return memcmp(&a, &b, sizeof a) == 0; /* bit-exact: -0 and 0 differ */
+}
+
+START_TEST(test_kern_to_f32_exact) {
+    uint64_t rs = 0xabcdef;
+    size_t lens[42];
+    for (int i = 0; i <= 40; i++) lens[i] = (size_t)i;
+    lens[41] = 1000;
+    for (int d = 0; d < 3; d++) {
+        capmoe_dtype t = DTYPES[d];
+        for (int li = 0; li < 42; li++)
+            for (size_t off = 0; off < 2; off++) {
+                size_t n = lens[li], es = dt_size(t);
+                /* exact length: ASan sees any read past the end */
+                char *sbuf = malloc((off + n) * es + (n + off == 0));
+                float *dst = malloc((n + 1) * sizeof(float));
+                float *want = malloc((n + 1) * sizeof(float));
+                EXPECT(sbuf && dst && want, "out of memory");
+                char *src = sbuf + off * es;
+                for (size_t i = 0; i < n; i++) {
+                    uint64_t r = rng_next(&rs);
+                    if (t == CAPMOE_DTYPE_F32) {
+                        /* random bit patterns, NaN / inf / subnormals included */
+                        uint32_t u = (uint32_t)r;
+                        memcpy(src + 4 * i, &u, 4);
+                        memcpy(&want[i], &u, 4);
+                    } else {
+                        uint16_t h = (uint16_t)r;
+                        switch (i % 8) { /* make sure the special classes appear */
+                        case 1: h &= 0x83ff; break; /* zero / subnormal */
+                        case 3: h |= t == CAPMOE_DTYPE_F16 ? 0x7c00 : 0x7f80; break; /* inf/nan */
+                        case 5: h = (uint16_t)(h & 0x8000); break; /* +-0 */
+                        default: break;
+                        }
+                        memcpy(src + 2 * i, &h, 2);
+                        want[i] = t == CAPMOE_DTYPE_BF16 ? capmoe_bf16_to_f32(h)
+                                                         : capmoe_f16_to_f32(h);
+                    }
+                }
+                dst[n] = 1234.5f;
+                capmoe_kern_to_f32(dst, src, t, n);
+                for (size_t i = 0; i < n; i++) {
+                    int ok = t == CAPMOE_DTYPE_F16 ? same_value(dst[i], want[i])
+                                                   : memcmp(&dst[i], &want[i], 4) == 0;
+                    uint32_t gb, wb;
+                    memcpy(&gb, &dst[i], 4), memcpy(&wb, &want[i], 4);
+                    EXPECT(ok, "to_f32 %s n=%zu off=%zu: [%zu] = %08x, expected %08x",
+                                  dt_name(t), n, off, i, gb, wb);
+                }
+                EXPECT(dst[n] == 1234.5f, "to_f32 %s n=%zu wrote past the end",
+                              dt_name(t), n);
+                free(sbuf), free(dst), free(want);
+            }
+    }
+}
+END_TEST
+
+/* ---- attention kernels --------------------------------------------------------- */
+
+START_TEST(test_kern_attn_scores_vs_reference) {
+    static const int grps[] = {1, 2, 4}, ds[] = {8, 32, 64, 12, 4, 20},
+                     ns[] = {1, 7, 8, 9, 16, 64, 67};
+    const int n_heads = 8;
+    uint64_t rs = 0x5151;
+    for (size_t gi = 0; gi < sizeof grps / sizeof *grps; gi++)
+        for (size_t di = 0; di < sizeof ds / sizeof *ds; di++)
+            for (size_t ni = 0; ni < sizeof ns / sizeof *ns; ni++) {
+                int grp = grps[gi], d = ds[di], n = ns[ni], ldk = (n_heads / grp) * d;
+                int lds = n + 3;
+                float scale = (float)(1.0 / sqrt((double)d));
+                size_t sn = (size_t)(n_heads - 1) * lds + n;
+                float *q = malloc((size_t)n_heads * d * sizeof(float));
+                float *K = malloc((size_t)n * ldk * sizeof(float));
+                float *S = malloc(sn * sizeof(float));
+                EXPECT(q && K && S, "out of memory");
+                for (int i = 0; i < n_heads * d; i++) q[i] = rng_val(&rs);
+                for (size_t i = 0; i < (size_t)n * ldk; i++) K[i] = rng_val(&rs);
+                for (size_t i = 0; i < sn; i++) S[i] = NAN;
+                capmoe_kern_attn_scores(S, lds, q, n_heads, grp, d, K, ldk, n, scale);
+                for (int h = 0; h < n_heads; h++) {
+                    for (int j = 0; j < n; j++) {
+                        const float *kr = K + (size_t)j * ldk + (size_t)(h / grp) * d;
+                        double s = 0, m = 0;
+                        for (int i = 0; i < d; i++) {
+                            s += (double)q[h * d + i] * kr[i];
+                            m += fabs((double)q[h * d + i] * kr[i]);
+                        }
+                        s *= scale, m *= scale;
+                        double got = S[(size_t)h * lds + j];
+                        EXPECT(isfinite(got) && fabs(got - s) <= 1e-5 * (m > 1 ? m : 1),
+                                      "attn_scores grp=%d d=%d n=%d: S[h=%d][%d] = %.9g, "
+                                      "expected %.9g",
+                                      grp, d, n, h, j, got, s);
+                    }
+                    if (h < n_heads - 1)
+                        for (int j = n; j < lds; j++)
+                            EXPECT(isnan(S[(size_t)h * lds + j]),
+                                          "attn_scores grp=%d d=%d n=%d wrote S[%d][%d] past n",
+                                          grp, d, n, h, j);
+                }
+                free(q), free(K), free(S);
+            }
+}
+END_TEST
+
+START_TEST(test_kern_weighted_sum_vs_reference) {
+    static const int grps[] = {1, 2, 4}, ds[] = {8, 32, 64, 12, 4, 40, 76},
+                     ns[] = {0, 1, 7, 8, 9, 64};
+    const int n_heads = 8;
+    uint64_t rs = 0x6161;
+    for (size_t gi = 0; gi < sizeof grps / sizeof *grps; gi++)
+        for (size_t di = 0; di < sizeof ds / sizeof *ds; di++)
+            for (size_t ni = 0; ni < sizeof ns / sizeof *ns; ni++) {
+                int grp = grps[gi], d = ds[di], n = ns[ni], kvh = n_heads / grp, ldv = kvh * d;
+                float *p = malloc(((size_t)n + 1) * sizeof(float));
+                float *V = malloc(((size_t)n * ldv + 1) * sizeof(float));
+                float *o = malloc(((size_t)d + 1) * sizeof(float));
+                EXPECT(p && V && o, "out of memory");
+                for (int j = 0; j < n; j++) p[j] = (float)rng_unit(&rs);
+                for (size_t i = 0; i < (size_t)n * ldv; i++) V[i] = rng_val(&rs);
+                /* each KV head's slice of the cache rows, as attention reads it */
+                for (int g = 0; g < kvh; g++) {
+                    for (int i = 0; i <= d; i++) o[i] = NAN;
+                    const float *Vg = V + (size_t)g * d;
+                    capmoe_kern_weighted_sum(o, p, Vg, ldv, n, d);
+                    for (int i = 0; i < d; i++) {
+                        double s = 0, m = 0;
+                        for (int j = 0; j < n; j++) {
+                            s += (double)p[j] * Vg[(size_t)j * ldv + i];
+                            m += fabs((double)p[j] * Vg[(size_t)j * ldv + i]);
+                        }
+                        double got = o[i];
+                        EXPECT(isfinite(got) && fabs(got - s) <= 1e-5 * (m > 1 ? m : 1),
+                                      "weighted_sum grp=%d d=%d n=%d head %d: o[%d] = %.9g, "
+                                      "expected %.9g",
+                                      grp, d, n, g, i, got, s);
+                    }
+                    EXPECT(isnan(o[d]), "weighted_sum d=%d n=%d wrote o[d]", d, n);
+                }
+                free(p), free(V), free(o);
+            }
+}
+END_TEST
+
+/* ---- capmoe_gemm_nt over a pool ------------------------------------------------ */
+
+/* _i = dtype * 2 + variant (0: contiguous, beta 0 over NaN; 1: padded, alpha, beta) */
+START_TEST(test_gemm_nt_pool_vs_reference) {
+    static const int Ms[] = {1, 4, 16, 17, 32, 33, 64}, Ns[] = {8, 100, 1000}, Ks[] = {64, 256};
+    capmoe_dtype dt = DTYPES[_i / 2];
+    int variant = _i % 2;
+    capmoe_blas_single_threaded(); /* as a model load does: the pool supplies the threads */
+    capmoe_error err = {{0}};
+    capmoe_par *pools[4] = {NULL};
+    for (int t = 1; t <= 3; t++) {
+        pools[t] = capmoe_par_new(t, &err);
+        EXPECT(pools[t] != NULL, "par_new(%d): %s", t, err.msg);
+        ck_assert_int_eq(capmoe_par_threads(pools[t]), t);
+    }
+    uint64_t rs = 0x9090u + (uint64_t)_i;
+    for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++)
+        for (size_t ni = 0; ni < sizeof Ns / sizeof *Ns; ni++)
+            for (size_t ki = 0; ki < sizeof Ks / sizeof *Ks; ki++) {
+                int M = Ms[mi], N = Ns[ni], K = Ks[ki];
+                /* the biggest products only once per dtype: the suite stays fast */
+                if (variant == 1 && N == 1000 && K == 256 && M > 17) continue;
+                gcase g;
+                if (variant == 0)
+                    gcase_init(&g, &rs, dt, M, N, K, K, K, N, 0, 0, 0, 1.0f, 0.0f, 1);
+                else
+                    gcase_init(&g, &rs, dt, M, N, K, K + 4, K + 3, N + 5, 1, 1, 1, -0.5f, 1.25f, 0);
+                capmoe_wmat B = {g.B, dt};
+                for (int t = 0; t <= 3; t++) {
+                    float *c = gcase_c(&g);
+                    capmoe_gemm_nt(pools[t], c + g.coff, g.ldc, g.A, g.lda, B, g.ldb, M, N, K,
+                                   g.alpha, g.beta);
+                    char what[64];
+                    snprintf(what, sizeof what, "gemm_nt pool=%d variant %d", t, variant);
+                    gcase_check(&g, c, what);
+                    free(c);
+                }
+                gcase_free(&g);
+            }
+    for (int t = 1; t <= 3; t++) capmoe_par_free(pools[t]);
+}
+END_TEST
+
+/* capmoe_linear: y = x W^T + bias through the same path. */
+START_TEST(test_linear_bias) {
+    const int M = 3, N = 37, K = 45;
+    uint64_t rs = 0x4242;
+    float *x = malloc(sizeof(float) * M * K), *W = malloc(sizeof(float) * N * K);
+    float *bias = malloc(sizeof(float) * N), *y = malloc(sizeof(float) * M * N);
+    EXPECT(x && W && bias && y, "out of memory");
+    for (int i = 0; i < M * K; i++) x[i] = rng_val(&rs);
+    for (int i = 0; i < N * K; i++) W[i] = rng_val(&rs);
+    for (int i = 0; i < N; i++) bias[i] = rng_val(&rs);
+    for (int i = 0; i < M * N; i++) y[i] = NAN;
+    capmoe_linear(NULL, y, x, capmoe_wmat_f32(W), bias, M, N, K);
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double s = bias[j], m = fabs(bias[j]);
+            for (int k = 0; k < K; k++) {
+                s += (double)x[i * K + k] * W[j * K + k];
+                m += fabs((double)x[i * K + k] * W[j * K + k]);
+            }
+            EXPECT(fabs(y[i * N + j] - s) <= 1e-5 * (m > 1 ? m : 1),
+                          "linear y[%d][%d] = %.9g, expected %.9g", i, j, (double)y[i * N + j], s);
+        }
+    free(x), free(W), free(bias), free(y);
+}
+END_TEST
+
+/* ---- the pool ------------------------------------------------------------------ */
+
+#define MAX_PARTS 8
+
+typedef struct count_job {
+    atomic_int calls[MAX_PARTS];
+    atomic_int bad_np;     /* calls whose n_parts was not the expected one */
+    atomic_int bad_part;   /* part index out of [0, n_parts) */
+    int expect_np;
+} count_job;
+
+static void count_fn(void *arg, int part, int n_parts) {
+    count_job *j = arg;
+    if (n_parts != j->expect_np) atomic_fetch_add(&j->bad_np, 1);
+    if (part < 0 || part >= n_parts || part >= MAX_PARTS) {
+        atomic_fetch_add(&j->bad_part, 1);
+        return;
+    }
+    atomic_fetch_add(&j->calls[part], 1);
+}
+
+static void count_job_reset(count_job *j, int expect_np) {
+    for (int i = 0; i < MAX_PARTS; i++) atomic_store(&j->calls[i], 0);
+    atomic_store(&j->bad_np, 0);
+    atomic_store(&j->bad_part, 0);
+    j->expect_np = expect_np;
+}
+
+/* One run of n_parts on p, checked: each part of the clamped count once. */
+static void run_counted(capmoe_par *p, int n_parts, count_job *j, const char *what, int run) {
+    int th = capmoe_par_threads(p);
+    int np = n_parts < th ? n_parts : th;
+    if (np < 1) np = 1;
+    count_job_reset(j, np);
+    capmoe_par_run(p, n_parts, count_fn, j);
+    EXPECT(atomic_load(&j->bad_part) == 0, "%s run %d: part index out of range", what, run);
+    EXPECT(atomic_load(&j->bad_np) == 0,
+                  "%s run %d (threads %d, n_parts %d): fn did not get n_parts %d", what, run, th,
+                  n_parts, np);
+    for (int i = 0; i < MAX_PARTS; i++) {
+        int c = atomic_load(&j->calls[i]);
+        EXPECT(c == (i < np ? 1 : 0),
+                      "%s run %d (threads %d, n_parts %d): part %d called %d times", what, run,
+                      th, n_parts, i, c);
+    }
+}
+
+START_TEST(test_par_parts_exactly_once) {
+    count_job j;
+    run_counted(NULL, 1, &j, "NULL pool", 0);
+    run_counted(NULL, 4, &j, "NULL pool", 1);
+    ck_assert_int_eq(capmoe_par_threads(NULL), 1);
+    for (int t = 1; t <= 4; t++) {
+        capmoe_error err = {{0}};
+        capmoe_par *p = capmoe_par_new(t, &err);
+        EXPECT(p != NULL, "par_new(%d): %s", t, err.msg);
+        ck_assert_int_eq(capmoe_par_threads(p), t);
+        for (int rep = 0; rep < 20; rep++)
+            for (int np = 1; np <= 5; np++) run_counted(p, np, &j, "parts", rep);
+        capmoe_par_free(p);
+    }
+}
+END_TEST
+
+START_TEST(test_par_many_runs) {
+    count_job j;
+    for (int t = 2; t <= 4; t++) {
+        capmoe_error err = {{0}};
+        capmoe_par *p = capmoe_par_new(t, &err);
+        EXPECT(p != NULL, "par_new(%d): %s", t, err.msg);
+        for (int r = 0; r < 10000; r++) run_counted(p, 1 + r % 5, &j, "many runs", r);
+        capmoe_par_free(p); /* right after a run: workers still spinning */
+    }
+}
+END_TEST
+
+/* A barrier across all parts of a run: it can only be passed when every
+ * part runs on its own thread at the same time, i.e. when the workers (which
+ * went to sleep during the pause before the run) were woken. */
+typedef struct barrier_job {
+    atomic_int arrived;
+    atomic_int timed_out;
+    int n;
+    count_job count;
+} barrier_job;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void barrier_fn(void *arg, int part, int n_parts) {
+    barrier_job *b = arg;
+    count_fn(&b->count, part, n_parts);
+    atomic_fetch_add(&b->arrived, 1);
+    double t0 = now_s();
+    while (atomic_load(&b->arrived) < b->n) {
+        if (now_s() - t0 > 5.0) {
+            atomic_store(&b->timed_out, 1);
+            return;
+        }
+        sched_yield();
+    }
+}
+
+START_TEST(test_par_runs_after_idle) {
+    count_job j;
+    for (int t = 2; t <= 4; t++) {
+        capmoe_error err = {{0}};
+        capmoe_par *p = capmoe_par_new(t, &err);
+        EXPECT(p != NULL, "par_new(%d): %s", t, err.msg);
+        for (int r = 0; r < 12; r++) {
+            usleep(2000); /* longer than the workers' idle spin: they go to sleep */
+            run_counted(p, 1 + r % 5, &j, "after idle", r);
+            usleep(2000);
+            barrier_job b;
+            memset(&b, 0, sizeof b);
+            b.n = t;
+            count_job_reset(&b.count, t);
+            capmoe_par_run(p, t, barrier_fn, &b);
+            EXPECT(!atomic_load(&b.timed_out),
+                          "threads %d run %d: the sleeping workers never took their parts", t, r);
+            ck_assert_int_eq(atomic_load(&b.arrived), t);
+            for (int i = 0; i < t; i++) ck_assert_int_eq(atomic_load(&b.count.calls[i]), 1);
+        }
+        capmoe_par_free(p); /* with the workers asleep */
+    }
+}
+END_TEST
+
+typedef struct scratch_job {
+    capmoe_par *p;
+    size_t n[MAX_PARTS];
+    float *got[MAX_PARTS];
+} scratch_job;
+
+static void scratch_fn(void *arg, int part, int n_parts) {
+    (void)n_parts;
+    scratch_job *s = arg;
+    float *b = capmoe_par_scratch(s->p, part, s->n[part]);
+    s->got[part] = b;
+    if (b)
+        for (size_t i = 0; i < s->n[part]; i++) b[i] = (float)(part * 1000003 + (int)i);
+}
+
+START_TEST(test_par_scratch) {
+    ck_assert_ptr_null(capmoe_par_scratch(NULL, 0, 16));
+    for (int t = 1; t <= 4; t++) {
+        capmoe_error err = {{0}};
+        capmoe_par *p = capmoe_par_new(t, &err);
+        EXPECT(p != NULL, "par_new(%d): %s", t, err.msg);
+        static const size_t sizes[] = {1, 100, 50, 4096, 10, 70000};
+        for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++) {
+            scratch_job s;
+            memset(&s, 0, sizeof s);
+            s.p = p;
+            for (int i = 0; i < t; i++) s.n[i] = sizes[si] + (size_t)i * 7;
+            capmoe_par_run(p, t, scratch_fn, &s);
+            /* every part wrote its whole buffer; no two parts share memory */
+            for (int i = 0; i < t; i++) {
+                EXPECT(s.got[i] != NULL, "threads %d: no scratch for part %d", t, i);
+                for (size_t k = 0; k < s.n[i]; k++)
+                    EXPECT(s.got[i][k] == (float)(i * 1000003 + (int)k),
+                                  "threads %d size %zu: part %d scratch[%zu] overwritten", t,
+                                  s.n[i], i, k);
+            }
+        }
+        capmoe_par_free(p);
+    }
+}
+END_TEST
+
+START_TEST(test_par_free_unused) {
+    for (int t = -1; t <= 5; t++) {
+        capmoe_error err = {{0}};
+        capmoe_par *p = capmoe_par_new(t, &err);
+        EXPECT(p != NULL, "par_new(%d): %s", t, err.msg);
+        ck_assert_int_eq(capmoe_par_threads(p), t < 1 ? 1 : t);
+        capmoe_par_free(p);
+    }
+    capmoe_error err = {{0}};
+    capmoe_par *p = capmoe_par_new(CAPMOE_PAR_MAX_THREADS + 10, &err);
+    EXPECT(p != NULL, "par_new(max+10): %s", err.msg);
+    ck_assert_int_eq(capmoe_par_threads(p), CAPMOE_PAR_MAX_THREADS);
+    count_job j;
+    run_counted(p, 5, &j, "max threads", 0);
+    capmoe_par_free(p);
+    capmoe_par_free(NULL);
+}
+END_TEST
+
+static Suite *kern_suite(void) {
+    Suite *s = suite_create("kern");
+    TCase *gemm = tcase_create("kern_gemm_nt");
+    tcase_add_loop_test(gemm, test_kern_gemm_nt_vs_reference, 0, 12);
+    tcase_add_loop_test(gemm, test_kern_gemm_nt_long_rows, 0, 3);
+    tcase_add_test(gemm, test_kern_gemm_nt_empty);
+    TCase *conv = tcase_create("kern_to_f32");
+    tcase_add_test(conv, test_kern_to_f32_exact);
+    TCase *attn = tcase_create("kern_attention");
+    tcase_add_test(attn, test_kern_attn_scores_vs_reference);
+    tcase_add_test(attn, test_kern_weighted_sum_vs_reference);
+    TCase *ops = tcase_create("gemm_nt_pool");
+    tcase_add_loop_test(ops, test_gemm_nt_pool_vs_reference, 0, 6);
+    tcase_add_test(ops, test_linear_bias);
+    TCase *par = tcase_create("par");
+    tcase_add_test(par, test_par_parts_exactly_once);
+    tcase_add_test(par, test_par_many_runs);
+    tcase_add_test(par, test_par_runs_after_idle);
+    tcase_add_test(par, test_par_scratch);
+    tcase_add_test(par, test_par_free_unused);
+    TCase *all[] = {gemm, conv, attn, ops, par};
+    for (int i = 0; i < 5; i++) {
+        tcase_set_timeout(all[i], 60); /* ASan and busy CI machines are slower */
+        suite_add_tcase(s, all[i]);
+    }
+    return s;
+}
+
+int main(void) {
+    SRunner *sr = srunner_create(kern_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
