@@ -44,45 +44,33 @@ static int own(struct capmoe_model *m, void *buf, size_t bytes, const char *name
     return 0;
 }
 
-/* Fetches a float32 view of (small) tensor NAME with the given shape: norms,
- * biases, the router. Converted buffers are recorded in m->owned. */
-static int get_tensor(struct capmoe_model *m, const float **out, capmoe_error *err, int ndim,
-                      int64_t d0, int64_t d1, int64_t d2, const char *fmt, ...) {
+/* Fetches tensor NAME with the given shape, into exactly one of:
+ *  - *f32: a float32 view, for the small tensors (norms, biases, routers);
+ *    converted buffers are recorded in m->owned;
+ *  - *w: a weight matrix in its stored dtype (F32, BF16 or F16), mapped in
+ *    place; only data not aligned to its element size is copied (safetensors
+ *    does not promise alignment). */
+static int get_weight(struct capmoe_model *m, const float **f32, capmoe_wmat *w,
+                      capmoe_error *err, int ndim, int64_t d0, int64_t d1, int64_t d2,
+                      const char *fmt, ...) {
     char name[256];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(name, sizeof name, fmt, ap);
     va_end(ap);
     int64_t shape[3] = {d0, d1, d2};
-    const float *data = NULL;
-    float *owned = NULL;
-    if (capmoe_st_get_f32(m->st, name, ndim, shape, &data, &owned, err) != 0) return -1;
-    size_t numel = 1;
-    for (int i = 0; i < ndim; i++) numel *= (size_t)shape[i];
-    if (owned) {
-        if (own(m, owned, numel * sizeof(float), name, err) != 0) return -1;
-    } else {
-        m->mapped_bytes += numel * sizeof(float);
+    if (f32) {
+        float *owned = NULL;
+        if (capmoe_st_get_f32(m->st, name, ndim, shape, f32, &owned, err) != 0) return -1;
+        size_t bytes = sizeof(float);
+        for (int i = 0; i < ndim; i++) bytes *= (size_t)shape[i];
+        if (!owned) m->mapped_bytes += bytes;
+        return owned ? own(m, owned, bytes, name, err) : 0;
     }
-    *out = data;
-    return 0;
-}
-
-/* Fetches weight matrix NAME in its stored dtype (F32, BF16 or F16), mapped
- * in place; only data not aligned to its element size is copied (safetensors
- * does not promise alignment). */
-static int get_matrix(struct capmoe_model *m, capmoe_wmat *out, capmoe_error *err, int ndim,
-                      int64_t d0, int64_t d1, int64_t d2, const char *fmt, ...) {
-    char name[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(name, sizeof name, fmt, ap);
-    va_end(ap);
-    int64_t shape[3] = {d0, d1, d2};
     const capmoe_st_tensor *t;
     if (capmoe_st_get_float(m->st, name, ndim, shape, &t, err) != 0) return -1;
-    out->dtype = t->dtype;
-    out->p = t->data;
+    w->dtype = t->dtype;
+    w->p = t->data;
     if (((uintptr_t)t->data & (capmoe_dtype_size(t->dtype) - 1)) == 0) {
         m->mapped_bytes += t->nbytes;
         return 0;
@@ -90,9 +78,8 @@ static int get_matrix(struct capmoe_model *m, capmoe_wmat *out, capmoe_error *er
     void *copy = malloc(t->nbytes ? t->nbytes : 1);
     if (!copy) return capmoe_set_error(err, "%s: tensor %s: out of memory", t->file, t->name);
     memcpy(copy, t->data, t->nbytes);
-    if (own(m, copy, t->nbytes, name, err) != 0) return -1;
-    out->p = copy;
-    return 0;
+    w->p = copy;
+    return own(m, copy, t->nbytes, name, err);
 }
 
 static int has_tensor(const struct capmoe_model *m, const char *fmt, ...) {
@@ -105,11 +92,11 @@ static int has_tensor(const struct capmoe_model *m, const char *fmt, ...) {
 }
 
 #define GET1(dst, a, ...) \
-    if (get_tensor(m, &(dst), err, 1, (a), 0, 0, __VA_ARGS__)) return -1
+    if (get_weight(m, &(dst), NULL, err, 1, (a), 0, 0, __VA_ARGS__)) return -1
 #define GET2(dst, a, b, ...) \
-    if (get_tensor(m, &(dst), err, 2, (a), (b), 0, __VA_ARGS__)) return -1
+    if (get_weight(m, &(dst), NULL, err, 2, (a), (b), 0, __VA_ARGS__)) return -1
 #define GETW(dst, a, b, ...) \
-    if (get_matrix(m, &(dst), err, 2, (a), (b), 0, __VA_ARGS__)) return -1
+    if (get_weight(m, NULL, &(dst), err, 2, (a), (b), 0, __VA_ARGS__)) return -1
 
 static int load_experts(struct capmoe_model *m, struct capmoe_layer *L, int l,
                         capmoe_error *err) {
@@ -125,9 +112,9 @@ static int load_experts(struct capmoe_model *m, struct capmoe_layer *L, int l,
     if (has_tensor(m, "model.layers.%d.%s.experts.gate_up_proj", l, blk)) {
         /* transformers 5 in-memory layout: fused [E, 2I, H] and [E, H, I]. */
         capmoe_wmat gu, dn;
-        if (get_matrix(m, &gu, err, 3, E, 2 * I, H, "model.layers.%d.%s.experts.gate_up_proj", l,
+        if (get_weight(m, NULL, &gu, err, 3, E, 2 * I, H, "model.layers.%d.%s.experts.gate_up_proj", l,
                        blk) ||
-            get_matrix(m, &dn, err, 3, E, H, I, "model.layers.%d.%s.experts.down_proj", l, blk))
+            get_weight(m, NULL, &dn, err, 3, E, H, I, "model.layers.%d.%s.experts.down_proj", l, blk))
             return -1;
         for (int e = 0; e < E; e++) {
             L->w_gate[e] = capmoe_wmat_offset(gu, (size_t)e * 2 * I * H);
@@ -204,12 +191,12 @@ int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_op
         capmoe_set_error(err, "out of memory");
         goto fail;
     }
-    if (get_matrix(m, &m->embed, err, 2, c->vocab_size, c->hidden_size, 0,
+    if (get_weight(m, NULL, &m->embed, err, 2, c->vocab_size, c->hidden_size, 0,
                    "model.embed_tokens.weight") ||
-        get_tensor(m, &m->final_norm, err, 1, c->hidden_size, 0, 0, "model.norm.weight"))
+        get_weight(m, &m->final_norm, NULL, err, 1, c->hidden_size, 0, 0, "model.norm.weight"))
         goto fail;
     if (capmoe_st_find(m->st, "lm_head.weight")) {
-        if (get_matrix(m, &m->lm_head, err, 2, c->vocab_size, c->hidden_size, 0,
+        if (get_weight(m, NULL, &m->lm_head, err, 2, c->vocab_size, c->hidden_size, 0,
                        "lm_head.weight"))
             goto fail;
     } else if (c->tie_word_embeddings) {
@@ -233,6 +220,14 @@ int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_op
     int nt = opts && opts->threads > 0 ? opts->threads : capmoe_ep_cores();
     m->par = capmoe_par_new(nt, err);
     if (!m->par) goto fail;
+    m->rank_par = calloc((size_t)R, sizeof *m->rank_par);
+    if (!m->rank_par) {
+        capmoe_set_error(err, "out of memory");
+        goto fail;
+    }
+    m->n_rank_par = R;
+    for (int r = 0; r < R; r++)
+        if (!(m->rank_par[r] = capmoe_par_new(1, err))) goto fail;
     capmoe_blas_single_threaded();
     *out = m;
     return 0;
@@ -245,6 +240,8 @@ void capmoe_model_free(capmoe_model *m) {
     if (!m) return;
     capmoe_ep_free(m->ep);
     capmoe_par_free(m->par);
+    for (int r = 0; m->rank_par && r < m->n_rank_par; r++) capmoe_par_free(m->rank_par[r]);
+    free(m->rank_par);
     if (m->layers) {
         for (int l = 0; l < m->cfg.n_layers; l++) {
             free(m->layers[l].w_gate);

@@ -73,8 +73,9 @@ static void run_rank(void *arg, int r) {
     double t0 = capmoe_now(), c0 = thread_cpu_seconds();
     int e0 = r * E / j->R, e1 = (r + 1) * E / j->R;
     if (j->R > 1) {
-        /* Several ranks: each runs on one thread, as one device each would. */
-        for (int e = e0; e < e1; e++) run_expert(j, e, NULL);
+        /* Several ranks: each runs on one thread, as one device each would
+         * (its own single-thread pool: scratch, no workers). */
+        for (int e = e0; e < e1; e++) run_expert(j, e, m->rank_par[r]);
     } else {
         /* One rank may use every core. When every expert's batch is small
          * (decode), whole experts go to the threads: no hand-off per product

@@ -85,8 +85,7 @@ void capmoe_gemm_nt(capmoe_par *par, float *C, int ldc, const float *A, int lda,
     if (macs < PAR_MIN_MACS * 2LL) parts = 1;
     else if (macs / parts < PAR_MIN_MACS) parts = (int)(macs / PAR_MIN_MACS);
     if (parts > (N + 15) / 16) parts = (N + 15) / 16;
-    if (parts <= 1) j.par = NULL; /* its scratch belongs to parts of a run */
-    capmoe_par_run(j.par, parts, nt_part, &j);
+    capmoe_par_run(par, parts, nt_part, &j); /* one part: inline, with part 0's scratch */
 }
 
 void capmoe_gemm_nn(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M,
