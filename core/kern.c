@@ -1,8 +1,7 @@
 /* kern.c - small-M matrix products and attention dot products in GCC vector
  * extensions, multiversioned per x86-64 level (see kern.h). Each weight row
  * is streamed from memory once per call and used against every row of A
- * while it sits in L1: a decode step over B <= 16 sequences is bound by
- * reading the weights, so the access pattern matters more than the FLOPs. */
+ * while it sits in L1: no packing, no copies, one pass over the weights. */
 #include "capmoe/kern.h"
 
 #include <stddef.h>
@@ -42,6 +41,19 @@ static inline v8 ldw8_bf16(const void *p, size_t i) {
 static inline v8 ldw8_f16(const void *p, size_t i) {
     return __builtin_convertvector(*(const h8 *)((const _Float16 *)p + i), v8);
 }
+/* BF16 without widening shuffles (GCC 12 splits the zero-extension above into
+ * four instructions): the 16 elements at i, read as 8 32-bit words, give the
+ * even elements i, i+2, .. i+14 by a shift and the odd ones i+1, .. i+15 by a
+ * mask. Used against rows of A permuted the same way (permute_a). The "odd"
+ * load takes the index of the block's second half, i + 8, as the row-dot
+ * loops pass it. */
+typedef unsigned int u32x8u __attribute__((vector_size(32), aligned(2), may_alias));
+static inline v8 ldw8_bf16_even(const void *p, size_t i) {
+    return (v8)(*(const u32x8u *)((const unsigned short *)p + i) << 16);
+}
+static inline v8 ldw8_bf16_odd(const void *p, size_t i) {
+    return (v8)(*(const u32x8u *)((const unsigned short *)p + i - 8) & 0xffff0000u);
+}
 static inline float ldw1_f32(const void *p, size_t i) { return ((const float *)p)[i]; }
 static inline float ldw1_bf16(const void *p, size_t i) {
     union { unsigned int u; float f; } v = {(unsigned int)((const unsigned short *)p)[i] << 16};
@@ -52,11 +64,13 @@ static inline float ldw1_f16(const void *p, size_t i) { return (float)((const _F
 /* Rows of A against one row of B, C[i*ldc] for i < M. B's rows are read one
  * after the other, a single sequential stream the hardware prefetcher
  * follows at full bandwidth (interleaving several rows of B measured 2-3x
- * slower from DRAM); the rows of A stay in L1. Two accumulators per row of
- * A over alternate 8-float halves of each 16-float step keep eight FMA chains
- * in flight. One instance per stored dtype of B: LDW8/LDW1 load 8 / 1
- * elements of B at an element index as float32. */
-#define DEFINE_ROW_DOT(SUFFIX, LDW8, LDW1)                                                    \
+ * slower from DRAM); the rows of A stay in L1. Rows of A go four at a time,
+ * then two, then one, with two accumulators per row over the two 8-float
+ * halves of each 16-float step (four for a single row), so that several FMA
+ * chains are always in flight. One instance per stored dtype of B: LDW8 and
+ * LDW8H load the first and second 8 elements of a 16-element step as
+ * float32 (given the index of each half), LDW1 one element. */
+#define DEFINE_ROW_DOT(SUFFIX, LDW8, LDW8H, LDW1)                                                    \
     static inline __attribute__((always_inline)) void row_dot_##SUFFIX(                       \
         float *C, int ldc, const float *A, int lda,                                           \
                                         const void *B, size_t b, int M, int K, float alpha,   \
@@ -68,7 +82,7 @@ static inline float ldw1_f16(const void *p, size_t i) { return (float)((const _F
             v8 c0 = splat8(0), c1 = c0, c2 = c0, c3 = c0;                                     \
             v8 d0 = c0, d1 = c0, d2 = c0, d3 = c0;                                            \
             for (int k = 0; k < K16; k += 16) {                                               \
-                v8 w = LDW8(B, b + k), u = LDW8(B, b + k + 8);                                \
+                v8 w = LDW8(B, b + k), u = LDW8H(B, b + k + 8);                               \
                 c0 += ld8(a0 + k) * w, c1 += ld8(a1 + k) * w;                                 \
                 c2 += ld8(a2 + k) * w, c3 += ld8(a3 + k) * w;                                 \
                 d0 += ld8(a0 + k + 8) * u, d1 += ld8(a1 + k + 8) * u;                         \
@@ -85,7 +99,7 @@ static inline float ldw1_f16(const void *p, size_t i) { return (float)((const _F
             const float *a0 = A + (size_t)m0 * lda, *a1 = a0 + lda;                           \
             v8 c0 = splat8(0), c1 = c0, d0 = c0, d1 = c0;                                     \
             for (int k = 0; k < K16; k += 16) {                                               \
-                v8 w = LDW8(B, b + k), u = LDW8(B, b + k + 8);                                \
+                v8 w = LDW8(B, b + k), u = LDW8H(B, b + k + 8);                               \
                 c0 += ld8(a0 + k) * w, c1 += ld8(a1 + k) * w;                                 \
                 d0 += ld8(a0 + k + 8) * u, d1 += ld8(a1 + k + 8) * u;                         \
             }                                                                                 \
@@ -105,13 +119,13 @@ static inline float ldw1_f16(const void *p, size_t i) { return (float)((const _F
             int k = 0;                                                                        \
             for (; k + 32 <= K16; k += 32) {                                                  \
                 c0 += ld8(a0 + k) * LDW8(B, b + k);                                           \
-                d0 += ld8(a0 + k + 8) * LDW8(B, b + k + 8);                                   \
+                d0 += ld8(a0 + k + 8) * LDW8H(B, b + k + 8);                                  \
                 e0 += ld8(a0 + k + 16) * LDW8(B, b + k + 16);                                 \
-                f0 += ld8(a0 + k + 24) * LDW8(B, b + k + 24);                                 \
+                f0 += ld8(a0 + k + 24) * LDW8H(B, b + k + 24);                                 \
             }                                                                                 \
             for (; k < K16; k += 16) {                                                        \
                 c0 += ld8(a0 + k) * LDW8(B, b + k);                                           \
-                d0 += ld8(a0 + k + 8) * LDW8(B, b + k + 8);                                   \
+                d0 += ld8(a0 + k + 8) * LDW8H(B, b + k + 8);                                  \
             }                                                                                 \
             float s = hsum8((c0 + e0) + (d0 + f0));                                           \
             for (k = K16; k < K; k++) s += a0[k] * LDW1(B, b + k);                            \
@@ -119,9 +133,25 @@ static inline float ldw1_f16(const void *p, size_t i) { return (float)((const _F
         }                                                                                     \
     }
 
-DEFINE_ROW_DOT(f32, ldw8_f32, ldw1_f32)
-DEFINE_ROW_DOT(bf16, ldw8_bf16, ldw1_bf16)
-DEFINE_ROW_DOT(f16, ldw8_f16, ldw1_f16)
+DEFINE_ROW_DOT(f32, ldw8_f32, ldw8_f32, ldw1_f32)
+DEFINE_ROW_DOT(bf16, ldw8_bf16, ldw8_bf16, ldw1_bf16)
+DEFINE_ROW_DOT(f16, ldw8_f16, ldw8_f16, ldw1_f16)
+DEFINE_ROW_DOT(bf16eo, ldw8_bf16_even, ldw8_bf16_odd, ldw1_bf16) /* A from permute_a */
+
+/* Rows of A (M x K, stride lda) into dst (stride K) with each whole 16-float
+ * block k.. stored as its 8 even elements, then its 8 odd ones: the order in
+ * which ldw8_bf16_even/odd deliver a BF16 row. The K % 16 tail is copied. */
+static inline __attribute__((always_inline)) void permute_a(float *dst, const float *A, int lda,
+                                                            int M, int K) {
+    int K16 = K & ~15;
+    for (int i = 0; i < M; i++) {
+        const float *a = A + (size_t)i * lda;
+        float *d = dst + (size_t)i * K;
+        for (int k = 0; k < K16; k += 16)
+            for (int j = 0; j < 8; j++) d[k + j] = a[k + 2 * j], d[k + 8 + j] = a[k + 2 * j + 1];
+        for (int k = K16; k < K; k++) d[k] = a[k];
+    }
+}
 
 /* A BF16/F16 row of B used by more than four rows of A is converted once
  * into this many floats on the stack rather than once per four rows. */
@@ -129,7 +159,8 @@ DEFINE_ROW_DOT(f16, ldw8_f16, ldw1_f16)
 
 KERN_CLONES
 static void gemm_nt_f32(float *C, int ldc, const float *A, int lda, const void *B, int ldb, int M,
-                        int N, int K, float alpha, float beta) {
+                        int N, int K, float alpha, float beta, float *work) {
+    (void)work;
     for (int n = 0; n < N; n++)
         row_dot_f32(C + n, ldc, A, lda, B, (size_t)n * ldb, M, K, alpha, beta);
 }
@@ -137,9 +168,11 @@ static void gemm_nt_f32(float *C, int ldc, const float *A, int lda, const void *
 #define DEFINE_GEMM_NT(SUFFIX)                                                                \
     KERN_CLONES                                                                               \
     static void gemm_nt_##SUFFIX(float *C, int ldc, const float *A, int lda, const void *B,   \
-                                 int ldb, int M, int N, int K, float alpha, float beta) {     \
+                                 int ldb, int M, int N, int K, float alpha, float beta,       \
+                                 float *work) {                                               \
         float wrow[ROW_BUF] __attribute__((aligned(64)));                                     \
         int convert = M > 4 && K <= ROW_BUF;                                                  \
+        (void)work;                                                                           \
         for (int n = 0; n < N; n++) {                                                         \
             size_t b = (size_t)n * ldb;                                                       \
             if (convert) {                                                                    \
@@ -153,15 +186,44 @@ static void gemm_nt_f32(float *C, int ldc, const float *A, int lda, const void *
         }                                                                                     \
     }
 
-DEFINE_GEMM_NT(bf16)
 DEFINE_GEMM_NT(f16)
+DEFINE_GEMM_NT(bf16) /* without work space */
+
+/* BF16 with work space: A permuted once (permute_a), then each row of B is
+ * widened by a shift and a mask per 16 elements. */
+KERN_CLONES
+static void gemm_nt_bf16_eo(float *C, int ldc, const float *A, int lda, const void *B, int ldb,
+                            int M, int N, int K, float alpha, float beta, float *work) {
+    float wrow[ROW_BUF] __attribute__((aligned(64)));
+    int convert = M > 4 && K <= ROW_BUF, K16 = K & ~15;
+    permute_a(work, A, lda, M, K);
+    for (int n = 0; n < N; n++) {
+        size_t b = (size_t)n * ldb;
+        if (convert) {
+            for (int k = 0; k < K16; k += 16) {
+                st8(wrow + k, ldw8_bf16_even(B, b + k));
+                st8(wrow + k + 8, ldw8_bf16_odd(B, b + k + 8));
+            }
+            for (int k = K16; k < K; k++) wrow[k] = ldw1_bf16(B, b + k);
+            row_dot_f32(C + n, ldc, work, K, wrow, 0, M, K, alpha, beta);
+        } else {
+            row_dot_bf16eo(C + n, ldc, work, K, B, b, M, K, alpha, beta);
+        }
+    }
+}
 
 void capmoe_kern_gemm_nt(float *C, int ldc, const float *A, int lda, const void *B,
-                         capmoe_dtype bt, int ldb, int M, int N, int K, float alpha, float beta) {
+                         capmoe_dtype bt, int ldb, int M, int N, int K, float alpha, float beta,
+                         float *work) {
     switch (bt) {
-    case CAPMOE_DTYPE_BF16: gemm_nt_bf16(C, ldc, A, lda, B, ldb, M, N, K, alpha, beta); break;
-    case CAPMOE_DTYPE_F16: gemm_nt_f16(C, ldc, A, lda, B, ldb, M, N, K, alpha, beta); break;
-    default: gemm_nt_f32(C, ldc, A, lda, B, ldb, M, N, K, alpha, beta); break;
+    case CAPMOE_DTYPE_BF16:
+        if (work && M > 0 && K >= 16)
+            gemm_nt_bf16_eo(C, ldc, A, lda, B, ldb, M, N, K, alpha, beta, work);
+        else
+            gemm_nt_bf16(C, ldc, A, lda, B, ldb, M, N, K, alpha, beta, NULL);
+        break;
+    case CAPMOE_DTYPE_F16: gemm_nt_f16(C, ldc, A, lda, B, ldb, M, N, K, alpha, beta, NULL); break;
+    default: gemm_nt_f32(C, ldc, A, lda, B, ldb, M, N, K, alpha, beta, NULL); break;
     }
 }
 

@@ -228,6 +228,14 @@ int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_op
     m->n_rank_par = R;
     for (int r = 0; r < R; r++)
         if (!(m->rank_par[r] = capmoe_par_new(1, err))) goto fail;
+    m->part_par = calloc((size_t)capmoe_par_threads(m->par), sizeof *m->part_par);
+    if (!m->part_par) {
+        capmoe_set_error(err, "out of memory");
+        goto fail;
+    }
+    m->n_part_par = capmoe_par_threads(m->par);
+    for (int i = 0; i < m->n_part_par; i++)
+        if (!(m->part_par[i] = capmoe_par_new(1, err))) goto fail;
     capmoe_blas_single_threaded();
     *out = m;
     return 0;
@@ -242,6 +250,8 @@ void capmoe_model_free(capmoe_model *m) {
     capmoe_par_free(m->par);
     for (int r = 0; m->rank_par && r < m->n_rank_par; r++) capmoe_par_free(m->rank_par[r]);
     free(m->rank_par);
+    for (int i = 0; m->part_par && i < m->n_part_par; i++) capmoe_par_free(m->part_par[i]);
+    free(m->part_par);
     if (m->layers) {
         for (int l = 0; l < m->cfg.n_layers; l++) {
             free(m->layers[l].w_gate);

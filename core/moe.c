@@ -58,11 +58,11 @@ struct expert_claim {
 };
 
 static void expert_part(void *arg, int part, int n_parts) {
-    (void)part;
     (void)n_parts;
     struct expert_claim *ec = arg;
+    capmoe_par *own = ec->j->m->part_par[part]; /* this part's scratch, no workers */
     for (int i; (i = atomic_fetch_add_explicit(&ec->next, 1, memory_order_relaxed)) < ec->n;)
-        run_expert(ec->j, ec->order[i], NULL);
+        run_expert(ec->j, ec->order[i], own);
 }
 
 static void run_rank(void *arg, int r) {

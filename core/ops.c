@@ -41,7 +41,7 @@ static void sgemm_converted(const struct nt_job *j, int part, int n0, int n1) {
         float *C = j->C + n;
         if (!buf) {
             capmoe_kern_gemm_nt(C, j->ldc, j->A, j->lda, src, j->B.dtype, j->ldb, j->M, rows,
-                                j->K, j->alpha, j->beta);
+                                j->K, j->alpha, j->beta, NULL);
             continue;
         }
         for (int r = 0; r < rows; r++)
@@ -65,7 +65,10 @@ static void nt_part(void *arg, int part, int n_parts) {
     capmoe_wmat B = capmoe_wmat_offset(j->B, (size_t)n0 * j->ldb);
     if (j->M <= capmoe_kern_max_rows(B.dtype))
         capmoe_kern_gemm_nt(C, j->ldc, j->A, j->lda, B.p, B.dtype, j->ldb, j->M, n1 - n0, j->K,
-                            j->alpha, j->beta);
+                            j->alpha, j->beta,
+                            B.dtype == CAPMOE_DTYPE_BF16
+                                ? capmoe_par_scratch(j->par, part, (size_t)j->M * j->K)
+                                : NULL);
     else if (B.dtype == CAPMOE_DTYPE_F32)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->M, n1 - n0, j->K, j->alpha, j->A,
                     j->lda, B.p, j->ldb, j->beta, C, j->ldc);
