@@ -10,9 +10,9 @@
  *                [--sgemm-size 2048] [--copy-mib 256]
  *
  * What is measured (the "definitions" object of the output says it too):
- *  - Ceilings: OpenBLAS sgemm (capmoe_gemm_nt, the engine's own GEMM path, with
- *    the default OpenBLAS thread count) on square N x N float32 matrices, best of
- *    5, 2 N^3 flops; memory bandwidth = bytes read + bytes written per second of
+ *  - Ceilings: sgemm through capmoe_gemm_nt, the engine's own GEMM path (one
+ *    thread per core, each running single-threaded OpenBLAS on its columns), on
+ *    square N x N float32 matrices, best of 5, 2 N^3 flops; memory bandwidth = bytes read + bytes written per second of
  *    a memcpy of --copy-mib MiB (best of 3), with 1 thread and with one thread
  *    per core. Both are measured before and after the runs (the machine may be
  *    shared) and the largest value is the ceiling.
