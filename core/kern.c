@@ -138,11 +138,10 @@ DEFINE_ROW_DOT(bf16, ldw8_bf16, ldw8_bf16, ldw1_bf16)
 DEFINE_ROW_DOT(f16, ldw8_f16, ldw8_f16, ldw1_f16)
 DEFINE_ROW_DOT(bf16eo, ldw8_bf16_even, ldw8_bf16_odd, ldw1_bf16) /* A from permute_a */
 
-/* Rows of A (M x K, stride lda) into dst (stride K) with each whole 16-float
- * block k.. stored as its 8 even elements, then its 8 odd ones: the order in
- * which ldw8_bf16_even/odd deliver a BF16 row. The K % 16 tail is copied. */
-static inline __attribute__((always_inline)) void permute_a(float *dst, const float *A, int lda,
-                                                            int M, int K) {
+/* Each whole 16-float block of a row of A stored as its 8 even elements,
+ * then its 8 odd ones: the order in which ldw8_bf16_even/odd deliver a BF16
+ * row (kern.h). */
+void capmoe_kern_permute_a(float *dst, const float *A, int lda, int M, int K) {
     int K16 = K & ~15;
     for (int i = 0; i < M; i++) {
         const float *a = A + (size_t)i * lda;
@@ -203,14 +202,13 @@ static void gemm_nt_f32(float *C, int ldc, const float *A, int lda, const void *
 DEFINE_GEMM_NT(f16)
 DEFINE_GEMM_NT(bf16) /* without work space */
 
-/* BF16 with work space: A permuted once (permute_a), then each row of B is
- * widened by a shift and a mask per 16 elements. */
+/* BF16 against A permuted by capmoe_kern_permute_a (stride K): each row of B
+ * is widened by a shift and a mask per 16 elements. */
 KERN_CLONES
-static void gemm_nt_bf16_eo(float *C, int ldc, const float *A, int lda, const void *B, int ldb,
-                            int M, int N, int K, float alpha, float beta, float *work) {
+static void gemm_nt_bf16_eo(float *C, int ldc, const float *Ap, const void *B, int ldb, int M,
+                            int N, int K, float alpha, float beta) {
     float wrow[ROW_BUF] __attribute__((aligned(64)));
     int convert = M > 4 && K <= ROW_BUF, K16 = K & ~15;
-    permute_a(work, A, lda, M, K);
     for (int n = 0; n < N; n++) {
         size_t b = (size_t)n * ldb;
         if (M > 4 && n + PF_AHEAD < N)
@@ -221,20 +219,20 @@ static void gemm_nt_bf16_eo(float *C, int ldc, const float *A, int lda, const vo
                 st8(wrow + k + 8, ldw8_bf16_odd(B, b + k + 8));
             }
             for (int k = K16; k < K; k++) wrow[k] = ldw1_bf16(B, b + k);
-            row_dot_f32(C + n, ldc, work, K, wrow, 0, M, K, alpha, beta);
+            row_dot_f32(C + n, ldc, Ap, K, wrow, 0, M, K, alpha, beta);
         } else {
-            row_dot_bf16eo(C + n, ldc, work, K, B, b, M, K, alpha, beta);
+            row_dot_bf16eo(C + n, ldc, Ap, K, B, b, M, K, alpha, beta);
         }
     }
 }
 
 void capmoe_kern_gemm_nt(float *C, int ldc, const float *A, int lda, const void *B,
                          capmoe_dtype bt, int ldb, int M, int N, int K, float alpha, float beta,
-                         float *work) {
+                         const float *Ap) {
     switch (bt) {
     case CAPMOE_DTYPE_BF16:
-        if (work && M > 0 && K >= 16)
-            gemm_nt_bf16_eo(C, ldc, A, lda, B, ldb, M, N, K, alpha, beta, work);
+        if (Ap && M > 0 && K >= 16)
+            gemm_nt_bf16_eo(C, ldc, Ap, B, ldb, M, N, K, alpha, beta);
         else
             gemm_nt_bf16(C, ldc, A, lda, B, ldb, M, N, K, alpha, beta, NULL);
         break;

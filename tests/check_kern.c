@@ -86,7 +86,7 @@ typedef struct gcase {
     float *c0;         /* initial C buffer (coff + (M-1)*ldc + N floats) */
     size_t cn;
     double *ref, *mag; /* M*N: expected value, sum of |terms| */
-    float *work;       /* NULL, or M*K floats of kernel scratch (exactly: ASan bounds it) */
+    float *work;       /* NULL, or A permuted (M*K floats exactly: ASan bounds it) */
 } gcase;
 
 /* Buffers are exactly as long as the last row needs, so ASan sees any read
@@ -198,11 +198,12 @@ static void run_kern_case(uint64_t *rs, capmoe_dtype dt, int M, int N, int K, in
         gcase_init(&g, rs, dt, M, N, K, K + 1, K + 2, N + 1, 1, 1, 1, 1.0f, -1.0f, 0);
         break;
     }
-    /* odd variants give the kernel its work space (BF16's permuted-A path) */
+    /* odd variants pass A permuted by capmoe_kern_permute_a (BF16's path) */
     if (variant % 2 == 1 && (size_t)M * K > 0) {
         g.work = malloc((size_t)M * K * sizeof(float));
         ck_assert_ptr_nonnull(g.work);
         for (size_t i = 0; i < (size_t)M * K; i++) g.work[i] = NAN;
+        capmoe_kern_permute_a(g.work, g.A, g.lda, M, K);
     }
     float *c = gcase_c(&g);
     capmoe_kern_gemm_nt(c + g.coff, g.ldc, g.A, g.lda, g.B, dt, g.ldb, M, N, K, g.alpha, g.beta,

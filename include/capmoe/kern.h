@@ -26,11 +26,17 @@ static inline int capmoe_kern_max_rows(capmoe_dtype bt) {
 /* C[i*ldc + j] = alpha * sum_k A[i*lda + k] * B[j*ldb + k] + beta * C[i*ldc + j]
  * for i < M, j < N, with B's elements stored as bt (F32, BF16 or F16; ldb in
  * elements) and converted to float32 exactly in registers. beta == 0
- * ignores C's previous contents (NaN included). work: NULL, or M * K floats
- * of scratch the call may overwrite (BF16 B runs faster with it: A is permuted into it once). */
+ * ignores C's previous contents (NaN included). Ap: NULL, or A as
+ * capmoe_kern_permute_a left it, which BF16 B uses to widen its elements
+ * without shuffles (ignored for other dtypes). */
 void capmoe_kern_gemm_nt(float *C, int ldc, const float *A, int lda, const void *B,
                          capmoe_dtype bt, int ldb, int M, int N, int K, float alpha, float beta,
-                         float *work);
+                         const float *Ap);
+
+/* dst (M x K floats, stride K) = the rows of A (stride lda) with each whole
+ * 16-float block stored as its 8 even elements, then its 8 odd ones; the
+ * K % 16 tail copied as is. */
+void capmoe_kern_permute_a(float *dst, const float *A, int lda, int M, int K);
 
 /* dst[i] = src[i] as float32 for i < n, src stored as t (F32, BF16, F16). */
 void capmoe_kern_to_f32(float *dst, const void *src, capmoe_dtype t, size_t n);
