@@ -1,7 +1,6 @@
 /* forward.c - the batched forward pass: embeddings, attention with per-sequence
  * KV caches (GQA, RoPE, q/k norms, sliding window), MoE or dense MLP, logits. */
 #include <math.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -117,34 +116,27 @@ static void attend_head(struct capmoe_model *m, const capmoe_kv *kv, int l, int 
     }
 }
 
-/* Attention of the whole batch, spread over the pool as items: one per
- * decode-like sequence (all heads), one per head of a longer one. Each
- * thread claims items one at a time, so a long prompt's heads and many
- * short decode rows balance alike. */
+/* Attention of the whole batch as items over the pool (capmoe_par_for): one
+ * per decode-like sequence (a run of heads), one per head of a longer one,
+ * so a long prompt's heads and many short decode rows balance alike. */
 struct attn_job {
     struct capmoe_model *m;
     const capmoe_batch_seq *seqs;
-    int l, n_items;
+    int l;
     const int *items;    /* triples (sequence, first head, end head) */
     size_t scratch;      /* score floats per thread */
-    atomic_int next;     /* next unclaimed item */
 };
 
-static void attn_part(void *arg, int part, int n_parts) {
-    (void)n_parts;
-    struct attn_job *j = arg;
-    float *S = j->m->scores.p + (size_t)part * j->scratch;
-    for (;;) {
-        int it = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
-        if (it >= j->n_items) break;
-        const int *item = j->items + 3 * (size_t)it;
-        const capmoe_batch_seq *q = &j->seqs[item[0]];
-        int t0 = j->m->seq_t0[item[0]];
-        if (q->n_tokens <= ATTN_DIRECT_ROWS)
-            attend_direct(j->m, q->kv, j->l, t0, q->n_tokens, q->kv->len, item[1], item[2], S);
-        else
-            attend_head(j->m, q->kv, j->l, t0, q->n_tokens, q->kv->len, item[1], S);
-    }
+static void attn_item(void *arg, int it, int slot) {
+    const struct attn_job *j = arg;
+    float *S = j->m->scores.p + (size_t)slot * j->scratch;
+    const int *item = j->items + 3 * (size_t)it;
+    const capmoe_batch_seq *q = &j->seqs[item[0]];
+    int t0 = j->m->seq_t0[item[0]];
+    if (q->n_tokens <= ATTN_DIRECT_ROWS)
+        attend_direct(j->m, q->kv, j->l, t0, q->n_tokens, q->kv->len, item[1], item[2], S);
+    else
+        attend_head(j->m, q->kv, j->l, t0, q->n_tokens, q->kv->len, item[1], S);
 }
 
 static void dense_mlp(struct capmoe_model *m, const struct capmoe_layer *L, const float *h,
@@ -277,10 +269,9 @@ int capmoe_model_forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_se
             memcpy(kv->v[l] + (size_t)kv->len * kd, m->v.p + (size_t)t0 * kd,
                    (size_t)n * kd * sizeof(float));
         }
-        struct attn_job aj = {.m = m, .seqs = seqs, .l = l, .n_items = n_items,
-                              .items = m->attn_items, .scratch = scratch};
-        atomic_init(&aj.next, 0);
-        capmoe_par_run(m->par, aj.n_items, attn_part, &aj);
+        struct attn_job aj = {.m = m, .seqs = seqs, .l = l, .items = m->attn_items,
+                              .scratch = scratch};
+        capmoe_par_for(m->par, n_items, attn_item, &aj);
         capmoe_linear(m->par, m->tmp.p, m->att.p, L->wo, L->bo, T, H, qd);
         for (size_t i = 0; i < (size_t)T * H; i++) x[i] += m->tmp.p[i];
         double tm = capmoe_now();

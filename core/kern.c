@@ -5,6 +5,8 @@
 #include "capmoe/kern.h"
 
 #include <stddef.h>
+#include <stdint.h>
+#include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
     !defined(__SANITIZE_ADDRESS__)
@@ -165,10 +167,20 @@ static inline void prefetch_row(const void *B, size_t elem, size_t n_elems, size
  * into this many floats on the stack rather than once per four rows. */
 #define ROW_BUF 8192
 
+/* dst[0..n) = the n 16-bit elements of B from element i on, as float32. */
+#define DEFINE_WIDEN(SUFFIX)                                                                  \
+    static inline __attribute__((always_inline)) void widen_##SUFFIX(                         \
+        float *dst, const void *B, size_t i, size_t n) {                                      \
+        size_t k = 0;                                                                         \
+        for (; k + 8 <= n; k += 8) st8(dst + k, ldw8_##SUFFIX(B, i + k));                     \
+        for (; k < n; k++) dst[k] = ldw1_##SUFFIX(B, i + k);                                  \
+    }
+DEFINE_WIDEN(bf16)
+DEFINE_WIDEN(f16)
+
 KERN_CLONES
 static void gemm_nt_f32(float *C, int ldc, const float *A, int lda, const void *B, int ldb, int M,
-                        int N, int K, float alpha, float beta, float *work) {
-    (void)work;
+                        int N, int K, float alpha, float beta) {
     for (int n = 0; n < N; n++) {
         if (M > 4 && n + PF_AHEAD < N)
             prefetch_row(B, (size_t)(n + PF_AHEAD) * ldb, (size_t)K, sizeof(float));
@@ -179,19 +191,15 @@ static void gemm_nt_f32(float *C, int ldc, const float *A, int lda, const void *
 #define DEFINE_GEMM_NT(SUFFIX)                                                                \
     KERN_CLONES                                                                               \
     static void gemm_nt_##SUFFIX(float *C, int ldc, const float *A, int lda, const void *B,   \
-                                 int ldb, int M, int N, int K, float alpha, float beta,       \
-                                 float *work) {                                               \
+                                 int ldb, int M, int N, int K, float alpha, float beta) {     \
         float wrow[ROW_BUF] __attribute__((aligned(64)));                                     \
         int convert = M > 4 && K <= ROW_BUF;                                                  \
-        (void)work;                                                                           \
         for (int n = 0; n < N; n++) {                                                         \
             size_t b = (size_t)n * ldb;                                                       \
             if (M > 4 && n + PF_AHEAD < N)                                                    \
-                prefetch_row(B, b + (size_t)PF_AHEAD * ldb, (size_t)K, 2);                    \
+                prefetch_row(B, b + (size_t)PF_AHEAD * ldb, (size_t)K, sizeof(uint16_t));                    \
             if (convert) {                                                                    \
-                int k = 0;                                                                    \
-                for (; k + 8 <= K; k += 8) st8(wrow + k, ldw8_##SUFFIX(B, b + k));           \
-                for (; k < K; k++) wrow[k] = ldw1_##SUFFIX(B, b + k);                         \
+                widen_##SUFFIX(wrow, B, b, (size_t)K);                                        \
                 row_dot_f32(C + n, ldc, A, lda, wrow, 0, M, K, alpha, beta);                  \
             } else {                                                                          \
                 row_dot_##SUFFIX(C + n, ldc, A, lda, B, b, M, K, alpha, beta);                \
@@ -212,7 +220,7 @@ static void gemm_nt_bf16_eo(float *C, int ldc, const float *Ap, const void *B, i
     for (int n = 0; n < N; n++) {
         size_t b = (size_t)n * ldb;
         if (M > 4 && n + PF_AHEAD < N)
-            prefetch_row(B, b + (size_t)PF_AHEAD * ldb, (size_t)K, 2);
+            prefetch_row(B, b + (size_t)PF_AHEAD * ldb, (size_t)K, sizeof(uint16_t));
         if (convert) {
             for (int k = 0; k < K16; k += 16) {
                 st8(wrow + k, ldw8_bf16_even(B, b + k));
@@ -234,19 +242,17 @@ void capmoe_kern_gemm_nt(float *C, int ldc, const float *A, int lda, const void 
         if (Ap && M > 0 && K >= 16)
             gemm_nt_bf16_eo(C, ldc, Ap, B, ldb, M, N, K, alpha, beta);
         else
-            gemm_nt_bf16(C, ldc, A, lda, B, ldb, M, N, K, alpha, beta, NULL);
+            gemm_nt_bf16(C, ldc, A, lda, B, ldb, M, N, K, alpha, beta);
         break;
-    case CAPMOE_DTYPE_F16: gemm_nt_f16(C, ldc, A, lda, B, ldb, M, N, K, alpha, beta, NULL); break;
-    default: gemm_nt_f32(C, ldc, A, lda, B, ldb, M, N, K, alpha, beta, NULL); break;
+    case CAPMOE_DTYPE_F16: gemm_nt_f16(C, ldc, A, lda, B, ldb, M, N, K, alpha, beta); break;
+    default: gemm_nt_f32(C, ldc, A, lda, B, ldb, M, N, K, alpha, beta); break;
     }
 }
 
 #define DEFINE_TO_F32(SUFFIX)                                                                 \
     KERN_CLONES                                                                               \
     static void to_f32_##SUFFIX(float *dst, const void *src, size_t n) {                      \
-        size_t i = 0;                                                                         \
-        for (; i + 8 <= n; i += 8) st8(dst + i, ldw8_##SUFFIX(src, i));                        \
-        for (; i < n; i++) dst[i] = ldw1_##SUFFIX(src, i);                                    \
+        widen_##SUFFIX(dst, src, 0, n);                                                       \
     }
 DEFINE_TO_F32(bf16)
 DEFINE_TO_F32(f16)
@@ -255,9 +261,7 @@ void capmoe_kern_to_f32(float *dst, const void *src, capmoe_dtype t, size_t n) {
     switch (t) {
     case CAPMOE_DTYPE_BF16: to_f32_bf16(dst, src, n); break;
     case CAPMOE_DTYPE_F16: to_f32_f16(dst, src, n); break;
-    default:
-        for (size_t i = 0; i < n; i++) dst[i] = ((const float *)src)[i];
-        break;
+    default: memcpy(dst, src, n * sizeof(float)); break;
     }
 }
 

@@ -176,6 +176,27 @@ static int load_layer(struct capmoe_model *m, int l, capmoe_error *err) {
     return 0;
 }
 
+static void free_pools(capmoe_par **pools, int n) {
+    for (int i = 0; i < n; i++) capmoe_par_free(pools[i]);
+    free(pools);
+}
+
+/* n single-thread pools: no workers, only the scratch of part 0, one per
+ * EP rank or per part of the main pool (moe.c). NULL with err set on failure. */
+static capmoe_par **scratch_pools(int n, capmoe_error *err) {
+    capmoe_par **pools = calloc((size_t)n, sizeof *pools);
+    if (!pools) {
+        capmoe_set_error(err, "out of memory");
+        return NULL;
+    }
+    for (int i = 0; i < n; i++)
+        if (!(pools[i] = capmoe_par_new(1, err))) {
+            free_pools(pools, i);
+            return NULL;
+        }
+    return pools;
+}
+
 int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_opts *opts,
                       capmoe_error *err) {
     *out = NULL;
@@ -220,22 +241,9 @@ int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_op
     int nt = opts && opts->threads > 0 ? opts->threads : capmoe_ep_cores();
     m->par = capmoe_par_new(nt, err);
     if (!m->par) goto fail;
-    m->rank_par = calloc((size_t)R, sizeof *m->rank_par);
-    if (!m->rank_par) {
-        capmoe_set_error(err, "out of memory");
+    if (!(m->rank_par = scratch_pools(R, err)) ||
+        !(m->part_par = scratch_pools(capmoe_par_threads(m->par), err)))
         goto fail;
-    }
-    m->n_rank_par = R;
-    for (int r = 0; r < R; r++)
-        if (!(m->rank_par[r] = capmoe_par_new(1, err))) goto fail;
-    m->part_par = calloc((size_t)capmoe_par_threads(m->par), sizeof *m->part_par);
-    if (!m->part_par) {
-        capmoe_set_error(err, "out of memory");
-        goto fail;
-    }
-    m->n_part_par = capmoe_par_threads(m->par);
-    for (int i = 0; i < m->n_part_par; i++)
-        if (!(m->part_par[i] = capmoe_par_new(1, err))) goto fail;
     capmoe_blas_single_threaded();
     *out = m;
     return 0;
@@ -246,12 +254,11 @@ fail:
 
 void capmoe_model_free(capmoe_model *m) {
     if (!m) return;
+    /* the scratch pools number the ranks and the pool's threads: free them first */
+    if (m->rank_par) free_pools(m->rank_par, capmoe_ep_max_ranks(m->ep));
+    if (m->part_par) free_pools(m->part_par, capmoe_par_threads(m->par));
     capmoe_ep_free(m->ep);
     capmoe_par_free(m->par);
-    for (int r = 0; m->rank_par && r < m->n_rank_par; r++) capmoe_par_free(m->rank_par[r]);
-    free(m->rank_par);
-    for (int i = 0; m->part_par && i < m->n_part_par; i++) capmoe_par_free(m->part_par[i]);
-    free(m->part_par);
     if (m->layers) {
         for (int l = 0; l < m->cfg.n_layers; l++) {
             free(m->layers[l].w_gate);

@@ -3,7 +3,6 @@
  * [r*E/R, (r+1)*E/R)), the weighted combine and the Qwen2-MoE shared expert.
  * Each expert's tokens are gathered and run as one GEMM per projection. */
 #include <math.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -48,21 +47,12 @@ static void run_expert(struct rank_job *j, int e, capmoe_par *par) {
     capmoe_linear(par, ye, ge, j->L->w_down[e], NULL, n, H, I);
 }
 
-/* The experts of one rank spread over the pool whole: each thread claims
- * the next expert, largest first, and runs it alone. */
-struct expert_claim {
-    struct rank_job *j;
-    const int *order; /* experts by decreasing load */
-    int n;
-    atomic_int next;
-};
-
-static void expert_part(void *arg, int part, int n_parts) {
-    (void)n_parts;
-    struct expert_claim *ec = arg;
-    capmoe_par *own = ec->j->m->part_par[part]; /* this part's scratch, no workers */
-    for (int i; (i = atomic_fetch_add_explicit(&ec->next, 1, memory_order_relaxed)) < ec->n;)
-        run_expert(ec->j, ec->order[i], own);
+/* The experts of one rank spread over the pool whole (capmoe_par_for over
+ * m->expert_order, largest first), each run alone by one thread with that
+ * thread's scratch pool. */
+static void expert_item(void *arg, int i, int slot) {
+    struct rank_job *j = arg;
+    run_expert(j, j->m->expert_order[i], j->m->part_par[slot]);
 }
 
 static void run_rank(void *arg, int r) {
@@ -95,9 +85,7 @@ static void run_rank(void *arg, int r) {
             }
         }
         if (!big && n_active > 1 && capmoe_par_threads(m->par) > 1) {
-            struct expert_claim ec = {.j = j, .order = order, .n = n_active};
-            atomic_init(&ec.next, 0);
-            capmoe_par_run(m->par, n_active, expert_part, &ec);
+            capmoe_par_for(m->par, n_active, expert_item, j);
         } else {
             for (int e = e0; e < e1; e++) run_expert(j, e, m->par);
         }

@@ -19,6 +19,7 @@ struct nt_job {
     capmoe_wmat B;
     int ldc, lda, ldb, M, N, K;
     float alpha, beta;
+    int kern;        /* M small enough for the kern.h kernel (else sgemm) */
     const float *Ap; /* A permuted for BF16 B (kern.h), or NULL */
 };
 
@@ -64,7 +65,7 @@ static void nt_part(void *arg, int part, int n_parts) {
     if (n1 <= n0) return;
     float *C = j->C + n0;
     capmoe_wmat B = capmoe_wmat_offset(j->B, (size_t)n0 * j->ldb);
-    if (j->M <= capmoe_kern_max_rows(B.dtype))
+    if (j->kern)
         capmoe_kern_gemm_nt(C, j->ldc, j->A, j->lda, B.p, B.dtype, j->ldb, j->M, n1 - n0, j->K,
                             j->alpha, j->beta, j->Ap);
     else if (B.dtype == CAPMOE_DTYPE_F32)
@@ -80,13 +81,14 @@ void capmoe_gemm_nt(capmoe_par *par, float *C, int ldc, const float *A, int lda,
     /* Few rows (decode steps, an expert with few tokens): each row of B is
      * streamed once for all rows of A, with no packing (kern.h). More rows:
      * OpenBLAS sgemm, single-threaded, on each part's columns. */
-    struct nt_job j = {par, C, A, B, ldc, lda, ldb, M, N, K, alpha, beta, NULL};
-    int parts = capmoe_par_threads(par), kern = M <= capmoe_kern_max_rows(B.dtype);
+    struct nt_job j = {par, C, A, B, ldc, lda, ldb, M, N, K, alpha, beta,
+                       M <= capmoe_kern_max_rows(B.dtype), NULL};
+    int parts = capmoe_par_threads(par);
     long long macs = (long long)M * N * K;
     if (macs < PAR_MIN_MACS * 2LL) parts = 1;
     else if (macs / parts < PAR_MIN_MACS) parts = (int)(macs / PAR_MIN_MACS);
     if (parts > (N + 15) / 16) parts = (N + 15) / 16;
-    if (kern && B.dtype == CAPMOE_DTYPE_BF16 && K >= 16) {
+    if (j.kern && B.dtype == CAPMOE_DTYPE_BF16 && K >= 16) {
         /* A permuted once here (part 0's scratch is free on this path) */
         float *Ap = capmoe_par_scratch(par, 0, (size_t)M * K);
         if (Ap) capmoe_kern_permute_a(Ap, A, lda, M, K);

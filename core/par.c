@@ -12,7 +12,6 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <time.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #define CPU_RELAX() __builtin_ia32_pause()
@@ -49,12 +48,6 @@ struct capmoe_par {
     size_t scratch_cap[CAPMOE_PAR_MAX_THREADS];
 };
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* Claims and runs parts of generation gen until none are left. */
 static void run_parts(capmoe_par *p, uint64_t gen) {
     uint64_t w = atomic_load_explicit(&p->claim, memory_order_acquire);
@@ -81,8 +74,8 @@ static void *worker_main(void *v) {
                 CPU_RELAX();
                 continue;
             }
-            if (idle_since == 0.0) idle_since = now_s();
-            if (now_s() - idle_since < WORKER_IDLE_S) {
+            if (idle_since == 0.0) idle_since = capmoe_now();
+            if (capmoe_now() - idle_since < WORKER_IDLE_S) {
                 sched_yield();
                 continue;
             }
@@ -178,4 +171,25 @@ float *capmoe_par_scratch(capmoe_par *p, int part, size_t n) {
         p->scratch_cap[part] = n;
     }
     return p->scratch[part];
+}
+
+/* capmoe_par_for: one part per thread, each claiming items from a counter. */
+struct for_job {
+    capmoe_par_item_fn fn;
+    void *arg;
+    int n_items;
+    atomic_int next;
+};
+
+static void for_part(void *arg, int part, int n_parts) {
+    (void)n_parts;
+    struct for_job *f = arg;
+    for (int i; (i = atomic_fetch_add_explicit(&f->next, 1, memory_order_relaxed)) < f->n_items;)
+        f->fn(f->arg, i, part);
+}
+
+void capmoe_par_for(capmoe_par *p, int n_items, capmoe_par_item_fn fn, void *arg) {
+    struct for_job f = {.fn = fn, .arg = arg, .n_items = n_items};
+    atomic_init(&f.next, 0);
+    capmoe_par_run(p, n_items, for_part, &f);
 }

@@ -727,7 +727,7 @@ int capmoe_st_get_f32(const capmoe_st *st, const char *name, int ndim, const int
     *owned = NULL;
     const capmoe_st_tensor *t;
     if (capmoe_st_get_float(st, name, ndim, shape, &t, err) != 0) return -1;
-    size_t n = t->nbytes / (t->dtype == CAPMOE_DTYPE_F32 ? 4 : 2);
+    size_t n = t->nbytes / capmoe_dtype_size(t->dtype);
     if (t->dtype == CAPMOE_DTYPE_F32 && ((uintptr_t)t->data & 3u) == 0) {
         *data = (const float *)t->data;
         return 0;
@@ -832,7 +832,7 @@ int capmoe_st_write_file(const char *path, const capmoe_st_write_tensor *t, int 
             else if (d != 0 && numel > (UINT64_MAX / 8) / (uint64_t)d) bad = 1;
             else numel *= (uint64_t)d;
         }
-        uint64_t bytes = numel * (t[i].dtype == CAPMOE_DTYPE_F32 ? 4 : 2);
+        uint64_t bytes = numel * capmoe_dtype_size(t[i].dtype);
         if (bad || bytes > (uint64_t)ST_MAX_JSON_INT - off) {
             free(sizes);
             free(hb.p);

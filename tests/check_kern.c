@@ -549,6 +549,42 @@ START_TEST(test_par_parts_exactly_once) {
 }
 END_TEST
 
+/* capmoe_par_for: every item exactly once, on a slot below the thread count. */
+typedef struct for_count {
+    atomic_int calls[64];
+    atomic_int bad_slot;
+    int threads;
+} for_count;
+
+static void for_count_fn(void *arg, int item, int slot) {
+    for_count *f = arg;
+    if (slot < 0 || slot >= f->threads) atomic_fetch_add(&f->bad_slot, 1);
+    if (item >= 0 && item < 64) atomic_fetch_add(&f->calls[item], 1);
+}
+
+START_TEST(test_par_for_items_once) {
+    static const int ns[] = {0, 1, 2, 3, 7, 64};
+    for (int t = 0; t <= 4; t++) {
+        capmoe_error err = {{0}};
+        capmoe_par *p = t ? capmoe_par_new(t, &err) : NULL;
+        EXPECT(t == 0 || p != NULL, "par_new(%d): %s", t, err.msg);
+        for (int rep = 0; rep < 200; rep++)
+            for (size_t k = 0; k < sizeof ns / sizeof *ns; k++) {
+                for_count f = {.threads = capmoe_par_threads(p)};
+                for (int i = 0; i < 64; i++) atomic_init(&f.calls[i], 0);
+                atomic_init(&f.bad_slot, 0);
+                capmoe_par_for(p, ns[k], for_count_fn, &f);
+                EXPECT(atomic_load(&f.bad_slot) == 0, "par_for threads %d: slot out of range", t);
+                for (int i = 0; i < 64; i++)
+                    EXPECT(atomic_load(&f.calls[i]) == (i < ns[k] ? 1 : 0),
+                           "par_for threads %d n %d: item %d run %d times", t, ns[k], i,
+                           atomic_load(&f.calls[i]));
+            }
+        capmoe_par_free(p);
+    }
+}
+END_TEST
+
 START_TEST(test_par_many_runs) {
     count_job j;
     for (int t = 2; t <= 4; t++) {
@@ -693,6 +729,7 @@ static Suite *kern_suite(void) {
     tcase_add_test(ops, test_linear_bias);
     TCase *par = tcase_create("par");
     tcase_add_test(par, test_par_parts_exactly_once);
+    tcase_add_test(par, test_par_for_items_once);
     tcase_add_test(par, test_par_many_runs);
     tcase_add_test(par, test_par_runs_after_idle);
     tcase_add_test(par, test_par_scratch);

@@ -21,7 +21,6 @@ typedef struct capmoe_wmat {
     capmoe_dtype dtype;
 } capmoe_wmat;
 
-static inline size_t capmoe_dtype_size(capmoe_dtype t) { return t == CAPMOE_DTYPE_F32 ? 4 : 2; }
 static inline capmoe_wmat capmoe_wmat_f32(const float *p) {
     capmoe_wmat w = {p, CAPMOE_DTYPE_F32};
     return w;

@@ -30,6 +30,13 @@ int capmoe_par_threads(const capmoe_par *p);
 /* n_parts is clamped to capmoe_par_threads(p). p may be NULL (serial). */
 void capmoe_par_run(capmoe_par *p, int n_parts, capmoe_par_fn fn, void *arg);
 
+/* fn(arg, item, slot) exactly once for every item < n_items, on min(threads,
+ * n_items) parts that each take the next unclaimed item until none is left,
+ * so items of uneven cost balance. slot (< capmoe_par_threads(p)) is the
+ * part running the item: per-thread scratch is indexed by it. */
+typedef void (*capmoe_par_item_fn)(void *arg, int item, int slot);
+void capmoe_par_for(capmoe_par *p, int n_items, capmoe_par_item_fn fn, void *arg);
+
 /* A buffer of at least n floats for part `part` of the current run, owned
  * by the pool and kept for later runs; NULL when p is NULL or out of memory.
  * Only the thread running that part may use it. */

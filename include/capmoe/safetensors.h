@@ -16,6 +16,9 @@ typedef enum capmoe_dtype {
     CAPMOE_DTYPE_OTHER /* legal in a file, refused where a float is needed */
 } capmoe_dtype;
 
+/* Bytes per element of a float dtype (F32, F16, BF16). */
+static inline size_t capmoe_dtype_size(capmoe_dtype t) { return t == CAPMOE_DTYPE_F32 ? 4 : 2; }
+
 #define CAPMOE_ST_MAX_DIMS 8
 
 typedef struct capmoe_st_tensor {
