@@ -54,7 +54,7 @@ $(BUILD)/obj/%.o: %.c
 
 # The kernels' a*b+c must become fused multiply-adds (ISO C mode forbids
 # contraction by default).
-$(BUILD)/obj/core/kern.o: CFLAGS += -ffp-contract=fast -Wno-psabi
+$(BUILD)/obj/core/kern.o $(BUILD)/obj/core/panel.o: CFLAGS += -ffp-contract=fast -Wno-psabi
 
 $(LIB): $(CORE_OBJ)
 	@mkdir -p $(dir $@)

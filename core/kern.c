@@ -43,19 +43,6 @@ static inline v8 ldw8_bf16(const void *p, size_t i) {
 static inline v8 ldw8_f16(const void *p, size_t i) {
     return __builtin_convertvector(*(const h8 *)((const _Float16 *)p + i), v8);
 }
-/* BF16 without widening shuffles (GCC 12 splits the zero-extension above into
- * four instructions): the 16 elements at i, read as 8 32-bit words, give the
- * even elements i, i+2, .. i+14 by a shift and the odd ones i+1, .. i+15 by a
- * mask. Used against rows of A permuted the same way (permute_a). The "odd"
- * load takes the index of the block's second half, i + 8, as the row-dot
- * loops pass it. */
-typedef unsigned int u32x8u __attribute__((vector_size(32), aligned(2), may_alias));
-static inline v8 ldw8_bf16_even(const void *p, size_t i) {
-    return (v8)(*(const u32x8u *)((const unsigned short *)p + i) << 16);
-}
-static inline v8 ldw8_bf16_odd(const void *p, size_t i) {
-    return (v8)(*(const u32x8u *)((const unsigned short *)p + i - 8) & 0xffff0000u);
-}
 static inline float ldw1_f32(const void *p, size_t i) { return ((const float *)p)[i]; }
 static inline float ldw1_bf16(const void *p, size_t i) {
     union { unsigned int u; float f; } v = {(unsigned int)((const unsigned short *)p)[i] << 16};
@@ -138,21 +125,6 @@ static inline float ldw1_f16(const void *p, size_t i) { return (float)((const _F
 DEFINE_ROW_DOT(f32, ldw8_f32, ldw8_f32, ldw1_f32)
 DEFINE_ROW_DOT(bf16, ldw8_bf16, ldw8_bf16, ldw1_bf16)
 DEFINE_ROW_DOT(f16, ldw8_f16, ldw8_f16, ldw1_f16)
-DEFINE_ROW_DOT(bf16eo, ldw8_bf16_even, ldw8_bf16_odd, ldw1_bf16) /* A from permute_a */
-
-/* Each whole 16-float block of a row of A stored as its 8 even elements,
- * then its 8 odd ones: the order in which ldw8_bf16_even/odd deliver a BF16
- * row (kern.h). */
-void capmoe_kern_permute_a(float *dst, const float *A, int lda, int M, int K) {
-    int K16 = K & ~15;
-    for (int i = 0; i < M; i++) {
-        const float *a = A + (size_t)i * lda;
-        float *d = dst + (size_t)i * K;
-        for (int k = 0; k < K16; k += 16)
-            for (int j = 0; j < 8; j++) d[k + j] = a[k + 2 * j], d[k + 8 + j] = a[k + 2 * j + 1];
-        for (int k = K16; k < K; k++) d[k] = a[k];
-    }
-}
 
 /* With more than four rows of A a row of B takes long enough that the
  * hardware prefetcher falls behind (measured: 6% of a 16-sequence decode
@@ -208,42 +180,12 @@ static void gemm_nt_f32(float *C, int ldc, const float *A, int lda, const void *
     }
 
 DEFINE_GEMM_NT(f16)
-DEFINE_GEMM_NT(bf16) /* without work space */
-
-/* BF16 against A permuted by capmoe_kern_permute_a (stride K): each row of B
- * is widened by a shift and a mask per 16 elements. */
-KERN_CLONES
-static void gemm_nt_bf16_eo(float *C, int ldc, const float *Ap, const void *B, int ldb, int M,
-                            int N, int K, float alpha, float beta) {
-    float wrow[ROW_BUF] __attribute__((aligned(64)));
-    int convert = M > 4 && K <= ROW_BUF, K16 = K & ~15;
-    for (int n = 0; n < N; n++) {
-        size_t b = (size_t)n * ldb;
-        if (M > 4 && n + PF_AHEAD < N)
-            prefetch_row(B, b + (size_t)PF_AHEAD * ldb, (size_t)K, sizeof(uint16_t));
-        if (convert) {
-            for (int k = 0; k < K16; k += 16) {
-                st8(wrow + k, ldw8_bf16_even(B, b + k));
-                st8(wrow + k + 8, ldw8_bf16_odd(B, b + k + 8));
-            }
-            for (int k = K16; k < K; k++) wrow[k] = ldw1_bf16(B, b + k);
-            row_dot_f32(C + n, ldc, Ap, K, wrow, 0, M, K, alpha, beta);
-        } else {
-            row_dot_bf16eo(C + n, ldc, Ap, K, B, b, M, K, alpha, beta);
-        }
-    }
-}
+DEFINE_GEMM_NT(bf16)
 
 void capmoe_kern_gemm_nt(float *C, int ldc, const float *A, int lda, const void *B,
-                         capmoe_dtype bt, int ldb, int M, int N, int K, float alpha, float beta,
-                         const float *Ap) {
+                         capmoe_dtype bt, int ldb, int M, int N, int K, float alpha, float beta) {
     switch (bt) {
-    case CAPMOE_DTYPE_BF16:
-        if (Ap && M > 0 && K >= 16)
-            gemm_nt_bf16_eo(C, ldc, Ap, B, ldb, M, N, K, alpha, beta);
-        else
-            gemm_nt_bf16(C, ldc, A, lda, B, ldb, M, N, K, alpha, beta);
-        break;
+    case CAPMOE_DTYPE_BF16: gemm_nt_bf16(C, ldc, A, lda, B, ldb, M, N, K, alpha, beta); break;
     case CAPMOE_DTYPE_F16: gemm_nt_f16(C, ldc, A, lda, B, ldb, M, N, K, alpha, beta); break;
     default: gemm_nt_f32(C, ldc, A, lda, B, ldb, M, N, K, alpha, beta); break;
     }
@@ -337,5 +279,73 @@ void capmoe_kern_weighted_sum(float *o, const float *p, const float *V, int ldv,
         float acc = 0.0f;
         for (int j = 0; j < n; j++) acc += p[j] * V[(size_t)j * ldv + i0];
         o[i0] = acc;
+    }
+}
+
+/* ---- exp for softmax and SiLU ---------------------------------------------- */
+
+typedef int i8v __attribute__((vector_size(32)));
+
+static inline v8 select8(i8v mask, v8 a, v8 b) { return (v8)(((i8v)a & mask) | ((i8v)b & ~mask)); }
+
+/* expf of 8 lanes: Cody-Waite reduction by ln 2 in two parts and Cephes'
+ * degree-6 polynomial on [-ln2/2, ln2/2] (within 2 ulp of expf); 0 below
+ * -87.34 (-inf included; expf would give subnormals, which no sum of
+ * exponentials here can tell from 0) and +inf above 88.38. */
+static inline v8 exp8(v8 x) {
+    const v8 hi = splat8(88.3762626647949f), lo = splat8(-87.3365478515625f);
+    i8v over = x > hi, under = x < lo;
+    v8 xc = select8(over, hi, select8(under, lo, x));
+    v8 fx = xc * splat8(1.44269504088896341f);
+    fx = (fx + splat8(12582912.0f)) - splat8(12582912.0f); /* round to nearest */
+    v8 r = xc - fx * splat8(0.693359375f);
+    r = r - fx * splat8(-2.12194440e-4f);
+    v8 p = splat8(1.9875691500e-4f);
+    p = p * r + splat8(1.3981999507e-3f);
+    p = p * r + splat8(8.3334519073e-3f);
+    p = p * r + splat8(4.1665795894e-2f);
+    p = p * r + splat8(1.6666665459e-1f);
+    p = p * r + splat8(5.0000001201e-1f);
+    v8 y = p * (r * r) + r + splat8(1.0f);
+    i8v n = __builtin_convertvector(fx, i8v);
+    v8 res = y * (v8)((n + 127) << 23);
+    return select8(over, splat8(__builtin_inff()), select8(under, splat8(0.0f), res));
+}
+
+KERN_CLONES
+float capmoe_kern_exp_sum(float *x, int n, float sub) {
+    v8 acc = splat8(0);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        v8 e = exp8(ld8(x + i) - splat8(sub));
+        st8(x + i, e);
+        acc += e;
+    }
+    if (i < n) {
+        float t[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (int k = i; k < n; k++) t[k - i] = x[k] - sub;
+        v8 e = exp8(ld8(t));
+        i8v keep = {0, 1, 2, 3, 4, 5, 6, 7};
+        e = select8(keep < n - i, e, splat8(0));
+        acc += e;
+        for (int k = i; k < n; k++) x[k] = e[k - i];
+    }
+    return hsum8(acc);
+}
+
+KERN_CLONES
+void capmoe_kern_silu_mul(float *a, const float *b, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        v8 x = ld8(a + i);
+        st8(a + i, x / (splat8(1.0f) + exp8(-x)) * ld8(b + i));
+    }
+    if (i < n) {
+        float t[8] = {0, 0, 0, 0, 0, 0, 0, 0}, u[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        memcpy(t, a + i, (n - i) * sizeof(float));
+        memcpy(u, b + i, (n - i) * sizeof(float));
+        v8 x = ld8(t);
+        v8 y = x / (splat8(1.0f) + exp8(-x)) * ld8(u);
+        memcpy(a + i, &y, (n - i) * sizeof(float));
     }
 }

@@ -1,7 +1,11 @@
 /* model.c - loading a Hugging Face MoE checkpoint into a capmoe_model, and
  * per-sequence KV caches. The forward pass is in forward.c and moe.c. */
 #include "capmoe/ops.h"
+#include "capmoe/panel.h"
 #include "model_internal.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <math.h>
 #include <stdarg.h>
@@ -197,6 +201,105 @@ static capmoe_par **scratch_pools(int n, capmoe_error *err) {
     return pools;
 }
 
+/* ---- repacking the weights into panel layout (panel.h) ---- */
+
+struct pack_job {
+    capmoe_wmat *w; /* the matrix: row-major on entry, panels on return */
+    int N, K;
+    void *dst;      /* owned by the model */
+};
+
+static void pack_one(void *arg, int item, int slot) {
+    (void)slot;
+    struct pack_job *j = (struct pack_job *)arg + item;
+    capmoe_panel_pack(j->dst, j->w->p, j->w->dtype, (size_t)j->K, j->N, j->K);
+}
+
+/* Whether p lies in a tensor of the mapped files (else in a buffer we own). */
+static int in_mapping(const struct capmoe_model *m, const void *p) {
+    for (int i = 0; i < capmoe_st_count(m->st); i++) {
+        const capmoe_st_tensor *t = capmoe_st_at(m->st, i);
+        const char *d = t->data;
+        if ((const char *)p >= d && (const char *)p < d + t->nbytes) return 1;
+    }
+    return 0;
+}
+
+/* Hands the whole pages of a mapped range back to the page cache: they are
+ * never read again (their panel copy is), so the process's memory stays
+ * about the checkpoint's size. The mapping is read-only: a later read would
+ * only fault the file's bytes back in. */
+static void drop_pages(const void *p, size_t bytes) {
+    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + pg - 1) & ~(pg - 1), b = ((uintptr_t)p + bytes) & ~(pg - 1);
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+static void add_job(struct pack_job *jobs, int *n, capmoe_wmat *w, int N, int K) {
+    if (w->p && !w->panels) jobs[(*n)++] = (struct pack_job){w, N, K, NULL};
+}
+
+/* Every matrix the products read (attention, experts, shared expert, dense
+ * MLP, lm_head) repacked, in parallel on the model's pool. The embedding
+ * table stays row-major: lookups read single rows of it. */
+static int pack_weights(struct capmoe_model *m, capmoe_error *err) {
+    const capmoe_hfconfig *c = &m->cfg;
+    int H = c->hidden_size, d = c->head_dim, qd = c->n_heads * d, kd = c->n_kv_heads * d;
+    int I = c->moe_intermediate_size, Is = c->shared_expert_intermediate_size;
+    int Id = c->intermediate_size;
+    size_t cap = (size_t)c->n_layers * (7 + 3 * (size_t)c->n_experts + 3) + 1;
+    struct pack_job *jobs = calloc(cap, sizeof *jobs);
+    if (!jobs) return capmoe_set_error(err, "out of memory");
+    int n = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        struct capmoe_layer *L = &m->layers[l];
+        add_job(jobs, &n, &L->wq, qd, H);
+        add_job(jobs, &n, &L->wk, kd, H);
+        add_job(jobs, &n, &L->wv, kd, H);
+        add_job(jobs, &n, &L->wo, H, qd);
+        if (L->is_moe) {
+            for (int e = 0; e < c->n_experts; e++) {
+                add_job(jobs, &n, &L->w_gate[e], I, H);
+                add_job(jobs, &n, &L->w_up[e], I, H);
+                add_job(jobs, &n, &L->w_down[e], H, I);
+            }
+            add_job(jobs, &n, &L->sh_gate, Is, H);
+            add_job(jobs, &n, &L->sh_up, Is, H);
+            add_job(jobs, &n, &L->sh_down, H, Is);
+        } else {
+            add_job(jobs, &n, &L->d_gate, Id, H);
+            add_job(jobs, &n, &L->d_up, Id, H);
+            add_job(jobs, &n, &L->d_down, H, Id);
+        }
+    }
+    add_job(jobs, &n, &m->lm_head, c->vocab_size, H);
+    for (int i = 0; i < n; i++) {
+        size_t bytes = capmoe_panel_matrix_bytes(jobs[i].w->dtype, jobs[i].N, jobs[i].K);
+        jobs[i].dst = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+        if (!jobs[i].dst) {
+            free(jobs);
+            return capmoe_set_error(err, "out of memory repacking the weights (%zu bytes)", bytes);
+        }
+        if (own(m, jobs[i].dst, bytes, "the repacked weights", err) != 0) {
+            free(jobs);
+            return -1;
+        }
+    }
+    capmoe_par_for(m->par, n, pack_one, jobs);
+    for (int i = 0; i < n; i++) {
+        capmoe_wmat *w = jobs[i].w;
+        size_t bytes = (size_t)jobs[i].N * jobs[i].K * capmoe_dtype_size(w->dtype);
+        if (in_mapping(m, w->p)) {
+            m->mapped_bytes -= bytes;
+            if (w->p != m->embed.p) drop_pages(w->p, bytes);
+        }
+        w->p = jobs[i].dst;
+        w->panels = 1;
+    }
+    free(jobs);
+    return 0;
+}
+
 int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_opts *opts,
                       capmoe_error *err) {
     *out = NULL;
@@ -241,9 +344,8 @@ int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_op
     int nt = opts && opts->threads > 0 ? opts->threads : capmoe_ep_cores();
     m->par = capmoe_par_new(nt, err);
     if (!m->par) goto fail;
-    if (!(m->rank_par = scratch_pools(R, err)) ||
-        !(m->part_par = scratch_pools(capmoe_par_threads(m->par), err)))
-        goto fail;
+    if (!(m->rank_par = scratch_pools(R, err))) goto fail;
+    if (pack_weights(m, err) != 0) goto fail;
     capmoe_blas_single_threaded();
     *out = m;
     return 0;
@@ -256,7 +358,6 @@ void capmoe_model_free(capmoe_model *m) {
     if (!m) return;
     /* the scratch pools number the ranks and the pool's threads: free them first */
     if (m->rank_par) free_pools(m->rank_par, capmoe_ep_max_ranks(m->ep));
-    if (m->part_par) free_pools(m->part_par, capmoe_par_threads(m->par));
     capmoe_ep_free(m->ep);
     capmoe_par_free(m->par);
     if (m->layers) {

@@ -46,7 +46,6 @@ struct capmoe_model {
     capmoe_ep_pool *ep;
     capmoe_par *par;         /* splits small products across cores (ops.h) */
     capmoe_par **rank_par;   /* per EP rank: a single-thread pool (its scratch) */
-    capmoe_par **part_par;   /* per part of par: a single-thread pool (its scratch) */
     capmoe_dispatch_plan plan;
     /* scratch, grown per forward */
     struct capmoe_buf x, h, q, k, v, att, tmp, scores, rope;

@@ -7,7 +7,6 @@
 #include <string.h>
 #include <time.h>
 
-#include "capmoe/kern.h"
 #include "capmoe/ops.h"
 #include "model_internal.h"
 
@@ -26,6 +25,14 @@ static double thread_cpu_seconds(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* Copies expert e's tokens (rows of h) into its rows of xe. */
+static void gather(struct rank_job *j, int e) {
+    const capmoe_dispatch_plan *P = &j->m->plan;
+    int H = j->m->cfg.hidden_size;
+    for (int i = P->expert_off[e]; i < P->expert_off[e + 1]; i++)
+        memcpy(j->m->xe.p + (size_t)i * H, j->h + (size_t)P->tok[i] * H, (size_t)H * sizeof(float));
+}
+
 /* Expert e's tokens through gate/up, SiLU, down, with the products split over
  * par (NULL: this thread only). */
 static void run_expert(struct rank_job *j, int e, capmoe_par *par) {
@@ -39,20 +46,50 @@ static void run_expert(struct rank_job *j, int e, capmoe_par *par) {
     float *ge = m->ge.p + (size_t)off * I;
     float *ue = m->ue.p + (size_t)off * I;
     float *ye = m->ye.p + (size_t)off * H;
-    for (int i = 0; i < n; i++)
-        memcpy(xe + (size_t)i * H, j->h + (size_t)P->tok[off + i] * H, (size_t)H * sizeof(float));
+    gather(j, e);
     capmoe_linear(par, ge, xe, j->L->w_gate[e], NULL, n, I, H);
     capmoe_linear(par, ue, xe, j->L->w_up[e], NULL, n, I, H);
     capmoe_silu_mul(ge, ue, (size_t)n * I);
     capmoe_linear(par, ye, ge, j->L->w_down[e], NULL, n, H, I);
 }
 
-/* The experts of one rank spread over the pool whole (capmoe_par_for over
- * m->expert_order, largest first), each run alone by one thread with that
- * thread's scratch pool. */
-static void expert_item(void *arg, int i, int slot) {
+/* Every expert's batch small enough for the small-M kernels (decode, short
+ * prompts): the experts' products go to the
+ * pool in items of EXPERT_COLS output columns, gate and up (with the SiLU)
+ * in one pass, down in the next, largest expert first. Items are claimed
+ * as threads free up, so the threads finish together however uneven the
+ * experts' loads; each item streams its slice of the weights once. */
+#define EXPERT_COLS 64
+
+static int col_blocks(int n) { return (n + EXPERT_COLS - 1) / EXPERT_COLS; }
+
+static void gate_up_item(void *arg, int it, int slot) {
+    (void)slot;
     struct rank_job *j = arg;
-    run_expert(j, j->m->expert_order[i], j->m->part_par[slot]);
+    struct capmoe_model *m = j->m;
+    int H = m->cfg.hidden_size, I = m->cfg.moe_intermediate_size, nb = col_blocks(I);
+    int e = m->expert_order[it / nb], c0 = it % nb * EXPERT_COLS;
+    int nc = I - c0 < EXPERT_COLS ? I - c0 : EXPERT_COLS;
+    int off = m->plan.expert_off[e], n = m->plan.expert_off[e + 1] - off;
+    const float *xe = m->xe.p + (size_t)off * H;
+    float *ge = m->ge.p + (size_t)off * I + c0, *ue = m->ue.p + (size_t)off * I + c0;
+    capmoe_gemm_nt(NULL, ge, I, xe, H, capmoe_wmat_rows(j->L->w_gate[e], H, (size_t)H, c0), H, n,
+                   nc, H, 1.0f, 0.0f);
+    capmoe_gemm_nt(NULL, ue, I, xe, H, capmoe_wmat_rows(j->L->w_up[e], H, (size_t)H, c0), H, n,
+                   nc, H, 1.0f, 0.0f);
+    for (int i = 0; i < n; i++) capmoe_silu_mul(ge + (size_t)i * I, ue + (size_t)i * I, (size_t)nc);
+}
+
+static void down_item(void *arg, int it, int slot) {
+    (void)slot;
+    struct rank_job *j = arg;
+    struct capmoe_model *m = j->m;
+    int H = m->cfg.hidden_size, I = m->cfg.moe_intermediate_size, nb = col_blocks(H);
+    int e = m->expert_order[it / nb], c0 = it % nb * EXPERT_COLS;
+    int nc = H - c0 < EXPERT_COLS ? H - c0 : EXPERT_COLS;
+    int off = m->plan.expert_off[e], n = m->plan.expert_off[e + 1] - off;
+    capmoe_gemm_nt(NULL, m->ye.p + (size_t)off * H + c0, H, m->ge.p + (size_t)off * I, I,
+                   capmoe_wmat_rows(j->L->w_down[e], I, (size_t)I, c0), I, n, nc, I, 1.0f, 0.0f);
 }
 
 static void run_rank(void *arg, int r) {
@@ -67,14 +104,14 @@ static void run_rank(void *arg, int r) {
          * (its own single-thread pool: scratch, no workers). */
         for (int e = e0; e < e1; e++) run_expert(j, e, m->rank_par[r]);
     } else {
-        /* One rank may use every core. When every expert's batch is small
-         * (decode), whole experts go to the threads: no hand-off per product
-         * and the gathers and SiLUs run in parallel too. Otherwise each
-         * product is split across the threads. */
+        /* One rank may use every core: in column items when every
+         * expert's products run the small-M kernels, else each product split
+         * across the threads. */
         int big = 0, n_active = 0, *order = m->expert_order;
         for (int e = e0; e < e1; e++) {
             int n = P->expert_off[e + 1] - P->expert_off[e];
-            big |= n > capmoe_kern_max_rows(j->L->w_gate[e].dtype);
+            big |= !capmoe_gemm_small(j->L->w_gate[e], n, m->cfg.hidden_size) ||
+                   !capmoe_gemm_small(j->L->w_down[e], n, m->cfg.moe_intermediate_size);
             if (n > 0) {
                 int i = n_active++;
                 while (i > 0 && P->expert_off[order[i - 1] + 1] - P->expert_off[order[i - 1]] < n) {
@@ -85,7 +122,10 @@ static void run_rank(void *arg, int r) {
             }
         }
         if (!big && n_active > 1 && capmoe_par_threads(m->par) > 1) {
-            capmoe_par_for(m->par, n_active, expert_item, j);
+            const capmoe_hfconfig *c = &m->cfg;
+            for (int i = 0; i < n_active; i++) gather(j, order[i]);
+            capmoe_par_for(m->par, n_active * col_blocks(c->moe_intermediate_size), gate_up_item, j);
+            capmoe_par_for(m->par, n_active * col_blocks(c->hidden_size), down_item, j);
         } else {
             for (int e = e0; e < e1; e++) run_expert(j, e, m->par);
         }

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "capmoe/kern.h"
+#include "capmoe/panel.h"
 
 /* Products below this many multiply-adds run on one thread: handing half of
  * a smaller one to a worker costs more than it saves. */
@@ -19,31 +20,42 @@ struct nt_job {
     capmoe_wmat B;
     int ldc, lda, ldb, M, N, K;
     float alpha, beta;
-    int kern;        /* M small enough for the kern.h kernel (else sgemm) */
-    const float *Ap; /* A permuted for BF16 B (kern.h), or NULL */
+    int kern; /* M small enough for the small-M kernels (else sgemm) */
 };
 
-/* Rows of a non-float32 B converted per sgemm call: panels of about 4 MiB,
- * so the conversion is paid once per panel and stays in cache for sgemm. */
+/* Float32 copies of B made per sgemm call: panels of about 4 MiB, so each
+ * conversion is paid once and stays in cache for sgemm. */
 #define PANEL_FLOATS ((size_t)1 << 20)
 
-/* sgemm on rows [n0, n1) of B stored as BF16/F16: converted to float32 a
- * panel at a time in the part's scratch (a temporary when par is NULL). If no
- * scratch can be had, the small-M kernel (which needs none) does the work. */
+/* The part's scratch for a converted piece of B of up to `cols` x K floats
+ * (fewer columns when that much cannot be had): *tmp is set when it had to
+ * be allocated here (par NULL), NULL returned when not even that could. */
+static float *convert_buffer(const struct nt_job *j, int part, int cols, int *piece,
+                             float **tmp) {
+    size_t n = PANEL_FLOATS / (size_t)j->K;
+    n = n < 16 ? 16 : n & ~(size_t)15;
+    if (n > (size_t)cols) n = (size_t)cols;
+    *piece = (int)n;
+    *tmp = NULL;
+    float *buf = j->par ? capmoe_par_scratch(j->par, part, n * j->K) : NULL;
+    if (!buf) buf = *tmp = capmoe_malloc_array(n * (size_t)j->K, sizeof(float));
+    return buf;
+}
+
+/* sgemm on rows [n0, n1) of a row-major B stored as BF16/F16: converted to
+ * float32 a piece at a time. If no buffer can be had, the small-M kernel
+ * (which needs none) does the work. */
 static void sgemm_converted(const struct nt_job *j, int part, int n0, int n1) {
-    size_t panel = PANEL_FLOATS / (size_t)j->K;
-    panel = panel < 16 ? 16 : panel & ~(size_t)15;
-    if (panel > (size_t)(n1 - n0)) panel = (size_t)(n1 - n0);
-    float *tmp = NULL, *buf = j->par ? capmoe_par_scratch(j->par, part, panel * j->K) : NULL;
-    if (!buf) buf = tmp = capmoe_malloc_array(panel * (size_t)j->K, sizeof(float));
+    int piece;
+    float *tmp, *buf = convert_buffer(j, part, n1 - n0, &piece, &tmp);
     size_t es = capmoe_dtype_size(j->B.dtype);
-    for (int n = n0; n < n1; n += (int)panel) {
-        int rows = n1 - n < (int)panel ? n1 - n : (int)panel;
+    for (int n = n0; n < n1; n += piece) {
+        int rows = n1 - n < piece ? n1 - n : piece;
         const char *src = (const char *)j->B.p + (size_t)n * j->ldb * es;
         float *C = j->C + n;
         if (!buf) {
             capmoe_kern_gemm_nt(C, j->ldc, j->A, j->lda, src, j->B.dtype, j->ldb, j->M, rows,
-                                j->K, j->alpha, j->beta, NULL);
+                                j->K, j->alpha, j->beta);
             continue;
         }
         for (int r = 0; r < rows; r++)
@@ -55,8 +67,33 @@ static void sgemm_converted(const struct nt_job *j, int part, int n0, int n1) {
     free(tmp);
 }
 
+/* sgemm on columns [n0, n1) (n0 a multiple of 16) of a B in panel layout:
+ * unpacked to a K x cols float32 matrix a piece at a time. If no buffer can
+ * be had, the panel kernel (which needs none) does the work. */
+static void sgemm_unpacked(const struct nt_job *j, int part, int n0, int n1) {
+    int piece; /* a multiple of 16: unpacking writes whole panels */
+    float *tmp, *buf = convert_buffer(j, part, (n1 - n0 + 15) & ~15, &piece, &tmp);
+    size_t pb = capmoe_panel_bytes(j->B.dtype, j->K);
+    for (int n = n0; n < n1; n += piece) {
+        int cols = n1 - n < piece ? n1 - n : piece, np = (cols + CAPMOE_PANEL_COLS - 1) / CAPMOE_PANEL_COLS;
+        const char *src = (const char *)j->B.p + (size_t)(n / CAPMOE_PANEL_COLS) * pb;
+        float *C = j->C + n;
+        if (!buf) {
+            capmoe_panel_gemm(C, j->ldc, j->A, j->lda, src, j->B.dtype, j->M, cols, j->K, j->alpha,
+                              j->beta);
+            continue;
+        }
+        size_t ldb = (size_t)np * CAPMOE_PANEL_COLS;
+        capmoe_panel_unpack(buf, ldb, src, j->B.dtype, j->K, np);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, j->M, cols, j->K, j->alpha, j->A,
+                    j->lda, buf, (int)ldb, j->beta, C, j->ldc);
+    }
+    free(tmp);
+}
+
 /* Part `part` of n_parts takes a contiguous range of B's rows (C's columns),
- * in multiples of 16 (whole cache lines of C, whole sgemm register tiles). */
+ * in multiples of 16 (whole panels, whole cache lines of C, whole sgemm
+ * register tiles). */
 static void nt_part(void *arg, int part, int n_parts) {
     const struct nt_job *j = arg;
     int blocks = (j->N + 15) / 16;
@@ -64,10 +101,18 @@ static void nt_part(void *arg, int part, int n_parts) {
     int n0 = b0 * 16, n1 = b1 * 16 < j->N ? b1 * 16 : j->N;
     if (n1 <= n0) return;
     float *C = j->C + n0;
-    capmoe_wmat B = capmoe_wmat_offset(j->B, (size_t)n0 * j->ldb);
+    capmoe_wmat B = capmoe_wmat_rows(j->B, j->K, (size_t)j->ldb, n0);
+    if (B.panels) {
+        if (j->kern)
+            capmoe_panel_gemm(C, j->ldc, j->A, j->lda, B.p, B.dtype, j->M, n1 - n0, j->K,
+                              j->alpha, j->beta);
+        else
+            sgemm_unpacked(j, part, n0, n1);
+        return;
+    }
     if (j->kern)
         capmoe_kern_gemm_nt(C, j->ldc, j->A, j->lda, B.p, B.dtype, j->ldb, j->M, n1 - n0, j->K,
-                            j->alpha, j->beta, j->Ap);
+                            j->alpha, j->beta);
     else if (B.dtype == CAPMOE_DTYPE_F32)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->M, n1 - n0, j->K, j->alpha, j->A,
                     j->lda, B.p, j->ldb, j->beta, C, j->ldc);
@@ -75,25 +120,23 @@ static void nt_part(void *arg, int part, int n_parts) {
         sgemm_converted(j, part, n0, n1);
 }
 
+int capmoe_gemm_small(capmoe_wmat W, int M, int K) {
+    return W.panels ? capmoe_panel_fits(M, K) : M <= capmoe_kern_max_rows(W.dtype);
+}
+
 void capmoe_gemm_nt(capmoe_par *par, float *C, int ldc, const float *A, int lda, capmoe_wmat B,
                     int ldb, int M, int N, int K, float alpha, float beta) {
     if (M <= 0 || N <= 0) return;
-    /* Few rows (decode steps, an expert with few tokens): each row of B is
-     * streamed once for all rows of A, with no packing (kern.h). More rows:
-     * OpenBLAS sgemm, single-threaded, on each part's columns. */
+    /* Few rows (decode steps, an expert with few tokens): B is streamed once
+     * for all rows of A (panel.h, kern.h). More rows: OpenBLAS sgemm,
+     * single-threaded, on each part's columns. */
     struct nt_job j = {par, C, A, B, ldc, lda, ldb, M, N, K, alpha, beta,
-                       M <= capmoe_kern_max_rows(B.dtype), NULL};
+                       capmoe_gemm_small(B, M, K)};
     int parts = capmoe_par_threads(par);
     long long macs = (long long)M * N * K;
     if (macs < PAR_MIN_MACS * 2LL) parts = 1;
     else if (macs / parts < PAR_MIN_MACS) parts = (int)(macs / PAR_MIN_MACS);
     if (parts > (N + 15) / 16) parts = (N + 15) / 16;
-    if (j.kern && B.dtype == CAPMOE_DTYPE_BF16 && K >= 16) {
-        /* A permuted once here (part 0's scratch is free on this path) */
-        float *Ap = capmoe_par_scratch(par, 0, (size_t)M * K);
-        if (Ap) capmoe_kern_permute_a(Ap, A, lda, M, K);
-        j.Ap = Ap;
-    }
     capmoe_par_run(par, parts, nt_part, &j); /* one part: inline, with part 0's scratch */
 }
 
@@ -147,12 +190,7 @@ void capmoe_rope_apply(float *v, int d, const float *cs) {
     }
 }
 
-void capmoe_silu_mul(float *a, const float *b, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        float x = a[i];
-        a[i] = (x / (1.0f + expf(-x))) * b[i];
-    }
-}
+void capmoe_silu_mul(float *a, const float *b, size_t n) { capmoe_kern_silu_mul(a, b, n); }
 
 void capmoe_softmax_row(float *x, int n) {
     float mx = -INFINITY;
@@ -162,13 +200,7 @@ void capmoe_softmax_row(float *x, int n) {
         for (int i = 0; i < n; i++) x[i] = 0.0f;
         return;
     }
-    double sum = 0.0;
-    for (int i = 0; i < n; i++) {
-        float e = (x[i] == -INFINITY) ? 0.0f : expf(x[i] - mx);
-        x[i] = e;
-        sum += e;
-    }
-    float inv = (float)(1.0 / sum);
+    float inv = 1.0f / capmoe_kern_exp_sum(x, n, mx);
     for (int i = 0; i < n; i++) x[i] *= inv;
 }
 

@@ -26,17 +26,11 @@ static inline int capmoe_kern_max_rows(capmoe_dtype bt) {
 /* C[i*ldc + j] = alpha * sum_k A[i*lda + k] * B[j*ldb + k] + beta * C[i*ldc + j]
  * for i < M, j < N, with B's elements stored as bt (F32, BF16 or F16; ldb in
  * elements) and converted to float32 exactly in registers. beta == 0
- * ignores C's previous contents (NaN included). Ap: NULL, or A as
- * capmoe_kern_permute_a left it, which BF16 B uses to widen its elements
- * without shuffles (ignored for other dtypes). */
+ * ignores C's previous contents (NaN included). The model's weights are in
+ * panel layout (panel.h); this kernel serves row-major matrices (the KV
+ * cache, and callers' own). */
 void capmoe_kern_gemm_nt(float *C, int ldc, const float *A, int lda, const void *B,
-                         capmoe_dtype bt, int ldb, int M, int N, int K, float alpha, float beta,
-                         const float *Ap);
-
-/* dst (M x K floats, stride K) = the rows of A (stride lda) with each whole
- * 16-float block stored as its 8 even elements, then its 8 odd ones; the
- * K % 16 tail copied as is. */
-void capmoe_kern_permute_a(float *dst, const float *A, int lda, int M, int K);
+                         capmoe_dtype bt, int ldb, int M, int N, int K, float alpha, float beta);
 
 /* dst[i] = src[i] as float32 for i < n, src stored as t (F32, BF16, F16). */
 void capmoe_kern_to_f32(float *dst, const void *src, capmoe_dtype t, size_t n);
@@ -50,5 +44,13 @@ void capmoe_kern_attn_scores(float *S, int lds, const float *q, int n_heads, int
 
 /* o[0..d) = sum_j p[j] * V[j*ldv .. j*ldv + d) for j < n. */
 void capmoe_kern_weighted_sum(float *o, const float *p, const float *V, int ldv, int n, int d);
+
+/* x[i] = exp(x[i] - sub) for i < n (0 for -inf), vectorised (within 2 ulp
+ * of expf; 0 where expf would be subnormal); returns their sum. */
+float capmoe_kern_exp_sum(float *x, int n, float sub);
+
+/* a[i] = silu(a[i]) * b[i] = a[i] / (1 + exp(-a[i])) * b[i], with the exp
+ * of capmoe_kern_exp_sum. */
+void capmoe_kern_silu_mul(float *a, const float *b, size_t n);
 
 #endif

@@ -1,8 +1,9 @@
 /* ops.h - the few float32 kernels the forward pass needs. All matrix products
  * of the engine go through capmoe_linear / capmoe_gemm_nt, which split the
  * output columns across the pool `par` (NULL: the calling thread only) and
- * run the small-M kernel of kern.h for up to CAPMOE_KERN_MAX_ROWS rows,
- * single-threaded OpenBLAS sgemm for more.
+ * run, for few rows, the small-M kernels (panel.h for weights in panel
+ * layout, kern.h for row-major ones), single-threaded OpenBLAS sgemm for
+ * more.
  * Buffers are caller-owned; rows are contiguous unless a leading dimension is
  * given. */
 #ifndef CAPMOE_OPS_H
@@ -10,26 +11,42 @@
 
 #include <stddef.h>
 
+#include "capmoe/panel.h"
 #include "capmoe/par.h"
 #include "capmoe/safetensors.h" /* capmoe_dtype */
 
-/* A weight matrix as stored in the checkpoint (mapped in place): row-major
- * elements of dtype F32, BF16 or F16, converted to float32 exactly when
- * used. Borrowed: the model (or the caller) owns the memory. */
+/* A weight matrix of elements of dtype F32, BF16 or F16, converted to
+ * float32 exactly when used: row-major as stored in the checkpoint (panels
+ * == 0), or repacked in the panel layout of panel.h (panels == 1; its
+ * leading dimension is then its K). Borrowed: the model (or the caller) owns
+ * the memory. */
 typedef struct capmoe_wmat {
     const void *p;
     capmoe_dtype dtype;
+    int panels;
 } capmoe_wmat;
 
 static inline capmoe_wmat capmoe_wmat_f32(const float *p) {
-    capmoe_wmat w = {p, CAPMOE_DTYPE_F32};
+    capmoe_wmat w = {p, CAPMOE_DTYPE_F32, 0};
     return w;
 }
-/* The same matrix from element `elems` on (a row offset times the row length). */
+/* The same row-major matrix from element `elems` on (a row offset times the
+ * row length). Not for panel layout. */
 static inline capmoe_wmat capmoe_wmat_offset(capmoe_wmat w, size_t elems) {
     w.p = (const char *)w.p + elems * capmoe_dtype_size(w.dtype);
     return w;
 }
+
+/* Rows (outputs) [n0, ..) of W, a matrix of K inputs with row stride ldw:
+ * in panel layout n0 must be a multiple of CAPMOE_PANEL_COLS. */
+static inline capmoe_wmat capmoe_wmat_rows(capmoe_wmat w, int K, size_t ldw, int n0) {
+    if (!w.panels) return capmoe_wmat_offset(w, (size_t)n0 * ldw);
+    w.p = (const char *)w.p + (size_t)(n0 / CAPMOE_PANEL_COLS) * capmoe_panel_bytes(w.dtype, K);
+    return w;
+}
+/* Whether a product of M rows (of K elements) with W runs the small-M
+ * kernels, which stream W once, rather than sgemm. */
+int capmoe_gemm_small(capmoe_wmat W, int M, int K);
 
 /* y[M,N] = x[M,K] * W[N,K]^T (+ bias[N] when non-NULL). */
 void capmoe_linear(capmoe_par *par, float *y, const float *x, capmoe_wmat W, const float *bias,
