@@ -290,8 +290,9 @@ static inline v8 select8(i8v mask, v8 a, v8 b) { return (v8)(((i8v)a & mask) | (
 
 /* expf of 8 lanes: Cody-Waite reduction by ln 2 in two parts and Cephes'
  * degree-6 polynomial on [-ln2/2, ln2/2] (within 2 ulp of expf); 0 below
- * -87.34 (-inf included; expf would give subnormals, which no sum of
- * exponentials here can tell from 0) and +inf above 88.38. */
+ * -87.3365 (-inf included; about where expf turns subnormal, and no sum of
+ * exponentials here can tell those from 0) and +inf above 88.376 (expf:
+ * above 88.72). */
 static inline v8 exp8(v8 x) {
     const v8 hi = splat8(88.3762626647949f), lo = splat8(-87.3365478515625f);
     i8v over = x > hi, under = x < lo;
@@ -312,14 +313,23 @@ static inline v8 exp8(v8 x) {
     return select8(over, splat8(__builtin_inff()), select8(under, splat8(0.0f), res));
 }
 
+/* Float lane sums are moved into a double every SUM_BLOCK elements, so the
+ * sum's rounding error stays a few ulp however long the row. */
+#define SUM_BLOCK 256
+
 KERN_CLONES
 float capmoe_kern_exp_sum(float *x, int n, float sub) {
     v8 acc = splat8(0);
+    double total = 0.0;
     int i = 0;
     for (; i + 8 <= n; i += 8) {
         v8 e = exp8(ld8(x + i) - splat8(sub));
         st8(x + i, e);
         acc += e;
+        if ((i + 8) % SUM_BLOCK == 0) {
+            total += hsum8(acc);
+            acc = splat8(0);
+        }
     }
     if (i < n) {
         float t[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -330,7 +340,7 @@ float capmoe_kern_exp_sum(float *x, int n, float sub) {
         acc += e;
         for (int k = i; k < n; k++) x[k] = e[k - i];
     }
-    return hsum8(acc);
+    return (float)(total + hsum8(acc));
 }
 
 KERN_CLONES

@@ -4,12 +4,16 @@
  * many shapes, padded leading dimensions, alpha / beta (beta == 0 over a C
  * full of NaN), unaligned pointers and NaN padding that must never be read;
  * capmoe_kern_to_f32 against the scalar conversions bit for bit; the
- * attention scores and weighted sum against direct sums; capmoe_gemm_nt
- * split over pools of 1-3 threads (kernel, sgemm and converted-panel sgemm
- * paths); and the pool itself: every part exactly once, clamped part
+ * attention scores and weighted sum against direct sums; the vector exp
+ * (capmoe_kern_exp_sum: every output within 2 ulp of expf over its range, 0
+ * below and +inf above it, the sum, every tail length), capmoe_kern_silu_mul
+ * and capmoe_softmax_row (masked entries) against double references;
+ * capmoe_gemm_nt split over pools of 1-3 threads (kernel, sgemm and
+ * converted-panel sgemm paths); and the pool itself: every part exactly once, clamped part
  * counts, many back-to-back runs, runs after the workers went to sleep
  * (a barrier that only completes when the sleeping workers wake), scratch. */
 #include <check.h>
+#include <float.h>
 #include <math.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -407,6 +411,425 @@ START_TEST(test_kern_weighted_sum_vs_reference) {
 }
 END_TEST
 
+/* ---- capmoe_kern_exp_sum, capmoe_kern_silu_mul, capmoe_softmax_row ------------ */
+
+/* The range of the vector exp (kern.c): arguments below EXP_LO give exactly 0
+ * (-inf included), above EXP_HI +inf (even up to 88.72, where expf is still
+ * finite); in between, within 2 ulp of expf. */
+#define EXP_LO (-87.3365478515625f)
+#define EXP_HI 88.3762626647949f
+
+/* Distance in ulps of two floats that are not NaN: how far apart they are in
+ * the ordered list of all floats (+0 and -0 count as one). */
+static int64_t ulp_dist(float a, float b) {
+    int32_t ia, ib;
+    memcpy(&ia, &a, 4), memcpy(&ib, &b, 4);
+    int64_t oa = ia < 0 ? -(int64_t)(ia & 0x7fffffff) : ia;
+    int64_t ob = ib < 0 ? -(int64_t)(ib & 0x7fffffff) : ib;
+    return oa > ob ? oa - ob : ob - oa;
+}
+
+/* Whether got is a right exp of a (x - sub, rounded to float as the kernel
+ * does) under that contract. A NaN argument gives NaN: kern.h does not say
+ * so, but no range test catches a NaN and it goes through the polynomial,
+ * which is what the code plainly does in every build. */
+static int exp_ok(float got, float a) {
+    if (isnan(a)) return isnan(got);
+    if (a < EXP_LO) return got == 0.0f;
+    if (a > EXP_HI) return got == INFINITY;
+    return isfinite(got) && ulp_dist(got, expf(a)) <= 2;
+}
+
+/* Copies in[0..n) to x, runs capmoe_kern_exp_sum(x, n, sub) and checks every
+ * output and the returned sum. The sum goes against a double sum of the
+ * outputs: eight float lanes add ceil(n/8) outputs each, then three levels
+ * of pairwise adds, so each output reaches the result through at most
+ * ceil(n/8) + 2 roundings of 2^-24 relative, and all outputs are >= 0: that
+ * many 2^-24 (at least 1e-6) is the tolerance. A NaN output makes the sum NaN,
+ * an infinite one +inf; a finite total near FLT_MAX may round to either. */
+static void run_exp_sum(float *x, const float *in, int n, float sub, const char *what) {
+    if (n > 0) memcpy(x, in, (size_t)n * sizeof(float));
+    float s = capmoe_kern_exp_sum(x, n, sub);
+    double ds = 0;
+    for (int i = 0; i < n; i++) {
+        float a = in[i] - sub;
+        EXPECT(exp_ok(x[i], a),
+               "exp_sum %s n=%d sub=%a: x[%d] = %a (argument %a = %.9g) gave %a, expf %a", what,
+               n, (double)sub, i, (double)in[i], (double)a, (double)a, (double)x[i],
+               (double)expf(a));
+        ds += x[i];
+    }
+    double tol = fmax(1e-6, ((n + 7) / 8 + 2) * 0x1p-24);
+    if (isnan(ds))
+        EXPECT(isnan(s), "exp_sum %s n=%d sub=%a: sum %a with a NaN output", what, n,
+               (double)sub, (double)s);
+    else if (isinf(ds))
+        EXPECT(s == INFINITY, "exp_sum %s n=%d sub=%a: sum %a with an infinite output", what, n,
+               (double)sub, (double)s);
+    else if (s == INFINITY)
+        EXPECT(ds * (1 + tol) >= FLT_MAX, "exp_sum %s n=%d sub=%a: sum +inf, outputs add to %.9g",
+               what, n, (double)sub, ds);
+    else
+        EXPECT(fabs(s - ds) <= tol * ds, "exp_sum %s n=%d sub=%a: sum %.9g, outputs add to %.9g",
+               what, n, (double)sub, (double)s, ds);
+}
+
+/* in[0..n) in calls of 57 to 64 elements (every tail length, pointers at
+ * every alignment), so that the sums stay within 1e-6. */
+static void run_exp_chunks(float *x, const float *in, int n, float sub, const char *what) {
+    for (int i = 0, c = 0; i < n; c++) {
+        int len = 57 + c % 8;
+        if (len > n - i) len = n - i;
+        run_exp_sum(x + i, in + i, len, sub, what);
+        i += len;
+    }
+}
+
+/* Every output within 2 ulp of expf over the whole finite range and past its
+ * ends, with several subtrahends (outputs are exp(x - sub)). */
+START_TEST(test_kern_exp_sum_accuracy) {
+    static const float subs[] = {0.0f, 1.5f, -3.25f, 40.0f, -60.5f, 0.001f};
+    const int N = 1 << 20, R = 1 << 17;
+    float *in = malloc((size_t)N * sizeof(float)), *x = malloc((size_t)N * sizeof(float));
+    EXPECT(in && x, "out of memory");
+    uint64_t rs = 0xe4e4;
+    for (size_t si = 0; si < sizeof subs / sizeof *subs; si++) {
+        float sub = subs[si];
+        /* 2^20 arguments evenly over [EXP_LO, EXP_HI] */
+        for (int k = 0; k < N; k++)
+            in[k] = (float)(EXP_LO + ((double)EXP_HI - EXP_LO) * k / (N - 1)) + sub;
+        run_exp_chunks(x, in, N, sub, "sweep");
+        /* random ones: over the range and 2 past either end, and small ones
+         * (+-[0.25, 1) 2^-e, e < 40) around exp's fixed point 1 */
+        for (int k = 0; k < R; k++) {
+            float a = k & 1 ? (float)(EXP_LO - 2 + (EXP_HI - EXP_LO + 4) * rng_unit(&rs))
+                            : ldexpf(rng_val(&rs), -(int)(rng_next(&rs) % 40));
+            in[k] = a + sub;
+        }
+        run_exp_chunks(x, in, R, sub, "random");
+    }
+    /* the 4096 floats on either side of both ends of the range */
+    const float ends[2] = {EXP_LO, EXP_HI};
+    int m = 0;
+    for (int e = 0; e < 2; e++) {
+        float up = ends[e], down = ends[e];
+        for (int k = 0; k < 4096; k++) {
+            in[m++] = up, in[m++] = down;
+            up = nextafterf(up, INFINITY), down = nextafterf(down, -INFINITY);
+        }
+    }
+    run_exp_chunks(x, in, m, 0.0f, "range ends");
+    /* one long call: args in [-30, 10], no overflow */
+    for (int k = 0; k < R; k++) in[k] = (float)(-30 + 40 * rng_unit(&rs)) + 2.0f;
+    run_exp_sum(x, in, R, 2.0f, "one call");
+    free(in), free(x);
+}
+END_TEST
+
+/* Each value alone (n = 1), in the vector body (lane 5 of 16) and in the
+ * tail (element 10 of 13), among arguments of -1: x, its neighbours and the
+ * sum all checked. */
+static void exp_special_at(float v, float sub, float want_exact, int exact, const char *what) {
+    static const int ns[3] = {1, 16, 13}, pos[3] = {0, 5, 10};
+    for (int l = 0; l < 3; l++) {
+        float in[16], x[16];
+        for (int i = 0; i < 16; i++) in[i] = sub - 1.0f;
+        in[pos[l]] = v;
+        run_exp_sum(x, in, ns[l], sub, what);
+        if (exact)
+            EXPECT(x[pos[l]] == want_exact, "exp_sum %s: exp(%a - %a) = %a, expected exactly %a",
+                   what, (double)v, (double)sub, (double)x[pos[l]], (double)want_exact);
+    }
+}
+
+START_TEST(test_kern_exp_sum_special) {
+    /* exactly 0: -inf and everything below EXP_LO */
+    const float below[] = {-INFINITY, -FLT_MAX, -1e30f, -1000.0f, -100.0f, -88.0f, -87.34f,
+                           nextafterf(EXP_LO, -INFINITY)};
+    for (size_t i = 0; i < sizeof below / sizeof *below; i++)
+        exp_special_at(below[i], 0.0f, 0.0f, 1, "below the range");
+    /* +inf above EXP_HI (88.5 and 88.72 included, where expf is finite) */
+    const float above[] = {nextafterf(EXP_HI, INFINITY), 88.5f, 88.72f, 89.0f, 1000.0f, FLT_MAX,
+                           INFINITY};
+    for (size_t i = 0; i < sizeof above / sizeof *above; i++)
+        exp_special_at(above[i], 0.0f, INFINITY, 1, "above the range");
+    /* finite up to and at both ends; exp(+-0) exactly 1 */
+    const float inside[] = {EXP_HI, nextafterf(EXP_HI, 0), nextafterf(nextafterf(EXP_HI, 0), 0),
+                            88.0f, EXP_LO, nextafterf(EXP_LO, 0), -87.0f, 1.0f, -1.0f, 1e-30f,
+                            -1e-30f, FLT_TRUE_MIN, -FLT_TRUE_MIN};
+    for (size_t i = 0; i < sizeof inside / sizeof *inside; i++)
+        exp_special_at(inside[i], 0.0f, 0.0f, 0, "inside the range");
+    exp_special_at(0.0f, 0.0f, 1.0f, 1, "zero");
+    exp_special_at(-0.0f, 0.0f, 1.0f, 1, "minus zero");
+    /* x == sub: exactly 1 (a softmax row's maximum), whatever sub */
+    const float subs[] = {2.5f, -7.75f, 87.0f, -1e30f, 3e38f};
+    for (size_t i = 0; i < sizeof subs / sizeof *subs; i++) {
+        exp_special_at(subs[i], subs[i], 1.0f, 1, "x == sub");
+        exp_special_at(-INFINITY, subs[i], 0.0f, 1, "-inf - sub");
+    }
+    exp_special_at(5.0f, 200.0f, 0.0f, 1, "x - sub far below the range");
+    /* NaN: NaN out (sum NaN), the other lanes unaffected */
+    exp_special_at(NAN, 0.0f, 0.0f, 0, "NaN");
+    exp_special_at(-NAN, 1.5f, 0.0f, 0, "-NaN");
+}
+END_TEST
+
+/* n = 0..40 in exactly sized buffers (ASan sees any access past n) and in
+ * guarded ones one float off the allocation's alignment (nothing outside
+ * [0, n) written); the tails' padding lanes never count in the sum (an
+ * all -inf input sums to exactly 0). */
+START_TEST(test_kern_exp_sum_lengths) {
+    static const float subs[] = {2.5f, 12.0f};
+    const uint32_t guard_bits = 0x7fc0dead; /* a NaN no kernel makes */
+    uint64_t rs = 0x7a11;
+    for (int n = 0; n <= 40; n++) {
+        float *in = malloc((size_t)n * sizeof(float) + (n == 0));
+        float *x = malloc((size_t)n * sizeof(float) + (n == 0));
+        float *g = malloc(((size_t)n + 17) * sizeof(float));
+        EXPECT(in && x && g, "out of memory");
+        for (size_t si = 0; si < 2; si++) {
+            for (int i = 0; i < n; i++)
+                in[i] = i % 7 == 3 ? -INFINITY : (float)(-30 + 40 * rng_unit(&rs));
+            run_exp_sum(x, in, n, subs[si], "exact buffer");
+            for (int i = 0; i < n + 17; i++) memcpy(&g[i], &guard_bits, 4);
+            run_exp_sum(g + 1, in, n, subs[si], "guarded buffer");
+            for (int i = 0; i < n + 17; i++)
+                if (i == 0 || i > n)
+                    EXPECT(memcmp(&g[i], &guard_bits, 4) == 0,
+                           "exp_sum n=%d wrote element %d outside [0, n)", n, i - 1);
+        }
+        for (int i = 0; i < n; i++) in[i] = -INFINITY;
+        memcpy(x, in, (size_t)n * sizeof(float));
+        float s = capmoe_kern_exp_sum(x, n, 0.0f);
+        EXPECT(s == 0.0f, "exp_sum n=%d of all -inf: sum %a", n, (double)s);
+        for (int i = 0; i < n; i++)
+            EXPECT(x[i] == 0.0f, "exp_sum n=%d of all -inf: x[%d] = %a", n, i, (double)x[i]);
+        free(in), free(x), free(g);
+    }
+}
+END_TEST
+
+/* silu(x) * b against a double reference. exp8 is within 2 ulp (2^-22
+ * relative); 1 + e, the division and the product add one rounding (2^-24)
+ * each: under 4.2e-7 relative in all, so 1e-6. Below x = -87.3, exp(-x) is
+ * huge or +inf in the kernel (x / inf = -0, where the exact value is
+ * |x| e^x |b| < 4e-37 |b|): 1e-36 |b| absolute on top. From x = 17.5 on,
+ * exp(-x) < 2^-24 vanishes next to 1: exactly x * b. -inf is left out: it
+ * gives NaN (-inf / inf), as a[i] / (1 + expf(-a[i])) did before. */
+static int silu_ok(float got, float x, float b) {
+    if (isnan(x)) return isnan(got);
+    if (x >= 17.5f) {
+        float w = x * b;
+        return got == w || (isnan(got) && isnan(w));
+    }
+    double r = (double)x / (1.0 + exp(-(double)x)) * b;
+    return fabs((double)got - r) <= 1e-6 * fabs(r) + 1e-36 * fabs((double)b);
+}
+
+static void check_silu(const float *got, const float *x, const float *b, size_t n,
+                       const char *what) {
+    for (size_t i = 0; i < n; i++)
+        EXPECT(silu_ok(got[i], x[i], b[i]),
+               "silu_mul %s n=%zu: [%zu] x=%a (%.9g) b=%a gave %a (%.9g), expected %.9g", what,
+               n, i, (double)x[i], (double)x[i], (double)b[i], (double)got[i], (double)got[i],
+               (double)x[i] / (1.0 + exp(-(double)x[i])) * b[i]);
+}
+
+/* x: +-8, +-100, or +-[0.25, 1) 2^-e (e < 20); b: +-[1, 4) */
+static float silu_x(uint64_t *rs, size_t i) {
+    switch (i % 3) {
+    case 0: return (float)(-8 + 16 * rng_unit(rs));
+    case 1: return (float)(-100 + 200 * rng_unit(rs));
+    default: return ldexpf(rng_val(rs), -(int)(rng_next(rs) % 20));
+    }
+}
+
+/* n = 0..40: exact buffers and guarded unaligned ones; b never written. */
+START_TEST(test_kern_silu_mul_lengths) {
+    const uint32_t guard_bits = 0x7fc0dead;
+    uint64_t rs = 0x5111;
+    for (size_t n = 0; n <= 40; n++) {
+        float *x = malloc(n * sizeof(float) + (n == 0)), *b = malloc(n * sizeof(float) + (n == 0));
+        float *a = malloc(n * sizeof(float) + (n == 0)), *b0 = malloc(n * sizeof(float) + (n == 0));
+        float *g = malloc((n + 17) * sizeof(float));
+        EXPECT(x && b && a && b0 && g, "out of memory");
+        for (size_t i = 0; i < n; i++) x[i] = silu_x(&rs, i), b[i] = 4 * rng_val(&rs);
+        if (n) memcpy(a, x, n * sizeof(float)), memcpy(b0, b, n * sizeof(float));
+        capmoe_kern_silu_mul(a, b, n);
+        check_silu(a, x, b, n, "exact buffer");
+        for (size_t i = 0; i < n + 17; i++) memcpy(&g[i], &guard_bits, 4);
+        if (n) memcpy(g + 1, x, n * sizeof(float));
+        capmoe_kern_silu_mul(g + 1, b, n);
+        check_silu(g + 1, x, b, n, "guarded buffer");
+        for (size_t i = 0; i < n + 17; i++)
+            if (i == 0 || i > n)
+                EXPECT(memcmp(&g[i], &guard_bits, 4) == 0,
+                       "silu_mul n=%zu wrote element %ld outside [0, n)", n, (long)i - 1);
+        EXPECT(n == 0 || memcmp(b, b0, n * sizeof(float)) == 0, "silu_mul n=%zu wrote b", n);
+        free(x), free(b), free(a), free(b0), free(g);
+    }
+}
+END_TEST
+
+/* A long random array (plus a sweep of x over [-95, 95] and some b = 0)
+ * through the kernel and through capmoe_silu_mul (bit-identical), and the
+ * edges: huge negative x gives a zero, huge positive x exactly x * b. */
+START_TEST(test_kern_silu_mul_values) {
+    const size_t n = 50021;
+    uint64_t rs = 0x5112;
+    float *x = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float));
+    float *a = malloc(n * sizeof(float)), *a2 = malloc(n * sizeof(float));
+    EXPECT(x && b && a && a2, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        x[i] = i % 4 == 3 ? (float)(-95 + 190.0 * (double)i / (double)n) : silu_x(&rs, i);
+        b[i] = i % 97 == 0 ? 0.0f : 4 * rng_val(&rs);
+    }
+    memcpy(a, x, n * sizeof(float)), memcpy(a2, x, n * sizeof(float));
+    capmoe_kern_silu_mul(a, b, n);
+    capmoe_silu_mul(a2, b, n);
+    check_silu(a, x, b, n, "random");
+    EXPECT(memcmp(a, a2, n * sizeof(float)) == 0, "capmoe_silu_mul differs from the kernel");
+
+    const float xs[] = {INFINITY, INFINITY, FLT_MAX, FLT_MAX, 1e30f, 100.0f, 88.5f, 17.5f, 0.0f,
+                        -0.0f, -87.0f, -87.5f, -88.5f, -89.0f, -1000.0f, -1e30f, -FLT_MAX, NAN};
+    const float bs[] = {2.0f, -2.0f, 0.5f, 4.0f, -3.0f, 1.5f, -1.25f, 3.0f, 2.0f,
+                        2.0f, 1.5f, -1.5f, 2.0f, -2.0f, 3.0f, -1.0f, 1.0f, 2.0f};
+    const size_t ns = sizeof xs / sizeof *xs;
+    float e[sizeof xs / sizeof *xs];
+    for (int pass = 0; pass < 2; pass++) { /* all in one call, then one at a time */
+        memcpy(e, xs, sizeof e);
+        if (pass == 0)
+            capmoe_kern_silu_mul(e, bs, ns);
+        else
+            for (size_t i = 0; i < ns; i++) capmoe_kern_silu_mul(e + i, bs + i, 1);
+        check_silu(e, xs, bs, ns, pass ? "edges one at a time" : "edges");
+        for (size_t i = 0; i < ns; i++)
+            if (xs[i] <= -89.0f)
+                EXPECT(e[i] == 0.0f, "silu_mul(%g) * %g = %a, expected a zero", (double)xs[i],
+                       (double)bs[i], (double)e[i]);
+    }
+    EXPECT(e[0] == INFINITY && e[1] == -INFINITY && e[3] == INFINITY,
+           "silu_mul(inf) * 2, * -2, silu(FLT_MAX) * 4: %g %g %g", (double)e[0], (double)e[1],
+           (double)e[3]);
+    free(x), free(b), free(a), free(a2);
+}
+END_TEST
+
+/* capmoe_softmax_row on a copy of in[0..n) against a double softmax.
+ * Relative error of an output: its exp (2 ulp = 4 * 2^-24), the sum (its
+ * exps' 4 * 2^-24 and ceil(n/8) + 2 roundings, as in run_exp_sum), 1/sum
+ * and the product (one rounding each): ceil(n/8) + 12 roundings of 2^-24,
+ * 1e-6 up to n = 32. On top, where x - max is not exact in float, the
+ * rounding of that argument (its absolute error is exp's relative one) for
+ * the output and, weighted by the outputs, for the sum. Entries of -inf or
+ * more than 87.3 below the maximum are exactly 0; an all -inf row is all
+ * 0. */
+static void check_softmax(const float *in, int n, const char *what) {
+    float *x = malloc((size_t)n * sizeof(float) + (n == 0));
+    double *p = malloc((size_t)n * sizeof(double) + (n == 0));
+    EXPECT(x && p, "out of memory");
+    if (n > 0) memcpy(x, in, (size_t)n * sizeof(float));
+    capmoe_softmax_row(x, n);
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++)
+        if (in[i] > mx) mx = in[i];
+    double S = 0, wdel = 0, sum = 0;
+    for (int i = 0; i < n; i++) S += p[i] = in[i] == -INFINITY ? 0 : exp((double)in[i] - mx);
+    for (int i = 0; i < n; i++) {
+        p[i] = S > 0 ? p[i] / S : 0;
+        if (p[i] > 0) wdel += p[i] * fabs((double)(in[i] - mx) - ((double)in[i] - mx));
+    }
+    double bound = fmax(1e-6, ((n + 7) / 8 + 12) * 0x1p-24);
+    for (int i = 0; i < n; i++) {
+        sum += x[i];
+        if (mx == -INFINITY || in[i] - mx < EXP_LO) {
+            EXPECT(x[i] == 0.0f, "softmax %s n=%d: x[%d] = %a (max %a) gave %a, expected 0", what,
+                   n, i, (double)in[i], (double)mx, (double)x[i]);
+            continue;
+        }
+        double del = fabs((double)(in[i] - mx) - ((double)in[i] - mx));
+        double tol = p[i] * (bound + del + wdel) + 0x1p-147;
+        EXPECT(fabs(x[i] - p[i]) <= tol,
+               "softmax %s n=%d: x[%d] = %a (max %a) gave %.9g, expected %.9g (tol %.3g)", what,
+               n, i, (double)in[i], (double)mx, (double)x[i], p[i], tol);
+    }
+    if (mx != -INFINITY)
+        EXPECT(fabs(sum - 1) <= bound + 2 * wdel + n * 0x1p-147,
+               "softmax %s n=%d: outputs add to 1 %+.3g", what, n, sum - 1);
+    free(x), free(p);
+}
+
+/* Random rows (values on a 2^-10 grid, where x - max is exact, and
+ * arbitrary ones), rows with masked (-inf) entries at random or as a causal
+ * mask's suffix, spreads wider than exp's range, for n = 1..40 and longer. */
+START_TEST(test_softmax_row_vs_reference) {
+    static const int big[] = {63, 64, 65, 100, 1000, 4099};
+    uint64_t rs = 0x50f7;
+    float *in = malloc(4099 * sizeof(float));
+    EXPECT(in, "out of memory");
+    for (int t = 1; t <= 40 + 6; t++) {
+        int n = t <= 40 ? t : big[t - 41];
+        for (int v = 0; v < 6; v++) {
+            for (int i = 0; i < n; i++) {
+                double u = rng_unit(&rs);
+                switch (v) {
+                case 0: in[i] = (float)(round((-20 + 40 * u) * 1024) / 1024); break;
+                case 1: in[i] = 30 * rng_val(&rs); break;
+                case 2: /* a quarter masked */
+                    in[i] = rng_next(&rs) % 4 == 0 ? -INFINITY
+                                                  : (float)(round((-8 + 16 * u) * 1024) / 1024);
+                    break;
+                case 3: /* causal: the last (n - 1) / 2 masked */
+                    in[i] = i > n / 2 ? -INFINITY : (float)(-10 + 20 * u);
+                    break;
+                case 4: /* beyond exp's range: many outputs exactly 0 */
+                    in[i] = (float)(round((-120 + 125 * u) * 64) / 64);
+                    break;
+                default: /* large logits: x - max exact (Sterbenz) */
+                    in[i] = (float)(1000 + 10 * u);
+                    break;
+                }
+            }
+            static const char *names[6] = {"grid", "random", "masked", "causal", "wide", "large"};
+            check_softmax(in, n, names[v]);
+        }
+    }
+    free(in);
+}
+END_TEST
+
+/* Exact cases: all -inf gives zeros, one finite entry among -inf exactly 1,
+ * n equal entries exactly 1.0f / n (the float sum of n ones is exact), n = 0
+ * touches nothing. */
+START_TEST(test_softmax_row_exact) {
+    uint64_t rs = 0x50f8;
+    float zero_len = 7.0f;
+    capmoe_softmax_row(&zero_len, 0);
+    ck_assert_float_eq(zero_len, 7.0f);
+    for (int n = 1; n <= 40; n++) {
+        float *x = malloc((size_t)n * sizeof(float));
+        EXPECT(x, "out of memory");
+        for (int i = 0; i < n; i++) x[i] = -INFINITY;
+        capmoe_softmax_row(x, n);
+        for (int i = 0; i < n; i++)
+            EXPECT(x[i] == 0.0f, "softmax all -inf n=%d: x[%d] = %g", n, i, (double)x[i]);
+        int k = (int)(rng_next(&rs) % (uint64_t)n);
+        for (int i = 0; i < n; i++) x[i] = i == k ? 30 * rng_val(&rs) : -INFINITY;
+        capmoe_softmax_row(x, n);
+        for (int i = 0; i < n; i++)
+            EXPECT(x[i] == (i == k ? 1.0f : 0.0f), "softmax one finite of n=%d at %d: x[%d] = %a",
+                   n, k, i, (double)x[i]);
+        float c = 30 * rng_val(&rs);
+        for (int i = 0; i < n; i++) x[i] = c;
+        capmoe_softmax_row(x, n);
+        for (int i = 0; i < n; i++)
+            EXPECT(x[i] == 1.0f / (float)n, "softmax %d equal entries: x[%d] = %a, expected %a", n,
+                   i, (double)x[i], (double)(1.0f / (float)n));
+        free(x);
+    }
+}
+END_TEST
+
 /* ---- capmoe_gemm_nt over a pool ------------------------------------------------ */
 
 /* _i = dtype * 2 + variant (0: contiguous, beta 0 over NaN; 1: padded, alpha, beta) */
@@ -715,6 +1138,14 @@ static Suite *kern_suite(void) {
     TCase *attn = tcase_create("kern_attention");
     tcase_add_test(attn, test_kern_attn_scores_vs_reference);
     tcase_add_test(attn, test_kern_weighted_sum_vs_reference);
+    TCase *expk = tcase_create("kern_exp");
+    tcase_add_test(expk, test_kern_exp_sum_accuracy);
+    tcase_add_test(expk, test_kern_exp_sum_special);
+    tcase_add_test(expk, test_kern_exp_sum_lengths);
+    tcase_add_test(expk, test_kern_silu_mul_lengths);
+    tcase_add_test(expk, test_kern_silu_mul_values);
+    tcase_add_test(expk, test_softmax_row_vs_reference);
+    tcase_add_test(expk, test_softmax_row_exact);
     TCase *ops = tcase_create("gemm_nt_pool");
     tcase_add_loop_test(ops, test_gemm_nt_pool_vs_reference, 0, 6);
     tcase_add_test(ops, test_linear_bias);
@@ -725,8 +1156,8 @@ static Suite *kern_suite(void) {
     tcase_add_test(par, test_par_runs_after_idle);
     tcase_add_test(par, test_par_scratch);
     tcase_add_test(par, test_par_free_unused);
-    TCase *all[] = {gemm, conv, attn, ops, par};
-    for (int i = 0; i < 5; i++) {
+    TCase *all[] = {gemm, conv, attn, expk, ops, par};
+    for (int i = 0; i < 6; i++) {
         tcase_set_timeout(all[i], 60); /* ASan and busy CI machines are slower */
         suite_add_tcase(s, all[i]);
     }

@@ -45,8 +45,10 @@ void capmoe_kern_attn_scores(float *S, int lds, const float *q, int n_heads, int
 /* o[0..d) = sum_j p[j] * V[j*ldv .. j*ldv + d) for j < n. */
 void capmoe_kern_weighted_sum(float *o, const float *p, const float *V, int ldv, int n, int d);
 
-/* x[i] = exp(x[i] - sub) for i < n (0 for -inf), vectorised (within 2 ulp
- * of expf; 0 where expf would be subnormal); returns their sum. */
+/* x[i] = exp(x[i] - sub) for i < n, vectorised: within 2 ulp of expf, 0
+ * for arguments below -87.3365 (-inf included), +inf above 88.376, NaN for
+ * NaN. Returns their sum (float lanes gathered into a double every 256
+ * elements). */
 float capmoe_kern_exp_sum(float *x, int n, float sub);
 
 /* a[i] = silu(a[i]) * b[i] = a[i] / (1 + exp(-a[i])) * b[i], with the exp

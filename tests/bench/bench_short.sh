@@ -22,14 +22,9 @@ CAPMOE="$BUILD/capmoe"
 [ -x "$CAPMOE" ] || { echo "bench_short.sh: $CAPMOE is missing (run make)" >&2; exit 1; }
 MODEL="${BENCH_MODEL:-$BUILD/bench-model}"
 if [ -z "${BENCH_MODEL:-}" ]; then
-  SYNTH="--arch mixtral --hidden 1024 --layers 2 --experts 8 --top-k 2 --intermediate 2048 \
---heads 16 --kv-heads 4 --vocab 4096 --context 8192 --skew 8 --seed 0"
-  if [ ! -f "$MODEL/model.safetensors" ] || [ "$(cat "$MODEL/synth-options" 2>/dev/null)" != "$SYNTH" ]; then
-    echo "bench_short.sh: writing $MODEL (capmoe synth $SYNTH)" >&2
-    rm -rf "$MODEL"
-    "$CAPMOE" synth $SYNTH --out "$MODEL" > /dev/null
-    echo "$SYNTH" > "$MODEL/synth-options"
-  fi
+  . tests/bench/synth_model.sh
+  synth_model "$CAPMOE" "$MODEL" "--arch mixtral --hidden 1024 --layers 2 --experts 8 --top-k 2 \
+--intermediate 2048 --heads 16 --kv-heads 4 --vocab 4096 --context 8192 --skew 8 --seed 0"
 fi
 OPTS="--prefill 512,2048 --decode 1,16 --policies none,drop,expanded,reroute --gammas 1.0,1.5 --repeat 2"
 "$CAPMOE" bench --model "$MODEL" $OPTS --format table "$@"
