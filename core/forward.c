@@ -27,7 +27,7 @@ static int reserve_all(struct capmoe_model *m, int T, int n_seqs, int max_q, int
     const capmoe_hfconfig *c = &m->cfg;
     size_t H = (size_t)c->hidden_size, qd = (size_t)c->n_heads * c->head_dim;
     size_t kd = (size_t)c->n_kv_heads * c->head_dim;
-    size_t wide = H > qd ? H : qd;
+    size_t wide = H > qd + 2 * kd ? H : qd + 2 * kd; /* tmp: the o_proj output or q|k|v */
     if (capmoe_buf_reserve(&m->x, (size_t)T * H) || capmoe_buf_reserve(&m->h, (size_t)T * H) ||
         capmoe_buf_reserve(&m->q, (size_t)T * qd) || capmoe_buf_reserve(&m->k, (size_t)T * kd) ||
         capmoe_buf_reserve(&m->v, (size_t)T * kd) || capmoe_buf_reserve(&m->att, (size_t)T * qd) ||
@@ -258,9 +258,21 @@ int capmoe_model_forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_se
         const struct capmoe_layer *L = &m->layers[l];
         double ta = capmoe_now();
         capmoe_rmsnorm(h, H, x, H, L->attn_norm, T, H, c->rms_norm_eps);
-        capmoe_linear(m->par, m->q.p, h, L->wq, L->bq, T, qd, H);
-        capmoe_linear(m->par, m->k.p, h, L->wk, L->bk, T, kd, H);
-        capmoe_linear(m->par, m->v.p, h, L->wv, L->bv, T, kd, H);
+        /* q, k and v in one product (their weights stacked), then apart */
+        int qkvd = qd + 2 * kd;
+        capmoe_linear(m->par, m->tmp.p, h, L->wqkv, NULL, T, qkvd, H);
+        for (int t = 0; t < T; t++) {
+            const float *r = m->tmp.p + (size_t)t * qkvd;
+            float *q = m->q.p + (size_t)t * qd, *k = m->k.p + (size_t)t * kd;
+            float *v = m->v.p + (size_t)t * kd;
+            memcpy(q, r, (size_t)qd * sizeof(float));
+            memcpy(k, r + qd, (size_t)kd * sizeof(float));
+            memcpy(v, r + qd + kd, (size_t)kd * sizeof(float));
+            if (L->bq) {
+                for (int i = 0; i < qd; i++) q[i] += L->bq[i];
+                for (int i = 0; i < kd; i++) k[i] += L->bk[i], v[i] += L->bv[i];
+            }
+        }
         if (c->qk_norm == CAPMOE_QK_NORM_FULL) {
             capmoe_rmsnorm(m->q.p, qd, m->q.p, qd, L->q_norm, T, qd, c->rms_norm_eps);
             capmoe_rmsnorm(m->k.p, kd, m->k.p, kd, L->k_norm, T, kd, c->rms_norm_eps);

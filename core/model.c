@@ -1,5 +1,6 @@
 /* model.c - loading a Hugging Face MoE checkpoint into a capmoe_model, and
  * per-sequence KV caches. The forward pass is in forward.c and moe.c. */
+#include "capmoe/kern.h"
 #include "capmoe/ops.h"
 #include "capmoe/panel.h"
 #include "model_internal.h"
@@ -203,16 +204,39 @@ static capmoe_par **scratch_pools(int n, capmoe_error *err) {
 
 /* ---- repacking the weights into panel layout (panel.h) ---- */
 
+/* One packed matrix: its sources (row-major) stacked in order. */
+#define PACK_MAX_SRC 3
 struct pack_job {
-    capmoe_wmat *w; /* the matrix: row-major on entry, panels on return */
-    int N, K;
-    void *dst;      /* owned by the model */
+    capmoe_wmat *w;                /* destination, panels on return */
+    capmoe_wmat src[PACK_MAX_SRC]; /* the sources, as loaded */
+    capmoe_wmat *srcw[PACK_MAX_SRC]; /* where they are held (cleared when stacked) */
+    int rows[PACK_MAX_SRC], n_src, N, K;
+    capmoe_dtype dtype;            /* of the packed matrix */
+    void *dst;                     /* owned by the model */
+    int failed;                    /* out of memory converting a source */
 };
 
 static void pack_one(void *arg, int item, int slot) {
     (void)slot;
     struct pack_job *j = (struct pack_job *)arg + item;
-    capmoe_panel_pack(j->dst, j->w->p, j->w->dtype, (size_t)j->K, j->N, j->K);
+    memset(j->dst, 0, capmoe_panel_matrix_bytes(j->dtype, j->N, j->K));
+    for (int s = 0, n0 = 0; s < j->n_src; n0 += j->rows[s++]) {
+        const capmoe_wmat *w = &j->src[s];
+        if (w->dtype == j->dtype) {
+            capmoe_panel_pack_rows(j->dst, j->dtype, j->K, n0, w->p, (size_t)j->K, j->rows[s]);
+            continue;
+        }
+        /* sources of mixed dtypes are stacked as float32 (exact) */
+        size_t elems = (size_t)j->rows[s] * j->K;
+        float *tmp = capmoe_malloc_array(elems, sizeof(float));
+        if (!tmp) {
+            j->failed = 1;
+            return;
+        }
+        capmoe_kern_to_f32(tmp, w->p, w->dtype, elems);
+        capmoe_panel_pack_rows(j->dst, j->dtype, j->K, n0, tmp, (size_t)j->K, j->rows[s]);
+        free(tmp);
+    }
 }
 
 /* Whether p lies in a tensor of the mapped files (else in a buffer we own). */
@@ -235,8 +259,24 @@ static void drop_pages(const void *p, size_t bytes) {
     if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
 }
 
-static void add_job(struct pack_job *jobs, int *n, capmoe_wmat *w, int N, int K) {
-    if (w->p && !w->panels) jobs[(*n)++] = (struct pack_job){w, N, K, NULL};
+/* A job packing `n_src` matrices of K inputs (w[0] .. w[n_src-1], with
+ * rows[i] rows each), stacked, into *dst. */
+static void add_job(struct pack_job *jobs, int *n, capmoe_wmat *dst, int n_src,
+                    capmoe_wmat *const *w, const int *rows, int K) {
+    struct pack_job j = {.w = dst, .n_src = n_src, .K = K, .dtype = w[0]->dtype};
+    for (int s = 0; s < n_src; s++) {
+        if (!w[s]->p || w[s]->panels) return;
+        j.src[s] = *w[s];
+        j.srcw[s] = w[s];
+        j.rows[s] = rows[s];
+        j.N += rows[s];
+        if (w[s]->dtype != j.dtype) j.dtype = CAPMOE_DTYPE_F32;
+    }
+    jobs[(*n)++] = j;
+}
+
+static void add_one(struct pack_job *jobs, int *n, capmoe_wmat *w, int N, int K) {
+    add_job(jobs, n, w, 1, &w, &N, K);
 }
 
 /* Every matrix the products read (attention, experts, shared expert, dense
@@ -253,28 +293,28 @@ static int pack_weights(struct capmoe_model *m, capmoe_error *err) {
     int n = 0;
     for (int l = 0; l < c->n_layers; l++) {
         struct capmoe_layer *L = &m->layers[l];
-        add_job(jobs, &n, &L->wq, qd, H);
-        add_job(jobs, &n, &L->wk, kd, H);
-        add_job(jobs, &n, &L->wv, kd, H);
-        add_job(jobs, &n, &L->wo, H, qd);
+        capmoe_wmat *qkv[3] = {&L->wq, &L->wk, &L->wv};
+        int qkv_rows[3] = {qd, kd, kd};
+        add_job(jobs, &n, &L->wqkv, 3, qkv, qkv_rows, H);
+        add_one(jobs, &n, &L->wo, H, qd);
         if (L->is_moe) {
             for (int e = 0; e < c->n_experts; e++) {
-                add_job(jobs, &n, &L->w_gate[e], I, H);
-                add_job(jobs, &n, &L->w_up[e], I, H);
-                add_job(jobs, &n, &L->w_down[e], H, I);
+                add_one(jobs, &n, &L->w_gate[e], I, H);
+                add_one(jobs, &n, &L->w_up[e], I, H);
+                add_one(jobs, &n, &L->w_down[e], H, I);
             }
-            add_job(jobs, &n, &L->sh_gate, Is, H);
-            add_job(jobs, &n, &L->sh_up, Is, H);
-            add_job(jobs, &n, &L->sh_down, H, Is);
+            add_one(jobs, &n, &L->sh_gate, Is, H);
+            add_one(jobs, &n, &L->sh_up, Is, H);
+            add_one(jobs, &n, &L->sh_down, H, Is);
         } else {
-            add_job(jobs, &n, &L->d_gate, Id, H);
-            add_job(jobs, &n, &L->d_up, Id, H);
-            add_job(jobs, &n, &L->d_down, H, Id);
+            add_one(jobs, &n, &L->d_gate, Id, H);
+            add_one(jobs, &n, &L->d_up, Id, H);
+            add_one(jobs, &n, &L->d_down, H, Id);
         }
     }
-    add_job(jobs, &n, &m->lm_head, c->vocab_size, H);
+    add_one(jobs, &n, &m->lm_head, c->vocab_size, H);
     for (int i = 0; i < n; i++) {
-        size_t bytes = capmoe_panel_matrix_bytes(jobs[i].w->dtype, jobs[i].N, jobs[i].K);
+        size_t bytes = capmoe_panel_matrix_bytes(jobs[i].dtype, jobs[i].N, jobs[i].K);
         jobs[i].dst = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
         if (!jobs[i].dst) {
             free(jobs);
@@ -286,15 +326,23 @@ static int pack_weights(struct capmoe_model *m, capmoe_error *err) {
         }
     }
     capmoe_par_for(m->par, n, pack_one, jobs);
+    int failed = 0;
     for (int i = 0; i < n; i++) {
-        capmoe_wmat *w = jobs[i].w;
-        size_t bytes = (size_t)jobs[i].N * jobs[i].K * capmoe_dtype_size(w->dtype);
-        if (in_mapping(m, w->p)) {
-            m->mapped_bytes -= bytes;
-            if (w->p != m->embed.p) drop_pages(w->p, bytes);
+        struct pack_job *j = &jobs[i];
+        failed |= j->failed;
+        for (int s = 0; s < j->n_src; s++) {
+            size_t bytes = (size_t)j->rows[s] * j->K * capmoe_dtype_size(j->src[s].dtype);
+            if (in_mapping(m, j->src[s].p)) {
+                m->mapped_bytes -= bytes;
+                if (j->src[s].p != m->embed.p) drop_pages(j->src[s].p, bytes);
+            }
+            if (j->n_src > 1) j->srcw[s]->p = NULL;
         }
-        w->p = jobs[i].dst;
-        w->panels = 1;
+        *j->w = (capmoe_wmat){j->dst, j->dtype, 1};
+    }
+    if (failed) {
+        free(jobs);
+        return capmoe_set_error(err, "out of memory repacking the weights");
     }
     free(jobs);
     return 0;

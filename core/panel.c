@@ -46,20 +46,25 @@ static inline size_t packed_index(capmoe_dtype t, size_t panel_elems, int n, int
     return t == CAPMOE_DTYPE_BF16 ? base + 2 * c + (size_t)(k & 1) : base + (size_t)(k & 1) * PW + c;
 }
 
-void capmoe_panel_pack(void *dst, const void *W, capmoe_dtype t, size_t ldw, int N, int K) {
+void capmoe_panel_pack_rows(void *dst, capmoe_dtype t, int K, int n0, const void *W,
+                            size_t ldw, int N) {
     size_t es = capmoe_dtype_size(t), panel_elems = capmoe_panel_bytes(t, K) / es;
-    memset(dst, 0, capmoe_panel_matrix_bytes(t, N, K));
     for (int n = 0; n < N; n++) {
         if (es == 2) {
             const uint16_t *w = (const uint16_t *)W + (size_t)n * ldw;
             uint16_t *d = dst;
-            for (int k = 0; k < K; k++) d[packed_index(t, panel_elems, n, k)] = w[k];
+            for (int k = 0; k < K; k++) d[packed_index(t, panel_elems, n0 + n, k)] = w[k];
         } else {
             const uint32_t *w = (const uint32_t *)W + (size_t)n * ldw;
             uint32_t *d = dst;
-            for (int k = 0; k < K; k++) d[packed_index(t, panel_elems, n, k)] = w[k];
+            for (int k = 0; k < K; k++) d[packed_index(t, panel_elems, n0 + n, k)] = w[k];
         }
     }
+}
+
+void capmoe_panel_pack(void *dst, const void *W, capmoe_dtype t, size_t ldw, int N, int K) {
+    memset(dst, 0, capmoe_panel_matrix_bytes(t, N, K));
+    capmoe_panel_pack_rows(dst, t, K, 0, W, ldw, N);
 }
 
 /* ---- portable vector code ---------------------------------------------------- */

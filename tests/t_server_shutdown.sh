@@ -15,6 +15,10 @@ cd "$(dirname "$0")/.."
 BUILD="${CAPMOE_BUILD:-build}"
 BIN="$BUILD/capmoe-server"
 MODEL_DIR=tests/fixtures/qwen3moe-tiny
+# The drain cases need generations that outlast a 0.3 s grace period on any
+# machine: 16 sequences of 1000 tokens of the default model (2 to 4 s here;
+# the tiny fixture finishes its 500-token ones in about 0.2 s).
+DRAIN_MODEL=config/model
 tmp=$(mktemp -d)
 writer=""
 trap 'srv_kill; [ -n "$writer" ] && kill "$writer" 2>/dev/null; rm -rf "$tmp"' EXIT
@@ -26,7 +30,7 @@ for mode in graceful grace-expiry second-signal; do
     grace-expiry) grace=0.3 ;;
     second-signal) grace=30 ;;
   esac
-  srv_start "$BIN" "$tmp/server.log" --model "$MODEL_DIR" --max-running 16 --max-batch-tokens 64 \
+  srv_start "$BIN" "$tmp/server.log" --model "$DRAIN_MODEL" --max-running 16 --max-batch-tokens 64 \
     --grace-period-s $grace || exit 1
   start=$(date +%s)
   CAPMOE_URL="$SRV_URL" CAPMOE_PID="$SRV_PID" CAPMOE_MODE=$mode node tests/server/shutdown.mjs \

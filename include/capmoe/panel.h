@@ -54,6 +54,12 @@ size_t capmoe_panel_matrix_bytes(capmoe_dtype t, int N, int K);
  * copied, never converted. */
 void capmoe_panel_pack(void *dst, const void *W, capmoe_dtype t, size_t ldw, int N, int K);
 
+/* Rows [n0, n0 + N) of a packed matrix of K inputs = W[N][K] (stride ldw),
+ * for matrices stacked from several sources: dst must have been zeroed
+ * whole first (its padding stays zero). */
+void capmoe_panel_pack_rows(void *dst, capmoe_dtype t, int K, int n0, const void *W,
+                            size_t ldw, int N);
+
 /* dst[k*ldd + 16*i + c] = float32 value of output 16*i + c, input k, of the
  * n_panels panels starting at P, for k < K: the panels as a K x (16*n_panels)
  * row-major matrix (the B of an sgemm without transposition). */

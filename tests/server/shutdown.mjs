@@ -14,7 +14,7 @@ import { HOST, PORT, post, get, sseData, metric, until, sleep } from './lib.mjs'
 
 const PID = Number(process.env.CAPMOE_PID);
 const MODE = process.env.CAPMOE_MODE;
-const LONG = { prompt: 'Tell me a story', max_tokens: 500, ignore_eos: true, n: 8, temperature: 0 };
+const LONG = { prompt: 'Tell me a story', max_tokens: 1000, ignore_eos: true, n: 8, temperature: 0 };
 
 // A streaming request; resolves {first} at the first event and {done} with the body.
 function stream(body) {
