@@ -242,12 +242,24 @@ static void pack_one(void *arg, int item, int slot) {
     }
 }
 
-/* Whether p lies in a tensor of the mapped files (else in a buffer we own). */
-static int in_mapping(const struct capmoe_model *m, const void *p) {
-    for (int i = 0; i < capmoe_st_count(m->st); i++) {
-        const capmoe_st_tensor *t = capmoe_st_at(m->st, i);
-        const char *d = t->data;
-        if ((const char *)p >= d && (const char *)p < d + t->nbytes) return 1;
+/* The mapped tensors' data ranges, sorted, to tell mapped weights from
+ * buffers the loader allocated. */
+struct range {
+    const char *a, *b;
+};
+
+static int cmp_range(const void *x, const void *y) {
+    const char *a = ((const struct range *)x)->a, *b = ((const struct range *)y)->a;
+    return a < b ? -1 : a > b;
+}
+
+static int in_ranges(const struct range *r, int n, const void *p) {
+    int lo = 0, hi = n - 1;
+    while (lo <= hi) {
+        int mid = lo + (hi - lo) / 2;
+        if ((const char *)p < r[mid].a) hi = mid - 1;
+        else if ((const char *)p >= r[mid].b) lo = mid + 1;
+        else return 1;
     }
     return 0;
 }
@@ -343,25 +355,38 @@ static int pack_weights(struct capmoe_model *m, capmoe_error *err) {
         off += (capmoe_panel_matrix_bytes(jobs[i].dtype, jobs[i].N, jobs[i].K) + 63) & ~(size_t)63;
     }
     capmoe_par_for(m->par, n, pack_one, jobs);
+    int nr = capmoe_st_count(m->st);
+    struct range *mapped = calloc((size_t)(nr > 0 ? nr : 1), sizeof *mapped);
+    if (!mapped) {
+        free(jobs);
+        return capmoe_set_error(err, "out of memory");
+    }
+    for (int i = 0; i < nr; i++) {
+        const capmoe_st_tensor *t = capmoe_st_at(m->st, i);
+        mapped[i] = (struct range){t->data, (const char *)t->data + t->nbytes};
+    }
+    qsort(mapped, (size_t)nr, sizeof *mapped, cmp_range);
     int failed = 0;
     for (int i = 0; i < n; i++) {
         struct pack_job *j = &jobs[i];
         failed |= j->failed;
         for (int s = 0; s < j->n_src; s++) {
             size_t bytes = (size_t)j->rows[s] * j->K * capmoe_dtype_size(j->src[s].dtype);
-            if (in_mapping(m, j->src[s].p)) {
+            /* the embedding (a tied lm_head's source) is still read in place */
+            if (j->src[s].p != m->embed.p && in_ranges(mapped, nr, j->src[s].p)) {
                 m->mapped_bytes -= bytes;
-                if (j->src[s].p != m->embed.p) drop_pages(j->src[s].p, bytes);
+                drop_pages(j->src[s].p, bytes);
             }
             if (j->n_src > 1) j->srcw[s]->p = NULL;
         }
         *j->w = (capmoe_wmat){j->dst, j->dtype, 1};
     }
-    if (failed) {
-        free(jobs);
-        return capmoe_set_error(err, "out of memory repacking the weights");
-    }
+    free(mapped);
     free(jobs);
+    if (failed) return capmoe_set_error(err, "out of memory repacking the weights");
+    for (int l = 0; l < c->n_layers; l++)
+        if (!m->layers[l].wqkv.p)
+            return capmoe_set_error(err, "layer %d: q/k/v projections could not be stacked", l);
     return 0;
 }
 
@@ -461,7 +486,8 @@ size_t capmoe_model_active_bytes_per_token(const capmoe_model *m) {
     size_t bytes = 0;
     for (int l = 0; l < c->n_layers; l++) {
         const struct capmoe_layer *L = &m->layers[l];
-        bytes += (H * qd * 2 + H * kd * 2) * capmoe_dtype_size(L->wq.dtype); /* q, o, k, v */
+        bytes += H * (qd + 2 * kd) * capmoe_dtype_size(L->wqkv.dtype); /* q, k, v */
+        bytes += H * qd * capmoe_dtype_size(L->wo.dtype);                /* o */
         if (c->layer_is_moe[l]) {
             bytes += (size_t)c->n_experts * H * sizeof(float); /* router */
             bytes += (size_t)c->top_k * 3 * H * (size_t)c->moe_intermediate_size *

@@ -63,14 +63,24 @@ static void run_expert(struct rank_job *j, int e, capmoe_par *par) {
 
 static int col_blocks(int n) { return (n + EXPERT_COLS - 1) / EXPERT_COLS; }
 
+/* Item `it` of a pass over outputs of width `width`: expert *e (its rows
+ * [*off, *off + *n) of the gathered buffers), outputs [*c0, *c0 + *nc). */
+static void expert_cols(const struct capmoe_model *m, int it, int width, int *e, int *c0, int *nc,
+                        int *off, int *n) {
+    int nb = col_blocks(width);
+    *e = m->expert_order[it / nb];
+    *c0 = it % nb * EXPERT_COLS;
+    *nc = width - *c0 < EXPERT_COLS ? width - *c0 : EXPERT_COLS;
+    *off = m->plan.expert_off[*e];
+    *n = m->plan.expert_off[*e + 1] - *off;
+}
+
 static void gate_up_item(void *arg, int it, int slot) {
     (void)slot;
     struct rank_job *j = arg;
     struct capmoe_model *m = j->m;
-    int H = m->cfg.hidden_size, I = m->cfg.moe_intermediate_size, nb = col_blocks(I);
-    int e = m->expert_order[it / nb], c0 = it % nb * EXPERT_COLS;
-    int nc = I - c0 < EXPERT_COLS ? I - c0 : EXPERT_COLS;
-    int off = m->plan.expert_off[e], n = m->plan.expert_off[e + 1] - off;
+    int H = m->cfg.hidden_size, I = m->cfg.moe_intermediate_size, e, c0, nc, off, n;
+    expert_cols(m, it, I, &e, &c0, &nc, &off, &n);
     const float *xe = m->xe.p + (size_t)off * H;
     float *ge = m->ge.p + (size_t)off * I + c0, *ue = m->ue.p + (size_t)off * I + c0;
     capmoe_gemm_nt(NULL, ge, I, xe, H, capmoe_wmat_rows(j->L->w_gate[e], H, (size_t)H, c0), H, n,
@@ -84,10 +94,8 @@ static void down_item(void *arg, int it, int slot) {
     (void)slot;
     struct rank_job *j = arg;
     struct capmoe_model *m = j->m;
-    int H = m->cfg.hidden_size, I = m->cfg.moe_intermediate_size, nb = col_blocks(H);
-    int e = m->expert_order[it / nb], c0 = it % nb * EXPERT_COLS;
-    int nc = H - c0 < EXPERT_COLS ? H - c0 : EXPERT_COLS;
-    int off = m->plan.expert_off[e], n = m->plan.expert_off[e + 1] - off;
+    int H = m->cfg.hidden_size, I = m->cfg.moe_intermediate_size, e, c0, nc, off, n;
+    expert_cols(m, it, H, &e, &c0, &nc, &off, &n);
     capmoe_gemm_nt(NULL, m->ye.p + (size_t)off * H + c0, H, m->ge.p + (size_t)off * I, I,
                    capmoe_wmat_rows(j->L->w_down[e], I, (size_t)I, c0), I, n, nc, I, 1.0f, 0.0f);
 }

@@ -236,6 +236,18 @@ AVX512 ALWAYS_INLINE void avx_step(capmoe_dtype t, const char *pp, size_t j, __m
     }
 }
 
+/* Step j of the R rows: acc[r][q] += A[r][2j] * w0, acc[r][q + 1] += A[r][2j + 1] * w1. */
+AVX512 ALWAYS_INLINE void avx_fma_step(__m512 acc[][4], int R, const float *A, int lda, size_t j,
+                                       int q, __m512 w0, __m512 w1) {
+#pragma GCC unroll 8
+    for (int r = 0; r < AVX_ROWS; r++) {
+        if (r >= R) break;
+        const float *a = A + (size_t)r * lda + 2 * j;
+        acc[r][q] = _mm512_fmadd_ps(_mm512_set1_ps(a[0]), w0, acc[r][q]);
+        acc[r][q + 1] = _mm512_fmadd_ps(_mm512_set1_ps(a[1]), w1, acc[r][q + 1]);
+    }
+}
+
 AVX512 ALWAYS_INLINE void avx_rows(capmoe_dtype t, int R, float *C, int ldc, const float *A,
                                    int lda, const char *pp, int K, int ncols, float alpha,
                                    float beta) {
@@ -250,26 +262,13 @@ AVX512 ALWAYS_INLINE void avx_rows(capmoe_dtype t, int R, float *C, int ldc, con
         for (size_t b = 0; b < 2 * sb; b += 64) _mm_prefetch(pp + j * sb + PF_BYTES + b, _MM_HINT_T1);
         avx_step(t, pp, j, &w0, &w1);
         avx_step(t, pp, j + 1, &w2, &w3);
-#pragma GCC unroll 8
-        for (int r = 0; r < AVX_ROWS; r++) {
-            if (r >= R) break;
-            const float *a = A + (size_t)r * lda + 2 * j;
-            acc[r][0] = _mm512_fmadd_ps(_mm512_set1_ps(a[0]), w0, acc[r][0]);
-            acc[r][1] = _mm512_fmadd_ps(_mm512_set1_ps(a[1]), w1, acc[r][1]);
-            acc[r][2] = _mm512_fmadd_ps(_mm512_set1_ps(a[2]), w2, acc[r][2]);
-            acc[r][3] = _mm512_fmadd_ps(_mm512_set1_ps(a[3]), w3, acc[r][3]);
-        }
+        avx_fma_step(acc, R, A, lda, j, 0, w0, w1);
+        avx_fma_step(acc, R, A, lda, j + 1, 2, w2, w3);
     }
     if (j < J) {
         __m512 w0, w1;
         avx_step(t, pp, j, &w0, &w1);
-#pragma GCC unroll 8
-        for (int r = 0; r < AVX_ROWS; r++) {
-            if (r >= R) break;
-            const float *a = A + (size_t)r * lda + 2 * j;
-            acc[r][0] = _mm512_fmadd_ps(_mm512_set1_ps(a[0]), w0, acc[r][0]);
-            acc[r][1] = _mm512_fmadd_ps(_mm512_set1_ps(a[1]), w1, acc[r][1]);
-        }
+        avx_fma_step(acc, R, A, lda, j, 0, w0, w1);
     }
     if (K & 1) {
         __m512 w0, w1;

@@ -29,53 +29,7 @@
 #include "capmoe/par.h"
 #include "capmoe/safetensors.h"
 
-/* ---- deterministic random numbers (splitmix64) ------------------------------ */
-
-static uint64_t rng_next(uint64_t *s) {
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-static double rng_unit(uint64_t *s) { return (double)(rng_next(s) >> 11) * 0x1.0p-53; }
-/* A value in +-[0.25, 1): every product term matters to the sum, so a term
- * dropped or counted twice is far outside the tolerance. */
-static float rng_val(uint64_t *s) {
-    float v = (float)(0.25 + 0.75 * rng_unit(s));
-    return (rng_next(s) & 1) ? -v : v;
-}
-
-/* Check records every passing ck_assert (a write per assertion): the
- * element-wise checks here only call into Check when they fail. */
-#define EXPECT(cond, ...)                                                                      \
-    do {                                                                                      \
-        if (!(cond)) ck_abort_msg(__VA_ARGS__);                                               \
-    } while (0)
-
-static const char *dt_name(capmoe_dtype t) {
-    return t == CAPMOE_DTYPE_F32 ? "F32" : t == CAPMOE_DTYPE_BF16 ? "BF16" : "F16";
-}
-static size_t dt_size(capmoe_dtype t) { return t == CAPMOE_DTYPE_F32 ? 4 : 2; }
-
-/* Rounds v to dtype t, stores it at element i of buf, returns the value the
- * stored element represents (what an exact kernel must multiply with). */
-static float store_elem(void *buf, capmoe_dtype t, size_t i, float v) {
-    if (t == CAPMOE_DTYPE_F32) {
-        ((float *)buf)[i] = v;
-        return v;
-    }
-    uint16_t h = t == CAPMOE_DTYPE_BF16 ? capmoe_f32_to_bf16(v) : capmoe_f32_to_f16(v);
-    memcpy((char *)buf + 2 * i, &h, 2);
-    return t == CAPMOE_DTYPE_BF16 ? capmoe_bf16_to_f32(h) : capmoe_f16_to_f32(h);
-}
-static void store_nan(void *buf, capmoe_dtype t, size_t i) {
-    if (t == CAPMOE_DTYPE_F32) {
-        ((float *)buf)[i] = NAN;
-        return;
-    }
-    uint16_t h = t == CAPMOE_DTYPE_BF16 ? 0x7fc0 : 0x7e00;
-    memcpy((char *)buf + 2 * i, &h, 2);
-}
+#include "weights_test.h"
 
 /* ---- one C = alpha A B^T + beta C case with its reference -------------------- */
 
@@ -120,23 +74,7 @@ static void gcase_init(gcase *g, uint64_t *rs, capmoe_dtype dt, int M, int N, in
             bv[(size_t)j * K + k] =
                 store_elem(g->bbuf, dt, boff + (size_t)j * ldb + k, rng_val(rs));
     for (size_t i = 0; i < g->cn; i++) g->c0[i] = c_nan ? NAN : rng_val(rs);
-    const float *C0 = g->c0 + coff;
-    for (int i = 0; i < M; i++)
-        for (int j = 0; j < N; j++) {
-            double s = 0, m = 0;
-            for (int k = 0; k < K; k++) {
-                double t = (double)g->A[(size_t)i * lda + k] * bv[(size_t)j * K + k];
-                s += t;
-                m += fabs(t);
-            }
-            s *= alpha, m *= fabs(alpha);
-            if (beta != 0.0f) {
-                s += (double)beta * C0[(size_t)i * ldc + j];
-                m += fabs((double)beta * C0[(size_t)i * ldc + j]);
-            }
-            g->ref[(size_t)i * N + j] = s;
-            g->mag[(size_t)i * N + j] = m;
-        }
+    ref_product(g->ref, g->mag, g->A, lda, bv, g->c0 + coff, ldc, M, N, K, alpha, beta);
     free(bv);
 }
 
@@ -155,30 +93,11 @@ static float *gcase_c(const gcase *g) {
 /* Every C[i][j] within 1e-5 of max(1, sum of |terms|); everything else in
  * the C buffer (row gaps, the offset) bit-for-bit untouched. */
 static void gcase_check(const gcase *g, const float *cbuf, const char *what) {
-    const float *C = cbuf + g->coff;
-    for (int i = 0; i < g->M; i++)
-        for (int j = 0; j < g->N; j++) {
-            double ref = g->ref[(size_t)i * g->N + j], mag = g->mag[(size_t)i * g->N + j];
-            double got = C[(size_t)i * g->ldc + j];
-            double tol = 1e-5 * (mag > 1 ? mag : 1);
-            EXPECT(isfinite(got) && fabs(got - ref) <= tol,
-                          "%s %s M=%d N=%d K=%d lda=%d ldb=%d ldc=%d alpha=%g beta=%g: "
-                          "C[%d][%d] = %.9g, expected %.9g (tol %.3g)",
-                          what, dt_name(g->dt), g->M, g->N, g->K, g->lda, g->ldb, g->ldc,
-                          (double)g->alpha, (double)g->beta, i, j, got, ref, tol);
-        }
-    for (size_t x = 0; x < g->cn; x++) {
-        int inside = 0;
-        if (x >= g->coff) {
-            size_t r = (x - g->coff) / (size_t)g->ldc, c = (x - g->coff) % (size_t)g->ldc;
-            inside = r < (size_t)g->M && c < (size_t)g->N;
-        }
-        if (!inside)
-            EXPECT(memcmp(&cbuf[x], &g->c0[x], sizeof(float)) == 0,
-                          "%s %s M=%d N=%d K=%d ldc=%d: C buffer element %zu outside the "
-                          "matrix was written",
-                          what, dt_name(g->dt), g->M, g->N, g->K, g->ldc, x);
-    }
+    char desc[256];
+    snprintf(desc, sizeof desc, "%s %s M=%d N=%d K=%d lda=%d ldb=%d ldc=%d alpha=%g beta=%g", what,
+             dt_name(g->dt), g->M, g->N, g->K, g->lda, g->ldb, g->ldc, (double)g->alpha,
+             (double)g->beta);
+    check_product(cbuf, g->c0, g->cn, g->coff, g->M, g->N, g->ldc, g->ref, g->mag, desc);
 }
 
 /* ---- capmoe_kern_gemm_nt ----------------------------------------------------- */

@@ -1,6 +1,8 @@
 /* check_panel.c - tests of core/panel.c and of the panel-layout path of
  * capmoe_gemm_nt (core/ops.c): the packed layout byte for byte against the
  * one panel.h describes (zero padding, exact sizes, deterministic);
+ * capmoe_panel_pack_rows stacking several sources into one packed matrix
+ * (the bytes of packing their concatenation, no writes outside its rows);
  * capmoe_panel_gemm and capmoe_panel_gemm_portable for F32 / BF16 / F16
  * weights against a naive double-precision product of the same values over
  * many shapes, padded leading dimensions, alpha / beta (beta == 0 over a C
@@ -23,58 +25,12 @@
 #include "capmoe/par.h"
 #include "capmoe/safetensors.h"
 
-/* ---- deterministic random numbers (splitmix64) ------------------------------ */
-
-static uint64_t rng_next(uint64_t *s) {
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-static double rng_unit(uint64_t *s) { return (double)(rng_next(s) >> 11) * 0x1.0p-53; }
-/* A value in +-[0.25, 1): every product term matters to the sum, so a term
- * dropped or counted twice is far outside the tolerance. */
-static float rng_val(uint64_t *s) {
-    float v = (float)(0.25 + 0.75 * rng_unit(s));
-    return (rng_next(s) & 1) ? -v : v;
-}
-
-/* Check records every passing ck_assert (a write per assertion): the
- * element-wise checks here only call into Check when they fail. */
-#define EXPECT(cond, ...)                                                                      \
-    do {                                                                                      \
-        if (!(cond)) ck_abort_msg(__VA_ARGS__);                                               \
-    } while (0)
+#include "weights_test.h"
 
 #define NELEM(a) (sizeof(a) / sizeof *(a))
 #define PW CAPMOE_PANEL_COLS
 
 static const capmoe_dtype DTYPES[3] = {CAPMOE_DTYPE_F32, CAPMOE_DTYPE_BF16, CAPMOE_DTYPE_F16};
-
-static const char *dt_name(capmoe_dtype t) {
-    return t == CAPMOE_DTYPE_F32 ? "F32" : t == CAPMOE_DTYPE_BF16 ? "BF16" : "F16";
-}
-static size_t dt_size(capmoe_dtype t) { return t == CAPMOE_DTYPE_F32 ? 4 : 2; }
-
-/* Rounds v to dtype t, stores it at element i of buf, returns the value the
- * stored element represents (what an exact kernel must multiply with). */
-static float store_elem(void *buf, capmoe_dtype t, size_t i, float v) {
-    if (t == CAPMOE_DTYPE_F32) {
-        ((float *)buf)[i] = v;
-        return v;
-    }
-    uint16_t h = t == CAPMOE_DTYPE_BF16 ? capmoe_f32_to_bf16(v) : capmoe_f32_to_f16(v);
-    memcpy((char *)buf + 2 * i, &h, 2);
-    return t == CAPMOE_DTYPE_BF16 ? capmoe_bf16_to_f32(h) : capmoe_f16_to_f32(h);
-}
-static void store_nan(void *buf, capmoe_dtype t, size_t i) {
-    if (t == CAPMOE_DTYPE_F32) {
-        ((float *)buf)[i] = NAN;
-        return;
-    }
-    uint16_t h = t == CAPMOE_DTYPE_BF16 ? 0x7fc0 : 0x7e00;
-    memcpy((char *)buf + 2 * i, &h, 2);
-}
 
 static void *xmalloc(size_t n) {
     void *p = malloc(n ? n : 1);
@@ -178,24 +134,8 @@ static void pcase_init_a(pcase *g, uint64_t *rs, const wcase *w, int col0, int M
         }
         g->c0[x] = inside && c_nan ? NAN : rng_val(rs);
     }
-    const float *C0 = g->c0 + coff;
-    for (int i = 0; i < M; i++)
-        for (int j = 0; j < N; j++) {
-            const float *wr = w->wv + (size_t)(col0 + j) * K;
-            double s = 0, m = 0;
-            for (int k = 0; k < K; k++) {
-                double t = (double)g->A[(size_t)i * lda + k] * wr[k];
-                s += t;
-                m += fabs(t);
-            }
-            s *= alpha, m *= fabs(alpha);
-            if (beta != 0.0f) {
-                s += (double)beta * C0[(size_t)i * ldc + j];
-                m += fabs((double)beta * C0[(size_t)i * ldc + j]);
-            }
-            g->ref[(size_t)i * N + j] = s;
-            g->mag[(size_t)i * N + j] = m;
-        }
+    ref_product(g->ref, g->mag, g->A, lda, w->wv + (size_t)col0 * K, g->c0 + coff, ldc, M, N, K,
+                alpha, beta);
 }
 
 /* The same with random rows of A. */
@@ -216,31 +156,11 @@ static float *pcase_c(const pcase *g) {
 /* Every C[i][j] within 1e-5 of max(1, sum of |terms|); everything else in
  * the C buffer (row gaps, the offset) bit-for-bit untouched. */
 static void pcase_check(const pcase *g, const float *cbuf, const char *what) {
-    const float *C = cbuf + g->coff;
-    for (int i = 0; i < g->M; i++)
-        for (int j = 0; j < g->N; j++) {
-            double ref = g->ref[(size_t)i * g->N + j], mag = g->mag[(size_t)i * g->N + j];
-            double got = C[(size_t)i * g->ldc + j];
-            double tol = 1e-5 * (mag > 1 ? mag : 1);
-            EXPECT(isfinite(got) && fabs(got - ref) <= tol,
-                   "%s %s M=%d N=%d K=%d col0=%d lda=%d ldc=%d alpha=%g beta=%g: "
-                   "C[%d][%d] = %.9g, expected %.9g (tol %.3g)",
-                   what, dt_name(g->w->dt), g->M, g->N, g->K, g->col0, g->lda, g->ldc,
-                   (double)g->alpha, (double)g->beta, i, j, got, ref, tol);
-        }
-    for (size_t x = 0; x < g->cn; x++) {
-        int inside = 0;
-        if (x >= g->coff) {
-            size_t r = (x - g->coff) / (size_t)g->ldc, c = (x - g->coff) % (size_t)g->ldc;
-            inside = r < (size_t)g->M && c < (size_t)g->N;
-        }
-        if (!inside)
-            EXPECT(same_bits(cbuf[x], g->c0[x]),
-                   "%s %s M=%d N=%d K=%d ldc=%d: C buffer element %zu (outside the matrix) "
-                   "was written: %.9g, was %.9g",
-                   what, dt_name(g->w->dt), g->M, g->N, g->K, g->ldc, x, (double)cbuf[x],
-                   (double)g->c0[x]);
-    }
+    char desc[256];
+    snprintf(desc, sizeof desc, "%s %s M=%d N=%d K=%d col0=%d lda=%d ldc=%d alpha=%g beta=%g",
+             what, dt_name(g->w->dt), g->M, g->N, g->K, g->col0, g->lda, g->ldc,
+             (double)g->alpha, (double)g->beta);
+    check_product(cbuf, g->c0, g->cn, g->coff, g->M, g->N, g->ldc, g->ref, g->mag, desc);
 }
 
 typedef void (*panel_gemm_fn)(float *C, int ldc, const float *A, int lda, const void *P,
@@ -329,6 +249,95 @@ START_TEST(test_panel_pack_layout) {
                 free(again), free(want);
                 wcase_free(&w);
             }
+}
+END_TEST
+
+/* ---- capmoe_panel_pack_rows: matrices stacked from several sources ----------- */
+
+/* Three sources of rows[0] + rows[1] + rows[2] rows (q, k, v of a layer, as
+ * core/model.c stacks them), each with its own row stride (NaN in the gaps),
+ * packed with pack_rows into a zeroed buffer, in every order: exactly the
+ * bytes of capmoe_panel_pack on their row-wise concatenation. Each source
+ * packed alone over a buffer of garbage writes only its own rows' elements
+ * (k < K; its rows' padding input of an odd K left alone or zeroed), never
+ * another row's nor the rows past N. */
+START_TEST(test_panel_pack_rows_stacked) {
+    static const int splits[][3] = {{16, 8, 8}, {13, 5, 7}, {1, 1, 1}, {18, 6, 6}, {33, 15, 17}};
+    static const int Ks[] = {1, 2, 3, 8, 37, 64};
+    static const size_t pads[3] = {0, 1, 3};
+    static const int orders[6][3] = {{0, 1, 2}, {0, 2, 1}, {1, 0, 2},
+                                     {1, 2, 0}, {2, 0, 1}, {2, 1, 0}};
+    capmoe_dtype dt = DTYPES[_i];
+    size_t es = dt_size(dt);
+    uint64_t rs = 0x5a00u + (uint64_t)_i;
+    for (size_t si = 0; si < NELEM(splits); si++)
+        for (size_t ki = 0; ki < NELEM(Ks); ki++) {
+            const int *rows = splits[si];
+            int K = Ks[ki], N = rows[0] + rows[1] + rows[2], n0[3];
+            n0[0] = 0, n0[1] = rows[0], n0[2] = rows[0] + rows[1];
+            /* the sources, with padded rows, and their concatenation (ldw = K) */
+            wcase src[3];
+            for (int s = 0; s < 3; s++)
+                wcase_init(&src[s], &rs, dt, rows[s], K, (size_t)K + pads[s]);
+            void *cat = xmalloc((size_t)N * K * es);
+            for (int s = 0; s < 3; s++)
+                for (int n = 0; n < rows[s]; n++)
+                    memcpy((char *)cat + ((size_t)(n0[s] + n) * K) * es,
+                           (const char *)src[s].wbuf + (size_t)n * src[s].ldw * es,
+                           (size_t)K * es);
+            size_t bytes = capmoe_panel_matrix_bytes(dt, N, K);
+            unsigned char *ref = xmalloc(bytes), *got = xmalloc(bytes);
+            memset(ref, 0x5c, bytes);
+            capmoe_panel_pack(ref, cat, dt, (size_t)K, N, K);
+            for (size_t oi = 0; oi < NELEM(orders); oi++) {
+                memset(got, 0, bytes);
+                for (int x = 0; x < 3; x++) {
+                    int s = orders[oi][x];
+                    capmoe_panel_pack_rows(got, dt, K, n0[s], src[s].wbuf, src[s].ldw, rows[s]);
+                }
+                for (size_t b = 0; b < bytes; b++)
+                    EXPECT(got[b] == ref[b],
+                           "pack_rows %s rows %d+%d+%d K=%d order %d%d%d: byte %zu (element "
+                           "%zu) is %02x, panel_pack of the concatenation has %02x",
+                           dt_name(dt), rows[0], rows[1], rows[2], K, orders[oi][0],
+                           orders[oi][1], orders[oi][2], b, b / es, got[b], ref[b]);
+            }
+            /* one source alone, over garbage: which elements it may write */
+            size_t n_el = bytes / es;
+            unsigned char *own = xmalloc(n_el);
+            for (int s = 0; s < 3; s++) {
+                memset(own, 0, n_el);
+                for (int n = n0[s]; n < n0[s] + rows[s]; n++) {
+                    for (int k = 0; k < K; k++) own[ref_index(dt, K, n, k)] = 1;
+                    if (K & 1) own[ref_index(dt, K, n, K)] = 2; /* its padding input */
+                }
+                memset(got, 0xa5, bytes);
+                capmoe_panel_pack_rows(got, dt, K, n0[s], src[s].wbuf, src[s].ldw, rows[s]);
+                for (size_t e = 0; e < n_el; e++) {
+                    const unsigned char *g = got + e * es;
+                    int untouched = 1, zero = 1;
+                    for (size_t b = 0; b < es; b++) untouched &= g[b] == 0xa5, zero &= g[b] == 0;
+                    if (own[e] == 1)
+                        EXPECT(memcmp(g, ref + e * es, es) == 0,
+                               "pack_rows %s rows %d+%d+%d K=%d, source %d alone: element %zu "
+                               "(one of its rows) differs from panel_pack",
+                               dt_name(dt), rows[0], rows[1], rows[2], K, s, e);
+                    else if (own[e] == 2)
+                        EXPECT(untouched || zero,
+                               "pack_rows %s rows %d+%d+%d K=%d, source %d alone: the padding "
+                               "input of its rows (element %zu) got a nonzero value",
+                               dt_name(dt), rows[0], rows[1], rows[2], K, s, e);
+                    else
+                        EXPECT(untouched,
+                               "pack_rows %s rows %d+%d+%d K=%d, source %d (rows [%d, %d)) "
+                               "alone: wrote element %zu, outside its rows",
+                               dt_name(dt), rows[0], rows[1], rows[2], K, s, n0[s],
+                               n0[s] + rows[s], e);
+                }
+            }
+            free(own), free(ref), free(got), free(cat);
+            for (int s = 0; s < 3; s++) wcase_free(&src[s]);
+        }
 }
 END_TEST
 
@@ -678,6 +687,7 @@ static Suite *panel_suite(void) {
     Suite *s = suite_create("panel");
     TCase *pack = tcase_create("panel_pack");
     tcase_add_loop_test(pack, test_panel_pack_layout, 0, 3);
+    tcase_add_loop_test(pack, test_panel_pack_rows_stacked, 0, 3);
     tcase_add_loop_test(pack, test_panel_unpack, 0, 3);
     TCase *gemm = tcase_create("panel_gemm");
     tcase_add_loop_test(gemm, test_panel_gemm_vs_reference, 0, 9);
