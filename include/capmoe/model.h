@@ -24,11 +24,14 @@ int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_op
                       capmoe_error *err);
 void capmoe_model_free(capmoe_model *m);
 const capmoe_hfconfig *capmoe_model_config(const capmoe_model *m);
-/* Bytes of weight memory the model allocated (small tensors converted to
- * float32, matrices whose file data was not aligned to their element size). */
+/* Bytes of weight memory the model allocated: the weight matrices repacked
+ * into panel layout (panel.h; their arena, rounded to 2 MiB), small tensors
+ * converted to float32, matrices whose file data was not aligned to their
+ * element size (copied before repacking, and kept). */
 size_t capmoe_model_alloc_bytes(const capmoe_model *m);
-/* Bytes of weights used in place from the mapped files, in their stored
- * dtype (F32, BF16 or F16). */
+/* Bytes of weights still used in place from the mapped files, in their
+ * stored dtype: the embedding table and small float32 tensors (the repacked
+ * matrices' mapped pages are handed back after loading). */
 size_t capmoe_model_mapped_bytes(const capmoe_model *m);
 /* Bytes of weights read per token: attention, router, top-k experts, shared
  * expert, lm_head, each at its stored element size. */
