@@ -68,21 +68,6 @@ static void attend_direct(struct capmoe_model *m, const capmoe_kv *kv, int l, in
     int grp = nH / c->n_kv_heads, sw = c->sliding_window;
     size_t goff = (size_t)(h0 / grp) * d; /* the first group's slice of a cache row */
     float scale = 1.0f / sqrtf((float)d);
-    /* The cache rows come from L3 or DRAM (the weights stream through the
-     * caches every step): ask for all of them at once rather than one
-     * block of keys at a time. */
-    {
-        int last = p0 + nq - 1, first = sw > 0 && p0 - sw + 1 > 0 ? p0 - sw + 1 : 0;
-        size_t bytes = (size_t)((h1 - h0 + grp - 1) / grp) * d * sizeof(float);
-        for (int r = first; r <= last; r++) {
-            const char *kr = (const char *)(kv->k[l] + (size_t)r * kd + goff);
-            const char *vr = (const char *)(kv->v[l] + (size_t)r * kd + goff);
-            for (size_t b = 0; b < bytes; b += 64) {
-                __builtin_prefetch(kr + b);
-                __builtin_prefetch(vr + b);
-            }
-        }
-    }
     for (int i = 0; i < nq; i++) {
         int last = p0 + i, first = sw > 0 && last - sw + 1 > 0 ? last - sw + 1 : 0;
         int n = last + 1 - first;

@@ -215,6 +215,7 @@ struct pack_job {
     capmoe_wmat *srcw[PACK_MAX_SRC]; /* where they are held (cleared when stacked) */
     int rows[PACK_MAX_SRC], n_src, N, K;
     capmoe_dtype dtype;            /* of the packed matrix */
+    size_t off;                    /* of dst in the arena */
     void *dst;                     /* owned by the model */
     int failed;                    /* out of memory converting a source */
 };
@@ -332,8 +333,10 @@ static int pack_weights(struct capmoe_model *m, capmoe_error *err) {
      * transparent huge pages where the kernel offers them: a decode step
      * reads every page of it, and 2 MiB pages spare the TLB. */
     size_t total = 0;
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
+        jobs[i].off = total;
         total += (capmoe_panel_matrix_bytes(jobs[i].dtype, jobs[i].N, jobs[i].K) + 63) & ~(size_t)63;
+    }
     total = (total + ARENA_ALIGN - 1) & ~(ARENA_ALIGN - 1);
     char *arena = total ? aligned_alloc(ARENA_ALIGN, total) : NULL;
     if (total && !arena) {
@@ -349,11 +352,7 @@ static int pack_weights(struct capmoe_model *m, capmoe_error *err) {
             return -1;
         }
     }
-    size_t off = 0;
-    for (int i = 0; i < n; i++) {
-        jobs[i].dst = arena + off;
-        off += (capmoe_panel_matrix_bytes(jobs[i].dtype, jobs[i].N, jobs[i].K) + 63) & ~(size_t)63;
-    }
+    for (int i = 0; i < n; i++) jobs[i].dst = arena + jobs[i].off;
     capmoe_par_for(m->par, n, pack_one, jobs);
     int nr = capmoe_st_count(m->st);
     struct range *mapped = calloc((size_t)(nr > 0 ? nr : 1), sizeof *mapped);

@@ -17,7 +17,8 @@ struct capmoe_layer {
     const float *attn_norm, *ffn_norm;       /* [H] */
     capmoe_wmat wq, wk, wv, wo;              /* [nH*d, H] [nKV*d, H] [nKV*d, H] [H, nH*d] */
     capmoe_wmat wqkv;                        /* [nH*d + 2*nKV*d, H]: wq, wk, wv stacked
-                                              * (panels; wq, wk, wv keep only their dtype) */
+                                              * (panels; once stacked, wq, wk, wv are
+                                              * NULL and no longer read) */
     const float *bq, *bk, *bv, *bo;          /* biases or NULL */
     const float *q_norm, *k_norm;            /* [nH*d] / [nKV*d] (FULL) or [d] (HEAD) */
     int is_moe;
