@@ -1,6 +1,7 @@
 /* config.c - the option table of capmoe-server and the four ways to set it:
  * defaults, JSON file, CAPMOE_* environment variables and --flags. */
 #include "capmoe/config.h"
+#include "capmoe/json.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -73,8 +74,13 @@ static const opt k_opts[] = {
      "finish_reason length (0: no limit)"},
     {"connection_timeout_s", OPT_INT, OFF(connection_timeout_s), 0, 86400, "60", "S",
      "close an HTTP connection idle this long (0: never)"},
+    {"header_timeout_s", OPT_INT, OFF(header_timeout_s), 0, 86400, "10", "S",
+     "close a new HTTP connection that has not sent a whole request header this long "
+     "after connecting (0: connection_timeout_s applies)"},
     {"max_connections", OPT_INT, OFF(max_connections), 1, 65536, "512", "N",
      "concurrent HTTP connections (suspended streaming ones included)"},
+    {"max_connections_per_ip", OPT_INT, OFF(max_connections_per_ip), 0, 65536, "0", "N",
+     "concurrent HTTP connections from one client address (0: no per-address limit)"},
     {"metrics_per_layer_expert", OPT_BOOL, OFF(metrics_per_layer_expert), 0, 1, "false", "BOOL",
      "label expert-token counters by {layer,expert} (layers x experts series) instead of {expert}"},
     {"threads", OPT_INT, OFF(threads), 0, 64, "0", "N",
@@ -247,6 +253,12 @@ int capmoe_config_apply_json(capmoe_config *cfg, const char *json, size_t len, c
         return capmoe_set_error(err, "%s: invalid JSON near byte %zu", what, at);
     }
     int rc = 0;
+    char where[256];
+    if (capmoe_json_find_nul(json, len, where, sizeof where)) {
+        rc = capmoe_set_error(err, "%s: %s: a string holds a NUL character (\\u0000)", what,
+                              where);
+        goto out;
+    }
     if (!cJSON_IsObject(root)) {
         rc = capmoe_set_error(err, "%s: the top level must be a JSON object", what);
         goto out;

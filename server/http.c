@@ -195,6 +195,9 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
         r->h = h;
         r->conn = conn;
         r->refs = 1;
+        if (h->opts.header_timeout_s && h->opts.header_timeout_s != h->opts.connection_timeout_s)
+            MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT,
+                                      h->opts.connection_timeout_s);
         r->method = strdup(method);
         r->path = strdup(url);
         *con_cls = r;
@@ -272,6 +275,19 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
     default:
         return MHD_YES;
     }
+}
+
+/* A new connection gets the short header timeout: idle connections that
+ * never send a request would otherwise hold one of max_connections slots for
+ * connection_timeout_s (the first request header restores the normal idle
+ * timeout, see access_cb). */
+static void connection_cb(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe) {
+    (void)socket_context;
+    capmoe_http *h = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED && h->opts.header_timeout_s &&
+        h->opts.header_timeout_s != h->opts.connection_timeout_s)
+        MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, h->opts.header_timeout_s);
 }
 
 static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -406,17 +422,37 @@ static void poll_cb(uv_poll_t *p, int status, int events) {
     pump(p->data);
 }
 
+/* Open connections as MHD counts them (the query also frees closed ones). */
+static unsigned conn_count(capmoe_http *h) {
+    const union MHD_DaemonInfo *di =
+        MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+    return di ? di->num_connections : 0;
+}
+
+/* One MHD_run, repeated while it has more to do than a timeout would show:
+ *  - a connection was resumed during the run (0.9.75's get_timeout ignores
+ *    pending resumes);
+ *  - a connection was freed during the run. At the connection limit (or
+ *    after accept() failed for lack of descriptors) MHD takes its listen
+ *    socket out of the epoll set, and puts it back only at the start of a
+ *    later MHD_run once a slot is free. The connections whose closing frees
+ *    that slot are reaped at the end of a run, and nothing else would wake
+ *    the loop afterwards (no listen socket in the set, possibly no timeout
+ *    left): without this second run the server never accepted again. */
 static void pump(capmoe_http *h) {
     if (!h->d || h->in_mhd) return;
+    int again = 0;
     for (int i = 0; i < 8; i++) {
         h->resume_pending = 0;
+        unsigned before = conn_count(h);
         h->in_mhd = 1;
         MHD_run(h->d);
         h->in_mhd = 0;
-        if (!h->resume_pending) break;
+        again = h->resume_pending || conn_count(h) < before;
+        if (!again) break;
     }
     MHD_UNSIGNED_LONG_LONG to = 0;
-    if (h->resume_pending) {
+    if (again) {
         uv_timer_start(&h->mhd_timer, mhd_timer_cb, 0, 0);
     } else if (MHD_get_timeout(h->d, &to) == MHD_YES) {
         uv_timer_start(&h->mhd_timer, mhd_timer_cb, (uint64_t)to, 0);
@@ -551,10 +587,10 @@ int capmoe_http_new(capmoe_http **out, const capmoe_http_opts *opts,
     h->d = MHD_start_daemon(
         flags, (uint16_t)opts->port, NULL, NULL, access_cb, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
         NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-        MHD_OPTION_NOTIFY_COMPLETED, completed_cb, h, MHD_OPTION_CONNECTION_TIMEOUT,
-        opts->connection_timeout_s, MHD_OPTION_CONNECTION_LIMIT,
-        opts->max_connections ? opts->max_connections : 512u, MHD_OPTION_LISTENING_ADDRESS_REUSE,
-        1u, MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_COMPLETED, completed_cb, h, MHD_OPTION_NOTIFY_CONNECTION,
+        connection_cb, h, MHD_OPTION_CONNECTION_TIMEOUT, opts->connection_timeout_s,
+        MHD_OPTION_CONNECTION_LIMIT, opts->max_connections ? opts->max_connections : 512u,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, opts->max_connections_per_ip, MHD_OPTION_END);
     int e = errno;
     freeaddrinfo(ai);
     if (!h->d) {

@@ -203,7 +203,9 @@ int main(int argc, char **argv) {
         .port = cfg.port,
         .max_body_bytes = cfg.max_body_bytes,
         .connection_timeout_s = (unsigned)cfg.connection_timeout_s,
+        .header_timeout_s = (unsigned)cfg.header_timeout_s,
         .max_connections = (unsigned)cfg.max_connections,
+        .max_connections_per_ip = (unsigned)cfg.max_connections_per_ip,
     };
     capmoe_http_handlers hh = {
         .user = &s,

@@ -2,6 +2,7 @@
  * bodies of capmoe-server (OpenAI-compatible API). JSON lives only here: the
  * scheduler sees native structs (capmoe_gen_params) and hands back events. */
 #include "capmoe/openai.h"
+#include "capmoe/json.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -134,27 +135,38 @@ char *capmoe_api_error_json(const capmoe_api_error *e, size_t *len) {
 
 /* ==== request parsing ========================================================== */
 
-/* cJSON over a length-delimited buffer, refusing trailing non-space bytes
- * (cJSON_ParseWithLengthOpts alone accepts "{...} garbage"). *end gets the
- * error position on failure. */
-static cJSON *parse_json(const char *body, size_t len, const char **end) {
-    const char *e = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &e, 0);
-    if (!root) {
-        if (end) *end = e;
-        return NULL;
-    }
-    for (const char *p = e; p && p < body + len; p++)
-        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
-            cJSON_Delete(root);
-            if (end) *end = p;
-            return NULL;
-        }
-    return root;
-}
-
 #define E400(e, param, ...) \
     capmoe_api_fail(e, 400, "invalid_request_error", NULL, param, __VA_ARGS__)
+
+/* cJSON over a length-delimited buffer, refusing trailing non-space bytes
+ * (cJSON_ParseWithLengthOpts alone accepts "{...} garbage") and strings that
+ * hold an escaped NUL (cJSON would silently cut them at the NUL). */
+static cJSON *parse_json(const char *body, size_t len, capmoe_api_error *e) {
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+    for (const char *p = end; root && p && p < body + len; p++)
+        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
+            cJSON_Delete(root);
+            root = NULL;
+            end = p;
+        }
+    if (!root) {
+        size_t at = end && end >= body ? (size_t)(end - body) : 0;
+        E400(e, NULL, "malformed JSON near byte %zu (or nested deeper than %d levels)", at,
+             CJSON_NESTING_LIMIT);
+        return NULL;
+    }
+    char where[256];
+    if (capmoe_json_find_nul(body, len, where, sizeof where)) {
+        cJSON_Delete(root);
+        E400(e, where,
+             "%s: a string holds a NUL character (\\u0000), which is not accepted "
+             "(it would cut the text short)",
+             where);
+        return NULL;
+    }
+    return root;
+}
 
 /* The field, or NULL when absent or JSON null. */
 static const cJSON *field(const cJSON *o, const char *name) {
@@ -450,14 +462,8 @@ int capmoe_api_parse_request(capmoe_api_kind kind, const char *body, size_t len,
     r->add_special = 1;
     if (!body || len == 0) return E400(e, NULL, "the request body is empty (JSON expected)");
     if (!capmoe_utf8_valid(body, len)) return E400(e, NULL, "the request body is not valid UTF-8");
-    const char *end = NULL;
-    cJSON *root = parse_json(body, len, &end);
-    if (!root) {
-        size_t at = end && end >= body ? (size_t)(end - body) : 0;
-        return E400(e, NULL,
-                    "malformed JSON near byte %zu (or nested deeper than %d levels)", at,
-                    CJSON_NESTING_LIMIT);
-    }
+    cJSON *root = parse_json(body, len, e);
+    if (!root) return -1;
     int rc = -1;
     if (!cJSON_IsObject(root)) {
         E400(e, NULL, "the request body must be a JSON object");
@@ -780,11 +786,8 @@ static cJSON *parse_object_body(capmoe_http_req *req, capmoe_api_error *e) {
         E400(e, NULL, "the request body is not valid UTF-8");
         return NULL;
     }
-    cJSON *root = parse_json(body, len, NULL);
-    if (!root) {
-        E400(e, NULL, "malformed JSON (or nested deeper than %d levels)", CJSON_NESTING_LIMIT);
-        return NULL;
-    }
+    cJSON *root = parse_json(body, len, e);
+    if (!root) return NULL;
     if (!cJSON_IsObject(root)) {
         cJSON_Delete(root);
         E400(e, NULL, "the request body must be a JSON object");

@@ -230,6 +230,7 @@ START_TEST(test_refusals) {
         {"[1, 2]", "the top level must be a JSON object"},
         {"{\"port\": 1,", "invalid JSON"},
         {"{\"max_body_bytes\": 1e12}", "\"max_body_bytes\": 1000000000000 is out of range"},
+        {"{\"model\": \"config/model\\u0000/x\"}", "model: a string holds a NUL character"},
     };
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         char *path = write_tmp(files[i].json);

@@ -279,6 +279,39 @@ START_TEST(test_nesting) {
 }
 END_TEST
 
+/* A NUL escape would silently cut a string in cJSON: refused, naming the
+ * field; an escaped backslash followed by "u0000" is not a NUL. */
+START_TEST(test_nul_in_strings) {
+    expect_400(CAPMOE_API_COMPLETIONS, "{\"prompt\":\"hello\\u0000 world and more\"}", "prompt",
+               "NUL");
+    expect_400(CAPMOE_API_COMPLETIONS, "{\"prompt\":[\"ok\",\"x\\u0000\"]}", "prompt[1]",
+               "NUL");
+    expect_400(CAPMOE_API_COMPLETIONS, "{\"prompt\":\"a\",\"stop\":\"\\u0000\"}", "stop",
+               "NUL");
+    expect_400(CAPMOE_API_CHAT,
+               "{\"messages\":[{\"role\":\"system\",\"content\":\"s\"},"
+               "{\"role\":\"user\\u0000garbage\",\"content\":\"hi\"}]}",
+               "messages[1].role", "NUL");
+    expect_400(CAPMOE_API_CHAT,
+               "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\","
+               "\"text\":\"a\\u0000\"}]}]}",
+               "messages[0].content[0].text", "NUL");
+    expect_400(CAPMOE_API_COMPLETIONS, "{\"prom\\u0000pt\":\"x\",\"prompt\":\"y\"}",
+               "key 'prom\\u0000pt' of the request body", "NUL");
+    /* nested containers before the culprit: indices and keys stay right */
+    expect_400(CAPMOE_API_COMPLETIONS,
+               "{\"a\":{\"b\":[1,{\"c\":\"]\"}],\"d\":\"}\"},\"prompt\":\"p\",\"user\":\"\\u0000\"}",
+               "user", "NUL");
+    capmoe_api_request r;
+    capmoe_api_error e;
+    ck_assert_int_eq(parse(CAPMOE_API_COMPLETIONS, "{\"prompt\":\"a\\\\u0000b\"}", &r, &e), 0);
+    ck_assert_str_eq(r.prompts[0].text, "a\\u0000b");
+    capmoe_api_request_free(&r);
+    ck_assert_int_eq(parse(CAPMOE_API_COMPLETIONS, "{\"prompt\":\"a\\u0001b\"}", &r, &e), 0);
+    capmoe_api_request_free(&r);
+}
+END_TEST
+
 START_TEST(test_chat) {
     capmoe_api_request r;
     capmoe_api_error e;
@@ -345,6 +378,7 @@ static Suite *openai_suite(void) {
     tcase_add_test(tc, test_completion_refusals);
     tcase_add_test(tc, test_nesting);
     tcase_add_test(tc, test_chat);
+    tcase_add_test(tc, test_nul_in_strings);
     tcase_set_timeout(tc, 30);
     suite_add_tcase(s, tc);
     return s;

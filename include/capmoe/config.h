@@ -29,7 +29,11 @@
  *   request_timeout_s         number          0              generation wall-clock limit from arrival
  *                                                            (0 = none); ends with finish_reason length
  *   connection_timeout_s      int             60             idle HTTP connection timeout (0 = none)
+ *   header_timeout_s          int             10             a new connection must send a whole request
+ *                                                            header this soon (0 = connection_timeout_s)
  *   max_connections           int             512            concurrent HTTP connections
+ *   max_connections_per_ip    int             0              concurrent connections per client address
+ *                                                            (0 = no per-address limit)
  *   metrics_per_layer_expert  bool            false          expert-token counters per {layer,expert}
  *   threads                   int 0..64       0              engine threads (0 = one per core)
  *
@@ -64,7 +68,9 @@ typedef struct capmoe_config {
     double grace_period_s;
     double request_timeout_s;
     int connection_timeout_s;
+    int header_timeout_s;
     int max_connections;
+    int max_connections_per_ip;
     int metrics_per_layer_expert;
     int threads;
     char *config_file;           /* malloc'd path of the file read, NULL if none */

@@ -49,7 +49,10 @@ typedef struct capmoe_http_opts {
     int port;                      /* 0 = any free port (see capmoe_http_port) */
     long long max_body_bytes;      /* 413 above */
     unsigned connection_timeout_s; /* MHD idle timeout; 0 = none */
+    unsigned header_timeout_s;     /* a new connection's timeout until its first request
+                                      header is complete; 0 = connection_timeout_s */
     unsigned max_connections;
+    unsigned max_connections_per_ip; /* 0 = no per-address limit */
 } capmoe_http_opts;
 
 /* Creates the loop, binds and listens (the socket is up when this returns). */
