@@ -177,6 +177,17 @@ int capmoe_model_forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_se
     return rc;
 }
 
+void capmoe_model_forward_abandon(capmoe_model *m) {
+    if (!m || !m->comm || m->comm_broken) return;
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        if (m->layers[l].is_moe) {
+            capmoe_moe_mpi_fail(m);
+            return;
+        }
+}
+
+int capmoe_model_comm_broken(const capmoe_model *m) { return m && m->comm_broken; }
+
 static int forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_seqs,
                    const capmoe_dispatch_cfg *cfg, float *logits, capmoe_forward_stats *stats,
                    capmoe_error *err) {

@@ -8,7 +8,16 @@
  * (503), let running ones finish within grace_period_s, then cancel them;
  * once no generation and no HTTP request is left (or 2 s after the cancel),
  * stop the HTTP layer and exit 0. A second signal cancels at once. A model
- * that fails to load exits 1. */
+ * that fails to load exits 1.
+ *
+ * --ep mpi (under `mpirun -np R`): rank 0 runs all of the above; ranks > 0
+ * load their share of the experts, take part in the start-up check, send
+ * heartbeats and follow rank 0's steps until it stops them (they ignore
+ * SIGTERM / SIGINT, which mpirun forwards: rank 0 decides). When a rank
+ * dies or hangs (a step fails: timeout, MPI error; or, on a SIGTERM that
+ * mpirun sends when a rank died, a rank found silent), rank 0 answers every
+ * open request 503 naming the rank, stops, and ends the job with MPI_Abort
+ * (exit status 3). */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,7 +26,9 @@
 #include <unistd.h>
 
 
+#include "capmoe/comm.h"
 #include "capmoe/config.h"
+#include "capmoe/engine.h"
 #include "capmoe/hfconfig.h"
 #include "capmoe/http.h"
 #include "capmoe/metrics.h"
@@ -29,6 +40,8 @@ extern char **environ;
 
 typedef struct server {
     const capmoe_config *cfg;
+    capmoe_comm *comm;  /* --ep mpi; NULL otherwise */
+    int fault;          /* the expert-parallel group failed: end with MPI_Abort */
     capmoe_http *http;
     capmoe_api *api;
     int draining;      /* a signal arrived (or loading failed) */
@@ -92,9 +105,39 @@ static void on_rejected(void *u, const char *path, int status) {
     capmoe_api_on_rejected(s->api, path, status);
 }
 
+/* --ep mpi: the process group failed. Everything open has been (or is now)
+ * answered 503; once the answers are out the loop stops and main aborts the
+ * job. */
+static void enter_fault(server *s, const char *why) {
+    if (s->fault) return;
+    s->fault = 1;
+    s->exit_code = 3;
+    fprintf(stderr, "capmoe-server: expert-parallel failure: %s; answering 503 and stopping\n", why);
+    capmoe_api_fault(s->api, why);
+    if (!s->draining) begin_drain(s, 0);
+    capmoe_http_set_timer(s->http, 2.0, flush_over, s);
+}
+
+/* After a SIGTERM under mpirun: if it came because a rank died (mpirun
+ * signals every process then), some rank has gone silent by now. */
+static void signal_check(void *arg) {
+    server *s = arg;
+    char why[700];
+    capmoe_comm_diagnose(s->comm, 0.25, why, sizeof why);
+    if (why[0]) {
+        enter_fault(s, why);
+        return;
+    }
+    fprintf(stderr,
+            "capmoe-server: SIGTERM: no new requests; waiting up to %g s for %d running one(s)\n",
+            s->cfg->grace_period_s, capmoe_api_busy(s->api));
+    begin_drain(s, s->cfg->grace_period_s);
+}
+
 static void on_wake(void *u) {
     server *s = u;
     capmoe_api_process(s->api);
+    if (capmoe_api_get_state(s->api) == CAPMOE_API_FAULT) enter_fault(s, capmoe_api_error_msg(s->api));
     if (capmoe_api_get_state(s->api) == CAPMOE_API_FAILED && !s->draining) {
         fprintf(stderr, "capmoe-server: cannot load the model: %s\n",
                 capmoe_api_error_msg(s->api));
@@ -107,6 +150,12 @@ static void on_wake(void *u) {
 static void on_signal(void *u, int signum) {
     server *s = u;
     const char *name = signum == SIGTERM ? "SIGTERM" : "SIGINT";
+    if (!s->draining && s->comm && signum == SIGTERM && !s->fault) {
+        /* decided in 0.3 s: an operator's drain, or a rank's death */
+        s->draining = 1;
+        capmoe_http_set_timer(s->http, 0.3, signal_check, s);
+        return;
+    }
     if (!s->draining) {
         fprintf(stderr,
                 "capmoe-server: %s: no new requests; waiting up to %g s for %d running one(s)\n",
@@ -132,6 +181,44 @@ static int check_model_dir(const char *dir, capmoe_hfconfig *hc, capmoe_error *e
         return capmoe_set_error(err, "model: '%s' has no readable config.json", dir);
     capmoe_error e;
     if (capmoe_hfconfig_load(hc, dir, &e) != 0) return capmoe_set_error(err, "model: %s", e.msg);
+    return 0;
+}
+
+/* Ranks > 0 of --ep mpi: their experts, the start-up check, then rank 0's
+ * steps until it stops them. */
+static int worker_main(const capmoe_config *cfg, capmoe_comm *comm) {
+    signal(SIGTERM, SIG_IGN); /* mpirun forwards the operator's signals: rank 0 decides */
+    signal(SIGINT, SIG_IGN);
+    int me = capmoe_comm_rank(comm);
+    capmoe_model *m = NULL;
+    capmoe_error err, lerr;
+    capmoe_model_opts mo = {.max_ranks = 1, .threads = cfg->threads, .comm = comm};
+    int lrc = capmoe_model_load(&m, cfg->model, &mo, &lerr);
+    int context = cfg->context;
+    if (lrc == 0 && context <= 0) context = capmoe_model_config(m)->max_position_embeddings;
+    capmoe_engine_opts eo = {.model = m, .comm = comm, .context = context,
+                             .step_timeout_s = cfg->ep_step_timeout_s, .model_dir = cfg->model};
+    capmoe_engine *e = NULL;
+    if (capmoe_engine_new(&e, &eo, lrc == 0 ? NULL : lerr.msg, &err) != 0) {
+        if (lrc != 0) fprintf(stderr, "capmoe-server: rank %d: %s\n", me, lerr.msg);
+        capmoe_model_free(m);
+        capmoe_comm_finalize(comm);
+        return 1;
+    }
+    if (capmoe_comm_heartbeat_start(comm, 0.1, &err) != 0)
+        fprintf(stderr, "capmoe-server: rank %d: %s (a dead rank cannot be named)\n", me, err.msg);
+    const capmoe_hfconfig *hc = capmoe_model_config(m);
+    int El = hc->n_experts / capmoe_comm_size(comm);
+    fprintf(stderr, "capmoe-server: rank %d of %d on %s: experts [%d, %d) loaded; serving\n", me,
+            capmoe_comm_size(comm), capmoe_comm_host(comm), me * El, (me + 1) * El);
+    int rc = capmoe_engine_serve(e, &err);
+    capmoe_engine_free(e);
+    capmoe_model_free(m);
+    if (rc != 0) {
+        fprintf(stderr, "capmoe-server: rank %d: %s\n", me, err.msg);
+        capmoe_comm_abort(comm, 3);
+    }
+    capmoe_comm_finalize(comm);
     return 0;
 }
 
@@ -164,11 +251,42 @@ int main(int argc, char **argv) {
         return rc;
     }
 
+    capmoe_comm *comm = NULL;
+    if (strcmp(cfg.ep, "mpi") == 0) {
+        if (capmoe_comm_init(&comm, &argc, &argv, &err) != 0) {
+            fprintf(stderr, "capmoe-server: --ep mpi: %s\n", err.msg);
+            capmoe_config_free(&cfg);
+            return 1;
+        }
+        int R = capmoe_comm_size(comm);
+        if (cfg.ep_ranks != 1 && cfg.ep_ranks != R) {
+            fprintf(stderr,
+                    "capmoe-server: --ep-ranks %d differs from the %d MPI ranks (under --ep mpi "
+                    "the ranks are the processes: leave --ep-ranks out)\n",
+                    cfg.ep_ranks, R);
+            capmoe_comm_abort(comm, 2);
+        }
+        cfg.ep_ranks = R;
+        if (capmoe_comm_rank(comm) > 0) {
+            int rc = worker_main(&cfg, comm);
+            capmoe_config_free(&cfg);
+            return rc;
+        }
+        if (capmoe_comm_monitor_start(comm, &err) != 0)
+            fprintf(stderr, "capmoe-server: %s (a dead rank cannot be named)\n", err.msg);
+    }
+    /* rank 0 (or the only process) from here; under MPI a failure before the
+     * scheduler starts must end the whole job (the other ranks wait for it) */
+#define FAIL_EXIT(code) \
+    do { \
+        if (comm) capmoe_comm_abort(comm, code); \
+        return code; \
+    } while (0)
     capmoe_hfconfig hc;
     if (check_model_dir(cfg.model, &hc, &err) != 0) {
         fprintf(stderr, "capmoe-server: %s\n", err.msg);
         capmoe_config_free(&cfg);
-        return 1;
+        FAIL_EXIT(1);
     }
 
     char *model_id = capmoe_config_model_id(&cfg);
@@ -184,19 +302,19 @@ int main(int argc, char **argv) {
         fprintf(stderr, "capmoe-server: cannot create the metrics registry\n");
         free(model_id);
         capmoe_config_free(&cfg);
-        return 1;
+        FAIL_EXIT(1);
     }
     /* routed pairs per dispatch = tokens x top_k (not computed + dropped, which
      * differs under expanded) */
     capmoe_metrics_set_top_k(metrics, hc.top_k);
 
-    server s = {.cfg = &cfg};
+    server s = {.cfg = &cfg, .comm = comm};
     if (capmoe_api_new(&s.api, &cfg, metrics, &err) != 0) {
         fprintf(stderr, "capmoe-server: %s\n", err.msg);
         capmoe_metrics_free(metrics);
         free(model_id);
         capmoe_config_free(&cfg);
-        return 1;
+        FAIL_EXIT(1);
     }
     capmoe_http_opts ho = {
         .host = cfg.host,
@@ -221,21 +339,33 @@ int main(int argc, char **argv) {
         capmoe_metrics_free(metrics);
         free(model_id);
         capmoe_config_free(&cfg);
-        return 1;
+        FAIL_EXIT(1);
     }
     fprintf(stderr, "capmoe-server %s: listening on http://%s:%d (model %s as '%s', loading)\n",
             CAPMOE_SERVER_VERSION, cfg.host, capmoe_http_port(s.http), cfg.model, model_id);
+    if (comm) {
+        capmoe_api_set_comm(s.api, comm);
+        fprintf(stderr, "capmoe-server: --ep mpi: %d ranks; rank 0 on %s serves HTTP\n",
+                capmoe_comm_size(comm), capmoe_comm_host(comm));
+    }
     if (capmoe_api_start(s.api, s.http, &err) != 0) {
         fprintf(stderr, "capmoe-server: %s\n", err.msg);
         s.exit_code = 1;
         begin_drain(&s, 0);
     }
     capmoe_http_run(s.http);
-    capmoe_api_free(s.api); /* joins the scheduler */
+    if (s.fault) { /* the scheduler may be stuck in a step: end every rank now */
+        fprintf(stderr, "capmoe-server: aborting the MPI job (exit status 3)\n");
+        fflush(stderr);
+        capmoe_comm_abort(comm, 3);
+    }
+    capmoe_api_free(s.api); /* joins the scheduler (under MPI: stops the other ranks) */
     capmoe_http_free(s.http);
     capmoe_metrics_free(metrics);
     fprintf(stderr, "capmoe-server: stopped\n");
     free(model_id);
     capmoe_config_free(&cfg);
+    capmoe_comm_finalize(comm);
     return s.exit_code;
+#undef FAIL_EXIT
 }

@@ -607,6 +607,7 @@ typedef struct gen_call {
     int n_finished;
     int failed;               /* a sub ended with an error */
     int cancelled;
+    int answered;             /* the HTTP answer went out early (capmoe_api_fault) */
     char errmsg[512];
     struct gen_call *prev, *next;
 } gen_call;
@@ -709,6 +710,9 @@ static void not_ready_error(const capmoe_api *api, capmoe_api_error *e) {
     else if (api->state == CAPMOE_API_FAILED)
         capmoe_api_fail(e, 503, "unavailable_error", "model_load_failed", NULL,
                         "the model failed to load: %s", api->load_error);
+    else if (api->state == CAPMOE_API_FAULT)
+        capmoe_api_fail(e, 503, "unavailable_error", "expert_parallel_failure", NULL,
+                        "the server cannot generate: %s", api->load_error);
     else
         capmoe_api_fail(e, 503, "unavailable_error", "shutting_down", NULL,
                         "the server is shutting down");
@@ -1152,7 +1156,8 @@ static void respond_final(gen_call *c) {
     capmoe_api *api = c->api;
     if (c->failed) {
         capmoe_api_error e;
-        capmoe_api_fail(&e, 500, "server_error", NULL, NULL, "generation failed: %s", c->errmsg);
+        if (api->state == CAPMOE_API_FAULT) not_ready_error(api, &e);
+        else capmoe_api_fail(&e, 500, "server_error", NULL, NULL, "generation failed: %s", c->errmsg);
         send_error(api, c->req, c->endpoint, &e);
         return;
     }
@@ -1215,12 +1220,16 @@ static void respond_final(gen_call *c) {
 static void call_complete(gen_call *c) {
     capmoe_api *api = c->api;
     if (api->metrics) capmoe_metrics_e2e_latency(api->metrics, capmoe_now() - c->t_submit);
-    if (!c->req) return;
+    if (!c->req || c->answered) return;
     if (!c->rq.stream) {
         respond_final(c);
         return;
     }
-    if (c->failed) {
+    if (c->failed && api->state == CAPMOE_API_FAULT) {
+        capmoe_api_error e;
+        not_ready_error(api, &e);
+        stream_error(c, 503, "unavailable_error", e.message);
+    } else if (c->failed) {
         stream_error(c, 500, "server_error", c->errmsg);
     } else if (c->cancelled) {
         stream_error(c, 503, "unavailable_error",
@@ -1236,7 +1245,8 @@ static void call_complete(gen_call *c) {
     static const char done[] = "data: [DONE]\n\n";
     capmoe_http_stream_write(c->req, done, sizeof done - 1);
     capmoe_http_stream_end(c->req);
-    count_request(api, c->endpoint, c->failed ? 500 : c->cancelled ? 503 : 200);
+    count_request(api, c->endpoint,
+                  c->failed ? (api->state == CAPMOE_API_FAULT ? 503 : 500) : c->cancelled ? 503 : 200);
 }
 
 static int sub_index(const gen_call *c, uint64_t id) {
@@ -1251,6 +1261,11 @@ static void handle_event(capmoe_api *api, capmoe_sched_event *ev) {
         if (api->state == CAPMOE_API_LOADING) api->state = CAPMOE_API_READY;
         fprintf(stderr, "capmoe-server: model loaded (%s, context %d); ready\n", api->model_id,
                 capmoe_sched_context(api->sched));
+        return;
+    }
+    if (ev->type == CAPMOE_EV_FATAL) {
+        api->state = CAPMOE_API_FAULT;
+        snprintf(api->load_error, sizeof api->load_error, "%s", ev->error ? ev->error : "?");
         return;
     }
     if (ev->type == CAPMOE_EV_LOAD_FAILED) {
@@ -1688,6 +1703,10 @@ int capmoe_api_new(capmoe_api **out, const capmoe_config *cfg, capmoe_metrics *m
     return 0;
 }
 
+void capmoe_api_set_comm(capmoe_api *api, capmoe_comm *comm) {
+    capmoe_sched_set_comm(api->sched, comm, api->cfg->ep_step_timeout_s);
+}
+
 int capmoe_api_start(capmoe_api *api, capmoe_http *http, capmoe_error *err) {
     pthread_mutex_lock(&api->mu);
     api->http = http;
@@ -1717,6 +1736,26 @@ void capmoe_api_free(capmoe_api *api) {
     pthread_mutex_destroy(&api->mu);
     free(api->model_id);
     free(api);
+}
+
+void capmoe_api_fault(capmoe_api *api, const char *why) {
+    api->state = CAPMOE_API_FAULT;
+    snprintf(api->load_error, sizeof api->load_error, "%s", why);
+    capmoe_api_error e;
+    not_ready_error(api, &e);
+    for (gen_call *c = api->calls; c; c = c->next) {
+        if (!c->req || c->answered) continue;
+        c->answered = 1;
+        if (c->rq.stream) {
+            stream_error(c, 503, "unavailable_error", e.message);
+            static const char done[] = "data: [DONE]\n\n";
+            capmoe_http_stream_write(c->req, done, sizeof done - 1);
+            capmoe_http_stream_end(c->req);
+            count_request(api, c->endpoint, 503);
+        } else {
+            send_error(api, c->req, c->endpoint, &e);
+        }
+    }
 }
 
 void capmoe_api_drain(capmoe_api *api) {

@@ -78,4 +78,12 @@ int capmoe_model_forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_se
                          const capmoe_dispatch_cfg *cfg, float *logits,
                          capmoe_forward_stats *stats, capmoe_error *err);
 
+/* --ep mpi. This rank cannot run the step it was asked to (an unreadable
+ * plan, no memory): it tells the others at the first MoE layer's exchange,
+ * where every rank's forward then fails. */
+void capmoe_model_forward_abandon(capmoe_model *m);
+/* --ep mpi: 1 once an exchange failed (a rank failed or died, an MPI error,
+ * a timeout): the process group cannot be used again. */
+int capmoe_model_comm_broken(const capmoe_model *m);
+
 #endif
