@@ -179,6 +179,13 @@ int capmoe_comm_max(capmoe_comm *c, long long *v, int n, capmoe_error *err) {
     return wait_req(c, &rq, 0, "an all-reduce", err);
 }
 
+int capmoe_comm_sum(capmoe_comm *c, double *v, int n, capmoe_error *err) {
+    MPI_Request rq;
+    int rc = MPI_Iallreduce(MPI_IN_PLACE, v, n, MPI_DOUBLE, MPI_SUM, c->world, &rq);
+    if (rc != MPI_SUCCESS) return mpi_fail(err, rc, "MPI_Iallreduce");
+    return wait_req(c, &rq, 0, "an all-reduce", err);
+}
+
 static int gather_any(capmoe_comm *c, const void *send, size_t bytes, int root, int all,
                       void **out, size_t *counts, capmoe_error *err) {
     *out = NULL;

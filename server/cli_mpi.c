@@ -26,11 +26,15 @@ int capmoe_cli_ep(capmoe_cli_args *a, capmoe_dispatch_cfg *cfg, capmoe_comm **co
     return 0;
 }
 
-int capmoe_cli_agree(capmoe_comm *c, int ok) {
+int capmoe_cli_agree(capmoe_comm *c, int ok, capmoe_error *err) {
     if (!c) return ok;
     long long bad = ok ? 0 : 1;
     capmoe_error e;
-    if (capmoe_comm_max(c, &bad, 1, &e) != 0) return 0;
+    if (capmoe_comm_max(c, &bad, 1, &e) != 0) {
+        if (ok) capmoe_set_error(err, "%s", e.msg);
+        return 0;
+    }
+    if (bad && ok) capmoe_set_error(err, "stopped: another rank failed (see its message)");
     return bad == 0;
 }
 

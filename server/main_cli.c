@@ -159,7 +159,6 @@ static int cmd_logits(int argc, char **argv) {
     capmoe_dispatch_cfg cfg;
     if (capmoe_cli_dispatch(&a, &cfg, &err)) return usage_fail("logits", &err);
     const char *out = capmoe_cli_get(&a, "out");
-    const char *ep = capmoe_cli_get(&a, "ep");
     if (!out || !*out) {
         capmoe_set_error(&err, "--out FILE is required");
         return usage_fail("logits", &err);
@@ -202,10 +201,6 @@ static int cmd_logits(int argc, char **argv) {
         for (int s = 0; s < n_seqs; s++) srank[s] = v[s];
         free(v);
     }
-    if (ep && strcmp(ep, "threads") && strcmp(ep, "mpi")) {
-        capmoe_set_error(&err, "--ep: '%s' is neither threads nor mpi", ep);
-        goto done_usage;
-    }
     if (capmoe_cli_check_unused(&a, &err)) goto done_usage;
 
     rc = 1;
@@ -228,7 +223,7 @@ static int cmd_logits(int argc, char **argv) {
     int ok = capmoe_model_load(&m, dir, &mo, &err) == 0;
     if (ok && capmoe_dispatch_cfg_check(&cfg, capmoe_model_config(m)->n_experts, &err)) ok = 0;
     if (!ok) capmoe_cli_fail_rank(comm, "logits", &err);
-    if (!capmoe_cli_agree(comm, ok)) goto done;
+    if (!capmoe_cli_agree(comm, ok, &err)) goto done;
     const capmoe_hfconfig *c = capmoe_model_config(m);
     int T = 0, T_local = 0;
     for (int s = 0; s < n_seqs; s++) {
@@ -250,7 +245,7 @@ static int cmd_logits(int argc, char **argv) {
         ok = capmoe_model_forward(m, seqs, n_local, &cfg, logits, &st, &err) == 0;
     }
     if (!ok) capmoe_cli_fail_rank(comm, "logits", &err);
-    if (!capmoe_cli_agree(comm, ok)) goto done;
+    if (!capmoe_cli_agree(comm, ok, &err)) goto done;
     if (comm && (gather_logits(comm, &logits, n_seqs, n_ids, srank, c->vocab_size, &err) ||
                  capmoe_cli_gather_stats(comm, &st, &err))) {
         capmoe_cli_fail_rank(comm, "logits", &err);
@@ -398,27 +393,31 @@ static int cmd_generate(int argc, char **argv) {
     int32_t *out = NULL;
     void *scratch = NULL;
     capmoe_kv *kv = NULL;
-    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks};
-    if (capmoe_tokenizer_load(&tok, dir, &err) || capmoe_model_load(&m, dir, &mo, &err)) goto end;
-    if (prompt && capmoe_tokenizer_encode(tok, prompt, strlen(prompt), 1, &ids, &n, &err)) goto end;
-    if (n == 0) {
+    capmoe_comm *comm = NULL;
+    if (capmoe_cli_ep(&a, &cfg, &comm, &err)) goto end;
+    int me = capmoe_comm_rank(comm);
+    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks, .comm = comm};
+    int ok = capmoe_tokenizer_load(&tok, dir, &err) == 0 && capmoe_model_load(&m, dir, &mo, &err) == 0;
+    if (ok && prompt && capmoe_tokenizer_encode(tok, prompt, strlen(prompt), 1, &ids, &n, &err))
+        ok = 0;
+    if (ok && n == 0) {
         capmoe_set_error(&err, "the prompt has no tokens");
-        goto end;
+        ok = 0;
     }
+    if (!capmoe_cli_agree(comm, ok, &err)) goto end;
     const capmoe_hfconfig *c = capmoe_model_config(m);
     kv = capmoe_kv_new(m, 0);
     logits = malloc((size_t)c->vocab_size * sizeof(float));
     out = malloc(((size_t)max_tokens + 1) * sizeof(int32_t));
     scratch = malloc((size_t)c->vocab_size * 2 * sizeof(float) + 64);
-    if (!kv || !logits || !out || !scratch) {
-        capmoe_set_error(&err, "out of memory");
-        goto end;
-    }
-    if (n + max_tokens > capmoe_kv_max(kv)) {
+    ok = kv && logits && out && scratch;
+    if (!ok) capmoe_set_error(&err, "out of memory");
+    if (ok && n + max_tokens > capmoe_kv_max(kv)) {
         capmoe_set_error(&err, "prompt (%d tokens) + --max-tokens %ld exceed the context length %d",
                          n, max_tokens, capmoe_kv_max(kv));
-        goto end;
+        ok = 0;
     }
+    if (!capmoe_cli_agree(comm, ok, &err)) goto end;
     capmoe_sampling sp;
     capmoe_sampling_default(&sp);
     sp.temperature = (float)temperature;
@@ -430,15 +429,24 @@ static int cmd_generate(int argc, char **argv) {
     int n_out = 0;
     const int32_t *step = ids;
     int step_n = n;
+    /* Under --ep mpi the sequence lives on rank 0; every rank takes part
+     * in every forward, and rank 0 says when to stop. */
     while (n_out < max_tokens) {
         capmoe_batch_seq bs = {.kv = kv, .tokens = step, .n_tokens = step_n,
                                .want = CAPMOE_LOGITS_LAST, .rank = 0};
-        if (capmoe_model_forward(m, &bs, 1, &cfg, logits, NULL, &err)) goto end;
-        int next = capmoe_sample(logits, c->vocab_size, &sp, &rng, scratch);
+        ok = capmoe_model_forward(m, &bs, me == 0 ? 1 : 0, &cfg, logits, NULL, &err) == 0;
+        if (!capmoe_cli_agree(comm, ok, &err)) goto end;
+        int next = me == 0 ? capmoe_sample(logits, c->vocab_size, &sp, &rng, scratch) : 0;
         out[n_out++] = next;
-        if (stop_eos && eos >= 0 && next == eos) break;
+        int stop = stop_eos && eos >= 0 && next == eos;
+        if (comm && capmoe_comm_bcast(comm, &stop, sizeof stop, 0, 0, &err)) goto end;
+        if (stop) break;
         step = &out[n_out - 1];
         step_n = 1;
+    }
+    if (me != 0) { /* rank 0 prints */
+        rc = 0;
+        goto end;
     }
     char *text = NULL;
     size_t tl = 0;
@@ -460,7 +468,7 @@ static int cmd_generate(int argc, char **argv) {
     free(text);
     rc = 0;
 end:
-    if (rc) fail("generate", &err);
+    if (rc) capmoe_cli_fail_rank(comm, "generate", &err);
     free(ids);
     free(out);
     free(logits);
@@ -468,6 +476,7 @@ end:
     capmoe_kv_free(kv);
     capmoe_model_free(m);
     capmoe_tokenizer_free(tok);
+    capmoe_comm_finalize(comm);
     return rc;
 }
 
@@ -482,7 +491,13 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "tokenize") == 0) return cmd_tokenize(argc - 2, argv + 2);
     if (strcmp(cmd, "detokenize") == 0) return cmd_detokenize(argc - 2, argv + 2);
     if (strcmp(cmd, "generate") == 0) return cmd_generate(argc - 2, argv + 2);
-    if (strcmp(cmd, "bench") == 0) return capmoe_cmd_bench(argc - 2, argv + 2);
+    if (strcmp(cmd, "bench") == 0) {
+        for (int i = 2; i < argc; i++) /* measured expert parallelism across processes */
+            if ((strcmp(argv[i], "--ep") == 0 && i + 1 < argc && strcmp(argv[i + 1], "mpi") == 0) ||
+                strcmp(argv[i], "--ep=mpi") == 0)
+                return capmoe_cmd_bench_ep(argc - 2, argv + 2);
+        return capmoe_cmd_bench(argc - 2, argv + 2);
+    }
     if (strcmp(cmd, "perplexity") == 0) return capmoe_cmd_perplexity(argc - 2, argv + 2);
     if (strcmp(cmd, "synth") == 0) return capmoe_cmd_synth(argc - 2, argv + 2);
     fprintf(stderr, "capmoe: unknown command '%s'\n%s", cmd, USAGE);

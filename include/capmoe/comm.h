@@ -61,6 +61,8 @@ int capmoe_comm_bcast(capmoe_comm *c, void *buf, size_t bytes, int root, int idl
                       capmoe_error *err);
 /* Element-wise maximum of n values over all ranks, in place. */
 int capmoe_comm_max(capmoe_comm *c, long long *v, int n, capmoe_error *err);
+/* Element-wise sum of n doubles over all ranks, in place (every rank gets it). */
+int capmoe_comm_sum(capmoe_comm *c, double *v, int n, capmoe_error *err);
 /* Gathers every rank's bytes at root: on root *out receives a malloc'd
  * buffer with rank 0's bytes, then rank 1's, ..., and counts[r] each rank's
  * size (counts: R entries, root only); other ranks get *out = NULL. */
