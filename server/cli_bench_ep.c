@@ -180,7 +180,7 @@ int capmoe_cmd_bench_ep(int argc, char **argv) {
         capmoe_cli_check_unused(&a, &err))
         goto usage;
 
-    int rc = 1;
+    int rc = 1, n_seqs = 0;
     capmoe_comm *comm = NULL;
     capmoe_model *m = NULL;
     capmoe_batch_seq *seqs = NULL;
@@ -201,7 +201,7 @@ int capmoe_cmd_bench_ep(int argc, char **argv) {
     int ok = capmoe_model_load(&m, dir, &mo, &err) == 0;
     if (!capmoe_cli_agree(comm, ok, &err)) goto end;
     const capmoe_hfconfig *c = capmoe_model_config(m);
-    int n_seqs = (int)((tokens + seq_len - 1) / seq_len);
+    n_seqs = (int)((tokens + seq_len - 1) / seq_len);
     seqs = calloc((size_t)n_seqs, sizeof *seqs);
     ids = capmoe_malloc_array((size_t)tokens, sizeof *ids);
     ls = calloc((size_t)(c->n_moe_layers > 0 ? c->n_moe_layers : 1), sizeof *ls);

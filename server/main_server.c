@@ -209,8 +209,9 @@ static int worker_main(const capmoe_config *cfg, capmoe_comm *comm) {
         fprintf(stderr, "capmoe-server: rank %d: %s (a dead rank cannot be named)\n", me, err.msg);
     const capmoe_hfconfig *hc = capmoe_model_config(m);
     int El = hc->n_experts / capmoe_comm_size(comm);
-    fprintf(stderr, "capmoe-server: rank %d of %d on %s: experts [%d, %d) loaded; serving\n", me,
-            capmoe_comm_size(comm), capmoe_comm_host(comm), me * El, (me + 1) * El);
+    fprintf(stderr, "capmoe-server: rank %d of %d (pid %ld) on %s: experts [%d, %d) loaded; serving\n",
+            me, capmoe_comm_size(comm), (long)getpid(), capmoe_comm_host(comm), me * El,
+            (me + 1) * El);
     int rc = capmoe_engine_serve(e, &err);
     capmoe_engine_free(e);
     capmoe_model_free(m);
@@ -218,6 +219,7 @@ static int worker_main(const capmoe_config *cfg, capmoe_comm *comm) {
         fprintf(stderr, "capmoe-server: rank %d: %s\n", me, err.msg);
         capmoe_comm_abort(comm, 3);
     }
+    fprintf(stderr, "capmoe-server: rank %d: stopped\n", me);
     capmoe_comm_finalize(comm);
     return 0;
 }
