@@ -52,6 +52,12 @@ $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
+# The build's identity: the ranks of --ep mpi refuse to work with a rank of
+# another build (core/engine.c fingerprints it with the model).
+VERSION  := 0.1.0
+REVISION := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+$(BUILD)/obj/core/engine.o: CFLAGS += -DCAPMOE_VERSION='"$(VERSION)"' -DCAPMOE_REVISION='"$(REVISION)"'
+
 # The kernels' a*b+c must become fused multiply-adds (ISO C mode forbids
 # contraction by default).
 $(BUILD)/obj/core/kern.o $(BUILD)/obj/core/panel.o: CFLAGS += -ffp-contract=fast -Wno-psabi

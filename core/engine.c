@@ -629,6 +629,39 @@ typedef struct hello {
     char msg[512];
 } hello;
 
+int capmoe_engine_check_ranks(capmoe_comm *comm, const char *model_dir, const char *local_error,
+                              capmoe_error *err) {
+    if (!comm) return local_error ? capmoe_set_error(err, "%s", local_error) : 0;
+    int R = capmoe_comm_size(comm);
+    hello me;
+    memset(&me, 0, sizeof me);
+    me.status = local_error ? -1 : 0;
+    me.print = fingerprint(model_dir);
+    snprintf(me.build, sizeof me.build, "%s %s", CAPMOE_VERSION, CAPMOE_REVISION);
+    snprintf(me.host, sizeof me.host, "%s", capmoe_comm_host(comm));
+    snprintf(me.msg, sizeof me.msg, "%.500s", local_error ? local_error : "");
+    void *all = NULL;
+    capmoe_error ce;
+    if (capmoe_comm_allgather(comm, &me, sizeof me, &all, NULL, &ce) != 0)
+        return capmoe_set_error(err, "the start-up exchange failed: %.500s", ce.msg);
+    const hello *h = all;
+    int rc = 0;
+    for (int r = 0; r < R && rc == 0; r++) {
+        if (h[r].status != 0)
+            rc = capmoe_set_error(err, "rank %d (%.60s) could not start: %.500s", r, h[r].host,
+                                  h[r].msg);
+        else if (h[r].print != h[0].print)
+            rc = capmoe_set_error(err,
+                                  "rank %d (%.60s, build %.60s) serves a different model directory "
+                                  "or binary than rank 0 (%.60s, build %.60s): config.json, the "
+                                  "safetensors index and the capmoe build must be the same on "
+                                  "every host",
+                                  r, h[r].host, h[r].build, h[0].host, h[0].build);
+    }
+    free(all);
+    return rc;
+}
+
 int capmoe_engine_new(capmoe_engine **out, const capmoe_engine_opts *opts,
                       const char *load_error, capmoe_error *err) {
     *out = NULL;
@@ -661,39 +694,9 @@ int capmoe_engine_new(capmoe_engine **out, const capmoe_engine_opts *opts,
             rc = -1;
         }
     }
-    if (e->comm) {
-        /* every rank says whether it loaded, and what it serves */
-        hello me;
-        memset(&me, 0, sizeof me);
-        me.status = rc;
-        me.print = fingerprint(opts->model_dir);
-        snprintf(me.build, sizeof me.build, "%s %s", CAPMOE_VERSION, CAPMOE_REVISION);
-        snprintf(me.host, sizeof me.host, "%s", capmoe_comm_host(e->comm));
-        snprintf(me.msg, sizeof me.msg, "%.500s", why);
-        void *all = NULL;
-        capmoe_error ce;
-        if (capmoe_comm_allgather(e->comm, &me, sizeof me, &all, NULL, &ce) != 0) {
-            snprintf(why, sizeof why, "the start-up exchange failed: %.500s", ce.msg);
-            rc = -1;
-        } else {
-            const hello *h = all;
-            for (int r = 0; r < e->R && rc == 0; r++) {
-                if (h[r].status != 0) {
-                    snprintf(why, sizeof why, "rank %d (%.60s) could not start: %.500s", r, h[r].host,
-                             h[r].msg);
-                    rc = -1;
-                } else if (h[r].print != h[0].print) {
-                    snprintf(why, sizeof why,
-                             "rank %d (%s, build %s) serves a different model directory or "
-                             "binary than rank 0 (%s, build %s): config.json, the safetensors "
-                             "index and the capmoe build must be the same on every host",
-                             r, h[r].host, h[r].build, h[0].host, h[0].build);
-                    rc = -1;
-                }
-            }
-            if (rc != 0 && why[0] == '\0') snprintf(why, sizeof why, "a rank could not start");
-        }
-        free(all);
+    if (e->comm && capmoe_engine_check_ranks(e->comm, opts->model_dir, rc ? why : NULL, err) != 0) {
+        capmoe_engine_free(e);
+        return -1;
     }
     if (rc != 0) {
         capmoe_engine_free(e);

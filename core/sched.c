@@ -1042,3 +1042,6 @@ const capmoe_tokenizer *capmoe_sched_tokenizer(const capmoe_sched *s) { return s
 const capmoe_hfconfig *capmoe_sched_model_config(const capmoe_sched *s) { return s->hc; }
 int capmoe_sched_context(const capmoe_sched *s) { return s->context; }
 int capmoe_sched_vocab(const capmoe_sched *s) { return s->vocab; }
+size_t capmoe_sched_weight_bytes(const capmoe_sched *s) {
+    return s->model ? capmoe_model_alloc_bytes(s->model) + capmoe_model_mapped_bytes(s->model) : 0;
+}

@@ -10,7 +10,7 @@ set -eu
 
 BUILD_PKGS="gcc make pkg-config libc6-dev libopenblas-dev libcjson-dev libmicrohttpd-dev libuv1-dev libpcre2-dev libutf8proc-dev libopenmpi-dev openmpi-bin"
 RUNTIME_PKGS="libopenblas0-pthread libcjson1 libmicrohttpd12 libuv1 libpcre2-8-0 libutf8proc2 libopenmpi3 openmpi-bin tini"
-TEST_PKGS="check prometheus wrk nodejs npm python3 curl docker-compose"
+TEST_PKGS="check prometheus wrk nodejs npm python3 curl docker-compose iproute2"
 
 list=0
 if [ "${1:-}" = "--list" ]; then list=1; shift; fi

@@ -199,7 +199,7 @@ int capmoe_cmd_bench_ep(int argc, char **argv) {
     int R = capmoe_comm_size(comm), me = capmoe_comm_rank(comm);
     capmoe_model_opts mo = {.comm = comm};
     int ok = capmoe_model_load(&m, dir, &mo, &err) == 0;
-    if (!capmoe_cli_agree(comm, ok, &err)) goto end;
+    if (!capmoe_cli_check_load(comm, dir, ok, &err)) goto end;
     const capmoe_hfconfig *c = capmoe_model_config(m);
     n_seqs = (int)((tokens + seq_len - 1) / seq_len);
     seqs = calloc((size_t)n_seqs, sizeof *seqs);

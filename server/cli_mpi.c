@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "capmoe/cli.h"
+#include "capmoe/engine.h"
 
 int capmoe_cli_ep(capmoe_cli_args *a, capmoe_dispatch_cfg *cfg, capmoe_comm **comm,
                   capmoe_error *err) {
@@ -36,6 +37,12 @@ int capmoe_cli_agree(capmoe_comm *c, int ok, capmoe_error *err) {
     }
     if (bad && ok) capmoe_set_error(err, "stopped: another rank failed (see its message)");
     return bad == 0;
+}
+
+int capmoe_cli_check_load(capmoe_comm *c, const char *model_dir, int ok, capmoe_error *err) {
+    if (!c) return ok;
+    capmoe_error local = *err;
+    return capmoe_engine_check_ranks(c, model_dir, ok ? NULL : local.msg, err) == 0;
 }
 
 int capmoe_cli_fail_rank(capmoe_comm *c, const char *cmd, const capmoe_error *err) {

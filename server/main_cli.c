@@ -222,8 +222,10 @@ static int cmd_logits(int argc, char **argv) {
     capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks, .comm = comm};
     int ok = capmoe_model_load(&m, dir, &mo, &err) == 0;
     if (ok && capmoe_dispatch_cfg_check(&cfg, capmoe_model_config(m)->n_experts, &err)) ok = 0;
-    if (!ok) capmoe_cli_fail_rank(comm, "logits", &err);
-    if (!capmoe_cli_agree(comm, ok, &err)) goto done;
+    if (!capmoe_cli_check_load(comm, dir, ok, &err)) {
+        capmoe_cli_fail_rank(comm, "logits", &err);
+        goto done;
+    }
     const capmoe_hfconfig *c = capmoe_model_config(m);
     int T = 0, T_local = 0;
     for (int s = 0; s < n_seqs; s++) {
@@ -404,7 +406,7 @@ static int cmd_generate(int argc, char **argv) {
         capmoe_set_error(&err, "the prompt has no tokens");
         ok = 0;
     }
-    if (!capmoe_cli_agree(comm, ok, &err)) goto end;
+    if (!capmoe_cli_check_load(comm, dir, ok, &err)) goto end;
     const capmoe_hfconfig *c = capmoe_model_config(m);
     kv = capmoe_kv_new(m, 0);
     logits = malloc((size_t)c->vocab_size * sizeof(float));

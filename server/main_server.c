@@ -42,6 +42,8 @@ typedef struct server {
     const capmoe_config *cfg;
     capmoe_comm *comm;  /* --ep mpi; NULL otherwise */
     int fault;          /* the expert-parallel group failed: end with MPI_Abort */
+    int announced;      /* rank 0's own "experts loaded" line was printed */
+    int n_experts;
     capmoe_http *http;
     capmoe_api *api;
     int draining;      /* a signal arrived (or loading failed) */
@@ -138,6 +140,16 @@ static void on_wake(void *u) {
     server *s = u;
     capmoe_api_process(s->api);
     if (capmoe_api_get_state(s->api) == CAPMOE_API_FAULT) enter_fault(s, capmoe_api_error_msg(s->api));
+    if (s->comm && !s->announced && capmoe_api_get_state(s->api) == CAPMOE_API_READY) {
+        s->announced = 1;
+        int R = capmoe_comm_size(s->comm);
+        int El = s->n_experts / R;
+        fprintf(stderr,
+                "capmoe-server: rank 0 of %d (pid %ld) on %s: experts [0, %d) loaded, weights %.1f "
+                "MiB; serving HTTP\n",
+                R, (long)getpid(), capmoe_comm_host(s->comm), El,
+                (double)capmoe_api_weight_bytes(s->api) / 1048576.0);
+    }
     if (capmoe_api_get_state(s->api) == CAPMOE_API_FAILED && !s->draining) {
         fprintf(stderr, "capmoe-server: cannot load the model: %s\n",
                 capmoe_api_error_msg(s->api));
@@ -209,9 +221,12 @@ static int worker_main(const capmoe_config *cfg, capmoe_comm *comm) {
         fprintf(stderr, "capmoe-server: rank %d: %s (a dead rank cannot be named)\n", me, err.msg);
     const capmoe_hfconfig *hc = capmoe_model_config(m);
     int El = hc->n_experts / capmoe_comm_size(comm);
-    fprintf(stderr, "capmoe-server: rank %d of %d (pid %ld) on %s: experts [%d, %d) loaded; serving\n",
+    fprintf(stderr,
+            "capmoe-server: rank %d of %d (pid %ld) on %s: experts [%d, %d) loaded, weights %.1f "
+            "MiB; serving\n",
             me, capmoe_comm_size(comm), (long)getpid(), capmoe_comm_host(comm), me * El,
-            (me + 1) * El);
+            (me + 1) * El,
+            (double)(capmoe_model_alloc_bytes(m) + capmoe_model_mapped_bytes(m)) / 1048576.0);
     int rc = capmoe_engine_serve(e, &err);
     capmoe_engine_free(e);
     capmoe_model_free(m);
@@ -310,7 +325,7 @@ int main(int argc, char **argv) {
      * differs under expanded) */
     capmoe_metrics_set_top_k(metrics, hc.top_k);
 
-    server s = {.cfg = &cfg, .comm = comm};
+    server s = {.cfg = &cfg, .comm = comm, .n_experts = hc.n_experts};
     if (capmoe_api_new(&s.api, &cfg, metrics, &err) != 0) {
         fprintf(stderr, "capmoe-server: %s\n", err.msg);
         capmoe_metrics_free(metrics);

@@ -1767,4 +1767,7 @@ void capmoe_api_drain(capmoe_api *api) {
 void capmoe_api_cancel_all(capmoe_api *api) { capmoe_sched_cancel_all(api->sched); }
 capmoe_api_state capmoe_api_get_state(const capmoe_api *api) { return api->state; }
 int capmoe_api_busy(const capmoe_api *api) { return api->n_calls; }
+size_t capmoe_api_weight_bytes(const capmoe_api *api) {
+    return api->loaded ? capmoe_sched_weight_bytes(api->sched) : 0;
+}
 const char *capmoe_api_error_msg(const capmoe_api *api) { return api->load_error; }

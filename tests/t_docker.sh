@@ -161,6 +161,22 @@ if start_server "$BUILD/capmoe-server" "$tmp/server.log" --model config/model --
       .catch(e => { console.log(String(e)); process.exit(2); });' "$SERVER_URL" \
     || bad "a completion on the default model failed"
   http_get "$SERVER_URL/metrics" > "$tmp/metrics.txt" || bad "GET /metrics failed"
+  # the expert-parallel panels query the per-rank series of --ep mpi: add the
+  # exposition of a 2-rank server (families appear in both: the check reads names)
+  sp_pid=$SERVER_PID sp_port=$SERVER_PORT sp_url=$SERVER_URL
+  if CAPMOE_MPI_NP=2 CAPMOE_MPI_BIN="$BUILD/capmoe-server" start_server tests/mpi/np_server.sh \
+       "$tmp/mpi-server.log" --model tests/fixtures/qwen3moe-tiny; then
+    node -e '
+      fetch(process.argv[1] + "/v1/completions", {method: "POST", headers: {"content-type": "application/json"},
+        body: JSON.stringify({prompt: "In the beginning", max_tokens: 8, n: 2})})
+        .then(r => process.exit(r.ok ? 0 : 1)).catch(() => process.exit(2));' "$SERVER_URL" \
+      || bad "a completion on the --ep mpi server failed"
+    http_get "$SERVER_URL/metrics" >> "$tmp/metrics.txt" || bad "GET /metrics (--ep mpi) failed"
+    stop_server >/dev/null
+  else
+    bad "the --ep mpi server did not start: $(tail -n 5 "$tmp/mpi-server.log")"
+  fi
+  SERVER_PID=$sp_pid SERVER_PORT=$sp_port SERVER_URL=$sp_url
   if $PY3 tests/docker/check_dashboard.py "$dash" "$tmp/metrics.txt" "$dsprov" > "$tmp/dash.out" 2>&1; then
     ok "$(cat "$tmp/dash.out")"
   else

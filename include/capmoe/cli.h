@@ -56,6 +56,10 @@ int capmoe_cli_ep(capmoe_cli_args *a, capmoe_dispatch_cfg *cfg, capmoe_comm **co
 /* Every rank says whether it is fine; 1 when all are (ok itself without
  * MPI). A rank that was fine while another was not gets a message in err. */
 int capmoe_cli_agree(capmoe_comm *c, int ok, capmoe_error *err);
+/* After loading the model under --ep mpi: every rank checks that all
+ * loaded the same model with the same build (capmoe_engine_check_ranks);
+ * 1 when fine (ok itself without MPI). err names the failing rank. */
+int capmoe_cli_check_load(capmoe_comm *c, const char *model_dir, int ok, capmoe_error *err);
 /* Prints this rank's error (naming the rank under MPI); returns 1. */
 int capmoe_cli_fail_rank(capmoe_comm *c, const char *cmd, const capmoe_error *err);
 /* Gathers every rank's per-layer figures at rank 0 and merges them into

@@ -90,6 +90,13 @@ typedef struct capmoe_engine_opts {
 int capmoe_engine_new(capmoe_engine **out, const capmoe_engine_opts *opts,
                       const char *load_error, capmoe_error *err);
 void capmoe_engine_free(capmoe_engine *e);
+/* The start-up check of --ep mpi, a collective (capmoe_engine_new runs it;
+ * the CLI after loading): every rank reports local_error (NULL: loaded) and
+ * a fingerprint of config.json, the safetensors index and its build; fails
+ * on every rank, naming the rank, when one could not start or serves
+ * something else than rank 0. Without comm: fails iff local_error. */
+int capmoe_engine_check_ranks(capmoe_comm *comm, const char *model_dir, const char *local_error,
+                              capmoe_error *err);
 
 /* Runs one step over n sequences (batch order = array order; each sequence
  * at most once). outs receives n results. stats (may be NULL) receives the

@@ -166,6 +166,8 @@ void capmoe_api_drain(capmoe_api *api);
 /* Cancels every generation still running (grace period over). */
 void capmoe_api_cancel_all(capmoe_api *api);
 capmoe_api_state capmoe_api_get_state(const capmoe_api *api);
+/* Weight memory of this process's model (valid once loaded). */
+size_t capmoe_api_weight_bytes(const capmoe_api *api);
 /* Generation calls the scheduler still owes a FINISHED for. */
 int capmoe_api_busy(const capmoe_api *api);
 /* The LOAD_FAILED message (valid in state FAILED), or the fault (state FAULT). */

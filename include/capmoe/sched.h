@@ -225,5 +225,7 @@ const capmoe_tokenizer *capmoe_sched_tokenizer(const capmoe_sched *s);
 const capmoe_hfconfig *capmoe_sched_model_config(const capmoe_sched *s);
 int capmoe_sched_context(const capmoe_sched *s);     /* tokens per sequence */
 int capmoe_sched_vocab(const capmoe_sched *s);       /* logits row size */
+/* Weight memory of this process's model: allocated + still mapped bytes. */
+size_t capmoe_sched_weight_bytes(const capmoe_sched *s);
 
 #endif
