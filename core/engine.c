@@ -38,8 +38,9 @@ struct capmoe_engine {
     int n_kv, cap_kv;
     /* scratch, grown per step */
     capmoe_batch_seq *batch;
+    size_t cap_batch;
     int *local;               /* indexes of this rank's sequences in the step */
-    int cap_batch;
+    size_t cap_local;
     float *logits;
     size_t cap_logits;        /* floats */
     void *sample_scratch;     /* vocab floats + vocab ints */
@@ -183,12 +184,10 @@ static int run_local(capmoe_engine *e, const capmoe_step_seq *seqs, const int *i
         rows += q->n_score > 0 ? (size_t)q->n_tokens : q->sample ? 1 : 0;
         nscored += (size_t)(q->n_score > 0 ? q->n_score : 0);
     }
-    size_t cap_b = (size_t)e->cap_batch;
-    if (grow((void **)&e->batch, &cap_b, (size_t)n + 1, sizeof *e->batch) != 0 ||
+    if (grow((void **)&e->batch, &e->cap_batch, (size_t)n + 1, sizeof *e->batch) != 0 ||
         grow((void **)&e->logits, &e->cap_logits, (rows + 1) * (size_t)V, sizeof(float)) != 0 ||
         grow((void **)&e->scored, &e->cap_scored, nscored + 1, sizeof *e->scored) != 0)
         return capmoe_set_error(err, "out of memory for a step of %d sequences", n);
-    e->cap_batch = (int)cap_b;
     for (int i = 0; i < n; i++) {
         const capmoe_step_seq *q = &seqs[idx[i]];
         capmoe_kv *kv = kv_get(e, q->id);
@@ -242,15 +241,7 @@ static int step_mpi(capmoe_engine *e, const capmoe_step_seq *seqs, int n,
                     capmoe_forward_stats *stats, capmoe_error *err);
 
 static int ensure_local(capmoe_engine *e, int n) {
-    size_t cap = (size_t)e->cap_batch;
-    size_t cap2 = cap;
-    if (grow((void **)&e->local, &cap2, (size_t)n + 1, sizeof *e->local) != 0) return -1;
-    if (cap2 != cap) { /* keep batch at least as large */
-        size_t cb = cap;
-        if (grow((void **)&e->batch, &cb, cap2, sizeof *e->batch) != 0) return -1;
-        e->cap_batch = (int)(cb < cap2 ? cb : cap2);
-    }
-    return 0;
+    return grow((void **)&e->local, &e->cap_local, (size_t)n + 1, sizeof *e->local);
 }
 
 int capmoe_engine_step(capmoe_engine *e, const capmoe_step_seq *seqs, int n,
