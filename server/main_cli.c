@@ -31,7 +31,10 @@ static const char *USAGE =
     "  --ep-ranks R               expert-parallel ranks (default 1)\n"
     "  --renormalize              rescale each token's kept weights to sum to 1\n"
     "  --min-tokens N             no limit below N tokens per dispatch (default 16, 0 = off)\n"
-    "  --drop-budget B            auto: largest dropped routing mass allowed (default 0.01)\n";
+    "  --drop-budget B            auto: largest dropped routing mass allowed (default 0.01)\n"
+    "latent attention (DeepSeek), logits and generate:\n"
+    "  --mla-form auto|expanded|absorbed   how to attend (default auto: the cheaper per\n"
+    "                             sequence and step; the others force one form)\n";
 
 static const char *const SWITCHES[] = {"renormalize", "stop-at-eos", "help", NULL};
 
@@ -55,6 +58,17 @@ static void print_json(cJSON *o) {
     cJSON_Delete(o);
 }
 
+/* --mla-form: capmoe_model_opts.mla_form. */
+static int mla_form_opt(capmoe_cli_args *a, capmoe_mla_form *f, capmoe_error *err) {
+    const char *v = capmoe_cli_get(a, "mla-form");
+    *f = CAPMOE_MLA_AUTO;
+    if (!v || strcmp(v, "auto") == 0) return 0;
+    if (strcmp(v, "expanded") == 0) *f = CAPMOE_MLA_EXPANDED;
+    else if (strcmp(v, "absorbed") == 0) *f = CAPMOE_MLA_ABSORBED;
+    else return capmoe_set_error(err, "--mla-form: '%s' is not one of auto, expanded, absorbed", v);
+    return 0;
+}
+
 static const char *need_model(capmoe_cli_args *a, capmoe_error *err) {
     const char *m = capmoe_cli_get(a, "model");
     if (!m || !*m) capmoe_set_error(err, "--model DIR is required");
@@ -71,6 +85,8 @@ static int cmd_logits(int argc, char **argv) {
     if (!dir) return usage_fail("logits", &err);
     capmoe_dispatch_cfg cfg;
     if (capmoe_cli_dispatch(&a, &cfg, &err)) return usage_fail("logits", &err);
+    capmoe_mla_form form;
+    if (mla_form_opt(&a, &form, &err)) return usage_fail("logits", &err);
     const char *out = capmoe_cli_get(&a, "out");
     if (!out || !*out) {
         capmoe_set_error(&err, "--out FILE is required");
@@ -99,7 +115,7 @@ static int cmd_logits(int argc, char **argv) {
 
     rc = 1;
     capmoe_model *m = NULL;
-    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks};
+    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks, .mla_form = form};
     if (capmoe_model_load(&m, dir, &mo, &err)) {
         fail("logits", &err);
         goto done;
@@ -265,6 +281,8 @@ static int cmd_generate(int argc, char **argv) {
         capmoe_set_error(&err, "--max-tokens N is required");
         return usage_fail("generate", &err);
     }
+    capmoe_mla_form form;
+    if (mla_form_opt(&a, &form, &err)) return usage_fail("generate", &err);
     const char *ids_s = capmoe_cli_get(&a, "ids");
     const char *prompt = capmoe_cli_get(&a, "prompt");
     int stop_eos = capmoe_cli_has(&a, "stop-at-eos");
@@ -284,7 +302,7 @@ static int cmd_generate(int argc, char **argv) {
     int32_t *out = NULL;
     void *scratch = NULL;
     capmoe_kv *kv = NULL;
-    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks};
+    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks, .mla_form = form};
     if (capmoe_tokenizer_load(&tok, dir, &err) || capmoe_model_load(&m, dir, &mo, &err)) goto end;
     if (prompt && capmoe_tokenizer_encode(tok, prompt, strlen(prompt), 1, &ids, &n, &err)) goto end;
     if (n == 0) {
