@@ -637,7 +637,7 @@ static int core(capmoe_dispatch_plan *plan, const capmoe_dispatch_cfg *cfg,
         float sv[CAPMOE_TOPK_MAX];
         int n = 0;
         for (int e = 0; e < E; e++) {
-            float v = allowed(&c, t, e) ? sct[e] : 0.0f;
+            float v = allowed(&c, t, e) ? sct[e] : router->group_exclusive ? -INFINITY : 0.0f;
             if (n == k && !(v > sv[k - 1])) continue;
             int pos = n < k ? n : k - 1;
             while (pos > 0 && v > sv[pos - 1]) {

@@ -228,21 +228,26 @@ static int rope_num(ctx *c, const cJSON *obj, const char *key, const char *name,
  * mscale, mscale_all_dim, attention_factor, truncate). */
 static int parse_yarn(ctx *c, const cJSON *obj, const char *key, capmoe_rope_cfg *r) {
     if (rope_num(c, obj, key, "factor", 0, 1, &r->factor) != 0) return -1;
-    if (r->factor == 0)
+    const cJSON *fk = cJSON_GetObjectItemCaseSensitive(obj, "factor");
+    if (!fk) /* null: derived from the context lengths (parse_rope's caller) */
         return capmoe_set_error(c->err, "%s: %s: yarn needs a factor", c->path, key);
     double omax = 0;
-    if (rope_num(c, obj, key, "original_max_position_embeddings", 1, 0, &omax) != 0) return -1;
+    /* a top-level original_max_position_embeddings wins, as in transformers */
+    const cJSON *top = get(c->root, "original_max_position_embeddings");
+    if (top ? rope_num(c, c->root, "the config", "original_max_position_embeddings", 1, 0, &omax)
+            : rope_num(c, obj, key, "original_max_position_embeddings", 1, 0, &omax))
+        return -1;
     if (omax != floor(omax) || omax > INT_MAX)
         return capmoe_set_error(c->err, "%s: %s.original_max_position_embeddings must be an "
                                 "integer", c->path, key);
     r->original_max_position = (int)omax;
-    if (rope_num(c, obj, key, "beta_fast", 0, 1, &r->beta_fast) != 0 ||
-        rope_num(c, obj, key, "beta_slow", 0, 1, &r->beta_slow) != 0 ||
+    if (rope_num(c, obj, key, "beta_fast", 0, 0, &r->beta_fast) != 0 ||
+        rope_num(c, obj, key, "beta_slow", 0, 0, &r->beta_slow) != 0 ||
         rope_num(c, obj, key, "mscale", 0, 0, &r->mscale) != 0 ||
         rope_num(c, obj, key, "mscale_all_dim", 0, 0, &r->mscale_all_dim) != 0 ||
         rope_num(c, obj, key, "attention_factor", 0, 1, &r->attention_factor) != 0)
         return -1;
-    if (r->beta_fast == 0) r->beta_fast = 32;
+    if (r->beta_fast == 0) r->beta_fast = 32; /* absent, null or 0 (Python's "or 32") */
     if (r->beta_slow == 0) r->beta_slow = 1;
     const cJSON *tr = get(obj, "truncate");
     if (tr && !cJSON_IsBool(tr))
@@ -481,6 +486,9 @@ static int parse_deepseek(ctx *c, capmoe_hfconfig *cfg, const deepseek_defaults 
     if (cfg->qk_rope_head_dim % 2 != 0)
         return capmoe_set_error(c->err, "%s: qk_rope_head_dim (%d) must be even for rotary "
                                 "embeddings", c->path, cfg->qk_rope_head_dim);
+    if (!v3 && cfg->hidden_size % cfg->n_heads != 0) /* DeepseekV2Config refuses it */
+        return capmoe_set_error(c->err, "%s: hidden_size (%d) is not a multiple of "
+                                "num_attention_heads (%d)", c->path, cfg->hidden_size, cfg->n_heads);
     if (cfg->n_kv_heads != cfg->n_heads)
         return capmoe_set_error(c->err, "%s: num_key_value_heads (%d) differs from "
                                 "num_attention_heads (%d): latent attention has one key and "
@@ -492,10 +500,11 @@ static int parse_deepseek(ctx *c, capmoe_hfconfig *cfg, const deepseek_defaults 
     cfg->qk_norm = CAPMOE_QK_NORM_NONE;
     cfg->rope.interleave = 1; /* V2: complex rotation of pairs; V3: rope_interleave */
     if (v3 && opt_bool(c, "rope_interleave", 1, &cfg->rope.interleave) != 0) return -1;
-    cfg->mla_mscale_softmax = v3;
-    /* layers: dense before first_k_dense_replace, then MoE every moe_layer_freq */
-    for (int l = 0; l < cfg->n_layers; l++)
-        cfg->layer_is_moe[l] = l >= cfg->first_k_dense_replace && l % cfg->moe_layer_freq == 0;
+    /* layers: dense before first_k_dense_replace, MoE from there on (transformers
+     * 5.17 does not use moe_layer_freq, whose other values DeepSeek's own code
+     * reads as "every n-th layer": such a checkpoint's dense layers lack the
+     * experts' tensors, and loading it fails naming them) */
+    for (int l = 0; l < cfg->n_layers; l++) cfg->layer_is_moe[l] = l >= cfg->first_k_dense_replace;
     return 0;
 }
 
@@ -592,6 +601,8 @@ int capmoe_hfconfig_parse(capmoe_hfconfig *cfg, const char *json, size_t len, co
     cfg->rope_theta = cfg->rope.theta;
     if (cfg->rope.type == CAPMOE_ROPE_YARN && cfg->rope.original_max_position == 0)
         cfg->rope.original_max_position = cfg->max_position_embeddings;
+    if (cfg->rope.type == CAPMOE_ROPE_YARN && cfg->rope.factor == 0)
+        cfg->rope.factor = (double)cfg->max_position_embeddings / cfg->rope.original_max_position;
     cfg->n_group = cfg->topk_group = 1;
     cfg->routed_scaling_factor = 1.0;
     cfg->moe_layer_freq = 1;

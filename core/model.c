@@ -540,6 +540,7 @@ int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_op
         m->route.n_group = c->n_group;
         m->route.topk_group = c->topk_group;
         m->route.group_top2 = c->router == CAPMOE_ROUTER_DEEPSEEK_V3;
+        m->route.group_exclusive = c->router == CAPMOE_ROUTER_DEEPSEEK_V3;
         m->route.scale = (float)c->routed_scaling_factor;
     }
     int R = opts && opts->max_ranks > 0 ? opts->max_ranks : 8;

@@ -61,7 +61,7 @@ void capmoe_rope_inv_freq(const capmoe_hfconfig *c, float *inv_freq, double *att
 
 double capmoe_rope_mla_softmax_scale(const capmoe_hfconfig *c) {
     double scale = 1.0 / sqrt((double)(c->qk_nope_head_dim + c->qk_rope_head_dim));
-    if (c->mla_mscale_softmax && c->rope.type == CAPMOE_ROPE_YARN && c->rope.mscale_all_dim != 0) {
+    if (c->rope.type == CAPMOE_ROPE_YARN && c->rope.mscale_all_dim != 0) {
         double m = capmoe_rope_yarn_mscale(c->rope.factor, c->rope.mscale_all_dim);
         scale = scale * m * m;
     }

@@ -1191,6 +1191,7 @@ static capmoe_router v3_router(void) {
     r.n_group = 2;
     r.topk_group = 1;
     r.group_top2 = 1;
+    r.group_exclusive = 1;
     r.bias = V3G_BIAS;
     r.scale = 2.5f;
     return r;
@@ -1244,6 +1245,30 @@ START_TEST(test_router_reroute_selection_order) {
     run_router(&pl, &c, &r, P, 2, 4, 1);
     const float want2[] = {1.0f, NA, NA, NA, NA, NA, .3f / .8f, NA};
     expect_plan(&pl, want2, (const int[]){1, 0, 1, 0}, 2, 4);
+    capmoe_dispatch_plan_free(&pl);
+}
+END_TEST
+
+/* Experts of the groups not kept: V3 cannot choose them (transformers masks
+ * them to -inf), V2 counts them as 0. With every selection score negative
+ * (bias -.9), the kept group {0, 1} gives S = {0, 1}, or {2, 3} (0 > -.1)
+ * when the others count as 0. */
+START_TEST(test_router_group_exclusive) {
+    static const float P[4] = {.8f, .7f, .1f, .05f};
+    static const float B[4] = {-.9f, -.9f, -.9f, -.9f};
+    capmoe_dispatch_plan pl;
+    capmoe_dispatch_plan_init(&pl);
+    capmoe_router r = v3_router();
+    r.bias = B;
+    r.scale = 1.0f;
+    capmoe_dispatch_cfg c = cfg_of(CAPMOE_POLICY_NONE, 1.0, 1);
+    run_router(&pl, &c, &r, P, 1, 4, 2);
+    const float want[] = {.8f / 1.5f, .7f / 1.5f, NA, NA};
+    expect_plan(&pl, want, (const int[]){1, 1, 0, 0}, 1, 4);
+    r.group_exclusive = 0;
+    run_router(&pl, &c, &r, P, 1, 4, 2);
+    const float want2[] = {NA, NA, .1f / .15f, .05f / .15f};
+    expect_plan(&pl, want2, (const int[]){0, 0, 1, 1}, 1, 4);
     capmoe_dispatch_plan_free(&pl);
 }
 END_TEST
@@ -1355,6 +1380,7 @@ static Suite *dispatch_suite(void) {
     tcase_add_test(tc, test_router_v2_groups);
     tcase_add_test(tc, test_router_v3_groups_bias);
     tcase_add_test(tc, test_router_reroute_selection_order);
+    tcase_add_test(tc, test_router_group_exclusive);
     tcase_add_test(tc, test_router_logits);
     tcase_add_test(tc, test_router_errors);
     suite_add_tcase(s, tc);

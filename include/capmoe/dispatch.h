@@ -52,8 +52,8 @@ int capmoe_dispatch_cfg_check(const capmoe_dispatch_cfg *cfg, int n_experts,
  *   V3: sigmoid; selection score s = p + bias; groups scored by the sum of
  *       their two best s; weights p / (sum of p over S_t + 1e-20) * scale.
  * S_t = the k best selection scores among the experts of the kept groups,
- * the others counting as 0 (as transformers masks them), ties to the lower
- * index. Capacity competition orders pairs by p; reroute's next-best expert
+ * ties to the lower index; the experts of the other groups count as 0 (V2,
+ * as transformers masks them) or cannot be chosen (V3: masked to -inf). Capacity competition orders pairs by p; reroute's next-best expert
  * is the best selection score among the kept groups not yet used. */
 typedef struct capmoe_router {
     int sigmoid;          /* p = sigmoid(logit) instead of the row softmax */
@@ -62,6 +62,7 @@ typedef struct capmoe_router {
     int n_group;          /* experts in n_group equal groups (1: no groups) */
     int topk_group;       /* groups kept per token */
     int group_top2;       /* a group's score: sum of its two best s (else its best) */
+    int group_exclusive;  /* experts of groups not kept cannot be chosen (else: score 0) */
     const float *bias;    /* E selection biases (s = p + bias), or NULL (s = p); borrowed */
     float scale;          /* routed_scaling_factor: every weight is multiplied by it */
 } capmoe_router;

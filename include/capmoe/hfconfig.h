@@ -39,7 +39,8 @@ typedef enum capmoe_rope_type {
 typedef struct capmoe_rope_cfg {
     capmoe_rope_type type;
     double theta;
-    double factor;               /* YaRN: scaling factor (> 0) */
+    double factor;               /* YaRN: scaling factor (> 0; null in the file:
+                                  * max_position_embeddings / original) */
     int original_max_position;   /* YaRN: original_max_position_embeddings
                                   * (max_position_embeddings when absent) */
     double beta_fast, beta_slow; /* YaRN: 32 and 1 when absent */
@@ -87,13 +88,13 @@ typedef struct capmoe_hfconfig {
                                   * token; 1 and 1 = no groups */
     double routed_scaling_factor;
     int n_shared_experts;        /* DeepSeek */
-    int first_k_dense_replace, moe_layer_freq; /* DeepSeek: which layers are MoE */
+    int first_k_dense_replace;   /* DeepSeek: layers before it are dense */
+    int moe_layer_freq;          /* DeepSeek: read, and (as transformers 5.17 does) not
+                                  * used: every layer from first_k_dense_replace on is MoE */
     /* Multi-head Latent Attention (DeepSeek-V2/V3): kv_lora_rank > 0 */
     int q_lora_rank;             /* 0: plain q_proj (null in the config) */
     int kv_lora_rank;            /* the cached latent per token and layer */
     int qk_nope_head_dim, qk_rope_head_dim, v_head_dim;
-    int mla_mscale_softmax;      /* DeepSeek-V3: the softmax scale carries YaRN's
-                                  * mscale(factor, mscale_all_dim)^2 */
     int sliding_window;          /* 0 = none */
     int tie_word_embeddings;
     int qkv_bias;                /* q/k/v projections have a bias (MLA: q_a_proj and

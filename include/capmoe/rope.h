@@ -18,8 +18,8 @@ void capmoe_rope_inv_freq(const capmoe_hfconfig *c, float *inv_freq, double *att
 double capmoe_rope_yarn_mscale(double scale, double mscale);
 
 /* The softmax scale of latent attention: 1 / sqrt(qk_nope_head_dim +
- * qk_rope_head_dim), times mscale(factor, mscale_all_dim)^2 when the model
- * says so (DeepSeek-V3 with YaRN and a non-zero mscale_all_dim). */
+ * qk_rope_head_dim), times mscale(factor, mscale_all_dim)^2 with YaRN and a
+ * non-zero mscale_all_dim (DeepSeek-V2 and V3 alike in transformers 5.17). */
 double capmoe_rope_mla_softmax_scale(const capmoe_hfconfig *c);
 
 /* Rotates one vector v of d dimensions in place by the table cs (cs[0 ..
