@@ -309,9 +309,14 @@ int capmoe_mla_attention(struct capmoe_model *m, const struct capmoe_layer *L, i
         int nt = capmoe_par_threads(m->par);
         int splits = n_abs > 0 ? (nt + n_abs - 1) / n_abs : 1;
         if (splits > d.nH) splits = d.nH;
-        int *items = calloc((size_t)n_abs * (size_t)splits * 4 + 1, sizeof(int));
-        if (!items) return capmoe_set_error(err, "out of memory");
-        int n_items = 0, r0 = 0;
+        size_t need = (size_t)n_abs * (size_t)splits * 4;
+        if (need > m->cap_mla_items) {
+            int *p = realloc(m->mla_items, need * sizeof(int));
+            if (!p) return capmoe_set_error(err, "out of memory");
+            m->mla_items = p;
+            m->cap_mla_items = need;
+        }
+        int *items = m->mla_items, n_items = 0, r0 = 0;
         for (int s = 0; s < n_seqs; s++) {
             if (seqs[s].n_tokens == 0 || use_expanded(m, &d, seqs[s].n_tokens, seqs[s].kv->len))
                 continue;
@@ -326,7 +331,6 @@ int capmoe_mla_attention(struct capmoe_model *m, const struct capmoe_layer *L, i
         }
         struct absorb_attn_job jj = {m, seqs, &d, l, items, scratch};
         capmoe_par_for(m->par, n_items, absorb_attend, &jj);
-        free(items);
         /* outputs, computed in gathered order, then put in their rows */
         capmoe_par_for(m->par, d.nH, absorb_output, &aj);
         size_t w = (size_t)d.nH * d.dv;

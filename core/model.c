@@ -592,6 +592,7 @@ void capmoe_model_free(capmoe_model *m) {
     free(m->attn_items);
     free(m->expert_order);
     free(m->mla_rows);
+    free(m->mla_items);
     free(m);
 }
 

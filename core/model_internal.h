@@ -84,6 +84,8 @@ struct capmoe_model {
     struct capmoe_buf mla_a, mla_q, mla_qa, mla_lat, mla_ctx, mla_att, mla_out, mla_kv, mla_k;
     int *mla_rows;           /* batch rows of the sequences in the absorbed form */
     size_t cap_mla_rows;
+    int *mla_items;          /* (sequence, head range, first row) of the absorbed attention */
+    size_t cap_mla_items;
 };
 
 struct capmoe_kv {
