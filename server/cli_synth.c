@@ -310,10 +310,12 @@ static int parse_deepseek_opts(capmoe_cli_args *a, synth_opts *o, capmoe_error *
                        &o->topk_group, err) ||
         capmoe_cli_double(a, "routed-scaling", 1e-6, 1e6, o->v3 ? 2.5 : 1.0, &o->rsf, err))
         return -1;
-    if (capmoe_cli_has(a, "kv-heads") || capmoe_cli_has(a, "shared-intermediate"))
-        return capmoe_set_error(err, "--%s: DeepSeek has one key and value per head and "
-                                     "--shared-experts experts of --intermediate width",
-                                capmoe_cli_has(a, "kv-heads") ? "kv-heads" : "shared-intermediate");
+    if (capmoe_cli_has(a, "kv-heads"))
+        return capmoe_set_error(err, "--kv-heads: DeepSeek's latent attention has one key and "
+                                     "value per head (--heads)");
+    if (capmoe_cli_has(a, "shared-intermediate"))
+        return capmoe_set_error(err, "--shared-intermediate: DeepSeek's shared experts are "
+                                     "--shared-experts experts of --intermediate width");
     if (o->qk_rope % 2 != 0)
         return capmoe_set_error(err, "--qk-rope %ld: must be even (rotary embeddings)", o->qk_rope);
     if (o->experts % o->groups != 0)
