@@ -16,6 +16,13 @@
  *               (<<SYS>> block, content.strip())
  *   OLMoE/Tulu  "<|user|>" / "<|assistant|>" with eos after assistant turns,
  *               with or without a leading bos_token
+ *   DeepSeek-V2 "User: ...\n\nAssistant: ..." after bos_token (DeepSeek-V2 and
+ *               V2-Lite Chat): system text first, eos after assistant turns
+ *   DeepSeek-V3 "<｜User｜>" / "<｜Assistant｜>" (DeepSeek-V3, V2.5): every system
+ *               message joined first, tool outputs between
+ *               <｜tool▁outputs▁begin｜> and <｜tool▁outputs▁end｜> (the
+ *               reasoning variants of R1, which rewrite "</think>", are not
+ *               this family)
  *
  * Whatever the Jinja would reject with raise_exception (roles that do not
  * alternate, a system role where none is allowed) is an error here too.
@@ -34,7 +41,9 @@ enum variant {
     V_MISTRAL_V0,
     V_MISTRAL_V1,
     V_LLAMA2,
-    V_TULU
+    V_TULU,
+    V_DEEPSEEK_V2,
+    V_DEEPSEEK_V3
 };
 
 typedef struct style {
@@ -125,6 +134,15 @@ static int starts_with_bos(const char *t) {
     return strncmp(t, "}}", 2) == 0;
 }
 
+/* DeepSeek-V3's special tokens, as the template writes them. */
+#define DS_USER "<\xef\xbd\x9cUser\xef\xbd\x9c>"
+#define DS_ASSISTANT "<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>"
+#define DS_EOS "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>"
+#define DS_OUTPUTS_BEGIN "<\xef\xbd\x9ctool\xe2\x96\x81outputs\xe2\x96\x81" "begin\xef\xbd\x9c>"
+#define DS_OUTPUTS_END "<\xef\xbd\x9ctool\xe2\x96\x81outputs\xe2\x96\x81" "end\xef\xbd\x9c>"
+#define DS_OUTPUT_BEGIN "<\xef\xbd\x9ctool\xe2\x96\x81output\xe2\x96\x81" "begin\xef\xbd\x9c>"
+#define DS_OUTPUT_END "<\xef\xbd\x9ctool\xe2\x96\x81output\xe2\x96\x81" "end\xef\xbd\x9c>"
+
 static enum variant detect(const char *t, style *st) {
     memset(st, 0, sizeof *st);
     if (!t) return V_NONE;
@@ -150,6 +168,16 @@ static enum variant detect(const char *t, style *st) {
     if (has(t, "<|user|>") && has(t, "<|assistant|>") && has(t, "not loop.last") &&
         has(t, "eos_token"))
         return st->v = V_TULU;
+    if (has(t, "'User: ' + message['content'] + '\\n\\n'") &&
+        has(t, "'Assistant: ' + message['content'] + eos_token") && has(t, "'Assistant:'")) {
+        st->bos = has(t, "{{ bos_token }}");
+        return st->v = V_DEEPSEEK_V2;
+    }
+    if (has(t, DS_USER) && has(t, DS_ASSISTANT) && has(t, DS_EOS) && has(t, "ns.system_prompt") &&
+        has(t, "ns.is_tool") && has(t, DS_OUTPUTS_END) && !has(t, "</think>")) {
+        st->bos = has(t, "bos_token");
+        return st->v = V_DEEPSEEK_V3;
+    }
     return V_NONE;
 }
 
@@ -164,6 +192,8 @@ capmoe_chat_family capmoe_chat_detect(const char *template_str) {
     case V_MISTRAL_V1:
     case V_LLAMA2: return CAPMOE_CHAT_MISTRAL;
     case V_TULU: return CAPMOE_CHAT_OLMOE;
+    case V_DEEPSEEK_V2: return CAPMOE_CHAT_DEEPSEEK_V2;
+    case V_DEEPSEEK_V3: return CAPMOE_CHAT_DEEPSEEK_V3;
     case V_NONE: break;
     }
     return CAPMOE_CHAT_NONE;
@@ -391,6 +421,73 @@ static void render_tulu(const style *st, const capmoe_chat_msg *m, int n, int ge
     }
 }
 
+/* DeepSeek-V2 Chat: bos, then "User: c\n\n", "Assistant: c" + eos, or the
+ * system text + "\n\n" per message (other roles render nothing), then
+ * "Assistant:" for a generation prompt. */
+static void render_deepseek_v2(const style *st, const capmoe_chat_msg *m, int n, int gen,
+                               const char *bos, const char *eos, sb *b) {
+    if (st->bos) sb_put(b, bos);
+    for (int i = 0; i < n; i++) {
+        const char *c = content_of(&m[i]);
+        if (is_role(&m[i], "user")) {
+            sb_put(b, "User: ");
+            sb_put(b, c);
+            sb_put(b, "\n\n");
+        } else if (is_role(&m[i], "assistant")) {
+            sb_put(b, "Assistant: ");
+            sb_put(b, c);
+            sb_put(b, eos);
+        } else if (is_role(&m[i], "system")) {
+            sb_put(b, c);
+            sb_put(b, "\n\n");
+        }
+    }
+    if (gen) sb_put(b, "Assistant:");
+}
+
+/* DeepSeek-V3: bos, every system message joined by "\n\n", then the turns;
+ * a run of tool messages is wrapped in tool-output markers (only the first
+ * run of the conversation opens with <｜tool▁outputs▁begin｜>, as the
+ * template's namespace flag never resets), and an assistant turn right
+ * after tool outputs closes them instead of opening with <｜Assistant｜>. */
+static void render_deepseek_v3(const style *st, const capmoe_chat_msg *m, int n, int gen,
+                               const char *bos, sb *b) {
+    if (st->bos) sb_put(b, bos);
+    int first_sp = 1;
+    for (int i = 0; i < n; i++) {
+        if (!is_role(&m[i], "system")) continue;
+        if (!first_sp) sb_put(b, "\n\n");
+        sb_put(b, content_of(&m[i]));
+        first_sp = 0;
+    }
+    int is_tool = 0, output_first = 1;
+    for (int i = 0; i < n; i++) {
+        const char *c = content_of(&m[i]);
+        if (is_role(&m[i], "user")) {
+            is_tool = 0;
+            sb_put(b, DS_USER);
+            sb_put(b, c);
+        } else if (is_role(&m[i], "assistant")) {
+            sb_put(b, is_tool ? DS_OUTPUTS_END : DS_ASSISTANT);
+            sb_put(b, c);
+            sb_put(b, DS_EOS);
+            is_tool = 0;
+        } else if (is_role(&m[i], "tool")) {
+            is_tool = 1;
+            if (output_first) {
+                sb_put(b, DS_OUTPUTS_BEGIN DS_OUTPUT_BEGIN);
+                output_first = 0;
+            } else {
+                sb_put(b, "\n" DS_OUTPUT_BEGIN);
+            }
+            sb_put(b, c);
+            sb_put(b, DS_OUTPUT_END);
+        }
+    }
+    if (is_tool) sb_put(b, DS_OUTPUTS_END);
+    if (gen && !is_tool) sb_put(b, DS_ASSISTANT);
+}
+
 int capmoe_chat_render_template(const char *template_str, const char *bos, const char *eos,
                                 const capmoe_chat_msg *msgs, int n_msgs, int add_generation_prompt,
                                 char **prompt, int *add_special, capmoe_error *err) {
@@ -406,7 +503,8 @@ int capmoe_chat_render_template(const char *template_str, const char *bos, const
             head[k++] = (*p == '\n' || *p == '\t') ? ' ' : *p;
         head[k] = '\0';
         return capmoe_set_error(err, "chat template not recognised (supported: ChatML/Qwen, "
-                                "Mistral [INST], Llama-2, OLMoE/Tulu): \"%s%s\"", head,
+                                "Mistral [INST], Llama-2, OLMoE/Tulu, DeepSeek-V2, DeepSeek-V3): "
+                                "\"%s%s\"", head,
                                 strlen(template_str) > 80 ? "..." : "");
     }
     if (n_msgs <= 0 || !msgs) {
@@ -426,6 +524,10 @@ int capmoe_chat_render_template(const char *template_str, const char *bos, const
     case V_MISTRAL_V1:
     case V_LLAMA2: rc = render_mistral(&st, msgs, n_msgs, bos ? bos : "", eos ? eos : "", &b, err); break;
     case V_TULU: render_tulu(&st, msgs, n_msgs, add_generation_prompt, bos ? bos : "", eos ? eos : "", &b); break;
+    case V_DEEPSEEK_V2:
+        render_deepseek_v2(&st, msgs, n_msgs, add_generation_prompt, bos ? bos : "", eos ? eos : "", &b);
+        break;
+    case V_DEEPSEEK_V3: render_deepseek_v3(&st, msgs, n_msgs, add_generation_prompt, bos ? bos : "", &b); break;
     case V_NONE: break;
     }
     free(st.default_system);

@@ -12,6 +12,11 @@
  * are unique, so "keep the C best" = "keep the keys >= the C-th largest key",
  * which a selection (introselect, O(n) on average) finds without a full sort.
  *
+ * Routers (capmoe_router): the softmax top-k router of the spec's steps 1-3,
+ * or DeepSeek's (groups, a sigmoid, a selection bias, a scale). Everything
+ * after the choice of S_t works on p (the gate value) as the spec says; the
+ * selection scores and the kept groups only steer reroute's next best.
+ *
  * Memory: the plan owns every buffer (output and scratch) and only grows them,
  * so a warm plan does not allocate. */
 #include "capmoe/dispatch.h"
@@ -135,9 +140,11 @@ typedef struct scratch {
     int *off;           /* E+1   group offsets into keys */
     int *cur;           /* E     fill cursors / running loads */
     int *stamp;         /* E     membership stamps for reroute */
+    float *score;       /* T*E   selection scores s = p + bias (routers with a bias) */
+    unsigned char *okgrp; /* T*n_group kept groups (routers with groups) */
     size_t c_loads, c_weight; /* capacities of plan->loads and plan->weight */
     size_t c_probs, c_topk, c_z, c_zd, c_ksum, c_keep, c_sub, c_keys, c_sel, c_thr, c_off, c_cur,
-        c_stamp;
+        c_stamp, c_score, c_okgrp;
 } scratch;
 
 void capmoe_dispatch_plan_init(capmoe_dispatch_plan *plan) {
@@ -161,6 +168,8 @@ void capmoe_dispatch_plan_free(capmoe_dispatch_plan *plan) {
         free(s->off);
         free(s->cur);
         free(s->stamp);
+        free(s->score);
+        free(s->okgrp);
         free(s);
     }
     free(plan->expert_off);
@@ -281,15 +290,74 @@ int capmoe_dispatch_softmax(const float *logits, int T, int E, float *probs,
     return 0;
 }
 
+/* p = sigmoid(logit) in float32 (DeepSeek-V3's router). */
+static int sigmoid_rows(const float *logits, int T, int E, float *probs, capmoe_error *err) {
+    for (size_t i = 0; i < (size_t)T * E; i++) {
+        float x = logits[i];
+        if (!isfinite(x))
+            return capmoe_set_error(err,
+                                    "dispatch: router logit of token %d, expert %d is not "
+                                    "finite (%g)",
+                                    (int)(i / (size_t)E), (int)(i % (size_t)E), (double)x);
+        probs[i] = 1.0f / (1.0f + expf(-x));
+    }
+    return 0;
+}
+
+/* ---- routers -------------------------------------------------------------- */
+
+void capmoe_router_default(capmoe_router *r, int norm_topk) {
+    memset(r, 0, sizeof *r);
+    r->norm_topk = norm_topk ? 1 : 0;
+    r->n_group = r->topk_group = 1;
+    r->scale = 1.0f;
+}
+
+int capmoe_router_check(const capmoe_router *r, int E, int k, capmoe_error *err) {
+    if (!r) return capmoe_set_error(err, "dispatch: no router");
+    if (r->n_group < 1 || E % r->n_group != 0)
+        return capmoe_set_error(err, "dispatch: router groups n_group=%d must divide E=%d",
+                                r->n_group, E);
+    if (r->topk_group < 1 || r->topk_group > r->n_group)
+        return capmoe_set_error(err, "dispatch: router topk_group=%d must be in [1, n_group=%d]",
+                                r->topk_group, r->n_group);
+    int per = E / r->n_group;
+    if (r->group_top2 && r->n_group > 1 && per < 2)
+        return capmoe_set_error(err, "dispatch: a group score of its two best experts needs "
+                                "groups of at least 2 experts (E=%d, n_group=%d)", E, r->n_group);
+    if ((long long)r->topk_group * per < k)
+        return capmoe_set_error(err, "dispatch: k=%d experts per token exceed the %d experts of "
+                                "the %d groups kept", k, r->topk_group * per, r->topk_group);
+    if (!isfinite(r->scale) || !(r->scale > 0))
+        return capmoe_set_error(err, "dispatch: router scale %g must be a finite number > 0",
+                                (double)r->scale);
+    if (!isfinite(r->norm_eps) || r->norm_eps < 0)
+        return capmoe_set_error(err, "dispatch: router norm_eps %g must be finite and >= 0",
+                                (double)r->norm_eps);
+    for (int e = 0; r->bias && e < E; e++)
+        if (!isfinite(r->bias[e]))
+            return capmoe_set_error(err, "dispatch: router bias of expert %d is not finite (%g)",
+                                    e, (double)r->bias[e]);
+    return 0;
+}
+
 /* ---- the dispatch ------------------------------------------------------- */
 
 typedef struct ctx {
     capmoe_dispatch_plan *plan;
     const capmoe_dispatch_cfg *cfg;
     scratch *s;
-    const float *p; /* T x E */
+    const float *p;  /* T x E */
     int T, E, k;
+    const capmoe_router *r;
+    const float *sc; /* T x E selection scores: p, or s->score (p + bias) */
 } ctx;
+
+/* Whether expert e is in one of token t's kept groups. */
+static inline int allowed(const ctx *c, int t, int e) {
+    int ng = c->r->n_group;
+    return ng <= 1 || c->s->okgrp[(size_t)t * ng + e / (c->E / ng)];
+}
 
 /* Groups the keys of all S_t pairs into s->keys with offsets s->off; group =
  * e / experts_per_group (1: per expert; E/R: per rank); within a group the
@@ -339,14 +407,14 @@ static void keep_from_thr(ctx *c, int experts_per_group) {
 
 static inline float base_w(const ctx *c, int t, int e) {
     float z = c->s->z[t];
-    return z > 0 ? c->p[(size_t)t * c->E + e] / z : 0.0f;
+    return z > 0 ? c->p[(size_t)t * c->E + e] / z * c->r->scale : 0.0f;
 }
 
 /* The baseline weight in double, for routing mass: sums of many weights and
  * the budget comparison should not carry float rounding. */
 static inline double base_wd(const ctx *c, int t, int e) {
     double z = c->s->zd[t];
-    return z > 0 ? (double)c->p[(size_t)t * c->E + e] / z : 0.0;
+    return z > 0 ? (double)c->p[(size_t)t * c->E + e] / z * (double)c->r->scale : 0.0;
 }
 
 /* Auto tuning compares mass <= budget + MASS_EPS: a mass that equals the
@@ -418,11 +486,12 @@ static void reroute(ctx *c, int C) {
             if (st[j] == e) slot = j;
             if (s->sub[(size_t)t * k + j] >= 0) s->stamp[s->sub[(size_t)t * k + j]] = stamp;
         }
-        const float *pt = c->p + (size_t)t * E;
+        /* the next best in the token's own selection order, kept groups only */
+        const float *st_sc = c->sc + (size_t)t * E;
         int best = -1;
         for (int x = 0; x < E; x++) {
-            if (s->stamp[x] == stamp || s->cur[x] >= C) continue;
-            if (best < 0 || pt[x] > pt[best]) best = x;
+            if (s->stamp[x] == stamp || s->cur[x] >= C || !allowed(c, t, x)) continue;
+            if (best < 0 || st_sc[x] > st_sc[best]) best = x;
         }
         if (best >= 0) {
             s->sub[(size_t)t * k + slot] = best;
@@ -494,11 +563,59 @@ static void expanded(ctx *c, int C, const int *token_rank) {
     keep_from_thr(c, 1);
 }
 
-static int core(capmoe_dispatch_plan *plan, const capmoe_dispatch_cfg *cfg, const float *p,
-                int T, int E, int k, int norm_topk, const int *token_rank, capmoe_error *err) {
+/* The kept groups of every token (s->okgrp) and the selection scores
+ * (s->score when the router has a bias). */
+static int route_groups(ctx *c) {
+    scratch *s = c->s;
+    const capmoe_router *r = c->r;
+    int T = c->T, E = c->E, ng = r->n_group, per = E / ng;
+    if (r->bias) {
+        if (GROW(s->score, s->c_score, (size_t)T * E)) return -1;
+        for (int t = 0; t < T; t++)
+            for (int e = 0; e < E; e++)
+                s->score[(size_t)t * E + e] = c->p[(size_t)t * E + e] + r->bias[e];
+        c->sc = s->score;
+    }
+    if (ng <= 1) return 0;
+    if (GROW(s->okgrp, s->c_okgrp, (size_t)T * ng)) return -1;
+    for (int t = 0; t < T; t++) {
+        const float *st = c->sc + (size_t)t * E;
+        unsigned char *ok = s->okgrp + (size_t)t * ng;
+        memset(ok, 0, (size_t)ng);
+        for (int j = 0; j < r->topk_group; j++) {
+            /* the best group not yet kept (strict >: ties to the lower group) */
+            int bg = -1;
+            float bv = 0;
+            for (int g = 0; g < ng; g++) {
+                if (ok[g]) continue;
+                float a = -INFINITY, b = -INFINITY; /* the two best of the group */
+                for (int e = g * per; e < (g + 1) * per; e++) {
+                    if (st[e] > a) {
+                        b = a;
+                        a = st[e];
+                    } else if (st[e] > b) {
+                        b = st[e];
+                    }
+                }
+                float v = r->group_top2 ? a + b : a;
+                if (bg < 0 || v > bv) {
+                    bg = g;
+                    bv = v;
+                }
+            }
+            ok[bg] = 1;
+        }
+    }
+    return 0;
+}
+
+static int core(capmoe_dispatch_plan *plan, const capmoe_dispatch_cfg *cfg,
+                const capmoe_router *router, const float *p, int T, int E, int k,
+                const int *token_rank, capmoe_error *err) {
     scratch *s = plan->scratch;
-    ctx c = {plan, cfg, s, p, T, E, k};
+    ctx c = {plan, cfg, s, p, T, E, k, router, p};
     size_t Tk = (size_t)T * (size_t)k;
+    int norm_topk = router->norm_topk;
 
     /* output and slot buffers */
     if (GROW(plan->expert_off, plan->cap_E, E + 1) || GROW(plan->loads, s->c_loads, E) ||
@@ -508,16 +625,19 @@ static int core(capmoe_dispatch_plan *plan, const capmoe_dispatch_cfg *cfg, cons
         GROW(s->thr, s->c_thr, E) || GROW(s->off, s->c_off, E + 1) ||
         GROW(s->cur, s->c_cur, E) || GROW(s->stamp, s->c_stamp, E))
         return capmoe_set_error(err, "dispatch: out of memory (T=%d, E=%d, k=%d)", T, E, k);
+    if (route_groups(&c) != 0)
+        return capmoe_set_error(err, "dispatch: out of memory (T=%d, E=%d, k=%d)", T, E, k);
 
-    /* S_t (best first, ties to the lower expert) and Z_t */
+    /* S_t (best first, ties to the lower expert) and Z_t: the k best
+     * selection scores, experts of groups not kept counting as 0 */
     for (int t = 0; t < T; t++) {
-        const float *pt = p + (size_t)t * E;
+        const float *pt = p + (size_t)t * E, *sct = c.sc + (size_t)t * E;
         int *st = s->topk + (size_t)t * k;
         /* insertion into a sorted list; strict > keeps the lower index first */
         float sv[CAPMOE_TOPK_MAX];
         int n = 0;
         for (int e = 0; e < E; e++) {
-            float v = pt[e];
+            float v = allowed(&c, t, e) ? sct[e] : router->group_exclusive ? -INFINITY : 0.0f;
             if (n == k && !(v > sv[k - 1])) continue;
             int pos = n < k ? n : k - 1;
             while (pos > 0 && v > sv[pos - 1]) {
@@ -535,8 +655,8 @@ static int core(capmoe_dispatch_plan *plan, const capmoe_dispatch_cfg *cfg, cons
             z += pt[st[j]];
             zd += (double)pt[st[j]];
         }
-        s->z[t] = norm_topk ? z : 1.0f;
-        s->zd[t] = norm_topk ? zd : 1.0;
+        s->z[t] = norm_topk ? z + router->norm_eps : 1.0f;
+        s->zd[t] = norm_topk ? zd + (double)router->norm_eps : 1.0;
     }
     for (size_t i = 0; i < Tk; i++) {
         s->keep[i] = 1;
@@ -612,7 +732,7 @@ static int core(capmoe_dispatch_plan *plan, const capmoe_dispatch_cfg *cfg, cons
             for (int i = plan->expert_off[e]; i < plan->expert_off[e + 1]; i++) {
                 int t = plan->tok[i];
                 float ks = s->ksum[t];
-                plan->weight[i] = ks > 0 ? p[(size_t)t * E + e] / ks : 0.0f;
+                plan->weight[i] = ks > 0 ? p[(size_t)t * E + e] / ks * router->scale : 0.0f;
             }
     } else {
         for (int e = 0; e < E; e++)
@@ -653,8 +773,9 @@ oom:
 }
 
 /* Validates the call, makes sure the scratch exists. */
-static int prepare(capmoe_dispatch_plan *plan, const capmoe_dispatch_cfg *cfg, const void *in,
-                   int T, int E, int k, const int *token_rank, capmoe_error *err) {
+static int prepare(capmoe_dispatch_plan *plan, const capmoe_dispatch_cfg *cfg,
+                   const capmoe_router *router, const void *in, int T, int E, int k,
+                   const int *token_rank, capmoe_error *err) {
     if (!plan) return capmoe_set_error(err, "dispatch: no plan");
     if (capmoe_dispatch_cfg_check(cfg, E, err)) return -1;
     if (T < 0) return capmoe_set_error(err, "dispatch: number of tokens T=%d must be >= 0", T);
@@ -663,6 +784,7 @@ static int prepare(capmoe_dispatch_plan *plan, const capmoe_dispatch_cfg *cfg, c
                                 "dispatch: experts per token k=%d must be in [1, E=%d] and at "
                                 "most %d",
                                 k, E, CAPMOE_TOPK_MAX);
+    if (capmoe_router_check(router, E, k, err)) return -1;
     if ((long long)T * ((long long)E + k) > (long long)INT_MAX)
         return capmoe_set_error(err, "dispatch: batch too large (T=%d tokens x E=%d experts)",
                                 T, E);
@@ -682,27 +804,45 @@ static int prepare(capmoe_dispatch_plan *plan, const capmoe_dispatch_cfg *cfg, c
     return 0;
 }
 
-int capmoe_dispatch_compute(capmoe_dispatch_plan *plan, const capmoe_dispatch_cfg *cfg,
-                            const float *logits, int T, int E, int k, int norm_topk,
-                            const int *token_rank, capmoe_error *err) {
-    if (prepare(plan, cfg, logits, T, E, k, token_rank, err)) return -1;
+int capmoe_dispatch_compute_router(capmoe_dispatch_plan *plan, const capmoe_dispatch_cfg *cfg,
+                                   const capmoe_router *router, const float *logits, int T,
+                                   int E, int k, const int *token_rank, capmoe_error *err) {
+    if (prepare(plan, cfg, router, logits, T, E, k, token_rank, err)) return -1;
     scratch *s = plan->scratch;
     if (GROW(s->probs, s->c_probs, (size_t)T * E))
         return capmoe_set_error(err, "dispatch: out of memory (T=%d, E=%d)", T, E);
-    if (capmoe_dispatch_softmax(logits, T, E, s->probs, err)) return -1;
-    return core(plan, cfg, s->probs, T, E, k, norm_topk, token_rank, err);
+    if ((router->sigmoid ? sigmoid_rows : capmoe_dispatch_softmax)(logits, T, E, s->probs, err))
+        return -1;
+    return core(plan, cfg, router, s->probs, T, E, k, token_rank, err);
+}
+
+int capmoe_dispatch_compute_router_probs(capmoe_dispatch_plan *plan,
+                                         const capmoe_dispatch_cfg *cfg,
+                                         const capmoe_router *router, const float *probs, int T,
+                                         int E, int k, const int *token_rank, capmoe_error *err) {
+    if (prepare(plan, cfg, router, probs, T, E, k, token_rank, err)) return -1;
+    for (size_t i = 0; i < (size_t)T * E; i++)
+        if (!(probs[i] >= 0.0f) || probs[i] == INFINITY || (router->sigmoid && probs[i] > 1.0f))
+            return capmoe_set_error(err,
+                                    "dispatch: probability of token %d, expert %d is not a "
+                                    "finite number in [0, %s] (%g)",
+                                    (int)(i / (size_t)E), (int)(i % (size_t)E),
+                                    router->sigmoid ? "1" : "inf", (double)probs[i]);
+    return core(plan, cfg, router, probs, T, E, k, token_rank, err);
+}
+
+int capmoe_dispatch_compute(capmoe_dispatch_plan *plan, const capmoe_dispatch_cfg *cfg,
+                            const float *logits, int T, int E, int k, int norm_topk,
+                            const int *token_rank, capmoe_error *err) {
+    capmoe_router r;
+    capmoe_router_default(&r, norm_topk);
+    return capmoe_dispatch_compute_router(plan, cfg, &r, logits, T, E, k, token_rank, err);
 }
 
 int capmoe_dispatch_compute_probs(capmoe_dispatch_plan *plan, const capmoe_dispatch_cfg *cfg,
                                   const float *probs, int T, int E, int k, int norm_topk,
                                   const int *token_rank, capmoe_error *err) {
-    if (prepare(plan, cfg, probs, T, E, k, token_rank, err)) return -1;
-    for (size_t i = 0; i < (size_t)T * E; i++)
-        if (!(probs[i] >= 0.0f) || probs[i] == INFINITY)
-            return capmoe_set_error(err,
-                                    "dispatch: probability of token %d, expert %d is not a "
-                                    "finite number >= 0 (%g)",
-                                    (int)(i / (size_t)E), (int)(i % (size_t)E),
-                                    (double)probs[i]);
-    return core(plan, cfg, probs, T, E, k, norm_topk, token_rank, err);
+    capmoe_router r;
+    capmoe_router_default(&r, norm_topk);
+    return capmoe_dispatch_compute_router_probs(plan, cfg, &r, probs, T, E, k, token_rank, err);
 }

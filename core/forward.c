@@ -1,5 +1,6 @@
 /* forward.c - the batched forward pass: embeddings, attention with per-sequence
- * KV caches (GQA, RoPE, q/k norms, sliding window), MoE or dense MLP, logits. */
+ * KV caches (GQA, RoPE, q/k norms, sliding window; or DeepSeek's latent
+ * attention, mla.c), MoE or dense MLP, logits. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -153,6 +154,59 @@ static void dense_mlp(struct capmoe_model *m, const struct capmoe_layer *L, cons
     capmoe_linear(m->par, out, m->sh1.p, L->d_down, NULL, T, H, I);
 }
 
+/* Attention of one layer (GQA; RoPE, q/k norms, sliding window) over the
+ * batch: h [T, H] normed, q, k and v of the new tokens appended to their
+ * sequences' caches at kv->len .., the o_proj output into m->tmp. */
+static void attention(struct capmoe_model *m, const struct capmoe_layer *L, int l,
+                      const capmoe_batch_seq *seqs, int n_seqs, int T, int n_items,
+                      size_t scratch) {
+    const capmoe_hfconfig *c = &m->cfg;
+    int H = c->hidden_size, d = c->head_dim, qd = c->n_heads * d, kd = c->n_kv_heads * d;
+    const float *h = m->h.p;
+    /* q, k and v in one product (their weights stacked), then apart */
+    int qkvd = qd + 2 * kd;
+    capmoe_linear(m->par, m->tmp.p, h, L->wqkv, NULL, T, qkvd, H);
+    for (int t = 0; t < T; t++) {
+        const float *r = m->tmp.p + (size_t)t * qkvd;
+        float *q = m->q.p + (size_t)t * qd, *k = m->k.p + (size_t)t * kd;
+        float *v = m->v.p + (size_t)t * kd;
+        memcpy(q, r, (size_t)qd * sizeof(float));
+        memcpy(k, r + qd, (size_t)kd * sizeof(float));
+        memcpy(v, r + qd + kd, (size_t)kd * sizeof(float));
+        if (L->bq) {
+            for (int i = 0; i < qd; i++) q[i] += L->bq[i];
+            for (int i = 0; i < kd; i++) k[i] += L->bk[i], v[i] += L->bv[i];
+        }
+    }
+    if (c->qk_norm == CAPMOE_QK_NORM_FULL) {
+        capmoe_rmsnorm(m->q.p, qd, m->q.p, qd, L->q_norm, T, qd, c->rms_norm_eps);
+        capmoe_rmsnorm(m->k.p, kd, m->k.p, kd, L->k_norm, T, kd, c->rms_norm_eps);
+    } else if (c->qk_norm == CAPMOE_QK_NORM_HEAD) {
+        capmoe_rmsnorm(m->q.p, d, m->q.p, d, L->q_norm, T * c->n_heads, d, c->rms_norm_eps);
+        capmoe_rmsnorm(m->k.p, d, m->k.p, d, L->k_norm, T * c->n_kv_heads, d,
+                       c->rms_norm_eps);
+    }
+    for (int t = 0; t < T; t++) {
+        const float *cs = m->rope.p + (size_t)t * d;
+        for (int hh = 0; hh < c->n_heads; hh++)
+            capmoe_rope_apply(m->q.p + (size_t)t * qd + (size_t)hh * d, d, cs);
+        for (int hh = 0; hh < c->n_kv_heads; hh++)
+            capmoe_rope_apply(m->k.p + (size_t)t * kd + (size_t)hh * d, d, cs);
+    }
+    for (int s = 0; s < n_seqs; s++) {
+        capmoe_kv *kv = seqs[s].kv;
+        int n = seqs[s].n_tokens, t0 = m->seq_t0[s];
+        memcpy(kv->k[l] + (size_t)kv->len * kd, m->k.p + (size_t)t0 * kd,
+               (size_t)n * kd * sizeof(float));
+        memcpy(kv->v[l] + (size_t)kv->len * kd, m->v.p + (size_t)t0 * kd,
+               (size_t)n * kd * sizeof(float));
+    }
+    struct attn_job aj = {.m = m, .seqs = seqs, .l = l, .items = m->attn_items,
+                          .scratch = scratch};
+    capmoe_par_for(m->par, n_items, attn_item, &aj);
+    capmoe_linear(m->par, m->tmp.p, m->att.p, L->wo, L->bo, T, H, qd);
+}
+
 static int forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_seqs,
                    const capmoe_dispatch_cfg *cfg, float *logits, capmoe_forward_stats *stats,
                    capmoe_error *err);
@@ -194,7 +248,6 @@ static int forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_seqs,
     const capmoe_hfconfig *c = &m->cfg;
     double t_start = capmoe_now();
     int H = c->hidden_size, V = c->vocab_size, d = c->head_dim;
-    int qd = c->n_heads * d, kd = c->n_kv_heads * d;
     /* Under --ep mpi a rank with no sequence still takes part in every
      * MoE layer's exchange. */
     if (n_seqs < 0 || (n_seqs == 0 && !m->comm)) return capmoe_set_error(err, "forward: empty batch");
@@ -276,7 +329,10 @@ static int forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_seqs,
             capmoe_kern_to_f32(x + (size_t)t * H, row.p, row.dtype, (size_t)H);
             m->tok_rank[t] = m->comm ? capmoe_comm_rank(m->comm) : seqs[s].rank;
             m->tok_pos[t] = seqs[s].kv->len + i;
-            capmoe_rope_table(m->rope.p + (size_t)t * d, d, m->tok_pos[t], m->inv_freq);
+            float *cs = m->rope.p + (size_t)t * d;
+            capmoe_rope_table(cs, d, m->tok_pos[t], m->inv_freq);
+            if (m->rope_af != 1.0f) /* YaRN: cos and sin times the attention factor */
+                for (int j = 0; j < d; j++) cs[j] *= m->rope_af;
         }
     }
 
@@ -293,48 +349,11 @@ static int forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_seqs,
         }
         double ta = capmoe_now();
         capmoe_rmsnorm(h, H, x, H, L->attn_norm, T, H, c->rms_norm_eps);
-        /* q, k and v in one product (their weights stacked), then apart */
-        int qkvd = qd + 2 * kd;
-        capmoe_linear(m->par, m->tmp.p, h, L->wqkv, NULL, T, qkvd, H);
-        for (int t = 0; t < T; t++) {
-            const float *r = m->tmp.p + (size_t)t * qkvd;
-            float *q = m->q.p + (size_t)t * qd, *k = m->k.p + (size_t)t * kd;
-            float *v = m->v.p + (size_t)t * kd;
-            memcpy(q, r, (size_t)qd * sizeof(float));
-            memcpy(k, r + qd, (size_t)kd * sizeof(float));
-            memcpy(v, r + qd + kd, (size_t)kd * sizeof(float));
-            if (L->bq) {
-                for (int i = 0; i < qd; i++) q[i] += L->bq[i];
-                for (int i = 0; i < kd; i++) k[i] += L->bk[i], v[i] += L->bv[i];
-            }
+        if (c->kv_lora_rank > 0) {
+            if ((rc = capmoe_mla_attention(m, L, l, seqs, n_seqs, h, m->tmp.p, err)) != 0) break;
+        } else {
+            attention(m, L, l, seqs, n_seqs, T, n_items, scratch);
         }
-        if (c->qk_norm == CAPMOE_QK_NORM_FULL) {
-            capmoe_rmsnorm(m->q.p, qd, m->q.p, qd, L->q_norm, T, qd, c->rms_norm_eps);
-            capmoe_rmsnorm(m->k.p, kd, m->k.p, kd, L->k_norm, T, kd, c->rms_norm_eps);
-        } else if (c->qk_norm == CAPMOE_QK_NORM_HEAD) {
-            capmoe_rmsnorm(m->q.p, d, m->q.p, d, L->q_norm, T * c->n_heads, d, c->rms_norm_eps);
-            capmoe_rmsnorm(m->k.p, d, m->k.p, d, L->k_norm, T * c->n_kv_heads, d,
-                           c->rms_norm_eps);
-        }
-        for (int t = 0; t < T; t++) {
-            const float *cs = m->rope.p + (size_t)t * d;
-            for (int hh = 0; hh < c->n_heads; hh++)
-                capmoe_rope_apply(m->q.p + (size_t)t * qd + (size_t)hh * d, d, cs);
-            for (int hh = 0; hh < c->n_kv_heads; hh++)
-                capmoe_rope_apply(m->k.p + (size_t)t * kd + (size_t)hh * d, d, cs);
-        }
-        for (int s = 0; s < n_seqs; s++) {
-            capmoe_kv *kv = seqs[s].kv;
-            int n = seqs[s].n_tokens, t0 = m->seq_t0[s];
-            memcpy(kv->k[l] + (size_t)kv->len * kd, m->k.p + (size_t)t0 * kd,
-                   (size_t)n * kd * sizeof(float));
-            memcpy(kv->v[l] + (size_t)kv->len * kd, m->v.p + (size_t)t0 * kd,
-                   (size_t)n * kd * sizeof(float));
-        }
-        struct attn_job aj = {.m = m, .seqs = seqs, .l = l, .items = m->attn_items,
-                              .scratch = scratch};
-        capmoe_par_for(m->par, n_items, attn_item, &aj);
-        capmoe_linear(m->par, m->tmp.p, m->att.p, L->wo, L->bo, T, H, qd);
         for (size_t i = 0; i < (size_t)T * H; i++) x[i] += m->tmp.p[i];
         double tm = capmoe_now();
         if (stats) stats->attn_time += tm - ta;

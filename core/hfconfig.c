@@ -1,9 +1,12 @@
 /* hfconfig.c - config.json of the supported Hugging Face MoE architectures.
  *
  * Defaults for absent keys follow the transformers configuration classes
- * (MixtralConfig, Qwen2MoeConfig, OlmoeConfig, Qwen3MoeConfig of transformers
- * 5.x); JSON null is treated as absent, except num_key_value_heads: null means
- * num_attention_heads (absent means the class default: 8 / 16 / heads / 4).
+ * (MixtralConfig, Qwen2MoeConfig, OlmoeConfig, Qwen3MoeConfig,
+ * DeepseekV2Config, DeepseekV3Config of transformers 5.x); JSON null is
+ * treated as absent, except num_key_value_heads: null means
+ * num_attention_heads (absent means the class default: 8 / 16 / heads / 4),
+ * and DeepSeek's q_lora_rank: null means no query compression (a plain
+ * q_proj, as in DeepSeek-V2-Lite), absent means the class default 1536.
  * The basic sizes (vocab_size, hidden_size, num_hidden_layers,
  * num_attention_heads, expert count / width, top-k) are required: a
  * checkpoint whose config omits them is refused rather than guessed.
@@ -42,7 +45,21 @@ static const arch_defaults ARCHS[] = {
     {CAPMOE_ARCH_OLMOE, "OlmoeForCausalLM", "olmoe", 10000.0, 1e-5f, 4096, -1, 50279, 0, 0, 0},
     {CAPMOE_ARCH_QWEN3_MOE, "Qwen3MoeForCausalLM", "qwen3_moe", 10000.0, 1e-6f, 32768, -1, -1,
      6144, 0, 4},
+    {CAPMOE_ARCH_DEEPSEEK_V2, "DeepseekV2ForCausalLM", "deepseek_v2", 10000.0, 1e-6f, 2048, 1, 2,
+     11008, 0, 0},
+    {CAPMOE_ARCH_DEEPSEEK_V3, "DeepseekV3ForCausalLM", "deepseek_v3", 10000.0, 1e-6f, 4096, 0, 1,
+     18432, 0, 0},
 };
+
+/* The DeepSeek classes' other defaults (DeepseekV2Config, DeepseekV3Config). */
+typedef struct deepseek_defaults {
+    int q_lora_rank, kv_lora_rank, qk_nope, qk_rope, v_head;
+    int n_shared, first_k_dense, n_group, topk_group, norm_topk;
+    double routed_scaling_factor;
+} deepseek_defaults;
+
+static const deepseek_defaults DS_V2 = {1536, 512, 128, 64, 128, 2, 0, 1, 1, 0, 1.0};
+static const deepseek_defaults DS_V3 = {1536, 512, 128, 64, 128, 1, 3, 8, 4, 1, 2.5};
 #define N_ARCHS ((int)(sizeof ARCHS / sizeof ARCHS[0]))
 
 const char *capmoe_arch_name(capmoe_arch a) {
@@ -141,7 +158,8 @@ static int find_arch(ctx *c, const arch_defaults **out) {
         }
         return capmoe_set_error(c->err, "%s: architecture '%.100s' is not supported (supported: "
                                 "MixtralForCausalLM, Qwen2MoeForCausalLM, OlmoeForCausalLM, "
-                                "Qwen3MoeForCausalLM)", c->path, a0->valuestring);
+                                "Qwen3MoeForCausalLM, DeepseekV2ForCausalLM, "
+                                "DeepseekV3ForCausalLM)", c->path, a0->valuestring);
     }
     const cJSON *mt = get(c->root, "model_type");
     if (!mt)
@@ -156,12 +174,15 @@ static int find_arch(ctx *c, const arch_defaults **out) {
         }
     }
     return capmoe_set_error(c->err, "%s: model_type '%.100s' is not supported (supported: "
-                            "mixtral, qwen2_moe, olmoe, qwen3_moe)", c->path, mt->valuestring);
+                            "mixtral, qwen2_moe, olmoe, qwen3_moe, deepseek_v2, deepseek_v3)",
+                            c->path, mt->valuestring);
 }
 
-/* rope_type / type of a rope_scaling or rope_parameters object: only the
- * plain ("default") rotary embedding is implemented. */
-static int check_rope_type(ctx *c, const cJSON *obj, const char *key) {
+/* The rope type of a rope_scaling or rope_parameters object ("rope_type", or
+ * the older "type"): "default", or "yarn" where the architecture has it
+ * (DeepSeek); any other type is refused by name. */
+static int rope_type_of(ctx *c, const cJSON *obj, const char *key, int yarn_ok,
+                        capmoe_rope_type *out) {
     const cJSON *t = get(obj, "rope_type");
     const char *tk = "rope_type";
     if (!t) {
@@ -170,12 +191,16 @@ static int check_rope_type(ctx *c, const cJSON *obj, const char *key) {
     }
     if (t && !cJSON_IsString(t))
         return capmoe_set_error(c->err, "%s: %s.%s must be a string", c->path, key, tk);
-    if (t && strcmp(t->valuestring, "default") != 0)
+    *out = CAPMOE_ROPE_DEFAULT;
+    if (t && strcmp(t->valuestring, "yarn") == 0 && yarn_ok) *out = CAPMOE_ROPE_YARN;
+    else if (t && strcmp(t->valuestring, "default") != 0)
         return capmoe_set_error(c->err, "%s: %s: rope type '%.64s' not supported (only "
-                                "'default')", c->path, key, t->valuestring);
+                                "'default'%s)", c->path, key, t->valuestring,
+                                yarn_ok ? " and 'yarn'" : "");
     if (!t && strcmp(key, "rope_scaling") == 0 && obj->child)
         return capmoe_set_error(c->err, "%s: rope_scaling is set but names no rope type; only "
-                                "the default rotary embedding is supported", c->path);
+                                "the default rotary embedding%s is supported", c->path,
+                                yarn_ok ? " and yarn" : "");
     const cJSON *prf = get(obj, "partial_rotary_factor");
     if (prf && (!cJSON_IsNumber(prf) || prf->valuedouble != 1.0))
         return capmoe_set_error(c->err, "%s: %s.partial_rotary_factor other than 1 is not "
@@ -183,17 +208,68 @@ static int check_rope_type(ctx *c, const cJSON *obj, const char *key) {
     return 0;
 }
 
-static int parse_rope(ctx *c, const arch_defaults *ad, double *theta) {
+/* A number of a rope object that may be any finite value >= min (or > 0
+ * when strict): 0 when absent. */
+static int rope_num(ctx *c, const cJSON *obj, const char *key, const char *name, double min,
+                    int strict, double *out) {
+    const cJSON *v = get(obj, name);
+    *out = 0;
+    if (!v) return 0;
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || v->valuedouble < min ||
+        (strict && !(v->valuedouble > min)))
+        return capmoe_set_error(c->err, "%s: %s.%s must be a number %s %g", c->path, key, name,
+                                strict ? ">" : ">=", min);
+    *out = v->valuedouble;
+    return 0;
+}
+
+/* The YaRN parameters of a rope object (transformers' _compute_yarn_parameters
+ * reads factor, original_max_position_embeddings, beta_fast, beta_slow,
+ * mscale, mscale_all_dim, attention_factor, truncate). */
+static int parse_yarn(ctx *c, const cJSON *obj, const char *key, capmoe_rope_cfg *r) {
+    if (rope_num(c, obj, key, "factor", 0, 1, &r->factor) != 0) return -1;
+    const cJSON *fk = cJSON_GetObjectItemCaseSensitive(obj, "factor");
+    if (!fk) /* null: derived from the context lengths (parse_rope's caller) */
+        return capmoe_set_error(c->err, "%s: %s: yarn needs a factor", c->path, key);
+    double omax = 0;
+    /* a top-level original_max_position_embeddings wins, as in transformers */
+    const cJSON *top = get(c->root, "original_max_position_embeddings");
+    if (top ? rope_num(c, c->root, "the config", "original_max_position_embeddings", 1, 0, &omax)
+            : rope_num(c, obj, key, "original_max_position_embeddings", 1, 0, &omax))
+        return -1;
+    if (omax != floor(omax) || omax > INT_MAX)
+        return capmoe_set_error(c->err, "%s: %s.original_max_position_embeddings must be an "
+                                "integer", c->path, key);
+    r->original_max_position = (int)omax;
+    if (rope_num(c, obj, key, "beta_fast", 0, 0, &r->beta_fast) != 0 ||
+        rope_num(c, obj, key, "beta_slow", 0, 0, &r->beta_slow) != 0 ||
+        rope_num(c, obj, key, "mscale", 0, 0, &r->mscale) != 0 ||
+        rope_num(c, obj, key, "mscale_all_dim", 0, 0, &r->mscale_all_dim) != 0 ||
+        rope_num(c, obj, key, "attention_factor", 0, 1, &r->attention_factor) != 0)
+        return -1;
+    if (r->beta_fast == 0) r->beta_fast = 32; /* absent, null or 0 (Python's "or 32") */
+    if (r->beta_slow == 0) r->beta_slow = 1;
+    const cJSON *tr = get(obj, "truncate");
+    if (tr && !cJSON_IsBool(tr))
+        return capmoe_set_error(c->err, "%s: %s.truncate must be true or false", c->path, key);
+    r->truncate = !tr || cJSON_IsTrue(tr);
+    return 0;
+}
+
+static int parse_rope(ctx *c, const arch_defaults *ad, int yarn_ok, capmoe_rope_cfg *r) {
+    memset(r, 0, sizeof *r);
     const cJSON *rs = get(c->root, "rope_scaling");
+    const cJSON *rp = get(c->root, "rope_parameters");
+    capmoe_rope_type ts = CAPMOE_ROPE_DEFAULT, tp = CAPMOE_ROPE_DEFAULT;
     if (rs) {
         if (!cJSON_IsObject(rs))
             return capmoe_set_error(c->err, "%s: rope_scaling must be an object or null",
                                     c->path);
-        if (check_rope_type(c, rs, "rope_scaling") != 0) return -1;
+        if (rope_type_of(c, rs, "rope_scaling", yarn_ok, &ts) != 0) return -1;
     }
-    const cJSON *rp = get(c->root, "rope_parameters");
     double top = 0;
     if (opt_num(c, c->root, "rope_theta", "rope_theta", ad->rope_theta, &top) != 0) return -1;
+    r->theta = top;
     if (rp) {
         if (!cJSON_IsObject(rp))
             return capmoe_set_error(c->err, "%s: rope_parameters must be an object or null",
@@ -202,10 +278,20 @@ static int parse_rope(ctx *c, const arch_defaults *ad, double *theta) {
             if (cJSON_IsObject(e))
                 return capmoe_set_error(c->err, "%s: rope_parameters.%s: per-layer-type rope "
                                         "parameters are not supported", c->path, e->string);
-        if (check_rope_type(c, rp, "rope_parameters") != 0) return -1;
-        return opt_num(c, rp, "rope_theta", "rope_parameters.rope_theta", top, theta);
+        if (rope_type_of(c, rp, "rope_parameters", yarn_ok, &tp) != 0) return -1;
+        if (opt_num(c, rp, "rope_theta", "rope_parameters.rope_theta", top, &r->theta) != 0)
+            return -1;
     }
-    *theta = top;
+    /* rope_parameters (the newer layout) wins over rope_scaling when both
+     * are given, as transformers' conversion of the older one only fills
+     * what rope_parameters lacks */
+    if (rp && (tp == CAPMOE_ROPE_YARN || !rs)) {
+        r->type = tp;
+        if (tp == CAPMOE_ROPE_YARN) return parse_yarn(c, rp, "rope_parameters", r);
+    } else if (rs) {
+        r->type = ts;
+        if (ts == CAPMOE_ROPE_YARN) return parse_yarn(c, rs, "rope_scaling", r);
+    }
     return 0;
 }
 
@@ -304,6 +390,124 @@ static int parse_moe_layers(ctx *c, capmoe_hfconfig *cfg) {
     return 0;
 }
 
+/* An optional integer that may be null in the file with a meaning of its
+ * own: *out = null_value when null, def when absent. */
+static int opt_int_null(ctx *c, const char *key, int def, int null_value, int min, int *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(c->root, key);
+    if (v && cJSON_IsNull(v)) {
+        *out = null_value;
+        return 0;
+    }
+    return opt_int(c, key, def, min, out);
+}
+
+static int opt_str(ctx *c, const char *key, const char *def, const char **out) {
+    const cJSON *v = get(c->root, key);
+    *out = def;
+    if (!v) return 0;
+    if (!cJSON_IsString(v)) return capmoe_set_error(c->err, "%s: %s must be a string", c->path, key);
+    *out = v->valuestring;
+    return 0;
+}
+
+/* DeepseekV2ForCausalLM / DeepseekV3ForCausalLM: experts, shared experts,
+ * dense first layers, the router, Multi-head Latent Attention. What
+ * transformers reads (and what it ignores: V2 never normalises its top-k
+ * weights whatever norm_topk_prob says; V3 always scores with a sigmoid,
+ * whatever topk_method and scoring_func say). */
+static int parse_deepseek(ctx *c, capmoe_hfconfig *cfg, const deepseek_defaults *dd,
+                          int dense_default) {
+    int v3 = dd == &DS_V3;
+    if (need_pos(c, "n_routed_experts", &cfg->n_experts) ||
+        need_pos(c, "num_experts_per_tok", &cfg->top_k) ||
+        need_pos(c, "moe_intermediate_size", &cfg->moe_intermediate_size) ||
+        opt_int(c, "intermediate_size", dense_default, 1, &cfg->intermediate_size) ||
+        opt_int(c, "n_shared_experts", dd->n_shared, 0, &cfg->n_shared_experts) ||
+        opt_int(c, "first_k_dense_replace", dd->first_k_dense, 0, &cfg->first_k_dense_replace) ||
+        opt_int(c, "moe_layer_freq", 1, 1, &cfg->moe_layer_freq))
+        return -1;
+    if ((long long)cfg->n_shared_experts * cfg->moe_intermediate_size > INT_MAX)
+        return capmoe_set_error(c->err, "%s: n_shared_experts x moe_intermediate_size is too "
+                                "large", c->path);
+    cfg->shared_expert_intermediate_size = cfg->n_shared_experts * cfg->moe_intermediate_size;
+    if (opt_num(c, c->root, "routed_scaling_factor", "routed_scaling_factor",
+                dd->routed_scaling_factor, &cfg->routed_scaling_factor) != 0)
+        return -1;
+    int mlp_bias = 0;
+    if (opt_bool(c, "mlp_bias", 0, &mlp_bias) != 0) return -1;
+    if (mlp_bias)
+        return capmoe_set_error(c->err, "%s: mlp_bias is true: biases in the MLPs are not "
+                                "supported", c->path);
+    /* the router */
+    int ng = 1, tg = 1;
+    if (v3) {
+        cfg->router = CAPMOE_ROUTER_DEEPSEEK_V3;
+        if (opt_int(c, "n_group", dd->n_group, 1, &ng) || opt_int(c, "topk_group", dd->topk_group,
+                                                                   1, &tg) ||
+            opt_bool(c, "norm_topk_prob", dd->norm_topk, &cfg->norm_topk_prob))
+            return -1;
+    } else {
+        cfg->router = CAPMOE_ROUTER_DEEPSEEK_V2;
+        const char *tm = NULL;
+        if (opt_str(c, "topk_method", "greedy", &tm) != 0) return -1;
+        if (strcmp(tm, "group_limited_greedy") == 0) {
+            if (need_pos(c, "n_group", &ng) || need_pos(c, "topk_group", &tg)) return -1;
+        } else if (strcmp(tm, "greedy") != 0) {
+            return capmoe_set_error(c->err, "%s: topk_method '%.64s' is not one DeepSeek-V2 has "
+                                    "(greedy, group_limited_greedy)", c->path, tm);
+        }
+        int ignored = 0; /* read for its type only: transformers does not use it */
+        if (opt_bool(c, "norm_topk_prob", 0, &ignored) != 0) return -1;
+        cfg->norm_topk_prob = 0;
+    }
+    if (cfg->n_experts % ng != 0)
+        return capmoe_set_error(c->err, "%s: n_routed_experts (%d) is not a multiple of n_group "
+                                "(%d)", c->path, cfg->n_experts, ng);
+    if (tg > ng)
+        return capmoe_set_error(c->err, "%s: topk_group (%d) exceeds n_group (%d)", c->path, tg,
+                                ng);
+    if (v3 && cfg->n_experts / ng < 2)
+        return capmoe_set_error(c->err, "%s: groups of %d expert: DeepSeek-V3 scores a group by "
+                                "its two best experts (n_routed_experts %d, n_group %d)", c->path,
+                                cfg->n_experts / ng, cfg->n_experts, ng);
+    if ((long long)tg * (cfg->n_experts / ng) < cfg->top_k)
+        return capmoe_set_error(c->err, "%s: num_experts_per_tok (%d) exceeds the experts of the "
+                                "topk_group (%d) groups kept (%d)", c->path, cfg->top_k, tg,
+                                tg * (cfg->n_experts / ng));
+    cfg->n_group = ng;
+    cfg->topk_group = tg;
+    /* Multi-head Latent Attention */
+    if (opt_int_null(c, "q_lora_rank", dd->q_lora_rank, 0, 1, &cfg->q_lora_rank) ||
+        opt_int(c, "kv_lora_rank", dd->kv_lora_rank, 1, &cfg->kv_lora_rank) ||
+        opt_int(c, "qk_nope_head_dim", dd->qk_nope, 1, &cfg->qk_nope_head_dim) ||
+        opt_int(c, "qk_rope_head_dim", dd->qk_rope, 1, &cfg->qk_rope_head_dim) ||
+        opt_int(c, "v_head_dim", dd->v_head, 1, &cfg->v_head_dim))
+        return -1;
+    if (cfg->qk_rope_head_dim % 2 != 0)
+        return capmoe_set_error(c->err, "%s: qk_rope_head_dim (%d) must be even for rotary "
+                                "embeddings", c->path, cfg->qk_rope_head_dim);
+    if (!v3 && cfg->hidden_size % cfg->n_heads != 0) /* DeepseekV2Config refuses it */
+        return capmoe_set_error(c->err, "%s: hidden_size (%d) is not a multiple of "
+                                "num_attention_heads (%d)", c->path, cfg->hidden_size, cfg->n_heads);
+    if (cfg->n_kv_heads != cfg->n_heads)
+        return capmoe_set_error(c->err, "%s: num_key_value_heads (%d) differs from "
+                                "num_attention_heads (%d): latent attention has one key and "
+                                "value per query head", c->path, cfg->n_kv_heads, cfg->n_heads);
+    cfg->head_dim = cfg->qk_rope_head_dim;
+    int bias = 0;
+    if (opt_bool(c, "attention_bias", 0, &bias) != 0) return -1;
+    cfg->qkv_bias = cfg->o_bias = bias;
+    cfg->qk_norm = CAPMOE_QK_NORM_NONE;
+    cfg->rope.interleave = 1; /* V2: complex rotation of pairs; V3: rope_interleave */
+    if (v3 && opt_bool(c, "rope_interleave", 1, &cfg->rope.interleave) != 0) return -1;
+    /* layers: dense before first_k_dense_replace, MoE from there on (transformers
+     * 5.17 does not use moe_layer_freq, whose other values DeepSeek's own code
+     * reads as "every n-th layer": such a checkpoint's dense layers lack the
+     * experts' tensors, and loading it fails naming them) */
+    for (int l = 0; l < cfg->n_layers; l++) cfg->layer_is_moe[l] = l >= cfg->first_k_dense_replace;
+    return 0;
+}
+
 /* ---------- main ---------- */
 
 int capmoe_hfconfig_parse(capmoe_hfconfig *cfg, const char *json, size_t len, const char *path,
@@ -364,8 +568,11 @@ int capmoe_hfconfig_parse(capmoe_hfconfig *cfg, const char *json, size_t len, co
                          "num_key_value_heads (%d)", path, cfg->n_heads, cfg->n_kv_heads);
         goto out;
     }
-    int hd = 0;
-    int r = get_int(c, "head_dim", &hd);
+    /* DeepSeek: head_dim is qk_rope_head_dim whatever the file says (set
+     * below), as DeepseekV2Config / DeepseekV3Config set it */
+    int deepseek = ad->arch == CAPMOE_ARCH_DEEPSEEK_V2 || ad->arch == CAPMOE_ARCH_DEEPSEEK_V3;
+    int hd = 2;
+    int r = deepseek ? 1 : get_int(c, "head_dim", &hd);
     if (r < 0) goto out;
     if (r == 0) {
         if (cfg->hidden_size % cfg->n_heads != 0) {
@@ -390,7 +597,15 @@ int capmoe_hfconfig_parse(capmoe_hfconfig *cfg, const char *json, size_t len, co
     double eps = 0;
     if (opt_num(c, root, "rms_norm_eps", "rms_norm_eps", ad->rms_norm_eps, &eps) != 0) goto out;
     cfg->rms_norm_eps = (float)eps;
-    if (parse_rope(c, ad, &cfg->rope_theta) != 0) goto out;
+    if (parse_rope(c, ad, deepseek, &cfg->rope) != 0) goto out;
+    cfg->rope_theta = cfg->rope.theta;
+    if (cfg->rope.type == CAPMOE_ROPE_YARN && cfg->rope.original_max_position == 0)
+        cfg->rope.original_max_position = cfg->max_position_embeddings;
+    if (cfg->rope.type == CAPMOE_ROPE_YARN && cfg->rope.factor == 0)
+        cfg->rope.factor = (double)cfg->max_position_embeddings / cfg->rope.original_max_position;
+    cfg->n_group = cfg->topk_group = 1;
+    cfg->routed_scaling_factor = 1.0;
+    cfg->moe_layer_freq = 1;
     if (parse_dtype(c, &cfg->dtype) != 0) goto out;
     if (opt_bool(c, "tie_word_embeddings", 0, &cfg->tie_word_embeddings) != 0) goto out;
     if (parse_token_ids(c, cfg, ad) != 0) goto out;
@@ -473,8 +688,16 @@ int capmoe_hfconfig_parse(capmoe_hfconfig *cfg, const char *json, size_t len, co
         }
         cfg->sliding_window = 0;
         if (parse_moe_layers(c, cfg) != 0) goto out;
+        cfg->shared_expert_gate = qwen2 && cfg->shared_expert_intermediate_size > 0;
         break;
     }
+    case CAPMOE_ARCH_DEEPSEEK_V2:
+    case CAPMOE_ARCH_DEEPSEEK_V3:
+        n_exp_key = "n_routed_experts";
+        if (parse_deepseek(c, cfg, ad->arch == CAPMOE_ARCH_DEEPSEEK_V3 ? &DS_V3 : &DS_V2,
+                           ad->intermediate_size) != 0)
+            goto out;
+        break;
     }
     if (cfg->n_experts > CAPMOE_MAX_EXPERTS) {
         capmoe_set_error(err, "%s: %s (%d) exceeds the supported maximum of %d", path, n_exp_key,

@@ -3,6 +3,7 @@
 #include "capmoe/kern.h"
 #include "capmoe/ops.h"
 #include "capmoe/panel.h"
+#include "capmoe/rope.h"
 #include "model_internal.h"
 
 #include <sys/mman.h>
@@ -114,6 +115,8 @@ static int load_experts(struct capmoe_model *m, struct capmoe_layer *L, int l,
     L->w_down = calloc((size_t)E, sizeof *L->w_down);
     if (!L->w_gate || !L->w_up || !L->w_down) return capmoe_set_error(err, "out of memory");
     GET2(L->router, E, H, "model.layers.%d.%s.gate.weight", l, blk);
+    if (c->router == CAPMOE_ROUTER_DEEPSEEK_V3)
+        GET1(L->router_bias, E, "model.layers.%d.mlp.gate.e_score_correction_bias", l);
     if (has_tensor(m, "model.layers.%d.%s.experts.gate_up_proj", l, blk)) {
         /* transformers 5 in-memory layout: fused [E, 2I, H] and [E, H, I]. */
         capmoe_wmat gu, dn;
@@ -126,25 +129,64 @@ static int load_experts(struct capmoe_model *m, struct capmoe_layer *L, int l,
             L->w_up[e] = capmoe_wmat_offset(L->w_gate[e], (size_t)I * H);
             L->w_down[e] = capmoe_wmat_offset(dn, (size_t)e * H * I);
         }
-        return 0;
-    }
-    for (int e = m->e0; e < m->e1; e++) { /* this process's experts only */
-        if (mixtral) {
-            GETW(L->w_gate[e], I, H, "model.layers.%d.block_sparse_moe.experts.%d.w1.weight", l, e);
-            GETW(L->w_down[e], H, I, "model.layers.%d.block_sparse_moe.experts.%d.w2.weight", l, e);
-            GETW(L->w_up[e], I, H, "model.layers.%d.block_sparse_moe.experts.%d.w3.weight", l, e);
-        } else {
-            GETW(L->w_gate[e], I, H, "model.layers.%d.mlp.experts.%d.gate_proj.weight", l, e);
-            GETW(L->w_up[e], I, H, "model.layers.%d.mlp.experts.%d.up_proj.weight", l, e);
-            GETW(L->w_down[e], H, I, "model.layers.%d.mlp.experts.%d.down_proj.weight", l, e);
+    } else {
+        for (int e = m->e0; e < m->e1; e++) { /* this process's experts only */
+            if (mixtral) {
+                GETW(L->w_gate[e], I, H, "model.layers.%d.block_sparse_moe.experts.%d.w1.weight", l,
+                     e);
+                GETW(L->w_down[e], H, I, "model.layers.%d.block_sparse_moe.experts.%d.w2.weight", l,
+                     e);
+                GETW(L->w_up[e], I, H, "model.layers.%d.block_sparse_moe.experts.%d.w3.weight", l,
+                     e);
+            } else {
+                GETW(L->w_gate[e], I, H, "model.layers.%d.mlp.experts.%d.gate_proj.weight", l, e);
+                GETW(L->w_up[e], I, H, "model.layers.%d.mlp.experts.%d.up_proj.weight", l, e);
+                GETW(L->w_down[e], H, I, "model.layers.%d.mlp.experts.%d.down_proj.weight", l, e);
+            }
         }
     }
     if (c->shared_expert_intermediate_size > 0) {
+        /* Qwen2-MoE: one shared_expert with a sigmoid gate; DeepSeek:
+         * shared_experts, n_shared_experts of them as one wider MLP, no gate */
         int Is = c->shared_expert_intermediate_size;
-        GETW(L->sh_gate, Is, H, "model.layers.%d.mlp.shared_expert.gate_proj.weight", l);
-        GETW(L->sh_up, Is, H, "model.layers.%d.mlp.shared_expert.up_proj.weight", l);
-        GETW(L->sh_down, H, Is, "model.layers.%d.mlp.shared_expert.down_proj.weight", l);
-        GET2(L->sh_gate_w, 1, H, "model.layers.%d.mlp.shared_expert_gate.weight", l);
+        const char *sh = c->shared_expert_gate ? "shared_expert" : "shared_experts";
+        GETW(L->sh_gate, Is, H, "model.layers.%d.mlp.%s.gate_proj.weight", l, sh);
+        GETW(L->sh_up, Is, H, "model.layers.%d.mlp.%s.up_proj.weight", l, sh);
+        GETW(L->sh_down, H, Is, "model.layers.%d.mlp.%s.down_proj.weight", l, sh);
+        if (c->shared_expert_gate)
+            GET2(L->sh_gate_w, 1, H, "model.layers.%d.mlp.shared_expert_gate.weight", l);
+    }
+    return 0;
+}
+
+/* Multi-head Latent Attention (DeepSeek-V2/V3): the query path (q_proj, or
+ * q_a_proj + q_a_layernorm + q_b_proj), kv_a_proj_with_mqa + kv_a_layernorm,
+ * kv_b_proj (also seen per head, for the absorbed form), o_proj. */
+static int load_mla(struct capmoe_model *m, struct capmoe_layer *L, int l, capmoe_error *err) {
+    const capmoe_hfconfig *c = &m->cfg;
+    int H = c->hidden_size, nH = c->n_heads, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim;
+    int dv = c->v_head_dim, kvl = c->kv_lora_rank, ql = c->q_lora_rank, qd = nH * (dn + dr);
+    if (ql > 0) {
+        GETW(L->wq_a, ql, H, "model.layers.%d.self_attn.q_a_proj.weight", l);
+        GET1(L->q_a_norm, ql, "model.layers.%d.self_attn.q_a_layernorm.weight", l);
+        GETW(L->wq_b, qd, ql, "model.layers.%d.self_attn.q_b_proj.weight", l);
+        if (c->qkv_bias) GET1(L->bq_a, ql, "model.layers.%d.self_attn.q_a_proj.bias", l);
+    } else {
+        GETW(L->wq, qd, H, "model.layers.%d.self_attn.q_proj.weight", l);
+    }
+    GETW(L->wkv_a, kvl + dr, H, "model.layers.%d.self_attn.kv_a_proj_with_mqa.weight", l);
+    if (c->qkv_bias)
+        GET1(L->bkv_a, kvl + dr, "model.layers.%d.self_attn.kv_a_proj_with_mqa.bias", l);
+    GET1(L->kv_a_norm, kvl, "model.layers.%d.self_attn.kv_a_layernorm.weight", l);
+    GETW(L->wkv_b, nH * (dn + dv), kvl, "model.layers.%d.self_attn.kv_b_proj.weight", l);
+    GETW(L->wo, H, nH * dv, "model.layers.%d.self_attn.o_proj.weight", l);
+    if (c->o_bias) GET1(L->bo, H, "model.layers.%d.self_attn.o_proj.bias", l);
+    L->w_uk_t = calloc((size_t)nH, sizeof *L->w_uk_t);
+    L->w_uv = calloc((size_t)nH, sizeof *L->w_uv);
+    if (!L->w_uk_t || !L->w_uv) return capmoe_set_error(err, "out of memory");
+    for (int hh = 0; hh < nH; hh++) { /* views of kv_b's rows, repacked by pack_weights */
+        L->w_uk_t[hh] = capmoe_wmat_offset(L->wkv_b, (size_t)hh * (dn + dv) * kvl);
+        L->w_uv[hh] = capmoe_wmat_offset(L->wkv_b, ((size_t)hh * (dn + dv) + dn) * kvl);
     }
     return 0;
 }
@@ -155,6 +197,11 @@ static int load_layer(struct capmoe_model *m, int l, capmoe_error *err) {
     int H = c->hidden_size, d = c->head_dim, qd = c->n_heads * d, kd = c->n_kv_heads * d;
     GET1(L->attn_norm, H, "model.layers.%d.input_layernorm.weight", l);
     GET1(L->ffn_norm, H, "model.layers.%d.post_attention_layernorm.weight", l);
+    L->is_moe = c->layer_is_moe[l];
+    if (c->kv_lora_rank > 0) {
+        if (load_mla(m, L, l, err) != 0) return -1;
+        goto mlp;
+    }
     GETW(L->wq, qd, H, "model.layers.%d.self_attn.q_proj.weight", l);
     GETW(L->wk, kd, H, "model.layers.%d.self_attn.k_proj.weight", l);
     GETW(L->wv, kd, H, "model.layers.%d.self_attn.v_proj.weight", l);
@@ -172,7 +219,7 @@ static int load_layer(struct capmoe_model *m, int l, capmoe_error *err) {
         GET1(L->q_norm, d, "model.layers.%d.self_attn.q_norm.weight", l);
         GET1(L->k_norm, d, "model.layers.%d.self_attn.k_norm.weight", l);
     }
-    L->is_moe = c->layer_is_moe[l];
+mlp:
     if (L->is_moe) return load_experts(m, L, l, err);
     int Id = c->intermediate_size;
     GETW(L->d_gate, Id, H, "model.layers.%d.mlp.gate_proj.weight", l);
@@ -218,12 +265,35 @@ struct pack_job {
     size_t off;                    /* of dst in the arena */
     void *dst;                     /* owned by the model */
     int failed;                    /* out of memory converting a source */
+    int transposed;                /* the one source is W^T: K rows of N (ld N) */
+    int part_of;                   /* the source is part of a matrix another job packs
+                                    * whole: that job accounts for its pages */
 };
+
+/* A job whose one source is stored transposed: W^T copied to W (elements
+ * moved, never converted), then packed. */
+static void pack_transposed(struct pack_job *j) {
+    size_t es = capmoe_dtype_size(j->dtype), N = (size_t)j->N, K = (size_t)j->K;
+    char *tmp = capmoe_malloc_array(N * K, es);
+    if (!tmp) {
+        j->failed = 1;
+        return;
+    }
+    const char *src = j->src[0].p;
+    for (size_t n = 0; n < N; n++)
+        for (size_t k = 0; k < K; k++) memcpy(tmp + (n * K + k) * es, src + (k * N + n) * es, es);
+    capmoe_panel_pack_rows(j->dst, j->dtype, j->K, 0, tmp, K, j->N);
+    free(tmp);
+}
 
 static void pack_one(void *arg, int item, int slot) {
     (void)slot;
     struct pack_job *j = (struct pack_job *)arg + item;
     memset(j->dst, 0, capmoe_panel_matrix_bytes(j->dtype, j->N, j->K));
+    if (j->transposed) {
+        pack_transposed(j);
+        return;
+    }
     for (int s = 0, n0 = 0; s < j->n_src; n0 += j->rows[s++]) {
         const capmoe_wmat *w = &j->src[s];
         if (w->dtype == j->dtype) {
@@ -295,6 +365,37 @@ static void add_one(struct pack_job *jobs, int *n, capmoe_wmat *w, int N, int K)
     add_job(jobs, n, w, 1, &w, &N, K);
 }
 
+/* A job for a view into a matrix that is also packed whole (*w: rows of
+ * it, or with transposed its K x N block transposed). */
+static void add_part(struct pack_job *jobs, int *n, capmoe_wmat *w, int N, int K, int transposed) {
+    int before = *n;
+    add_job(jobs, n, w, 1, &w, &N, K);
+    if (*n > before) {
+        jobs[*n - 1].transposed = transposed;
+        jobs[*n - 1].part_of = 1;
+    }
+}
+
+/* The jobs of one latent-attention layer: [q_a_proj or q_proj;
+ * kv_a_proj_with_mqa] stacked, q_b_proj, kv_b_proj whole (the expanded form)
+ * and per head (its key rows transposed, its value rows: the absorbed
+ * form), o_proj. */
+static void add_mla_jobs(const capmoe_hfconfig *c, struct capmoe_layer *L, struct pack_job *jobs,
+                         int *n) {
+    int H = c->hidden_size, nH = c->n_heads, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim;
+    int dv = c->v_head_dim, kvl = c->kv_lora_rank, ql = c->q_lora_rank, qd = nH * (dn + dr);
+    capmoe_wmat *qkv[2] = {ql > 0 ? &L->wq_a : &L->wq, &L->wkv_a};
+    int rows[2] = {ql > 0 ? ql : qd, kvl + dr};
+    add_job(jobs, n, &L->wqkv, 2, qkv, rows, H);
+    if (ql > 0) add_one(jobs, n, &L->wq_b, qd, ql);
+    add_one(jobs, n, &L->wkv_b, nH * (dn + dv), kvl);
+    for (int hh = 0; hh < nH; hh++) {
+        add_part(jobs, n, &L->w_uk_t[hh], kvl, dn, 1);
+        add_part(jobs, n, &L->w_uv[hh], dv, kvl, 0);
+    }
+    add_one(jobs, n, &L->wo, H, nH * dv);
+}
+
 /* Every matrix the products read (attention, experts, shared expert, dense
  * MLP, lm_head) repacked, in parallel on the model's pool. The embedding
  * table stays row-major: lookups read single rows of it. */
@@ -303,16 +404,20 @@ static int pack_weights(struct capmoe_model *m, capmoe_error *err) {
     int H = c->hidden_size, d = c->head_dim, qd = c->n_heads * d, kd = c->n_kv_heads * d;
     int I = c->moe_intermediate_size, Is = c->shared_expert_intermediate_size;
     int Id = c->intermediate_size;
-    size_t cap = (size_t)c->n_layers * (7 + 3 * (size_t)c->n_experts + 3) + 1;
+    size_t cap = (size_t)c->n_layers * (7 + 3 * (size_t)c->n_experts + 3 + 2 * (size_t)c->n_heads) + 1;
     struct pack_job *jobs = calloc(cap, sizeof *jobs);
     if (!jobs) return capmoe_set_error(err, "out of memory");
     int n = 0;
     for (int l = 0; l < c->n_layers; l++) {
         struct capmoe_layer *L = &m->layers[l];
-        capmoe_wmat *qkv[3] = {&L->wq, &L->wk, &L->wv};
-        int qkv_rows[3] = {qd, kd, kd};
-        add_job(jobs, &n, &L->wqkv, 3, qkv, qkv_rows, H);
-        add_one(jobs, &n, &L->wo, H, qd);
+        if (c->kv_lora_rank > 0) {
+            add_mla_jobs(c, L, jobs, &n);
+        } else {
+            capmoe_wmat *qkv[3] = {&L->wq, &L->wk, &L->wv};
+            int qkv_rows[3] = {qd, kd, kd};
+            add_job(jobs, &n, &L->wqkv, 3, qkv, qkv_rows, H);
+            add_one(jobs, &n, &L->wo, H, qd);
+        }
         if (L->is_moe) {
             for (int e = m->e0; e < m->e1; e++) {
                 add_one(jobs, &n, &L->w_gate[e], I, H);
@@ -372,7 +477,7 @@ static int pack_weights(struct capmoe_model *m, capmoe_error *err) {
         for (int s = 0; s < j->n_src; s++) {
             size_t bytes = (size_t)j->rows[s] * j->K * capmoe_dtype_size(j->src[s].dtype);
             /* the embedding (a tied lm_head's source) is still read in place */
-            if (j->src[s].p != m->embed.p && in_ranges(mapped, nr, j->src[s].p)) {
+            if (!j->part_of && j->src[s].p != m->embed.p && in_ranges(mapped, nr, j->src[s].p)) {
                 m->mapped_bytes -= bytes;
                 drop_pages(j->src[s].p, bytes);
             }
@@ -427,6 +532,7 @@ int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_op
     if (capmoe_st_open_dir(&m->st, dir, err) != 0) goto fail;
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     m->inv_freq = calloc((size_t)(c->head_dim / 2 + 1), sizeof(float));
+    m->mla_form = opts ? opts->mla_form : CAPMOE_MLA_AUTO;
     if (!m->layers || !m->inv_freq) {
         capmoe_set_error(err, "out of memory");
         goto fail;
@@ -450,9 +556,19 @@ int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_op
     for (int l = 0; l < c->n_layers; l++)
         if (load_layer(m, l, err) != 0) goto fail;
     /* RoPE inverse frequencies exactly as Hugging Face computes them (float32). */
-    for (int i = 0; i < c->head_dim / 2; i++) {
-        float expo = (float)(2 * i) / (float)c->head_dim;
-        m->inv_freq[i] = 1.0f / powf((float)c->rope_theta, expo);
+    double af = 1.0;
+    capmoe_rope_inv_freq(c, m->inv_freq, &af);
+    m->rope_af = (float)af;
+    if (c->kv_lora_rank > 0) m->mla_scale = (float)capmoe_rope_mla_softmax_scale(c);
+    capmoe_router_default(&m->route, c->norm_topk_prob);
+    if (c->router != CAPMOE_ROUTER_SOFTMAX) {
+        m->route.sigmoid = c->router == CAPMOE_ROUTER_DEEPSEEK_V3;
+        m->route.norm_eps = m->route.sigmoid && c->norm_topk_prob ? 1e-20f : 0.0f;
+        m->route.n_group = c->n_group;
+        m->route.topk_group = c->topk_group;
+        m->route.group_top2 = c->router == CAPMOE_ROUTER_DEEPSEEK_V3;
+        m->route.group_exclusive = c->router == CAPMOE_ROUTER_DEEPSEEK_V3;
+        m->route.scale = (float)c->routed_scaling_factor;
     }
     int R = m->comm ? 1 : opts && opts->max_ranks > 0 ? opts->max_ranks : 8;
     m->ep = capmoe_ep_new(R, err);
@@ -484,6 +600,8 @@ void capmoe_model_free(capmoe_model *m) {
             free(m->layers[l].w_gate);
             free(m->layers[l].w_up);
             free(m->layers[l].w_down);
+            free(m->layers[l].w_uk_t);
+            free(m->layers[l].w_uv);
         }
     }
     free(m->layers);
@@ -494,7 +612,9 @@ void capmoe_model_free(capmoe_model *m) {
     capmoe_dispatch_plan_free(&m->plan);
     struct capmoe_buf *bufs[] = {&m->x,      &m->h,      &m->q,  &m->k,  &m->v,  &m->att,
                                  &m->tmp,    &m->scores, &m->router, &m->xe,
-                                 &m->ge,     &m->ue,     &m->ye, &m->sh1, &m->sh2, &m->rope};
+                                 &m->ge,     &m->ue,     &m->ye, &m->sh1, &m->sh2, &m->rope,
+                                 &m->mla_a,  &m->mla_q,  &m->mla_qa, &m->mla_lat, &m->mla_ctx,
+                                 &m->mla_att, &m->mla_out, &m->mla_kv, &m->mla_k};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) capmoe_buf_free(bufs[i]);
     free(m->tok_rank);
     free(m->tok_pos);
@@ -504,6 +624,8 @@ void capmoe_model_free(capmoe_model *m) {
     free(m->a2a);
     free(m->a2a_cnt);
     capmoe_buf_free(&m->xr);
+    free(m->mla_rows);
+    free(m->mla_items);
     free(m);
 }
 
@@ -518,8 +640,20 @@ size_t capmoe_model_active_bytes_per_token(const capmoe_model *m) {
     size_t bytes = 0;
     for (int l = 0; l < c->n_layers; l++) {
         const struct capmoe_layer *L = &m->layers[l];
-        bytes += H * (qd + 2 * kd) * capmoe_dtype_size(L->wqkv.dtype); /* q, k, v */
-        bytes += H * qd * capmoe_dtype_size(L->wo.dtype);                /* o */
+        if (c->kv_lora_rank > 0) {
+            /* stacked q (or q_a) and kv_a, q_b, kv_b (per head, absorbed), o */
+            size_t nH = (size_t)c->n_heads, qk = (size_t)(c->qk_nope_head_dim + c->qk_rope_head_dim);
+            size_t kvl = (size_t)c->kv_lora_rank, ql = (size_t)c->q_lora_rank;
+            size_t dv = (size_t)c->v_head_dim, dn = (size_t)c->qk_nope_head_dim;
+            bytes += H * ((ql ? ql : nH * qk) + kvl + (size_t)c->qk_rope_head_dim) *
+                     capmoe_dtype_size(L->wqkv.dtype);
+            if (ql) bytes += ql * nH * qk * capmoe_dtype_size(L->wq_b.dtype);
+            bytes += nH * (dn + dv) * kvl * capmoe_dtype_size(L->wkv_b.dtype);
+            bytes += H * nH * dv * capmoe_dtype_size(L->wo.dtype);
+        } else {
+            bytes += H * (qd + 2 * kd) * capmoe_dtype_size(L->wqkv.dtype); /* q, k, v */
+            bytes += H * qd * capmoe_dtype_size(L->wo.dtype);                /* o */
+        }
         if (c->layer_is_moe[l]) {
             bytes += (size_t)c->n_experts * H * sizeof(float); /* router */
             bytes += (size_t)c->top_k * 3 * H * (size_t)c->moe_intermediate_size *
@@ -543,6 +677,11 @@ capmoe_kv *capmoe_kv_new(const capmoe_model *m, int max_tokens) {
     if (!kv) return NULL;
     kv->n_layers = c->n_layers;
     kv->row = c->n_kv_heads * c->head_dim;
+    kv->n_mats = 2;
+    if (c->kv_lora_rank > 0) { /* latent attention: [latent | rope key] per token */
+        kv->row = c->kv_lora_rank + c->qk_rope_head_dim;
+        kv->n_mats = 1;
+    }
     kv->max = max_tokens > 0 ? max_tokens : c->max_position_embeddings;
     kv->k = calloc((size_t)c->n_layers, sizeof *kv->k);
     kv->v = calloc((size_t)c->n_layers, sizeof *kv->v);
@@ -569,7 +708,21 @@ int capmoe_kv_max(const capmoe_kv *kv) { return kv->max; }
 void capmoe_kv_clear(capmoe_kv *kv) { kv->len = 0; }
 
 size_t capmoe_kv_bytes(const capmoe_kv *kv) {
-    return (size_t)kv->cap * (size_t)kv->row * sizeof(float) * 2 * (size_t)kv->n_layers;
+    return (size_t)kv->cap * (size_t)kv->row * sizeof(float) * (size_t)kv->n_mats *
+           (size_t)kv->n_layers;
+}
+
+size_t capmoe_model_kv_bytes_per_token(const capmoe_model *m, int expanded) {
+    const capmoe_hfconfig *c = &m->cfg;
+    size_t L = (size_t)c->n_layers;
+    if (c->kv_lora_rank > 0) {
+        if (expanded) /* every head's key (nope + rope part) and value */
+            return L * (size_t)c->n_heads *
+                   (size_t)(c->qk_nope_head_dim + c->qk_rope_head_dim + c->v_head_dim) *
+                   sizeof(float);
+        return L * (size_t)(c->kv_lora_rank + c->qk_rope_head_dim) * sizeof(float);
+    }
+    return L * 2 * (size_t)c->n_kv_heads * (size_t)c->head_dim * sizeof(float);
 }
 
 /* Makes room for n tokens: 0, or -1 (over max / out of memory). Used by forward.c. */
@@ -584,6 +737,7 @@ int capmoe_kv_reserve(capmoe_kv *kv, int n) {
         float *k = realloc(kv->k[l], (size_t)nc * kv->row * sizeof(float));
         if (!k) return -1;
         kv->k[l] = k;
+        if (kv->n_mats < 2) continue;
         float *v = realloc(kv->v[l], (size_t)nc * kv->row * sizeof(float));
         if (!v) return -1;
         kv->v[l] = v;

@@ -1,5 +1,6 @@
 /* model_internal.h - the model's private layout, shared by model.c (load),
- * forward.c (attention + forward) and moe.c (the MoE block). */
+ * forward.c (attention + forward), mla.c (DeepSeek's latent attention) and
+ * moe.c (the MoE block). */
 #ifndef CAPMOE_MODEL_INTERNAL_H
 #define CAPMOE_MODEL_INTERNAL_H
 
@@ -22,11 +23,27 @@ struct capmoe_layer {
                                               * NULL and no longer read) */
     const float *bq, *bk, *bv, *bo;          /* biases or NULL */
     const float *q_norm, *k_norm;            /* [nH*d] / [nKV*d] (FULL) or [d] (HEAD) */
+    /* Multi-head Latent Attention (cfg.kv_lora_rank > 0; dn, dr, dv the
+     * qk_nope / qk_rope / v head dims, kvl the latent, ql the query latent).
+     * wqkv then stacks [q_a_proj (or q_proj, in wq); kv_a_proj_with_mqa]. */
+    capmoe_wmat wq_a;                        /* [ql, H] (q_lora_rank > 0) */
+    capmoe_wmat wkv_a;                       /* [kvl + dr, H] */
+    capmoe_wmat wq_b;                        /* [nH*(dn+dr), ql] */
+    const float *bq_a, *bkv_a;               /* attention_bias: [ql], [kvl + dr] */
+    const float *q_a_norm, *kv_a_norm;       /* [ql], [kvl] */
+    capmoe_wmat wkv_b;                       /* [nH*(dn+dv), kvl]: keys and values of the
+                                              * expanded form */
+    capmoe_wmat *w_uk_t;                     /* per head [kvl, dn] (kv_b's key rows,
+                                              * transposed): queries into the latent */
+    capmoe_wmat *w_uv;                       /* per head [dv, kvl] (kv_b's value rows):
+                                              * attention outputs out of the latent */
     int is_moe;
     const float *router;                     /* [E, H] */
+    const float *router_bias;                /* DeepSeek-V3 e_score_correction_bias [E] */
     capmoe_wmat *w_gate, *w_up, *w_down;     /* per expert: [I, H] [I, H] [H, I] */
-    capmoe_wmat sh_gate, sh_up, sh_down;     /* shared expert [Is, H] [Is, H] [H, Is] */
-    const float *sh_gate_w;                  /* shared_expert_gate [1, H] */
+    capmoe_wmat sh_gate, sh_up, sh_down;     /* shared expert(s) [Is, H] [Is, H] [H, Is] */
+    const float *sh_gate_w;                  /* Qwen2-MoE shared_expert_gate [1, H], or NULL
+                                              * (DeepSeek: no gate) */
     capmoe_wmat d_gate, d_up, d_down;        /* dense MLP [Id, H] [Id, H] [H, Id] */
 };
 
@@ -99,6 +116,10 @@ struct capmoe_model {
     int comm_broken;         /* MPI: an exchange failed (a rank failed, MPI error, timeout):
                               * the group cannot be used again */
     char comm_broken_msg[CAPMOE_ERR_MSG];
+    float rope_af;           /* YaRN's attention factor on cos and sin (1: none) */
+    capmoe_router route;     /* the model's router (bias: per layer, set by moe.c) */
+    int mla_form;            /* capmoe_model_opts.mla_form */
+    float mla_scale;         /* softmax scale of latent attention */
     capmoe_ep_pool *ep;
     capmoe_par *par;         /* splits small products across cores (ops.h) */
     capmoe_par **rank_par;   /* per EP rank: a single-thread pool (its scratch) */
@@ -112,16 +133,33 @@ struct capmoe_model {
     int *expert_order;       /* [E] experts by decreasing load (moe.c) */
     int *attn_items;         /* (sequence, head range) triples of the attention pass */
     size_t cap_seq;
+    /* latent attention scratch (mla.c) */
+    struct capmoe_buf mla_a, mla_q, mla_qa, mla_lat, mla_ctx, mla_att, mla_out, mla_kv, mla_k;
+    int *mla_rows;           /* batch rows of the sequences in the absorbed form */
+    size_t cap_mla_rows;
+    int *mla_items;          /* (sequence, head range, first row) of the absorbed attention */
+    size_t cap_mla_items;
 };
 
 struct capmoe_kv {
-    int n_layers, row;       /* row = nKV * d floats per token */
+    int n_layers, row;       /* row = nKV * d floats per token (MLA: kvl + dr) */
+    int n_mats;              /* 2: keys and values; 1: latent attention's
+                              * [latent | rotated rope key] rows, in k */
     int len, cap, max;
-    float **k, **v;          /* per layer [cap, row] */
+    float **k, **v;          /* per layer [cap, row] (v[l] NULL when n_mats == 1) */
 };
 
 int capmoe_buf_reserve(struct capmoe_buf *b, size_t n);
 void capmoe_buf_free(struct capmoe_buf *b);
+
+/* Multi-head Latent Attention of one layer over the batch: h [T, H] (the
+ * normed hidden states), each sequence's new latents written to its cache
+ * rows kv->len .. (the caller advances len after the last layer), the
+ * o_proj output to out [T, H]. Uses m->seq_t0, m->tok_pos and the cos/sin
+ * table m->rope of the forward pass. */
+int capmoe_mla_attention(struct capmoe_model *m, const struct capmoe_layer *L, int l,
+                         const capmoe_batch_seq *seqs, int n_seqs, const float *h, float *out,
+                         capmoe_error *err);
 
 /* The MoE block (router, dispatch, experts on ranks, combine, shared expert)
  * over T rows of h, written to out [T, H]. */

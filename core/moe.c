@@ -1,7 +1,9 @@
 /* moe.c - one MoE block: router GEMM, capacity-aware dispatch over the T
  * tokens this process holds, the experts' GEMMs, the weighted combine and
- * the Qwen2-MoE shared expert. Each expert's tokens are gathered and run as
- * one GEMM per projection.
+ * the shared expert(s) (Qwen2-MoE's with its sigmoid gate, DeepSeek's
+ * without). The router is the model's (dispatch.h capmoe_router: softmax
+ * top-k, or DeepSeek's). Each expert's tokens are gathered and run as one
+ * GEMM per projection.
  *
  * Where the experts run is the transport's business (m->xport):
  *  - threads (this file): R rank worker threads in this process, rank r
@@ -205,9 +207,12 @@ static void shared_expert(struct capmoe_model *m, const struct capmoe_layer *L, 
     capmoe_linear(m->par, y, m->sh1.p, L->sh_down, NULL, T, H, Is);
     for (int t = 0; t < T; t++) {
         const float *ht = h + (size_t)t * H;
-        double g = 0.0;
-        for (int i = 0; i < H; i++) g += (double)ht[i] * L->sh_gate_w[i];
-        float gate = (float)(1.0 / (1.0 + exp(-g)));
+        float gate = 1.0f; /* DeepSeek's shared experts have no gate */
+        if (L->sh_gate_w) {
+            double g = 0.0;
+            for (int i = 0; i < H; i++) g += (double)ht[i] * L->sh_gate_w[i];
+            gate = (float)(1.0 / (1.0 + exp(-g)));
+        }
         capmoe_axpy(out + (size_t)t * H, y + (size_t)t * H, gate, H);
     }
 }
@@ -228,8 +233,10 @@ int capmoe_moe_forward(struct capmoe_model *m, const struct capmoe_layer *L, int
         return capmoe_set_error(err, "out of memory");
     if (T > 0) capmoe_linear(m->par, m->router.p, h, capmoe_wmat_f32(L->router), NULL, T, E, H);
     capmoe_dispatch_plan *P = &m->plan;
-    if (capmoe_dispatch_compute(P, cfg, m->router.p, T, E, c->top_k, c->norm_topk_prob, tok_rank,
-                                err) != 0)
+    capmoe_router route = m->route; /* the model's router, this layer's bias */
+    route.bias = L->router_bias;
+    if (capmoe_dispatch_compute_router(P, cfg, &route, m->router.p, T, E, c->top_k, tok_rank,
+                                       err) != 0)
         return -1;
     double t1 = capmoe_now();
     size_t np = (size_t)P->n_pairs;

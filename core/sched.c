@@ -650,6 +650,8 @@ static void report(capmoe_sched *s, int tokens, int n_seqs, double step_time,
     }
     if (s->engine) info.kv_bytes = capmoe_engine_kv_bytes(s->engine);
     info.kv_capacity = (long long)s->o.max_running * s->context;
+    info.kv_token_bytes = s->model ? capmoe_model_kv_bytes_per_token(s->model, 0) : 0;
+    info.kv_token_bytes_expanded = s->model ? capmoe_model_kv_bytes_per_token(s->model, 1) : 0;
     pthread_mutex_lock(&s->mu);
     s->n_waiting = waiting;
     info.n_waiting = waiting + s->n_incoming;

@@ -42,7 +42,11 @@
  *  - Flops: 2 x (attention projections + router + computed expert pairs x
  *    3 x H x I + shared expert + dense MLP) per token, plus causal attention
  *    4 x (heads x head_dim) x attended positions; embeddings and lm_head are
- *    not counted (prefill computes no logits). The prefill ratio is the flop
+ *    not counted (prefill computes no logits). Latent attention (DeepSeek):
+ *    the projections (q or q_a + q_b, kv_a, o) and kv_b_proj's heads x
+ *    (qk_nope + v) x kv_lora_rank per token, plus 2 x heads x (qk_nope +
+ *    qk_rope + v) per attended position for prefill (the expanded form) or
+ *    2 x heads x (2 kv_lora_rank + qk_rope) for decode (the absorbed form). The prefill ratio is the flop
  *    rate of the `none` run at the largest T over the sgemm rate.
  *  - Decode ratio at B = 1 (`none`): capmoe_model_active_bytes_per_token (k
  *    experts + attention + router + lm_head weights) / median step time, over
@@ -234,13 +238,23 @@ static void fill_ids(bench *b, int32_t *ids, int n) {
 }
 
 /* Flops of one forward, given its stats (pairs computed per layer) and the
- * attended positions (sum over new tokens of the context length seen). */
-static double forward_flops(const bench *b, const capmoe_forward_stats *st, double attended) {
+ * attended positions (sum over new tokens of the context length seen);
+ * decode: the forward is a decode step (latent attention: absorbed form). */
+static double forward_flops(const bench *b, const capmoe_forward_stats *st, double attended,
+                            int decode) {
     const capmoe_hfconfig *c = b->c;
     double H = c->hidden_size, d = c->head_dim, qd = c->n_heads * d, kd = c->n_kv_heads * d;
     double T = st->tokens, f = 0.0;
+    double nH = c->n_heads, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim;
+    double dv = c->v_head_dim, kvl = c->kv_lora_rank, ql = c->q_lora_rank;
     for (int l = 0; l < c->n_layers; l++) {
-        f += 2.0 * T * H * (2 * qd + 2 * kd) + 4.0 * qd * attended;
+        if (c->kv_lora_rank > 0) {
+            double q = ql > 0 ? H * ql + ql * nH * (dn + dr) : H * nH * (dn + dr);
+            f += 2.0 * T * (q + H * (kvl + dr) + nH * dv * H + nH * (dn + dv) * kvl);
+            f += 2.0 * nH * attended * (decode ? 2 * kvl + dr : dn + dr + dv);
+        } else {
+            f += 2.0 * T * H * (2 * qd + 2 * kd) + 4.0 * qd * attended;
+        }
         if (!c->layer_is_moe[l]) f += 2.0 * T * 3 * H * c->intermediate_size;
     }
     for (int l = 0; l < st->n_moe; l++) {
@@ -409,7 +423,7 @@ static int run_prefill(bench *b, int T, const cfg_list *cl, int repeat, cJSON *o
                 best->capacity = -1;
                 add_stats(best, &st, c->top_k);
                 best->time = st.total_time;
-                best->flops = forward_flops(b, &st, attended);
+                best->flops = forward_flops(b, &st, attended, 0);
             }
         }
     }
@@ -509,7 +523,7 @@ static int run_decode(bench *b, int B, int ctx, int steps, const cfg_list *cl, i
                 if (capmoe_model_forward(b->m, seqs, B, &cfg, logits, &st, err)) goto end;
                 times[(size_t)i * n_steps + step] = st.total_time;
                 add_stats(&res[i], &st, c->top_k);
-                res[i].flops += forward_flops(b, &st, attended);
+                res[i].flops += forward_flops(b, &st, attended, 1);
             }
         }
     }
@@ -589,6 +603,10 @@ static void print_table(const cJSON *o) {
            cJSON_IsString(arch) ? arch->valuestring : "?", num(mo, "hidden_size"),
            num(mo, "layers"), num(mo, "moe_layers"), num(mo, "experts"), num(mo, "top_k"),
            num(mo, "moe_intermediate_size"), num(mo, "active_params_per_token") / 1e6);
+    if (num(mo, "kv_bytes_per_token") != num(mo, "kv_bytes_per_token_expanded"))
+        printf("KV cache: %.0f bytes per token (latent), %.0f for every head's keys and values "
+               "(%.1fx).\n\n", num(mo, "kv_bytes_per_token"), num(mo, "kv_bytes_per_token_expanded"),
+               num(mo, "kv_bytes_per_token_expanded") / num(mo, "kv_bytes_per_token"));
     printf("Machine: %.0f cores, %.0f expert-parallel ranks (experts per rank: %.0f), %.0f "
            "engine threads; sgemm %.0fx%.0f: %.1f GFLOP/s; memcpy bandwidth (read + write): "
            "%.1f GB/s (1 thread %.1f GB/s).\n\n",
@@ -796,6 +814,10 @@ int capmoe_cmd_bench(int argc, char **argv) {
         size_t abpt = capmoe_model_active_bytes_per_token(b.m);
         cJSON_AddNumberToObject(mo_j, "active_params_per_token", (double)(abpt / sizeof(float)));
         cJSON_AddNumberToObject(mo_j, "active_bytes_per_token", (double)abpt);
+        cJSON_AddNumberToObject(mo_j, "kv_bytes_per_token",
+                                (double)capmoe_model_kv_bytes_per_token(b.m, 0));
+        cJSON_AddNumberToObject(mo_j, "kv_bytes_per_token_expanded",
+                                (double)capmoe_model_kv_bytes_per_token(b.m, 1));
 
         cJSON *ma = cJSON_AddObjectToObject(out, "machine");
         cJSON_AddNumberToObject(ma, "cores", cores);
@@ -912,7 +934,10 @@ int capmoe_cmd_bench(int argc, char **argv) {
             df, "flops",
             "2 x (q,k,v,o projections + router + computed expert pairs x 3 H I + shared expert "
             "+ dense MLP) per token + causal attention 4 x heads x head_dim x attended positions; "
-            "no embedding or lm_head");
+            "latent attention: projections (q or q_a + q_b, kv_a, o) + kv_b heads x (qk_nope + v) "
+            "x kv_lora_rank per token, 2 x heads x (qk_nope + qk_rope + v) per attended position "
+            "(prefill, expanded form) or 2 x heads x (2 kv_lora_rank + qk_rope) (decode, absorbed "
+            "form); no embedding or lm_head");
         cJSON_AddStringToObject(df, "active_params_per_token",
                                 "capmoe_model_active_bytes_per_token / 4: attention projections, "
                                 "router, top-k experts (+ shared expert), lm_head");

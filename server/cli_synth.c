@@ -1,12 +1,17 @@
 /* cli_synth.c - `capmoe synth`: writes a random Hugging Face checkpoint of a
  * supported MoE architecture, so that benchmarks and tests need no download.
  *
- *   capmoe synth --arch mixtral|qwen2_moe|olmoe|qwen3_moe --out DIR
+ *   capmoe synth --arch mixtral|qwen2_moe|olmoe|qwen3_moe|deepseek_v2|deepseek_v3
+ *                --out DIR
  *                [--hidden 1024] [--layers 2] [--experts 8] [--top-k 2]
  *                [--intermediate N] [--shared-intermediate N] [--heads 16]
  *                [--kv-heads 4] [--vocab 4096] [--context 4096]
  *                [--dtype f32|bf16|f16] [--skew 8] [--seed 0]
  *                [--norm-topk-prob 0|1] [--tokenizer-from DIR]
+ *   DeepSeek:    [--q-lora-rank N] [--kv-lora-rank N] [--qk-nope N] [--qk-rope N]
+ *                [--v-head N] [--shared-experts N] [--dense-layers N]
+ *                [--dense-intermediate N] [--groups N] [--topk-group N]
+ *                [--routed-scaling F]
  *
  * DIR receives config.json (the transformers 5 layout: `dtype`,
  * `rope_parameters`), model.safetensors with the hub tensor names of the
@@ -21,10 +26,12 @@
  *   - embed_tokens: e_v = z_v + BETA * sqrt(H) * u, z_v ~ N(0, 1) per element,
  *     u a fixed random unit vector shared by all tokens (BETA = 1);
  *   - lm_head: normal, std 1/sqrt(H) (untied).
- * Every matrix that reads the hidden state (q/k/v, expert and shared-expert
- * gate/up, shared_expert_gate, lm_head) has its rows made orthogonal to u, and
- * every matrix that writes to the residual stream (o_proj, expert and shared
- * down) has its columns made orthogonal to u. So the residual stream carries
+ * Every matrix that reads the hidden state (q/k/v, DeepSeek's q_a/q/kv_a,
+ * expert, shared-expert and dense gate/up, shared_expert_gate, lm_head) has its
+ * rows made orthogonal to u, and every matrix that writes to the residual
+ * stream (o_proj, expert, shared and dense down) has its columns made
+ * orthogonal to u. DeepSeek-V3's e_score_correction_bias is 0, in float32
+ * whatever --dtype says (as the hub checkpoints store it). So the residual stream carries
  * the component BETA * sqrt(H) * u for every token, unchanged through the
  * layers, and only the routers see it.
  *
@@ -65,7 +72,8 @@
 #define SYNTH_MAX_BYTES (8ULL << 30) /* weights held in memory while writing */
 
 static const char *SYNTH_USAGE =
-    "usage: capmoe synth --arch mixtral|qwen2_moe|olmoe|qwen3_moe --out DIR [options]\n"
+    "usage: capmoe synth --arch mixtral|qwen2_moe|olmoe|qwen3_moe|deepseek_v2|deepseek_v3\n"
+    "                    --out DIR [options]\n"
     "  --hidden N (1024)  --layers N (2)  --experts N (8)  --top-k N (2)\n"
     "  --intermediate N   expert width (default: hidden)\n"
     "  --shared-intermediate N   Qwen2-MoE shared expert width (default: 4 x intermediate)\n"
@@ -73,7 +81,14 @@ static const char *SYNTH_USAGE =
     "  --dtype f32|bf16|f16 (f32)  --skew S (8; 1 = balanced routers)  --seed N (0)\n"
     "  --norm-topk-prob 0|1   (OLMoE/Qwen: default as the hub models: 1 for qwen3_moe)\n"
     "  --tokenizer-from DIR   copy tokenizer.json + tokenizer_config.json from DIR\n"
-    "                         (default: a minimal byte-level BPE tokenizer)\n";
+    "                         (default: a minimal byte-level BPE tokenizer)\n"
+    "DeepSeek (latent attention; --kv-heads is --heads):\n"
+    "  --q-lora-rank N   query compression (0 = plain q_proj; v2 default 0, v3 hidden/4)\n"
+    "  --kv-lora-rank N (512, at most hidden)  --qk-nope N (128)  --qk-rope N (64)\n"
+    "  --v-head N (128)  --shared-experts N (v2 2, v3 1)  --dense-layers N (1)\n"
+    "  --dense-intermediate N   width of the dense layers (default 8 x intermediate)\n"
+    "  --groups N (1)  --topk-group N   group-limited routing (v2: group_limited_greedy)\n"
+    "  --routed-scaling F (v2 1.0, v3 2.5)\n";
 
 /* ---- deterministic random numbers --------------------------------------- */
 
@@ -227,12 +242,13 @@ static void synth_free(synth *s) {
     free(s->f32);
 }
 
-/* Converts every tensor to the output dtype in place of its float data. */
+/* Converts every tensor to its dtype (the output dtype, or F32 for those
+ * kept in float32) in place of its float data. */
 static int convert_all(synth *s, capmoe_error *err) {
     for (int i = 0; i < s->n; i++) {
         size_t numel = 1;
         for (int k = 0; k < s->t[i].ndim; k++) numel *= (size_t)s->t[i].shape[k];
-        if (s->dtype == CAPMOE_DTYPE_F32) {
+        if (s->t[i].dtype == CAPMOE_DTYPE_F32) {
             s->t[i].data = s->f32[i];
             continue;
         }
@@ -258,22 +274,92 @@ typedef struct synth_opts {
     long hidden, layers, experts, top_k, inter, shared, heads, kv_heads, vocab, context, seed;
     long norm_topk;
     double skew;
+    /* DeepSeek */
+    int deepseek, v3;
+    long q_lora, kv_lora, qk_nope, qk_rope, v_head, n_shared, dense_layers, dense_inter;
+    long groups, topk_group;
+    double rsf;
     capmoe_dtype dtype;
     const char *dtype_s;
 } synth_opts;
+
+static int parse_dtype_opt(capmoe_cli_args *a, synth_opts *o, capmoe_error *err) {
+    o->dtype_s = capmoe_cli_get(a, "dtype");
+    if (!o->dtype_s) o->dtype_s = "f32";
+    if (strcmp(o->dtype_s, "f32") == 0) o->dtype = CAPMOE_DTYPE_F32;
+    else if (strcmp(o->dtype_s, "bf16") == 0) o->dtype = CAPMOE_DTYPE_BF16;
+    else if (strcmp(o->dtype_s, "f16") == 0) o->dtype = CAPMOE_DTYPE_F16;
+    else return capmoe_set_error(err, "--dtype: '%s' is not one of f32, bf16, f16", o->dtype_s);
+    return 0;
+}
+
+/* DeepSeek's own sizes, checked as hfconfig.c checks a config.json. */
+static int parse_deepseek_opts(capmoe_cli_args *a, synth_opts *o, capmoe_error *err) {
+    long kv_def = o->hidden < 512 ? o->hidden : 512;
+    if (capmoe_cli_int(a, "q-lora-rank", 0, 1L << 16, o->v3 ? o->hidden / 4 : 0, &o->q_lora, err) ||
+        capmoe_cli_int(a, "kv-lora-rank", 1, 1L << 16, kv_def, &o->kv_lora, err) ||
+        capmoe_cli_int(a, "qk-nope", 1, 4096, 128, &o->qk_nope, err) ||
+        capmoe_cli_int(a, "qk-rope", 2, 4096, 64, &o->qk_rope, err) ||
+        capmoe_cli_int(a, "v-head", 1, 4096, 128, &o->v_head, err) ||
+        capmoe_cli_int(a, "shared-experts", 0, 64, o->v3 ? 1 : 2, &o->n_shared, err) ||
+        capmoe_cli_int(a, "dense-layers", 0, o->layers, o->layers > 1 ? 1 : 0, &o->dense_layers,
+                       err) ||
+        capmoe_cli_int(a, "dense-intermediate", 1, 1L << 20, 8 * o->inter, &o->dense_inter, err) ||
+        capmoe_cli_int(a, "groups", 1, o->experts, 1, &o->groups, err) ||
+        capmoe_cli_int(a, "topk-group", 1, o->experts, o->groups > 1 ? o->groups / 2 : 1,
+                       &o->topk_group, err) ||
+        capmoe_cli_double(a, "routed-scaling", 1e-6, 1e6, o->v3 ? 2.5 : 1.0, &o->rsf, err))
+        return -1;
+    if (capmoe_cli_has(a, "kv-heads"))
+        return capmoe_set_error(err, "--kv-heads: DeepSeek's latent attention has one key and "
+                                     "value per head (--heads)");
+    if (capmoe_cli_has(a, "shared-intermediate"))
+        return capmoe_set_error(err, "--shared-intermediate: DeepSeek's shared experts are "
+                                     "--shared-experts experts of --intermediate width");
+    if (o->qk_rope % 2 != 0)
+        return capmoe_set_error(err, "--qk-rope %ld: must be even (rotary embeddings)", o->qk_rope);
+    if (o->experts % o->groups != 0)
+        return capmoe_set_error(err, "--groups %ld does not divide --experts %ld", o->groups,
+                                o->experts);
+    if (o->topk_group > o->groups)
+        return capmoe_set_error(err, "--topk-group %ld exceeds --groups %ld", o->topk_group,
+                                o->groups);
+    if (o->v3 && o->groups > 1 && o->experts / o->groups < 2)
+        return capmoe_set_error(err, "--groups %ld: DeepSeek-V3 groups need at least 2 experts",
+                                o->groups);
+    if (o->top_k > o->topk_group * (o->experts / o->groups))
+        return capmoe_set_error(err, "--top-k %ld exceeds the experts of the %ld groups kept",
+                                o->top_k, o->topk_group);
+    if (o->top_k > o->experts)
+        return capmoe_set_error(err, "--top-k (%ld) exceeds --experts (%ld)", o->top_k,
+                                o->experts);
+    o->kv_heads = o->heads;
+    o->norm_topk = o->v3;
+    if (capmoe_cli_has(a, "norm-topk-prob")) {
+        if (!o->v3)
+            return capmoe_set_error(err, "--norm-topk-prob: DeepSeek-V2 never normalises its "
+                                         "top-k weights");
+        if (capmoe_cli_int(a, "norm-topk-prob", 0, 1, 1, &o->norm_topk, err)) return -1;
+    }
+    return parse_dtype_opt(a, o, err);
+}
 
 static int parse_opts(capmoe_cli_args *a, synth_opts *o, capmoe_error *err) {
     memset(o, 0, sizeof *o);
     o->arch_s = capmoe_cli_get(a, "arch");
     if (!o->arch_s) return capmoe_set_error(err, "--arch is required (mixtral, qwen2_moe, olmoe, "
-                                                 "qwen3_moe)");
+                                                 "qwen3_moe, deepseek_v2, deepseek_v3)");
     if (strcmp(o->arch_s, "mixtral") == 0) o->arch = CAPMOE_ARCH_MIXTRAL;
     else if (strcmp(o->arch_s, "qwen2_moe") == 0) o->arch = CAPMOE_ARCH_QWEN2_MOE;
     else if (strcmp(o->arch_s, "olmoe") == 0) o->arch = CAPMOE_ARCH_OLMOE;
     else if (strcmp(o->arch_s, "qwen3_moe") == 0) o->arch = CAPMOE_ARCH_QWEN3_MOE;
+    else if (strcmp(o->arch_s, "deepseek_v2") == 0) o->arch = CAPMOE_ARCH_DEEPSEEK_V2;
+    else if (strcmp(o->arch_s, "deepseek_v3") == 0) o->arch = CAPMOE_ARCH_DEEPSEEK_V3;
     else
         return capmoe_set_error(err, "--arch: unknown architecture '%s' (mixtral, qwen2_moe, "
-                                     "olmoe, qwen3_moe)", o->arch_s);
+                                     "olmoe, qwen3_moe, deepseek_v2, deepseek_v3)", o->arch_s);
+    o->v3 = o->arch == CAPMOE_ARCH_DEEPSEEK_V3;
+    o->deepseek = o->v3 || o->arch == CAPMOE_ARCH_DEEPSEEK_V2;
     o->out = capmoe_cli_get(a, "out");
     if (!o->out || !*o->out) return capmoe_set_error(err, "--out DIR is required");
     o->tok_from = capmoe_cli_get(a, "tokenizer-from");
@@ -294,17 +380,21 @@ static int parse_opts(capmoe_cli_args *a, synth_opts *o, capmoe_error *err) {
                        err) ||
         capmoe_cli_double(a, "skew", 1.0, 1e6, 8.0, &o->skew, err))
         return -1;
+    if (o->deepseek) return parse_deepseek_opts(a, o, err);
+    static const char *const DS_ONLY[] = {"q-lora-rank", "kv-lora-rank", "qk-nope", "qk-rope",
+                                          "v-head", "shared-experts", "dense-layers",
+                                          "dense-intermediate", "groups", "topk-group",
+                                          "routed-scaling", NULL};
+    for (int i = 0; DS_ONLY[i]; i++)
+        if (capmoe_cli_has(a, DS_ONLY[i]))
+            return capmoe_set_error(err, "--%s: only deepseek_v2 and deepseek_v3 have it",
+                                    DS_ONLY[i]);
     if (o->arch == CAPMOE_ARCH_MIXTRAL && capmoe_cli_has(a, "norm-topk-prob") && !o->norm_topk)
         return capmoe_set_error(err, "--norm-topk-prob: Mixtral always normalises its top-k "
                                      "weights");
     if (o->arch != CAPMOE_ARCH_QWEN2_MOE && capmoe_cli_has(a, "shared-intermediate"))
         return capmoe_set_error(err, "--shared-intermediate: only qwen2_moe has a shared expert");
-    o->dtype_s = capmoe_cli_get(a, "dtype");
-    if (!o->dtype_s) o->dtype_s = "f32";
-    if (strcmp(o->dtype_s, "f32") == 0) o->dtype = CAPMOE_DTYPE_F32;
-    else if (strcmp(o->dtype_s, "bf16") == 0) o->dtype = CAPMOE_DTYPE_BF16;
-    else if (strcmp(o->dtype_s, "f16") == 0) o->dtype = CAPMOE_DTYPE_F16;
-    else return capmoe_set_error(err, "--dtype: '%s' is not one of f32, bf16, f16", o->dtype_s);
+    if (parse_dtype_opt(a, o, err)) return -1;
     if (o->top_k > o->experts)
         return capmoe_set_error(err, "--top-k (%ld) exceeds --experts (%ld)", o->top_k,
                                 o->experts);
@@ -557,7 +647,96 @@ static cJSON *make_config(const synth_opts *o, int bos, int eos) {
     return c;
 }
 
+/* DeepseekV2ForCausalLM / DeepseekV3ForCausalLM, transformers 5 layout. */
+static cJSON *make_config_deepseek(const synth_opts *o, int bos, int eos) {
+    cJSON *c = cJSON_CreateObject();
+    cJSON *archs = cJSON_AddArrayToObject(c, "architectures");
+    cJSON_AddItemToArray(archs, cJSON_CreateString(o->v3 ? "DeepseekV3ForCausalLM"
+                                                          : "DeepseekV2ForCausalLM"));
+    cJSON_AddBoolToObject(c, "attention_bias", 0);
+    cJSON_AddNumberToObject(c, "attention_dropout", 0.0);
+    if (bos >= 0) cJSON_AddNumberToObject(c, "bos_token_id", bos);
+    else cJSON_AddNullToObject(c, "bos_token_id");
+    cJSON_AddStringToObject(c, "dtype", dtype_config_name(o->dtype));
+    if (eos >= 0) cJSON_AddNumberToObject(c, "eos_token_id", eos);
+    else cJSON_AddNullToObject(c, "eos_token_id");
+    cJSON_AddNumberToObject(c, "first_k_dense_replace", (double)o->dense_layers);
+    cJSON_AddStringToObject(c, "hidden_act", "silu");
+    cJSON_AddNumberToObject(c, "hidden_size", (double)o->hidden);
+    cJSON_AddNumberToObject(c, "initializer_range", 0.02);
+    cJSON_AddNumberToObject(c, "intermediate_size", (double)o->dense_inter);
+    cJSON_AddNumberToObject(c, "kv_lora_rank", (double)o->kv_lora);
+    cJSON_AddNumberToObject(c, "max_position_embeddings", (double)o->context);
+    cJSON_AddStringToObject(c, "model_type", o->v3 ? "deepseek_v3" : "deepseek_v2");
+    cJSON_AddNumberToObject(c, "moe_intermediate_size", (double)o->inter);
+    cJSON_AddNumberToObject(c, "moe_layer_freq", 1);
+    cJSON_AddNumberToObject(c, "n_group", (double)o->groups);
+    cJSON_AddNumberToObject(c, "n_routed_experts", (double)o->experts);
+    cJSON_AddNumberToObject(c, "n_shared_experts", (double)o->n_shared);
+    cJSON_AddBoolToObject(c, "norm_topk_prob", o->norm_topk != 0);
+    cJSON_AddNumberToObject(c, "num_attention_heads", (double)o->heads);
+    cJSON_AddNumberToObject(c, "num_experts_per_tok", (double)o->top_k);
+    cJSON_AddNumberToObject(c, "num_hidden_layers", (double)o->layers);
+    cJSON_AddNumberToObject(c, "num_key_value_heads", (double)o->heads);
+    cJSON_AddNullToObject(c, "pad_token_id");
+    if (o->q_lora > 0) cJSON_AddNumberToObject(c, "q_lora_rank", (double)o->q_lora);
+    else cJSON_AddNullToObject(c, "q_lora_rank");
+    cJSON_AddNumberToObject(c, "qk_nope_head_dim", (double)o->qk_nope);
+    cJSON_AddNumberToObject(c, "qk_rope_head_dim", (double)o->qk_rope);
+    cJSON_AddNumberToObject(c, "rms_norm_eps", 1e-6);
+    cJSON *rp = cJSON_AddObjectToObject(c, "rope_parameters");
+    cJSON_AddNumberToObject(rp, "rope_theta", 10000.0);
+    cJSON_AddStringToObject(rp, "rope_type", "default");
+    cJSON_AddNumberToObject(c, "routed_scaling_factor", o->rsf);
+    cJSON_AddStringToObject(c, "scoring_func", o->v3 ? "sigmoid" : "softmax");
+    cJSON_AddBoolToObject(c, "tie_word_embeddings", 0);
+    cJSON_AddNumberToObject(c, "topk_group", (double)o->topk_group);
+    cJSON_AddStringToObject(c, "topk_method", o->v3 ? "noaux_tc"
+                                              : o->groups > 1 ? "group_limited_greedy" : "greedy");
+    cJSON_AddStringToObject(c, "transformers_version", "5.0.0");
+    cJSON_AddBoolToObject(c, "use_cache", 1);
+    cJSON_AddNumberToObject(c, "v_head_dim", (double)o->v_head);
+    cJSON_AddNumberToObject(c, "vocab_size", (double)o->vocab);
+    return c;
+}
+
 /* ---- the weights ---------------------------------------------------------- */
+
+/* Latent attention of layer l (DeepSeek). */
+static int deepseek_attention(synth *s, const synth_opts *o, long l, capmoe_error *err) {
+    char name[256];
+    int64_t H = o->hidden, nH = o->heads, qk = o->qk_nope + o->qk_rope, kvl = o->kv_lora;
+#define P(...) (snprintf(name, sizeof name, __VA_ARGS__), name)
+    if (o->q_lora > 0) {
+        if (proj(s, err, o->q_lora, H, READS_H, P("model.layers.%ld.self_attn.q_a_proj.weight", l)) ||
+            vec(s, err, o->q_lora, 0, P("model.layers.%ld.self_attn.q_a_layernorm.weight", l)) ||
+            proj(s, err, nH * qk, o->q_lora, PLAIN,
+                 P("model.layers.%ld.self_attn.q_b_proj.weight", l)))
+            return -1;
+    } else if (proj(s, err, nH * qk, H, READS_H, P("model.layers.%ld.self_attn.q_proj.weight", l))) {
+        return -1;
+    }
+    if (proj(s, err, kvl + o->qk_rope, H, READS_H,
+             P("model.layers.%ld.self_attn.kv_a_proj_with_mqa.weight", l)) ||
+        vec(s, err, kvl, 0, P("model.layers.%ld.self_attn.kv_a_layernorm.weight", l)) ||
+        proj(s, err, nH * (o->qk_nope + o->v_head), kvl, PLAIN,
+             P("model.layers.%ld.self_attn.kv_b_proj.weight", l)) ||
+        proj(s, err, H, nH * o->v_head, WRITES_H, P("model.layers.%ld.self_attn.o_proj.weight", l)))
+        return -1;
+    return 0;
+#undef P
+}
+
+/* A gate/up/down MLP of width I under prefix (dense layers, shared experts). */
+static int mlp(synth *s, int64_t H, int64_t I, const char *prefix, capmoe_error *err) {
+    char name[256];
+    snprintf(name, sizeof name, "%s.gate_proj.weight", prefix);
+    if (proj(s, err, I, H, READS_H, name)) return -1;
+    snprintf(name, sizeof name, "%s.up_proj.weight", prefix);
+    if (proj(s, err, I, H, READS_H, name)) return -1;
+    snprintf(name, sizeof name, "%s.down_proj.weight", prefix);
+    return proj(s, err, H, I, WRITES_H, name);
+}
 
 static int build_weights(synth *s, const synth_opts *o, capmoe_error *err) {
     int64_t H = o->hidden, V = o->vocab, E = o->experts, I = o->inter;
@@ -585,7 +764,17 @@ static int build_weights(synth *s, const synth_opts *o, capmoe_error *err) {
     for (long l = 0; l < o->layers; l++) {
 #define P(...) (snprintf(name, sizeof name, __VA_ARGS__), name)
         if (vec(s, err, H, 0, P("model.layers.%ld.input_layernorm.weight", l)) ||
-            vec(s, err, H, 0, P("model.layers.%ld.post_attention_layernorm.weight", l)) ||
+            vec(s, err, H, 0, P("model.layers.%ld.post_attention_layernorm.weight", l)))
+            goto fail;
+        if (o->deepseek) {
+            if (deepseek_attention(s, o, l, err)) goto fail;
+            if (l < o->dense_layers) { /* DeepSeek's dense first layers */
+                char pre[128];
+                snprintf(pre, sizeof pre, "model.layers.%ld.mlp", l);
+                if (mlp(s, H, o->dense_inter, pre, err)) goto fail;
+                continue;
+            }
+        } else if (
             proj(s, err, qd, H, READS_H, P("model.layers.%ld.self_attn.q_proj.weight", l)) ||
             proj(s, err, kd, H, READS_H, P("model.layers.%ld.self_attn.k_proj.weight", l)) ||
             proj(s, err, kd, H, READS_H, P("model.layers.%ld.self_attn.v_proj.weight", l)) ||
@@ -634,6 +823,13 @@ static int build_weights(synth *s, const synth_opts *o, capmoe_error *err) {
             for (int64_t i = 0; i < H; i++) router[e * H + i] += (float)(a * u[i]);
         }
         free(perm);
+        if (o->v3) { /* e_score_correction_bias: 0, stored as float32 */
+            float *b = add_tensor(s, err, 1, E, 0, "model.layers.%ld.mlp.gate.e_score_correction_bias",
+                                  l);
+            if (!b) goto fail;
+            memset(b, 0, (size_t)E * sizeof *b);
+            s->t[s->n - 1].dtype = CAPMOE_DTYPE_F32;
+        }
         /* Expert e: gate (w1), up (w3), down (w2). */
         static const char *MIX[3] = {"w1", "w3", "w2"};
         static const char *HUB[3] = {"gate_proj", "up_proj", "down_proj"};
@@ -646,6 +842,11 @@ static int build_weights(synth *s, const synth_opts *o, capmoe_error *err) {
                 if (p < 2 ? proj(s, err, I, H, READS_H, name) : proj(s, err, H, I, WRITES_H, name))
                     goto fail;
             }
+        if (o->deepseek && o->n_shared > 0) {
+            char pre[128];
+            snprintf(pre, sizeof pre, "model.layers.%ld.mlp.shared_experts", l);
+            if (mlp(s, H, o->n_shared * I, pre, err)) goto fail;
+        }
         if (qwen2 && o->shared > 0) {
             int64_t Is = o->shared;
             if (proj(s, err, Is, H, READS_H,
@@ -669,6 +870,18 @@ fail:
 }
 
 static double count_params(const synth_opts *o) {
+    if (o->deepseek) {
+        double H = (double)o->hidden, nH = (double)o->heads, qk = (double)(o->qk_nope + o->qk_rope);
+        double kvl = (double)o->kv_lora, ql = (double)o->q_lora, E = (double)o->experts;
+        double I = (double)o->inter;
+        double attn = (ql > 0 ? H * ql + ql + ql * nH * qk : H * nH * qk) +
+                      H * (kvl + (double)o->qk_rope) + kvl +
+                      nH * (double)(o->qk_nope + o->v_head) * kvl + nH * (double)o->v_head * H;
+        double dense = 3 * H * (double)o->dense_inter;
+        double moe = E * H + (o->v3 ? E : 0) + E * 3 * H * I + 3 * H * I * (double)o->n_shared;
+        return (double)o->layers * (2 * H + attn) + (double)o->dense_layers * dense +
+               (double)(o->layers - o->dense_layers) * moe + 2 * (double)o->vocab * H + H;
+    }
     double H = (double)o->hidden, d = H / (double)o->heads, qd = (double)o->heads * d;
     double kd = (double)o->kv_heads * d, E = (double)o->experts, I = (double)o->inter;
     double per = 2 * H + 2 * H * qd + 2 * H * kd + E * H + E * 3 * H * I;
@@ -759,7 +972,9 @@ int capmoe_cmd_synth(int argc, char **argv) {
         goto end;
     }
     if (capmoe_st_write_file(path, s.t, s.n, &err)) goto end;
-    if (write_json(o.out, "config.json", make_config(&o, bos, eos), &err)) goto end;
+    if (write_json(o.out, "config.json",
+                   o.deepseek ? make_config_deepseek(&o, bos, eos) : make_config(&o, bos, eos), &err))
+        goto end;
     cJSON *g = cJSON_CreateObject();
     if (bos >= 0) cJSON_AddNumberToObject(g, "bos_token_id", bos);
     if (eos >= 0) cJSON_AddNumberToObject(g, "eos_token_id", eos);

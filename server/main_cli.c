@@ -32,7 +32,10 @@ static const char *USAGE =
     "  --ep threads|mpi           mpi: the ranks are the MPI processes of mpirun -np R\n"
     "  --renormalize              rescale each token's kept weights to sum to 1\n"
     "  --min-tokens N             no limit below N tokens per dispatch (default 16, 0 = off)\n"
-    "  --drop-budget B            auto: largest dropped routing mass allowed (default 0.01)\n";
+    "  --drop-budget B            auto: largest dropped routing mass allowed (default 0.01)\n"
+    "latent attention (DeepSeek), logits and generate:\n"
+    "  --mla-form auto|expanded|absorbed   how to attend (default auto: the cheaper per\n"
+    "                             sequence and step; the others force one form)\n";
 
 static const char *const SWITCHES[] = {"renormalize", "stop-at-eos", "help", NULL};
 
@@ -54,6 +57,17 @@ static void print_json(cJSON *o) {
         free(s);
     }
     cJSON_Delete(o);
+}
+
+/* --mla-form: capmoe_model_opts.mla_form. */
+static int mla_form_opt(capmoe_cli_args *a, capmoe_mla_form *f, capmoe_error *err) {
+    const char *v = capmoe_cli_get(a, "mla-form");
+    *f = CAPMOE_MLA_AUTO;
+    if (!v || strcmp(v, "auto") == 0) return 0;
+    if (strcmp(v, "expanded") == 0) *f = CAPMOE_MLA_EXPANDED;
+    else if (strcmp(v, "absorbed") == 0) *f = CAPMOE_MLA_ABSORBED;
+    else return capmoe_set_error(err, "--mla-form: '%s' is not one of auto, expanded, absorbed", v);
+    return 0;
 }
 
 static const char *need_model(capmoe_cli_args *a, capmoe_error *err) {
@@ -158,6 +172,8 @@ static int cmd_logits(int argc, char **argv) {
     if (!dir) return usage_fail("logits", &err);
     capmoe_dispatch_cfg cfg;
     if (capmoe_cli_dispatch(&a, &cfg, &err)) return usage_fail("logits", &err);
+    capmoe_mla_form form;
+    if (mla_form_opt(&a, &form, &err)) return usage_fail("logits", &err);
     const char *out = capmoe_cli_get(&a, "out");
     if (!out || !*out) {
         capmoe_set_error(&err, "--out FILE is required");
@@ -219,7 +235,7 @@ static int cmd_logits(int argc, char **argv) {
             goto done;
         }
     }
-    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks, .comm = comm};
+    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks, .comm = comm, .mla_form = form};
     int ok = capmoe_model_load(&m, dir, &mo, &err) == 0;
     if (ok && capmoe_dispatch_cfg_check(&cfg, capmoe_model_config(m)->n_experts, &err)) ok = 0;
     if (!capmoe_cli_check_load(comm, dir, ok, &err)) {
@@ -376,6 +392,8 @@ static int cmd_generate(int argc, char **argv) {
         capmoe_set_error(&err, "--max-tokens N is required");
         return usage_fail("generate", &err);
     }
+    capmoe_mla_form form;
+    if (mla_form_opt(&a, &form, &err)) return usage_fail("generate", &err);
     const char *ids_s = capmoe_cli_get(&a, "ids");
     const char *prompt = capmoe_cli_get(&a, "prompt");
     int stop_eos = capmoe_cli_has(&a, "stop-at-eos");
@@ -398,7 +416,7 @@ static int cmd_generate(int argc, char **argv) {
     capmoe_comm *comm = NULL;
     if (capmoe_cli_ep(&a, &cfg, &comm, &err)) goto end;
     int me = capmoe_comm_rank(comm);
-    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks, .comm = comm};
+    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks, .comm = comm, .mla_form = form};
     int ok = capmoe_tokenizer_load(&tok, dir, &err) == 0 && capmoe_model_load(&m, dir, &mo, &err) == 0;
     if (ok && prompt && capmoe_tokenizer_encode(tok, prompt, strlen(prompt), 1, &ids, &n, &err))
         ok = 0;

@@ -98,7 +98,7 @@ typedef struct metrics_state {
     unsigned long long prompt_tokens, generation_tokens;
     hist ttft, itl, e2e, queue;
     int running, waiting;
-    double kv_used, kv_capacity, kv_bytes;
+    double kv_used, kv_capacity, kv_bytes, kv_token_bytes, kv_token_bytes_expanded;
     hist batch_tokens, forward_seconds;
     unsigned long long expert_tokens[CAPMOE_MAX_EXPERTS]; /* aggregated over layers */
     int n_experts_seen;
@@ -294,6 +294,14 @@ void capmoe_metrics_set_requests(capmoe_metrics *m, int running, int waiting) {
     pthread_mutex_lock(&m->mu);
     m->st.running = running;
     m->st.waiting = waiting;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void capmoe_metrics_set_kv_token_bytes(capmoe_metrics *m, double bytes, double expanded_bytes) {
+    if (!m) return;
+    pthread_mutex_lock(&m->mu);
+    m->st.kv_token_bytes = isfinite(bytes) ? bytes : 0;
+    m->st.kv_token_bytes_expanded = isfinite(expanded_bytes) ? expanded_bytes : 0;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -663,6 +671,13 @@ char *capmoe_metrics_render(capmoe_metrics *m, size_t *len) {
     gauge(&b, "capmoe_kv_cache_tokens", "KV cache token slots in use.", s->kv_used);
     gauge(&b, "capmoe_kv_cache_capacity_tokens", "KV cache token slots in all.", s->kv_capacity);
     gauge(&b, "capmoe_kv_cache_bytes", "Memory held by the KV cache, in bytes.", s->kv_bytes);
+    gauge(&b, "capmoe_kv_cache_token_bytes",
+          "KV cache bytes per token of a sequence, all layers (latent attention: the "
+          "compressed latent and the rope key).", s->kv_token_bytes);
+    gauge(&b, "capmoe_kv_cache_expanded_token_bytes",
+          "KV cache bytes per token that every head's keys and values would take (equal to "
+          "capmoe_kv_cache_token_bytes except for latent attention).",
+          s->kv_token_bytes_expanded);
     histogram(&b, "capmoe_batch_tokens", "Tokens per scheduler step (forward pass batch size).",
               &s->batch_tokens);
     histogram(&b, "capmoe_forward_seconds", "Wall time of one batched forward pass.",

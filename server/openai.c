@@ -661,6 +661,8 @@ static void sched_step_cb(void *user, const capmoe_sched_step_info *info) {
     capmoe_metrics_set_requests(api->metrics, info->n_running, info->n_waiting);
     capmoe_metrics_set_kv_cache(api->metrics, (double)info->kv_tokens, (double)info->kv_capacity,
                                 (double)info->kv_bytes);
+    capmoe_metrics_set_kv_token_bytes(api->metrics, (double)info->kv_token_bytes,
+                                      (double)info->kv_token_bytes_expanded);
     if (info->fwd) capmoe_metrics_batch(api->metrics, info->batch_tokens, info->fwd);
 }
 

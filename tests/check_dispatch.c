@@ -1117,6 +1117,229 @@ START_TEST(test_plan_reuse_and_size) {
 }
 END_TEST
 
+/* ---- routers other than softmax top-k (spec: DeepSeek-V2, DeepSeek-V3) ---- */
+
+static void run_router(capmoe_dispatch_plan *pl, const capmoe_dispatch_cfg *c,
+                       const capmoe_router *r, const float *p, int T, int E, int k) {
+    capmoe_error err = {{0}};
+    int rc = capmoe_dispatch_compute_router_probs(pl, c, r, p, T, E, k, NULL, &err);
+    ck_assert_msg(rc == 0, "dispatch failed: %s", err.msg);
+}
+
+/* DeepSeek-V2 group_limited_greedy: groups {0,1} {2,3} scored by their best
+ * p, one kept; weights p * 2 (not normalised). t1's top-2 over all experts
+ * would be {1, 2}; its kept group gives {1, 0}. Scored by the sum of the two
+ * best (V3's rule) t1 would keep the other group. */
+static const float V2G[2 * 4] = {.45f, .10f, .25f, .20f, /* t0 */
+                                 .10f, .35f, .30f, .25f}; /* t1 */
+
+static capmoe_router v2_router(void) {
+    capmoe_router r;
+    capmoe_router_default(&r, 0);
+    r.n_group = 2;
+    r.topk_group = 1;
+    r.scale = 2.0f;
+    return r;
+}
+
+START_TEST(test_router_v2_groups) {
+    capmoe_dispatch_plan pl;
+    capmoe_dispatch_plan_init(&pl);
+    capmoe_router r = v2_router();
+    capmoe_dispatch_cfg c = cfg_of(CAPMOE_POLICY_NONE, 1.0, 1);
+    run_router(&pl, &c, &r, V2G, 2, 4, 2);
+    const float want[] = {.9f, .2f, NA, NA, .2f, .7f, NA, NA};
+    expect_plan(&pl, want, (const int[]){2, 2, 0, 0}, 2, 4);
+    r.group_top2 = 1; /* the sum of the two best: t1 keeps {2, 3} */
+    run_router(&pl, &c, &r, V2G, 2, 4, 2);
+    const float want2[] = {.9f, .2f, NA, NA, NA, NA, .6f, .5f};
+    expect_plan(&pl, want2, (const int[]){1, 1, 1, 1}, 2, 4);
+    /* drop at C = 1: capacity competition by p; renormalize keeps the scale */
+    r = v2_router();
+    c = cfg_of(CAPMOE_POLICY_DROP, 0.5, 1);
+    run_router(&pl, &c, &r, V2G, 2, 4, 2);
+    ck_assert_int_eq(pl.capacity, 1);
+    const float want3[] = {.9f, NA, NA, NA, NA, .7f, NA, NA};
+    expect_plan(&pl, want3, (const int[]){1, 1, 0, 0}, 2, 4);
+    ck_assert_int_eq(pl.dropped, 2);
+    ck_assert(fabs(pl.dropped_mass - .2 / 1.0) < 1e-6); /* the scale cancels */
+    c.renormalize = 1;
+    run_router(&pl, &c, &r, V2G, 2, 4, 2);
+    const float want4[] = {2.0f, NA, NA, NA, NA, 2.0f, NA, NA};
+    expect_plan(&pl, want4, (const int[]){1, 1, 0, 0}, 2, 4);
+    capmoe_dispatch_plan_free(&pl);
+}
+END_TEST
+
+/* DeepSeek-V3: sigmoid scores p, selection s = p + bias (bias .5 on expert
+ * 5), groups {0,1,2} {3,4,5} scored by the sum of their two best s, one kept,
+ * weights p / (sum of p over S_t) * 2.5. t0, t1 keep group 0 (S = {0,1});
+ * t2 keeps group 1, S = {3, 5} by s (.6, .55) though p5 = .05 < p4 = .3. At
+ * gamma 1 (C = 1) t1 loses experts 0 and 1 to t0 (larger p); reroute gives
+ * (t1,0) expert 2, the only expert of t1's kept group with room; (t1,1)
+ * finds none there (expert 4 has room but is in a group t1 did not keep). */
+static const float V3G[3 * 6] = {.90f, .80f, .10f, .20f, .20f, .20f,  /* t0 */
+                                 .85f, .70f, .30f, .10f, .10f, .10f,  /* t1 */
+                                 .20f, .10f, .10f, .60f, .30f, .05f}; /* t2 */
+static const float V3G_BIAS[6] = {0, 0, 0, 0, 0, .5f};
+
+static capmoe_router v3_router(void) {
+    capmoe_router r;
+    capmoe_router_default(&r, 1);
+    r.sigmoid = 1;
+    r.norm_eps = 1e-20f;
+    r.n_group = 2;
+    r.topk_group = 1;
+    r.group_top2 = 1;
+    r.group_exclusive = 1;
+    r.bias = V3G_BIAS;
+    r.scale = 2.5f;
+    return r;
+}
+
+START_TEST(test_router_v3_groups_bias) {
+    capmoe_dispatch_plan pl;
+    capmoe_dispatch_plan_init(&pl);
+    capmoe_router r = v3_router();
+    capmoe_dispatch_cfg c = cfg_of(CAPMOE_POLICY_NONE, 1.0, 1);
+    run_router(&pl, &c, &r, V3G, 3, 6, 2);
+    const float w00 = .9f / 1.7f * 2.5f, w01 = .8f / 1.7f * 2.5f;
+    const float want[] = {w00, w01, NA, NA, NA, NA,
+                          .85f / 1.55f * 2.5f, .7f / 1.55f * 2.5f, NA, NA, NA, NA,
+                          NA, NA, NA, .6f / .65f * 2.5f, NA, .05f / .65f * 2.5f};
+    expect_plan(&pl, want, (const int[]){2, 2, 0, 1, 0, 1}, 3, 6);
+    c = cfg_of(CAPMOE_POLICY_REROUTE, 1.0, 1);
+    run_router(&pl, &c, &r, V3G, 3, 6, 2);
+    ck_assert_int_eq(pl.capacity, 1);
+    const float want2[] = {w00, w01, NA, NA, NA, NA,
+                           NA, NA, .3f / 1.55f * 2.5f, NA, NA, NA,
+                           NA, NA, NA, .6f / .65f * 2.5f, NA, .05f / .65f * 2.5f};
+    expect_plan(&pl, want2, (const int[]){1, 1, 1, 1, 0, 1}, 3, 6);
+    ck_assert_int_eq(pl.rerouted, 1);
+    ck_assert_int_eq(pl.dropped, 1);
+    /* without groups, (t1,1) would go to expert 4 */
+    r.n_group = r.topk_group = 1;
+    run_router(&pl, &c, &r, V3G, 3, 6, 2);
+    ck_assert_int_eq(pl.rerouted, 2);
+    capmoe_dispatch_plan_free(&pl);
+}
+END_TEST
+
+/* Reroute's next best follows the selection scores s (V3), not p: with bias
+ * .5 on expert 1, t1's substitute is expert 1 (s .6) rather than expert 2
+ * (p .3, the larger p). */
+START_TEST(test_router_reroute_selection_order) {
+    static const float P[2 * 4] = {.9f, .1f, .3f, .2f, .8f, .1f, .3f, .25f};
+    static const float B[4] = {0, .5f, 0, 0};
+    capmoe_dispatch_plan pl;
+    capmoe_dispatch_plan_init(&pl);
+    capmoe_router r;
+    capmoe_router_default(&r, 1);
+    r.sigmoid = 1;
+    r.bias = B;
+    capmoe_dispatch_cfg c = cfg_of(CAPMOE_POLICY_REROUTE, 1.0, 1);
+    run_router(&pl, &c, &r, P, 2, 4, 1);
+    const float want[] = {1.0f, NA, NA, NA, NA, .1f / .8f, NA, NA};
+    expect_plan(&pl, want, (const int[]){1, 1, 0, 0}, 2, 4);
+    r.bias = NULL; /* by p: expert 2 */
+    run_router(&pl, &c, &r, P, 2, 4, 1);
+    const float want2[] = {1.0f, NA, NA, NA, NA, NA, .3f / .8f, NA};
+    expect_plan(&pl, want2, (const int[]){1, 0, 1, 0}, 2, 4);
+    capmoe_dispatch_plan_free(&pl);
+}
+END_TEST
+
+/* Experts of the groups not kept: V3 cannot choose them (transformers masks
+ * them to -inf), V2 counts them as 0. With every selection score negative
+ * (bias -.9), the kept group {0, 1} gives S = {0, 1}, or {2, 3} (0 > -.1)
+ * when the others count as 0. */
+START_TEST(test_router_group_exclusive) {
+    static const float P[4] = {.8f, .7f, .1f, .05f};
+    static const float B[4] = {-.9f, -.9f, -.9f, -.9f};
+    capmoe_dispatch_plan pl;
+    capmoe_dispatch_plan_init(&pl);
+    capmoe_router r = v3_router();
+    r.bias = B;
+    r.scale = 1.0f;
+    capmoe_dispatch_cfg c = cfg_of(CAPMOE_POLICY_NONE, 1.0, 1);
+    run_router(&pl, &c, &r, P, 1, 4, 2);
+    const float want[] = {.8f / 1.5f, .7f / 1.5f, NA, NA};
+    expect_plan(&pl, want, (const int[]){1, 1, 0, 0}, 1, 4);
+    r.group_exclusive = 0;
+    run_router(&pl, &c, &r, P, 1, 4, 2);
+    const float want2[] = {NA, NA, .1f / .15f, .05f / .15f};
+    expect_plan(&pl, want2, (const int[]){0, 0, 1, 1}, 1, 4);
+    capmoe_dispatch_plan_free(&pl);
+}
+END_TEST
+
+/* From logits: the router's sigmoid (V3) or softmax (V2) gives the same plan
+ * as its probabilities. */
+START_TEST(test_router_logits) {
+    float lg[3 * 6];
+    for (int i = 0; i < 18; i++) lg[i] = logf(V3G[i] / (1.0f - V3G[i]));
+    capmoe_dispatch_plan a, b;
+    capmoe_dispatch_plan_init(&a);
+    capmoe_dispatch_plan_init(&b);
+    capmoe_router r = v3_router();
+    capmoe_dispatch_cfg c = cfg_of(CAPMOE_POLICY_NONE, 1.0, 1);
+    capmoe_error err;
+    ck_assert_int_eq(capmoe_dispatch_compute_router(&a, &c, &r, lg, 3, 6, 2, NULL, &err), 0);
+    run_router(&b, &c, &r, V3G, 3, 6, 2);
+    ck_assert_int_eq(a.n_pairs, b.n_pairs);
+    for (int e = 0; e < 6; e++) ck_assert_int_eq(a.loads[e], b.loads[e]);
+    for (int i = 0; i < a.n_pairs; i++) {
+        ck_assert_int_eq(a.tok[i], b.tok[i]);
+        ck_assert(fabsf(a.weight[i] - b.weight[i]) < 1e-5f);
+    }
+    lg[4] = NAN;
+    ck_assert_int_eq(capmoe_dispatch_compute_router(&a, &c, &r, lg, 3, 6, 2, NULL, &err), -1);
+    ck_assert_msg(strstr(err.msg, "not finite"), "%s", err.msg);
+    capmoe_dispatch_plan_free(&a);
+    capmoe_dispatch_plan_free(&b);
+}
+END_TEST
+
+START_TEST(test_router_errors) {
+    capmoe_dispatch_plan pl;
+    capmoe_dispatch_plan_init(&pl);
+    capmoe_dispatch_cfg c = cfg_of(CAPMOE_POLICY_NONE, 1.0, 1);
+    capmoe_error err;
+    capmoe_router r = v3_router();
+    r.n_group = 4; /* does not divide 6 */
+    ck_assert_int_eq(capmoe_dispatch_compute_router_probs(&pl, &c, &r, V3G, 3, 6, 2, NULL, &err), -1);
+    ck_assert_msg(strstr(err.msg, "n_group=4") && strstr(err.msg, "E=6"), "%s", err.msg);
+    r = v3_router();
+    r.topk_group = 3;
+    ck_assert_int_eq(capmoe_dispatch_compute_router_probs(&pl, &c, &r, V3G, 3, 6, 2, NULL, &err), -1);
+    ck_assert_msg(strstr(err.msg, "topk_group=3"), "%s", err.msg);
+    r = v3_router();
+    r.n_group = 6; /* groups of one expert with a top-2 score */
+    ck_assert_int_eq(capmoe_dispatch_compute_router_probs(&pl, &c, &r, V3G, 3, 6, 2, NULL, &err), -1);
+    ck_assert_msg(strstr(err.msg, "two best"), "%s", err.msg);
+    r = v3_router(); /* k = 4 > the 3 experts of one kept group */
+    ck_assert_int_eq(capmoe_dispatch_compute_router_probs(&pl, &c, &r, V3G, 3, 6, 4, NULL, &err), -1);
+    ck_assert_msg(strstr(err.msg, "k=4"), "%s", err.msg);
+    r = v3_router();
+    r.scale = 0;
+    ck_assert_int_eq(capmoe_dispatch_compute_router_probs(&pl, &c, &r, V3G, 3, 6, 2, NULL, &err), -1);
+    ck_assert_msg(strstr(err.msg, "scale"), "%s", err.msg);
+    float bad_bias[6] = {0, 0, NAN, 0, 0, 0};
+    r = v3_router();
+    r.bias = bad_bias;
+    ck_assert_int_eq(capmoe_dispatch_compute_router_probs(&pl, &c, &r, V3G, 3, 6, 2, NULL, &err), -1);
+    ck_assert_msg(strstr(err.msg, "bias of expert 2"), "%s", err.msg);
+    float big[3 * 6];
+    memcpy(big, V3G, sizeof big);
+    big[7] = 1.5f; /* a sigmoid never gives more than 1 */
+    r = v3_router();
+    ck_assert_int_eq(capmoe_dispatch_compute_router_probs(&pl, &c, &r, big, 3, 6, 2, NULL, &err), -1);
+    ck_assert_msg(strstr(err.msg, "token 1, expert 1"), "%s", err.msg);
+    ck_assert_int_eq(capmoe_dispatch_compute_router_probs(&pl, &c, NULL, V3G, 3, 6, 2, NULL, &err), -1);
+    capmoe_dispatch_plan_free(&pl);
+}
+END_TEST
+
 static Suite *dispatch_suite(void) {
     Suite *s = suite_create("dispatch");
     TCase *tc = tcase_create("example");
@@ -1152,6 +1375,14 @@ static Suite *dispatch_suite(void) {
     tcase_add_test(tc, test_auto_smallest_gamma);
     tcase_add_test(tc, test_auto_null);
     tcase_add_test(tc, test_auto_each_policy);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("routers");
+    tcase_add_test(tc, test_router_v2_groups);
+    tcase_add_test(tc, test_router_v3_groups_bias);
+    tcase_add_test(tc, test_router_reroute_selection_order);
+    tcase_add_test(tc, test_router_group_exclusive);
+    tcase_add_test(tc, test_router_logits);
+    tcase_add_test(tc, test_router_errors);
     suite_add_tcase(s, tc);
     tc = tcase_create("api");
     tcase_add_test(tc, test_cfg_and_names);

@@ -2,6 +2,7 @@
  * tests/data/configs (older and transformers-5 layouts) and every refusal. */
 #include "capmoe/hfconfig.h"
 
+#include "capmoe/rope.h"
 #include "capmoe/stats.h"
 
 #include <check.h>
@@ -198,6 +199,21 @@ static const char *TINY_QWEN3 =
     "\"num_hidden_layers\":2,\"num_attention_heads\":4,\"num_key_value_heads\":2,"
     "\"head_dim\":32,\"num_experts\":8,\"num_experts_per_tok\":2,"
     "\"moe_intermediate_size\":32}";
+
+static const char *TINY_DSV2 =
+    "{\"architectures\":[\"DeepseekV2ForCausalLM\"],\"model_type\":\"deepseek_v2\","
+    "\"vocab_size\":100,\"hidden_size\":64,\"intermediate_size\":128,"
+    "\"num_hidden_layers\":4,\"num_attention_heads\":4,\"n_routed_experts\":8,"
+    "\"num_experts_per_tok\":2,\"moe_intermediate_size\":16,\"q_lora_rank\":null,"
+    "\"kv_lora_rank\":32,\"qk_nope_head_dim\":16,\"qk_rope_head_dim\":8,"
+    "\"v_head_dim\":16,\"first_k_dense_replace\":1}";
+static const char *TINY_DSV3 =
+    "{\"architectures\":[\"DeepseekV3ForCausalLM\"],\"model_type\":\"deepseek_v3\","
+    "\"vocab_size\":100,\"hidden_size\":64,\"num_hidden_layers\":4,"
+    "\"num_attention_heads\":4,\"n_routed_experts\":16,\"num_experts_per_tok\":4,"
+    "\"moe_intermediate_size\":16,\"q_lora_rank\":24,\"kv_lora_rank\":32,"
+    "\"qk_nope_head_dim\":16,\"qk_rope_head_dim\":8,\"v_head_dim\":16,"
+    "\"n_group\":4,\"topk_group\":2}";
 
 /* BASE with key set to the JSON text VALUE (NULL: key removed). */
 static int parse_with(capmoe_hfconfig *c, const char *base, const char *key, const char *value,
@@ -402,7 +418,7 @@ START_TEST(test_refusals) {
     fail_exact(TINY_MIXTRAL, "architectures", "[\"LlamaForCausalLM\"]",
                XPATH ": architecture 'LlamaForCausalLM' is not supported (supported: "
                "MixtralForCausalLM, Qwen2MoeForCausalLM, OlmoeForCausalLM, "
-               "Qwen3MoeForCausalLM)");
+               "Qwen3MoeForCausalLM, DeepseekV2ForCausalLM, DeepseekV3ForCausalLM)");
     fail_exact(TINY_MIXTRAL, "num_experts_per_tok", "12",
                XPATH ": num_experts_per_tok (12) exceeds num_local_experts (8)");
     fail_exact(TINY_QWEN3, "num_experts_per_tok", "9",
@@ -601,6 +617,306 @@ START_TEST(test_against_transformers) {
 }
 END_TEST
 
+/* ---------- DeepSeek-V2 / DeepSeek-V3 ---------- */
+
+START_TEST(test_deepseek_hub) {
+    capmoe_hfconfig c;
+    load(&c, "deepseek-v2-lite");
+    ck_assert_int_eq(c.arch, CAPMOE_ARCH_DEEPSEEK_V2);
+    ck_assert_str_eq(c.arch_name, "DeepseekV2ForCausalLM");
+    ck_assert_int_eq(c.hidden_size, 2048);
+    ck_assert_int_eq(c.n_layers, 27);
+    ck_assert_int_eq(c.n_heads, 16);
+    ck_assert_int_eq(c.q_lora_rank, 0); /* null: a plain q_proj */
+    ck_assert_int_eq(c.kv_lora_rank, 512);
+    ck_assert_int_eq(c.qk_nope_head_dim, 128);
+    ck_assert_int_eq(c.qk_rope_head_dim, 64);
+    ck_assert_int_eq(c.head_dim, 64);
+    ck_assert_int_eq(c.v_head_dim, 128);
+    ck_assert_int_eq(c.n_experts, 64);
+    ck_assert_int_eq(c.top_k, 6);
+    ck_assert_int_eq(c.moe_intermediate_size, 1408);
+    ck_assert_int_eq(c.intermediate_size, 10944);
+    ck_assert_int_eq(c.n_shared_experts, 2);
+    ck_assert_int_eq(c.shared_expert_intermediate_size, 2816);
+    ck_assert_int_eq(c.shared_expert_gate, 0);
+    ck_assert_int_eq(c.first_k_dense_replace, 1);
+    ck_assert_int_eq(c.n_moe_layers, 26);
+    ck_assert_int_eq(c.layer_is_moe[0], 0);
+    ck_assert_int_eq(c.layer_is_moe[1], 1);
+    ck_assert_int_eq(c.router, CAPMOE_ROUTER_DEEPSEEK_V2);
+    ck_assert_int_eq(c.n_group, 1); /* greedy */
+    ck_assert_int_eq(c.topk_group, 1);
+    ck_assert_double_eq(c.routed_scaling_factor, 1.0);
+    ck_assert_int_eq(c.norm_topk_prob, 0);
+    ck_assert_int_eq(c.rope.type, CAPMOE_ROPE_YARN);
+    ck_assert_double_eq(c.rope.theta, 10000.0);
+    ck_assert_double_eq(c.rope.factor, 40.0);
+    ck_assert_int_eq(c.rope.original_max_position, 4096);
+    ck_assert_double_eq(c.rope.mscale, 0.707);
+    ck_assert_double_eq(c.rope.mscale_all_dim, 0.707);
+    ck_assert_double_eq(c.rope.beta_fast, 32.0);
+    ck_assert_double_eq(c.rope.beta_slow, 1.0);
+    ck_assert_int_eq(c.rope.truncate, 1);
+    ck_assert_int_eq(c.rope.interleave, 1);
+    ck_assert_int_eq(c.bos_token_id, 100000);
+    check_eos(&c, 1, (int[]){100001});
+    ck_assert_int_eq(c.max_position_embeddings, 163840);
+
+    load(&c, "deepseek-v2");
+    ck_assert_int_eq(c.q_lora_rank, 1536);
+    ck_assert_int_eq(c.n_group, 8); /* group_limited_greedy */
+    ck_assert_int_eq(c.topk_group, 3);
+    ck_assert_double_eq(c.routed_scaling_factor, 16.0);
+    ck_assert_int_eq(c.n_experts, 160);
+
+    load(&c, "deepseek-v3");
+    ck_assert_int_eq(c.arch, CAPMOE_ARCH_DEEPSEEK_V3);
+    ck_assert_int_eq(c.router, CAPMOE_ROUTER_DEEPSEEK_V3);
+    ck_assert_int_eq(c.n_experts, 256);
+    ck_assert_int_eq(c.top_k, 8);
+    ck_assert_int_eq(c.n_group, 8);
+    ck_assert_int_eq(c.topk_group, 4);
+    ck_assert_int_eq(c.norm_topk_prob, 1);
+    ck_assert_double_eq(c.routed_scaling_factor, 2.5);
+    ck_assert_int_eq(c.first_k_dense_replace, 3);
+    ck_assert_int_eq(c.n_moe_layers, 58);
+    ck_assert_int_eq(c.shared_expert_intermediate_size, 2048);
+    ck_assert_int_eq(c.q_lora_rank, 1536);
+    ck_assert_int_eq(c.rope.interleave, 1); /* rope_interleave absent: true */
+    ck_assert_int_eq(c.bos_token_id, 0);
+    check_eos(&c, 1, (int[]){1});
+    same_both_layouts("deepseek-v2-lite");
+    same_both_layouts("deepseek-v2");
+    same_both_layouts("deepseek-v3");
+}
+END_TEST
+
+START_TEST(test_deepseek_inline) {
+    capmoe_hfconfig c;
+    ok_with(&c, TINY_DSV2, NULL, NULL);
+    static const unsigned char l1[4] = {0, 1, 1, 1};
+    ck_assert_mem_eq(c.layer_is_moe, l1, 4);
+    ck_assert_int_eq(c.shared_expert_intermediate_size, 32); /* default 2 shared experts */
+    ck_assert_double_eq(c.rope.theta, 10000.0);
+    ck_assert_int_eq(c.rope.type, CAPMOE_ROPE_DEFAULT);
+    ck_assert_int_eq(c.bos_token_id, 1);
+    check_eos(&c, 1, (int[]){2});
+    ok_with(&c, TINY_DSV2, "q_lora_rank", NULL); /* absent: the class default */
+    ck_assert_int_eq(c.q_lora_rank, 1536);
+    ok_with(&c, TINY_DSV2, "norm_topk_prob", "true"); /* DeepSeek-V2 does not read it */
+    ck_assert_int_eq(c.norm_topk_prob, 0);
+    ok_with(&c, TINY_DSV2, "moe_layer_freq", "2"); /* not used, as in transformers 5.17 */
+    ck_assert_mem_eq(c.layer_is_moe, l1, 4);
+    ck_assert_int_eq(c.moe_layer_freq, 2);
+    fail_with(TINY_DSV2, "moe_layer_freq", "0", "moe_layer_freq must be at least 1");
+    fail_with(TINY_DSV2, "num_attention_heads", "5", "hidden_size (64) is not a multiple of "
+              "num_attention_heads (5)");
+    ok_with(&c, TINY_DSV3, "num_attention_heads", "5"); /* DeepseekV3Config has no such check */
+    ok_with(&c, TINY_DSV2, "first_k_dense_replace", NULL);
+    ck_assert_int_eq(c.n_moe_layers, 4);
+    ok_with(&c, TINY_DSV2, "attention_bias", "true");
+    ck_assert_int_eq(c.qkv_bias + c.o_bias, 2);
+    ok_with(&c, TINY_DSV2, "num_key_value_heads", "4");
+    ok_with(&c, TINY_DSV2, "head_dim", "99"); /* head_dim is qk_rope_head_dim */
+    ck_assert_int_eq(c.head_dim, 8);
+    fail_with(TINY_DSV2, "num_key_value_heads", "2", "one key and value per query head");
+    fail_with(TINY_DSV2, "topk_method", "\"noaux_tc\"", "topk_method 'noaux_tc'");
+    fail_with(TINY_DSV2, "topk_method", "\"group_limited_greedy\"", "missing required key n_group");
+    fail_with(TINY_DSV2, "mlp_bias", "true", "mlp_bias");
+    fail_with(TINY_DSV2, "qk_rope_head_dim", "7", "qk_rope_head_dim (7) must be even");
+    fail_with(TINY_DSV2, "kv_lora_rank", "0", "kv_lora_rank must be at least 1");
+    fail_with(TINY_DSV2, "n_routed_experts", NULL, "missing required key n_routed_experts");
+    fail_with(TINY_DSV2, "routed_scaling_factor", "-1", "routed_scaling_factor must be a positive");
+    {
+        cJSON *r = cJSON_Parse(TINY_DSV2);
+        cJSON_AddStringToObject(r, "topk_method", "group_limited_greedy");
+        cJSON_AddNumberToObject(r, "n_group", 4);
+        cJSON_AddNumberToObject(r, "topk_group", 2);
+        char *t = cJSON_PrintUnformatted(r);
+        ok_with(&c, t, NULL, NULL);
+        ck_assert_int_eq(c.n_group, 4);
+        ck_assert_int_eq(c.topk_group, 2);
+        fail_with(t, "n_group", "3", "n_routed_experts (8) is not a multiple of n_group (3)");
+        fail_with(t, "topk_group", "5", "topk_group (5) exceeds n_group (4)");
+        fail_with(t, "topk_group", "null", "missing required key topk_group");
+        free(t);
+        cJSON_Delete(r);
+    }
+    /* YaRN in both layouts; null as absent */
+    ok_with(&c, TINY_DSV2, "rope_scaling",
+            "{\"type\":\"yarn\",\"factor\":40,\"original_max_position_embeddings\":4096,"
+            "\"mscale\":0.707,\"mscale_all_dim\":null,\"beta_fast\":null}");
+    ck_assert_int_eq(c.rope.type, CAPMOE_ROPE_YARN);
+    ck_assert_double_eq(c.rope.factor, 40.0);
+    ck_assert_double_eq(c.rope.mscale, 0.707);
+    ck_assert_double_eq(c.rope.mscale_all_dim, 0.0);
+    ck_assert_double_eq(c.rope.beta_fast, 32.0);
+    ok_with(&c, TINY_DSV3, "rope_parameters",
+            "{\"rope_type\":\"yarn\",\"rope_theta\":50000,\"factor\":8,\"truncate\":false,"
+            "\"attention_factor\":1.25}");
+    ck_assert_int_eq(c.rope.type, CAPMOE_ROPE_YARN);
+    ck_assert_double_eq(c.rope.theta, 50000.0);
+    ck_assert_double_eq(c.rope_theta, 50000.0);
+    ck_assert_int_eq(c.rope.truncate, 0);
+    ck_assert_double_eq(c.rope.attention_factor, 1.25);
+    ck_assert_int_eq(c.rope.original_max_position, 4096); /* max_position_embeddings */
+    fail_with(TINY_DSV3, "rope_parameters", "{\"rope_type\":\"yarn\"}", "yarn needs a factor");
+    /* factor null: max_position_embeddings / original_max_position_embeddings; beta 0: default */
+    ok_with(&c, TINY_DSV3, "rope_parameters",
+            "{\"rope_type\":\"yarn\",\"factor\":null,\"original_max_position_embeddings\":1024,"
+            "\"beta_fast\":0}");
+    ck_assert_double_eq(c.rope.factor, 4.0);
+    ck_assert_double_eq(c.rope.beta_fast, 32.0);
+    fail_with(TINY_DSV3, "rope_scaling", "{\"type\":\"yarn\",\"factor\":-2}",
+              "rope_scaling.factor must be a number > 0");
+    fail_with(TINY_DSV3, "rope_scaling", "{\"type\":\"yarn\",\"factor\":2,\"truncate\":1}",
+              "truncate must be true or false");
+    fail_with(TINY_DSV3, "rope_scaling", "{\"type\":\"longrope\",\"factor\":2}",
+              "rope type 'longrope' not supported (only 'default' and 'yarn')");
+    /* DeepSeek-V3 */
+    ok_with(&c, TINY_DSV3, NULL, NULL);
+    static const unsigned char l3[4] = {0, 0, 0, 1}; /* first_k_dense_replace: 3 */
+    ck_assert_mem_eq(c.layer_is_moe, l3, 4);
+    ck_assert_int_eq(c.intermediate_size, 18432);
+    ck_assert_int_eq(c.shared_expert_intermediate_size, 16);
+    ck_assert_int_eq(c.norm_topk_prob, 1);
+    ck_assert_int_eq(c.rope.interleave, 1);
+    ok_with(&c, TINY_DSV3, "rope_interleave", "false");
+    ck_assert_int_eq(c.rope.interleave, 0);
+    ok_with(&c, TINY_DSV3, "norm_topk_prob", "false");
+    ck_assert_int_eq(c.norm_topk_prob, 0);
+    ok_with(&c, TINY_DSV3, "n_shared_experts", "0");
+    ck_assert_int_eq(c.shared_expert_intermediate_size, 0);
+    ok_with(&c, TINY_DSV3, "topk_method", "\"greedy\""); /* V3 does not read it */
+    ck_assert_int_eq(c.n_group, 4);
+    fail_with(TINY_DSV3, "n_group", "16", "DeepSeek-V3 scores a group by its two best experts");
+    {
+        cJSON *r = cJSON_Parse(TINY_DSV3);
+        cJSON_ReplaceItemInObjectCaseSensitive(r, "n_group", cJSON_CreateNumber(8));
+        char *t = cJSON_PrintUnformatted(r);
+        fail_with(t, "topk_group", "1", "num_experts_per_tok (4) exceeds the experts of the "
+                  "topk_group (1) groups kept (2)");
+        free(t);
+        cJSON_Delete(r);
+    }
+    fail_with(TINY_DSV3, "num_experts_per_tok", "9", "num_experts_per_tok (9) exceeds");
+    fail_with(TINY_DSV3, "q_lora_rank", "0", "q_lora_rank must be at least 1");
+    ck_assert_str_eq(capmoe_arch_name(CAPMOE_ARCH_DEEPSEEK_V3), "DeepseekV3ForCausalLM");
+}
+END_TEST
+
+/* tests/data/reference/deepseek_configs.json: what transformers 5.17 derives
+ * from the DeepSeek configs of tests/data/configs (the hub files, the same
+ * re-saved by transformers, and a synthetic one with moe_layer_freq 2): see
+ * tests/data/gen_deepseek_reference.py. Sizes, layers, router settings, the
+ * rotary frequencies (float32, exactly), YaRN's attention factor and the
+ * softmax scale of latent attention. */
+static double jnum(const cJSON *o, const char *k) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    ck_assert_msg(cJSON_IsNumber(v), "expected.%s missing", k);
+    return v->valuedouble;
+}
+
+static int jbool(const cJSON *o, const char *k) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    ck_assert_msg(cJSON_IsBool(v), "expected.%s missing", k);
+    return cJSON_IsTrue(v);
+}
+
+START_TEST(test_deepseek_against_transformers) {
+    capmoe_error err;
+    size_t len;
+    char *text = capmoe_read_file("tests/data/reference/deepseek_configs.json", &len, &err);
+    ck_assert_msg(text != NULL, "%s", err.msg);
+    cJSON *all = cJSON_ParseWithLength(text, len);
+    free(text);
+    ck_assert_ptr_nonnull(all);
+    int n = 0;
+    for (const cJSON *e = all->child; e; e = e->next, n++) {
+        const char *d = e->string;
+        char dir[256];
+        snprintf(dir, sizeof dir, "tests/data/%s", d);
+        capmoe_hfconfig c;
+        ck_assert_msg(capmoe_hfconfig_load(&c, dir, &err) == 0, "%s", err.msg);
+        int v3 = c.arch == CAPMOE_ARCH_DEEPSEEK_V3;
+        ck_assert_str_eq(c.arch_name, cJSON_GetObjectItemCaseSensitive(e, "arch")->valuestring);
+#define EQ(field, key) ck_assert_msg(c.field == (int)jnum(e, key), "%s: %s = %d, transformers %d", \
+                                     d, key, (int)c.field, (int)jnum(e, key))
+        EQ(vocab_size, "vocab_size");
+        EQ(hidden_size, "hidden_size");
+        EQ(n_layers, "num_hidden_layers");
+        EQ(n_heads, "num_attention_heads");
+        EQ(n_kv_heads, "num_key_value_heads");
+        EQ(max_position_embeddings, "max_position_embeddings");
+        EQ(intermediate_size, "dense_width");
+        EQ(moe_intermediate_size, "expert_width");
+        EQ(n_experts, "n_routed_experts");
+        EQ(top_k, "num_experts_per_tok");
+        EQ(shared_expert_intermediate_size, "shared_width");
+        EQ(first_k_dense_replace, "first_k_dense_replace");
+        EQ(kv_lora_rank, "kv_lora_rank");
+        EQ(qk_nope_head_dim, "qk_nope_head_dim");
+        EQ(qk_rope_head_dim, "qk_rope_head_dim");
+        EQ(v_head_dim, "v_head_dim");
+        EQ(head_dim, "head_dim");
+        EQ(bos_token_id, "bos_token_id");
+#undef EQ
+        const cJSON *ql = cJSON_GetObjectItemCaseSensitive(e, "q_lora_rank");
+        ck_assert_int_eq(c.q_lora_rank, cJSON_IsNull(ql) ? 0 : (int)ql->valuedouble);
+        ck_assert_int_eq(c.n_eos, 1);
+        ck_assert_int_eq(c.eos_token_id[0], (int)jnum(e, "eos_token_id"));
+        ck_assert_float_eq(c.rms_norm_eps, (float)jnum(e, "rms_norm_eps"));
+        ck_assert_double_eq(c.routed_scaling_factor, jnum(e, "routed_scaling_factor"));
+        const cJSON *at = cJSON_GetObjectItemCaseSensitive(e, "attn");
+        const cJSON *kva = cJSON_GetObjectItemCaseSensitive(at, "kv_a_proj_with_mqa");
+        ck_assert_int_eq(c.qkv_bias, jbool(kva, "bias"));
+        ck_assert_int_eq(c.o_bias, jbool(cJSON_GetObjectItemCaseSensitive(at, "o_proj"), "bias"));
+        ck_assert_int_eq(c.kv_lora_rank + c.qk_rope_head_dim, (int)jnum(kva, "out"));
+        /* the latent RMSNorms: transformers' default epsilon, mla.c's */
+        ck_assert_double_eq(jnum(e, "kv_a_layernorm_eps"), 1e-6);
+        /* layers */
+        const cJSON *moe = cJSON_GetObjectItemCaseSensitive(e, "layer_is_moe");
+        ck_assert_int_eq(cJSON_GetArraySize(moe), c.n_layers);
+        int l = 0;
+        for (const cJSON *x = moe->child; x; x = x->next, l++)
+            ck_assert_msg(c.layer_is_moe[l] == (int)x->valuedouble, "%s: layer %d", d, l);
+        /* router */
+        const char *tm = cJSON_GetObjectItemCaseSensitive(e, "topk_method")->valuestring;
+        if (v3 || !strcmp(tm, "group_limited_greedy")) {
+            ck_assert_int_eq(c.n_group, (int)jnum(e, "n_group"));
+            ck_assert_int_eq(c.topk_group, (int)jnum(e, "topk_group"));
+        } else {
+            ck_assert_int_eq(c.n_group, 1);
+        }
+        if (v3) ck_assert_int_eq(c.norm_topk_prob, jbool(e, "norm_topk_prob"));
+        else ck_assert_int_eq(c.norm_topk_prob, 0);
+        ck_assert_int_eq(c.router, v3 ? CAPMOE_ROUTER_DEEPSEEK_V3 : CAPMOE_ROUTER_DEEPSEEK_V2);
+        ck_assert_int_eq(!cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(e, "router_bias")), v3);
+        /* rotary embedding and softmax scale */
+        const char *rt = cJSON_GetObjectItemCaseSensitive(e, "rope_type")->valuestring;
+        ck_assert_int_eq(c.rope.type, !strcmp(rt, "yarn") ? CAPMOE_ROPE_YARN : CAPMOE_ROPE_DEFAULT);
+        if (v3) ck_assert_int_eq(c.rope.interleave, jbool(e, "rope_interleave"));
+        float inv[512];
+        double af = 0;
+        ck_assert_int_le(c.head_dim / 2, 512);
+        capmoe_rope_inv_freq(&c, inv, &af);
+        const cJSON *ref = cJSON_GetObjectItemCaseSensitive(e, "inv_freq");
+        ck_assert_int_eq(cJSON_GetArraySize(ref), c.head_dim / 2);
+        l = 0;
+        for (const cJSON *x = ref->child; x; x = x->next, l++) {
+            float want = (float)strtod(x->valuestring, NULL);
+            ck_assert_msg(inv[l] == want, "%s: inv_freq[%d] = %a, transformers %a", d, l,
+                          (double)inv[l], (double)want);
+        }
+        ck_assert_double_eq_tol(af, jnum(e, "attention_scaling"), 1e-15);
+        ck_assert_double_eq_tol(capmoe_rope_mla_softmax_scale(&c), jnum(e, "attn_scaling"), 1e-15);
+    }
+    ck_assert_int_ge(n, 8);
+    cJSON_Delete(all);
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("hfconfig");
     TCase *tc = tcase_create("samples");
@@ -610,6 +926,8 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_olmoe);
     tcase_add_test(tc, test_qwen3_moe);
     tcase_add_test(tc, test_against_transformers);
+    tcase_add_test(tc, test_deepseek_hub);
+    tcase_add_test(tc, test_deepseek_against_transformers);
     suite_add_tcase(s, tc);
     tc = tcase_create("inline");
     tcase_set_timeout(tc, 30);
@@ -618,6 +936,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_layers_and_tokens);
     tcase_add_test(tc, test_refusals);
     tcase_add_test(tc, test_fuzz);
+    tcase_add_test(tc, test_deepseek_inline);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -356,6 +356,7 @@ static void populate(capmoe_metrics *m) {
     capmoe_metrics_queue_time(m, 0.0001);
     capmoe_metrics_set_requests(m, 3, 7);
     capmoe_metrics_set_kv_cache(m, 256, 1024, 65536);
+    capmoe_metrics_set_kv_token_bytes(m, 62208, 552960);
     capmoe_forward_stats fs;
     capmoe_layer_stats ls[2];
     fake_step(&fs, ls);
@@ -382,6 +383,8 @@ static const struct {
     {"capmoe_kv_cache_tokens", "gauge"},
     {"capmoe_kv_cache_capacity_tokens", "gauge"},
     {"capmoe_kv_cache_bytes", "gauge"},
+    {"capmoe_kv_cache_token_bytes", "gauge"},
+    {"capmoe_kv_cache_expanded_token_bytes", "gauge"},
     {"capmoe_batch_tokens", "histogram"},
     {"capmoe_forward_seconds", "histogram"},
     {"capmoe_expert_tokens_total", "counter"},
@@ -445,6 +448,8 @@ START_TEST(test_values_after_updates) {
     ck_assert(val(p, "capmoe_kv_cache_tokens") == 256);
     ck_assert(val(p, "capmoe_kv_cache_capacity_tokens") == 1024);
     ck_assert(val(p, "capmoe_kv_cache_bytes") == 65536);
+    ck_assert(val(p, "capmoe_kv_cache_token_bytes") == 62208);          /* DeepSeek-V2-Lite */
+    ck_assert(val(p, "capmoe_kv_cache_expanded_token_bytes") == 552960);
     /* Three steps: 4, 4 and 1 tokens; two with forward stats. */
     ck_assert(val(p, "capmoe_batch_tokens_count") == 3);
     ck_assert(val(p, "capmoe_batch_tokens_bucket{le=\"1\"}") == 1);
@@ -587,6 +592,7 @@ START_TEST(test_bad_inputs) {
     capmoe_metrics_e2e_latency(m, INFINITY);
     capmoe_metrics_prompt_tokens(m, -5);
     capmoe_metrics_set_kv_cache(m, NAN, 0, INFINITY);
+    capmoe_metrics_set_kv_token_bytes(m, NAN, INFINITY);
     capmoe_metrics_request(m, "/x", -3);
     capmoe_metrics_request(m, "/x", 100000);
     capmoe_forward_stats fs = {0};

@@ -21,8 +21,11 @@
 
 #define FIX "tests/fixtures/"
 
-static const char *const FIXTURES[] = {"mixtral-tiny", "qwen2moe-tiny", "olmoe-tiny",
-                                       "qwen3moe-tiny"};
+static const char *const FIXTURES[] = {"mixtral-tiny",         "qwen2moe-tiny",
+                                       "olmoe-tiny",           "qwen3moe-tiny",
+                                       "deepseekv2-tiny",      "deepseekv2-group-tiny",
+                                       "deepseekv3-tiny",      "deepseekv3-halfrope-tiny"};
+#define N_FIXTURES ((int)(sizeof FIXTURES / sizeof FIXTURES[0]))
 
 static capmoe_model *load(const char *name) {
     char dir[256];
@@ -573,8 +576,8 @@ int main(void) {
     Suite *s = suite_create("model");
     TCase *tc = tcase_create("model");
     tcase_set_timeout(tc, 120);
-    tcase_add_loop_test(tc, test_decode_matches_full_pass, 0, 4);
-    tcase_add_loop_test(tc, test_batching_and_ranks_do_not_change_none, 0, 4);
+    tcase_add_loop_test(tc, test_decode_matches_full_pass, 0, N_FIXTURES);
+    tcase_add_loop_test(tc, test_batching_and_ranks_do_not_change_none, 0, N_FIXTURES);
     tcase_add_test(tc, test_bad_input_leaves_cache_untouched);
     tcase_add_test(tc, test_bad_model_dirs);
     tcase_add_loop_test(tc, test_mixed_qkv_dtypes_match_f32, 0, 4 * N_MIXES);

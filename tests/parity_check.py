@@ -5,6 +5,8 @@ tests/fixtures/gen/make_fixtures.py): logits under every dispatch policy
 (relative error = max |c - ref| / max |ref| < 1e-4), per-layer capacity,
 capacity factor and expert loads, dropped / rerouted counts, greedy
 continuations, and the HF `tokenizers` encodings of the fixture tokenizer.
+For latent attention (DeepSeek: kv_lora_rank in config.json) the `none` case
+also runs with each form of attention forced (--mla-form expanded, absorbed).
 
 usage: parity_check.py FIXTURE_DIR CAPMOE_BINARY [--quick]
 Standard library only. Exit 0 when everything matches."""
@@ -38,9 +40,13 @@ def main():
     for p in man["prompts"]:
         ids_args += ["--ids", ",".join(str(x) for x in p)]
     failures = 0
-    cases = man["cases"]
+    cases = [dict(c, form=None) for c in man["cases"]]
     if quick:
         cases = [c for c in cases if c["name"] in ("none", "reroute_g1", "expanded_r2_g1")]
+    cfg = json.load(open(os.path.join(fixture, "config.json")))
+    if cfg.get("kv_lora_rank"):
+        none = [c for c in cases if c["name"] == "none"][0]
+        cases += [dict(none, form=f) for f in ("expanded", "absorbed")]
     with tempfile.TemporaryDirectory() as td:
         for c in cases:
             out = os.path.join(td, c["name"] + ".bin")
@@ -51,6 +57,8 @@ def main():
                 cmd += ["--capacity-factor", str(c["capacity_factor"])]
             if c["renormalize"]:
                 cmd += ["--renormalize"]
+            if c["form"]:
+                cmd += ["--mla-form", c["form"]]
             res = run(cmd)
             got = read_f32(out)
             ref = read_f32(os.path.join(fixture, "parity", c["logits"]))
@@ -77,7 +85,8 @@ def main():
                 problems.append("dropped/rerouted %s/%s != %s/%s" % (res["dropped"], res["rerouted"],
                                                                      c["dropped"], c["rerouted"]))
             status = "ok" if not problems else "FAIL " + "; ".join(problems)
-            print("%s %-26s %s" % (os.path.basename(fixture), c["name"], status))
+            label = c["name"] + (" (%s)" % c["form"] if c["form"] else "")
+            print("%s %-26s %s" % (os.path.basename(fixture), label, status))
             failures += bool(problems)
     if not quick:
         for g in man["generate"]:

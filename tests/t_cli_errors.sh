@@ -71,5 +71,20 @@ expect_err "model.norm.weight" logits --model "$tmp/m" --ids 1,2 --out "$tmp/x"
 mk; printf 'not json' > "$tmp/m/tokenizer.json"
 expect_err "tokenizer.json" tokenize --model "$tmp/m" --text hi
 
+# DeepSeek: latent attention and router options, broken checkpoints
+DS=tests/fixtures/deepseekv3-tiny
+expect_err "--mla-form" logits --model $DS --ids 1,2 --out "$tmp/x" --mla-form fastest
+expect_err "--mla-form" generate --model $DS --ids 1,2 --max-tokens 2 --mla-form 1
+mkds() { rm -rf "$tmp/d"; cp -r tests/fixtures/deepseekv2-tiny "$tmp/d"; }
+mkds; sed 's/"greedy"/"noaux_tc"/' tests/fixtures/deepseekv2-tiny/config.json > "$tmp/d/config.json"
+expect_err "topk_method 'noaux_tc'" logits --model "$tmp/d" --ids 1,2 --out "$tmp/x"
+mkds; sed 's/"kv_lora_rank": 24/"kv_lora_rank": 20/' tests/fixtures/deepseekv2-tiny/config.json > "$tmp/d/config.json"
+expect_err "kv_a_proj_with_mqa" logits --model "$tmp/d" --ids 1,2 --out "$tmp/x"
+mkds; sed 's/"first_k_dense_replace": 1/"first_k_dense_replace": 0/' tests/fixtures/deepseekv2-tiny/config.json > "$tmp/d/config.json"
+expect_err "model.layers.0.mlp" logits --model "$tmp/d" --ids 1,2 --out "$tmp/x"
+expect_err "--groups" synth --arch deepseek_v3 --out "$tmp/y" --experts 8 --groups 3
+expect_err "--kv-heads" synth --arch deepseek_v2 --out "$tmp/y" --kv-heads 2
+expect_err "only deepseek_v2 and deepseek_v3" synth --arch mixtral --out "$tmp/y" --kv-lora-rank 64
+
 echo "cli errors: $n cases, $fails failed"
 [ "$fails" -eq 0 ]

@@ -13,5 +13,5 @@ for f in tests/fixtures/*/parity/cases.json; do
   if [ -x "$A/capmoe" ]; then python3 tests/parity_check.py "$dir" "$A/capmoe" --quick; fi
   n=$((n + 1))
 done
-[ "$n" -ge 4 ] || { echo "expected at least 4 parity fixtures, found $n"; exit 1; }
+[ "$n" -ge 8 ] || { echo "expected at least 8 parity fixtures, found $n"; exit 1; }
 echo "parity: $n fixtures ok"

@@ -11,7 +11,9 @@ typedef enum capmoe_chat_family {
     CAPMOE_CHAT_NONE = 0,
     CAPMOE_CHAT_CHATML,   /* <|im_start|>role\ncontent<|im_end|>\n (Qwen, default model) */
     CAPMOE_CHAT_MISTRAL,  /* <s>[INST] ... [/INST] ...</s> (Mistral / Mixtral / Llama-2 style) */
-    CAPMOE_CHAT_OLMOE     /* <|endoftext|><|user|>\n ... <|assistant|>\n (OLMoE / Tulu) */
+    CAPMOE_CHAT_OLMOE,    /* <|endoftext|><|user|>\n ... <|assistant|>\n (OLMoE / Tulu) */
+    CAPMOE_CHAT_DEEPSEEK_V2, /* <｜begin▁of▁sentence｜>User: ...\n\nAssistant: ... */
+    CAPMOE_CHAT_DEEPSEEK_V3  /* <｜begin▁of▁sentence｜><｜User｜>...<｜Assistant｜>... */
 } capmoe_chat_family;
 
 typedef struct capmoe_chat_msg {

@@ -44,6 +44,36 @@ const char *capmoe_policy_name(capmoe_policy p);
 int capmoe_dispatch_cfg_check(const capmoe_dispatch_cfg *cfg, int n_experts,
                               capmoe_error *err);
 
+/* How a model's router turns logits into p, S_t and weights (spec section 1
+ * and "Routers other than softmax top-k"). capmoe_router_default gives the
+ * softmax top-k router of steps 1-3. For DeepSeek:
+ *   V2: softmax; group_limited_greedy = n_group groups scored by their
+ *       largest p, topk_group kept; weights p * scale (norm_topk 0).
+ *   V3: sigmoid; selection score s = p + bias; groups scored by the sum of
+ *       their two best s; weights p / (sum of p over S_t + 1e-20) * scale.
+ * S_t = the k best selection scores among the experts of the kept groups,
+ * ties to the lower index; the experts of the other groups count as 0 (V2,
+ * as transformers masks them) or cannot be chosen (V3: masked to -inf). Capacity competition orders pairs by p; reroute's next-best expert
+ * is the best selection score among the kept groups not yet used. */
+typedef struct capmoe_router {
+    int sigmoid;          /* p = sigmoid(logit) instead of the row softmax */
+    int norm_topk;        /* Z_t = float sum of p over S_t (best first) + norm_eps; else 1 */
+    float norm_eps;       /* 0, or 1e-20 (DeepSeek-V3) */
+    int n_group;          /* experts in n_group equal groups (1: no groups) */
+    int topk_group;       /* groups kept per token */
+    int group_top2;       /* a group's score: sum of its two best s (else its best) */
+    int group_exclusive;  /* experts of groups not kept cannot be chosen (else: score 0) */
+    const float *bias;    /* E selection biases (s = p + bias), or NULL (s = p); borrowed */
+    float scale;          /* routed_scaling_factor: every weight is multiplied by it */
+} capmoe_router;
+
+/* The softmax top-k router (norm_topk: whether the model normalises). */
+void capmoe_router_default(capmoe_router *r, int norm_topk);
+/* Checks a router against E and k: groups dividing E, 1 <= topk_group <=
+ * n_group, at least two experts per group for group_top2, k experts within
+ * the kept groups, scale finite > 0, bias entries finite. */
+int capmoe_router_check(const capmoe_router *r, int E, int k, capmoe_error *err);
+
 /* A dispatch plan. Buffers are owned by the plan and reused across calls
  * (grown as needed, never shrunk: a warm plan does not allocate); free with
  * capmoe_dispatch_plan_free. All fields are read-only for the caller.
@@ -66,11 +96,13 @@ int capmoe_dispatch_cfg_check(const capmoe_dispatch_cfg *cfg, int n_experts,
  *                   of the configured policy at the chosen gamma. The choice
  *                   itself uses the mass of policy drop at each grid gamma and
  *                   takes the first with mass <= drop_budget + 1e-9.
- *   weight        w[t,e] = p[t,e] / Z_t for every computed pair (also a reroute
- *                   substitute or an expanded extra), Z_t = float sum of p over
- *                   S_t in best-first order (1 when !norm_topk). With
- *                   cfg.renormalize on a limited dispatch: p[t,e] / (float sum
- *                   of p over the pairs t keeps, in ascending expert order).
+ *   weight        w[t,e] = p[t,e] / Z_t * scale for every computed pair (also
+ *                   a reroute substitute or an expanded extra), Z_t = float sum
+ *                   of p over S_t in best-first order (+ norm_eps; 1 when
+ *                   !norm_topk), scale = the router's (1 for softmax top-k).
+ *                   With cfg.renormalize on a limited dispatch: p[t,e] /
+ *                   (float sum of p over the pairs t keeps, in ascending
+ *                   expert order) * scale.
  *                   renormalize is not applied when the dispatch is not limited
  *                   (policy none, T <= 1, T < min_tokens, auto -> null): the
  *                   result is then the baseline (spec §1 step 4). A zero
@@ -129,5 +161,17 @@ int capmoe_dispatch_compute(capmoe_dispatch_plan *plan, const capmoe_dispatch_cf
 int capmoe_dispatch_compute_probs(capmoe_dispatch_plan *plan, const capmoe_dispatch_cfg *cfg,
                                   const float *probs, int T, int E, int k, int norm_topk,
                                   const int *token_rank, capmoe_error *err);
+
+/* capmoe_dispatch_compute with a model's router (capmoe_router): logits in,
+ * p by the router's softmax or sigmoid. Errors as above, plus a router that
+ * fails capmoe_router_check. */
+int capmoe_dispatch_compute_router(capmoe_dispatch_plan *plan, const capmoe_dispatch_cfg *cfg,
+                                   const capmoe_router *router, const float *logits, int T,
+                                   int E, int k, const int *token_rank, capmoe_error *err);
+/* The same from p (finite, >= 0; for a sigmoid router at most 1), for tests. */
+int capmoe_dispatch_compute_router_probs(capmoe_dispatch_plan *plan,
+                                         const capmoe_dispatch_cfg *cfg,
+                                         const capmoe_router *router, const float *probs, int T,
+                                         int E, int k, const int *token_rank, capmoe_error *err);
 
 #endif

@@ -48,6 +48,10 @@ void capmoe_metrics_e2e_latency(capmoe_metrics *m, double s);
 void capmoe_metrics_queue_time(capmoe_metrics *m, double s);
 /* Gauges. */
 void capmoe_metrics_set_requests(capmoe_metrics *m, int running, int waiting);
+/* KV cache bytes per token of the served model: what its cache holds, and
+ * what a cache of every head's keys and values would (they differ for
+ * latent attention, DeepSeek). */
+void capmoe_metrics_set_kv_token_bytes(capmoe_metrics *m, double bytes, double expanded_bytes);
 void capmoe_metrics_set_kv_cache(capmoe_metrics *m, double used_tokens, double capacity_tokens,
                                  double bytes);
 /* One scheduler step: batch size in tokens plus what every MoE layer did

@@ -16,6 +16,16 @@
 
 typedef struct capmoe_model capmoe_model;
 
+/* How latent attention (DeepSeek) attends: AUTO picks, per sequence and
+ * step, the cheaper of the expanded form (keys and values of every head
+ * rebuilt from the cached latents: prompts) and the absorbed form (queries
+ * projected into the latent space: decode); the other two force one (tests). */
+typedef enum capmoe_mla_form {
+    CAPMOE_MLA_AUTO = 0,
+    CAPMOE_MLA_EXPANDED,
+    CAPMOE_MLA_ABSORBED
+} capmoe_mla_form;
+
 typedef struct capmoe_model_opts {
     int max_ranks;     /* rank worker threads to create (>= any ep_ranks used); 0 = 8 */
     int threads;       /* threads for small matrix products (decode); 0 = cores */
@@ -25,6 +35,7 @@ typedef struct capmoe_model_opts {
                           ranks call capmoe_model_forward in lockstep, a rank without
                           sequences too; dispatch cfg.ep_ranks must be R). Borrowed.
                           NULL: one process, experts on rank worker threads. */
+    capmoe_mla_form mla_form; /* latent attention (DeepSeek) only */
 } capmoe_model_opts;
 
 int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_opts *opts,
@@ -43,6 +54,12 @@ size_t capmoe_model_mapped_bytes(const capmoe_model *m);
 /* Bytes of weights read per token: attention, router, top-k experts, shared
  * expert, lm_head, each at its stored element size. */
 size_t capmoe_model_active_bytes_per_token(const capmoe_model *m);
+
+/* KV cache bytes per token of a sequence, all layers: what the cache holds
+ * (latent attention: the kv_lora_rank latent and the rope key, float32), or
+ * with expanded = 1 what a cache of every head's keys and values would hold
+ * (the same for the other architectures). */
+size_t capmoe_model_kv_bytes_per_token(const capmoe_model *m, int expanded);
 
 /* Per-sequence KV cache. Grows on demand up to max_tokens (the model's
  * context length when 0). */

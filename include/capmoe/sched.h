@@ -141,6 +141,8 @@ typedef struct capmoe_sched_step_info {
     long long kv_tokens;   /* tokens held in all KV caches */
     long long kv_capacity; /* max_running * context */
     size_t kv_bytes;       /* memory the KV caches hold */
+    size_t kv_token_bytes; /* KV cache bytes per token (capmoe_model_kv_bytes_per_token) */
+    size_t kv_token_bytes_expanded; /* the same for a cache of every head's keys and values */
     double step_time;      /* seconds of the forward + sampling */
     const capmoe_forward_stats *fwd;
 } capmoe_sched_step_info;

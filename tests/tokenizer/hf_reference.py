@@ -120,7 +120,8 @@ def unit():
 TOKENS = {'chatml': (None, '<|im_end|>'), 'qwen25': (None, '<|im_end|>'), 'qwen3': (None, '<|im_end|>'),
           'mistral_v0': ('<s>', '</s>'), 'mistral_v1': ('<s>', '</s>'), 'llama2': ('<s>', '</s>'),
           'olmoe': ('<|endoftext|>', '<|endoftext|>'), 'tulu3': ('<|end_of_text|>', '<|end_of_text|>'),
-          'deepseek_v3': ('<\uff5cbegin\u2581of\u2581sentence\uff5c>', '<\uff5cend\u2581of\u2581sentence\uff5c>')}
+          'deepseek_v3': ('<\uff5cbegin\u2581of\u2581sentence\uff5c>', '<\uff5cend\u2581of\u2581sentence\uff5c>'),
+          'deepseek_v2': ('<\uff5cbegin\u2581of\u2581sentence\uff5c>', '<\uff5cend\u2581of\u2581sentence\uff5c>')}
 
 
 def conv(*p):
