@@ -15,7 +15,7 @@ SAN     ?= 0
 WERROR  ?= -Werror
 OPT     ?= -O2
 
-PKGS    := openblas libcjson libmicrohttpd libuv libpcre2-8 libutf8proc
+PKGS    := openblas libcjson libmicrohttpd libuv libpcre2-8 libutf8proc gnutls
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
@@ -39,7 +39,7 @@ TEST_BIN   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 LIB        := $(BUILD)/libcapmoe.a
 SRVLIB     := $(BUILD)/libcapmoe-server.a
 
-.PHONY: all deps test-deps run test asan tests bench clean
+.PHONY: all deps test-deps run test asan tests bench clean install uninstall FORCE
 all: $(BUILD)/capmoe $(BUILD)/capmoe-server
 
 deps:
@@ -51,6 +51,16 @@ test-deps:
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
+
+# The revision in `capmoe --version` and capmoe_build_info: git's commit, or
+# REVISION=... from outside (the Docker build has no .git). Only version.o
+# is rebuilt when it changes (the stamp is rewritten only then).
+REVISION ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+$(BUILD)/obj/server/version.o: CFLAGS += -DCAPMOE_REVISION='"$(REVISION)"'
+$(BUILD)/obj/server/version.o: $(BUILD)/revision.stamp
+$(BUILD)/revision.stamp: FORCE
+	@mkdir -p $(dir $@); echo '$(REVISION)' | cmp -s - $@ || echo '$(REVISION)' > $@
+FORCE:
 
 # The kernels' a*b+c must become fused multiply-adds (ISO C mode forbids
 # contraction by default).

@@ -1,14 +1,21 @@
 /* main_server.c - capmoe-server: configuration, wiring of http + api +
- * scheduler + metrics, and the shutdown sequence.
+ * scheduler + metrics + logger, signals and the shutdown sequence.
  *
- * Start: options (file < env < flags) -> model directory checked -> metrics
- * -> API + scheduler -> HTTP socket up (GET /health answers 503 while the
- * scheduler thread loads the model) -> loop.
- * SIGTERM / SIGINT: stop accepting (MHD quiesce), refuse new generations
- * (503), let running ones finish within grace_period_s, then cancel them;
- * once no generation and no HTTP request is left (or 2 s after the cancel),
- * stop the HTTP layer and exit 0. A second signal cancels at once. A model
- * that fails to load exits 1. */
+ * Start: options (file < env < flags) -> logger -> model directory and the
+ * whole configuration checked against the model's config.json (a bad
+ * ep_ranks, policy or context is refused here, before any socket) ->
+ * metrics -> API + scheduler -> HTTP socket up (GET /health answers 503
+ * while the scheduler thread loads the model) -> loop.
+ * SIGHUP: re-read the configuration (the same file, environment and flags)
+ * and apply the live options at once (server/config.c marks them); a change
+ * to any other option is logged as needing a restart and not applied. An
+ * invalid new configuration changes nothing.
+ * SIGTERM / SIGINT: drain. The socket stays open: every new request gets 503
+ * + Retry-After + Connection: close (so load balancers see the drain), running
+ * generations go on for up to grace_period_s, then are cancelled; once no
+ * generation and no HTTP request is left (or 2 s after the cancel), the HTTP
+ * layer stops and the exit status is 0. A second signal cancels at once. A
+ * model that fails to load exits 1. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,19 +23,26 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-
+#include "capmoe/access_log.h"
 #include "capmoe/config.h"
+#include "capmoe/cors.h"
 #include "capmoe/hfconfig.h"
 #include "capmoe/http.h"
+#include "capmoe/log.h"
 #include "capmoe/metrics.h"
 #include "capmoe/openai.h"
-
-#define CAPMOE_SERVER_VERSION "0.1.0"
+#include "capmoe/version.h"
 
 extern char **environ;
 
 typedef struct server {
-    const capmoe_config *cfg;
+    capmoe_config *cfg;        /* the live configuration (reload copies live options in) */
+    int argc;                  /* for a reload */
+    char **argv;
+    capmoe_hfconfig hc;        /* the model's config.json */
+    capmoe_log *log;
+    capmoe_metrics *metrics;
+    capmoe_cors *cors;         /* owned; replaced by a reload */
     capmoe_http *http;
     capmoe_api *api;
     int draining;      /* a signal arrived (or loading failed) */
@@ -51,8 +65,8 @@ static void check_shutdown(server *s) {
 static void flush_over(void *arg) { /* cancelled answers had 2 s to leave */
     server *s = arg;
     if (!s->stop_sent) {
-        fprintf(stderr, "capmoe-server: closing %d unfinished connection(s)\n",
-                capmoe_http_in_flight(s->http));
+        capmoe_log_warn(s->log, "closing %d unfinished connection(s)",
+                        capmoe_http_in_flight(s->http));
         stop_http(s);
     }
 }
@@ -62,7 +76,7 @@ static void grace_over(void *arg) {
     if (s->cancelled) return;
     s->cancelled = 1;
     int busy = capmoe_api_busy(s->api);
-    if (busy) fprintf(stderr, "capmoe-server: grace period over: cancelling %d request(s)\n", busy);
+    if (busy) capmoe_log_warn(s->log, "grace period over: cancelling %d request(s)", busy);
     capmoe_api_cancel_all(s->api);
     capmoe_http_set_timer(s->http, 2.0, flush_over, s);
     check_shutdown(s);
@@ -70,7 +84,7 @@ static void grace_over(void *arg) {
 
 static void begin_drain(server *s, double grace) {
     s->draining = 1;
-    capmoe_http_quiesce(s->http);
+    capmoe_http_drain(s->http); /* the socket stays open: new requests get 503 */
     capmoe_api_drain(s->api);
     capmoe_http_set_timer(s->http, grace, grace_over, s);
     check_shutdown(s);
@@ -92,31 +106,118 @@ static void on_rejected(void *u, const char *path, int status) {
     capmoe_api_on_rejected(s->api, path, status);
 }
 
+static void on_access(void *u, capmoe_http_req *req) {
+    server *s = u;
+    if (s->cfg->access_log) capmoe_access_log(s->log, req);
+}
+
 static void on_wake(void *u) {
     server *s = u;
     capmoe_api_process(s->api);
     if (capmoe_api_get_state(s->api) == CAPMOE_API_FAILED && !s->draining) {
-        fprintf(stderr, "capmoe-server: cannot load the model: %s\n",
-                capmoe_api_error_msg(s->api));
+        capmoe_log_error(s->log, "cannot load the model: %s", capmoe_api_error_msg(s->api));
         s->exit_code = 1;
         begin_drain(s, 0);
     }
     check_shutdown(s);
 }
 
+/* ---- SIGHUP: reload ------------------------------------------------------------ */
+
+typedef struct reload_ctx {
+    server *s;
+    const char *live[64];   /* live options that changed */
+    int n_live;
+    char changes[2048];     /* "name old -> new, ..." */
+    size_t len;
+    int n_restart;
+} reload_ctx;
+
+static void on_diff(void *user, const char *name, int live, const char *old_value,
+                    const char *new_value) {
+    reload_ctx *r = user;
+    if (!live) {
+        r->n_restart++;
+        capmoe_log_field f[] = {CAPMOE_LOG_STR("option", name), CAPMOE_LOG_STR("old", old_value),
+                                CAPMOE_LOG_STR("new", new_value)};
+        capmoe_log_fields(r->s->log, CAPMOE_LOG_WARN, f, 3,
+                          "reload: %s changed (%s -> %s) but needs a restart; %s stays in force",
+                          name, old_value, new_value, old_value);
+        return;
+    }
+    if (r->n_live < (int)(sizeof r->live / sizeof r->live[0])) r->live[r->n_live++] = name;
+    if (r->len < sizeof r->changes)
+        r->len += (size_t)snprintf(r->changes + r->len, sizeof r->changes - r->len, "%s%s %s -> %s",
+                                   r->len ? ", " : "", name, old_value, new_value);
+}
+
+static void reload(server *s) {
+    capmoe_config next;
+    capmoe_config_action action;
+    capmoe_error err;
+    const char *file = s->cfg->config_file ? s->cfg->config_file : "(no file: environment and flags)";
+    if (capmoe_config_load(&next, s->argc, s->argv, environ, &action, &err) != 0 ||
+        capmoe_config_check_model(&next, &s->hc, &err) != 0) {
+        capmoe_log_error(s->log, "SIGHUP: configuration not reloaded, nothing changed: %s", err.msg);
+        capmoe_config_free(&next);
+        return;
+    }
+    reload_ctx r = {.s = s};
+    capmoe_config_diff(s->cfg, &next, on_diff, &r);
+    if (r.n_live == 0) {
+        capmoe_log_info(s->log, "SIGHUP: configuration re-read from %s: no live option changed%s",
+                        file, r.n_restart ? " (see the restart warnings)" : "");
+        capmoe_config_free(&next);
+        return;
+    }
+    /* Everything that can fail first, then the copies. The dispatch of the
+     * new file with the running rank count (ep_ranks needs a restart). */
+    capmoe_dispatch_cfg d;
+    capmoe_config_dispatch(&next, &d);
+    d.ep_ranks = s->cfg->ep_ranks;
+    capmoe_cors *cors = NULL;
+    if (capmoe_cors_new(&cors, next.cors_origins, &err) != 0 ||
+        capmoe_api_set_dispatch(s->api, &d, &err) != 0) {
+        capmoe_log_error(s->log, "SIGHUP: configuration not reloaded, nothing changed: %s", err.msg);
+        capmoe_cors_free(cors);
+        capmoe_config_free(&next);
+        return;
+    }
+    for (int i = 0; i < r.n_live; i++)
+        if (capmoe_config_copy_option(s->cfg, &next, r.live[i]) != 0)
+            capmoe_log_error(s->log, "SIGHUP: %s: out of memory, kept the old value", r.live[i]);
+    capmoe_log_set_level(s->log, (capmoe_log_level)s->cfg->log_level);
+    capmoe_http_set_cors(s->http, cors);
+    capmoe_cors_free(s->cors);
+    s->cors = cors;
+    capmoe_metrics_set_policy(s->metrics, capmoe_policy_name((capmoe_policy)s->cfg->policy));
+    capmoe_metrics_set_min_tokens(s->metrics, s->cfg->min_tokens);
+    capmoe_log_field f = CAPMOE_LOG_STR("file", file);
+    capmoe_log_fields(s->log, CAPMOE_LOG_INFO, &f, 1, "SIGHUP: configuration reloaded: %s",
+                      r.changes);
+    capmoe_config_free(&next);
+}
+
 static void on_signal(void *u, int signum) {
     server *s = u;
+    if (signum == SIGHUP) {
+        reload(s);
+        return;
+    }
     const char *name = signum == SIGTERM ? "SIGTERM" : "SIGINT";
     if (!s->draining) {
-        fprintf(stderr,
-                "capmoe-server: %s: no new requests; waiting up to %g s for %d running one(s)\n",
-                name, s->cfg->grace_period_s, capmoe_api_busy(s->api));
+        capmoe_log_info(s->log,
+                        "%s: no new requests (503 while draining); waiting up to %g s for %d "
+                        "running one(s)",
+                        name, s->cfg->grace_period_s, capmoe_api_busy(s->api));
         begin_drain(s, s->cfg->grace_period_s);
     } else if (!s->cancelled) {
-        fprintf(stderr, "capmoe-server: second %s: cancelling now\n", name);
+        capmoe_log_warn(s->log, "second %s: cancelling now", name);
         grace_over(s);
     }
 }
+
+/* ---- start ------------------------------------------------------------------------ */
 
 static int check_model_dir(const char *dir, capmoe_hfconfig *hc, capmoe_error *err) {
     struct stat st;
@@ -132,7 +233,122 @@ static int check_model_dir(const char *dir, capmoe_hfconfig *hc, capmoe_error *e
         return capmoe_set_error(err, "model: '%s' has no readable config.json", dir);
     capmoe_error e;
     if (capmoe_hfconfig_load(hc, dir, &e) != 0) return capmoe_set_error(err, "model: %s", e.msg);
+    char *tj = capmoe_path_join(dir, "tokenizer.json");
+    ok = tj && access(tj, R_OK) == 0;
+    free(tj);
+    if (!ok) return capmoe_set_error(err, "model: '%s' has no readable tokenizer.json", dir);
     return 0;
+}
+
+/* "host:port" for a URL: IPv6 literals in brackets. */
+static void url_host(const char *host, int port, char *out, size_t n) {
+    if (strchr(host, ':')) snprintf(out, n, "[%s]:%d", host, port);
+    else snprintf(out, n, "%s:%d", host, port);
+}
+
+/* PEM files of tls_cert / tls_key into memory (malloc'd). */
+static int read_tls(const capmoe_config *cfg, char **cert, char **key, capmoe_error *err) {
+    *cert = *key = NULL;
+    if (!cfg->tls_cert[0]) return 0;
+    capmoe_error e;
+    if (!(*cert = capmoe_read_file(cfg->tls_cert, NULL, &e)))
+        return capmoe_set_error(err, "tls_cert: %s", e.msg);
+    if (!(*key = capmoe_read_file(cfg->tls_key, NULL, &e))) {
+        free(*cert);
+        *cert = NULL;
+        return capmoe_set_error(err, "tls_key: %s", e.msg);
+    }
+    return 0;
+}
+
+static int run(server *s) {
+    capmoe_config *cfg = s->cfg;
+    capmoe_error err;
+    if (check_model_dir(cfg->model, &s->hc, &err) != 0 ||
+        capmoe_config_check_model(cfg, &s->hc, &err) != 0) {
+        capmoe_log_error(s->log, "%s", err.msg);
+        return 1;
+    }
+    char *model_id = capmoe_config_model_id(cfg);
+    const char *build[] = {"version", CAPMOE_VERSION, "revision", capmoe_revision(), NULL};
+    capmoe_metrics_opts mo = {
+        .model_name = model_id ? model_id : "model",
+        .n_layers = s->hc.n_layers,
+        .n_experts = s->hc.n_experts,
+        .per_layer_expert = cfg->metrics_per_layer_expert,
+        .policy = capmoe_policy_name((capmoe_policy)cfg->policy),
+        .min_tokens = cfg->min_tokens,
+        .build_labels = build,
+    };
+    char *cert = NULL, *key = NULL;
+    int rc = 1;
+    s->metrics = capmoe_metrics_new(&mo);
+    if (!s->metrics) {
+        capmoe_log_error(s->log, "cannot create the metrics registry");
+        goto out;
+    }
+    /* routed pairs per dispatch = tokens x top_k (not computed + dropped, which
+     * differs under expanded) */
+    capmoe_metrics_set_top_k(s->metrics, s->hc.top_k);
+    if (capmoe_cors_new(&s->cors, cfg->cors_origins, &err) != 0 ||
+        read_tls(cfg, &cert, &key, &err) != 0 ||
+        capmoe_api_new(&s->api, cfg, s->metrics, &err) != 0) {
+        capmoe_log_error(s->log, "%s", err.msg);
+        goto out;
+    }
+    capmoe_api_set_log(s->api, s->log);
+    capmoe_http_opts ho = {
+        .host = cfg->host,
+        .port = cfg->port,
+        .max_body_bytes = cfg->max_body_bytes,
+        .connection_timeout_s = (unsigned)cfg->connection_timeout_s,
+        .header_timeout_s = (unsigned)cfg->header_timeout_s,
+        .max_connections = (unsigned)cfg->max_connections,
+        .max_connections_per_ip = (unsigned)cfg->max_connections_per_ip,
+        .tls_cert_pem = cert,
+        .tls_key_pem = key,
+        .log = s->log,
+        .cors = s->cors,
+    };
+    capmoe_http_handlers hh = {
+        .user = s,
+        .on_request = on_request,
+        .on_done = on_done,
+        .on_wake = on_wake,
+        .on_signal = on_signal,
+        .on_rejected = on_rejected,
+        .on_access = on_access,
+    };
+    if (capmoe_http_new(&s->http, &ho, &hh, &err) != 0) {
+        capmoe_log_error(s->log, "%s", err.msg);
+        goto out;
+    }
+    char hp[300];
+    url_host(cfg->host, capmoe_http_port(s->http), hp, sizeof hp);
+    const char *scheme = cert ? "https" : "http";
+    capmoe_log_field f[] = {CAPMOE_LOG_INT("port", capmoe_http_port(s->http)),
+                            CAPMOE_LOG_STR("version", CAPMOE_VERSION),
+                            CAPMOE_LOG_STR("revision", capmoe_revision())};
+    capmoe_log_fields(s->log, CAPMOE_LOG_INFO, f, 3,
+                      "capmoe-server %s: listening on %s://%s (model %s as '%s', loading)",
+                      CAPMOE_VERSION, scheme, hp, cfg->model, model_id ? model_id : "model");
+    if (capmoe_api_start(s->api, s->http, &err) != 0) {
+        capmoe_log_error(s->log, "%s", err.msg);
+        s->exit_code = 1;
+        begin_drain(s, 0);
+    }
+    capmoe_http_run(s->http);
+    rc = s->exit_code;
+out:
+    capmoe_api_free(s->api); /* joins the scheduler */
+    capmoe_http_free(s->http);
+    capmoe_metrics_free(s->metrics);
+    capmoe_cors_free(s->cors);
+    free(cert);
+    free(key);
+    free(model_id);
+    if (s->http || rc == 0) capmoe_log_info(s->log, "stopped");
+    return rc;
 }
 
 int main(int argc, char **argv) {
@@ -151,91 +367,29 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (action == CAPMOE_CONFIG_VERSION) {
-        printf("capmoe-server %s\n", CAPMOE_SERVER_VERSION);
+        printf("capmoe-server %s (revision %s)\n", CAPMOE_VERSION, capmoe_revision());
         capmoe_config_free(&cfg);
         return 0;
     }
     if (action == CAPMOE_CONFIG_HEALTHCHECK) {
-        int status = capmoe_http_probe(cfg.host, cfg.port, "/health", 5.0, &err);
+        int tls = cfg.tls_cert && cfg.tls_cert[0];
+        int status = capmoe_http_probe(cfg.host, cfg.port, "/health", 5.0, tls, &err);
         int rc = status == 200 ? 0 : 1;
         if (status < 0) fprintf(stderr, "capmoe-server: healthcheck: %s\n", err.msg);
         else if (rc) fprintf(stderr, "capmoe-server: healthcheck: /health answered %d\n", status);
         capmoe_config_free(&cfg);
         return rc;
     }
-
-    capmoe_hfconfig hc;
-    if (check_model_dir(cfg.model, &hc, &err) != 0) {
-        fprintf(stderr, "capmoe-server: %s\n", err.msg);
+    server s = {.cfg = &cfg, .argc = argc, .argv = argv};
+    s.log = capmoe_log_new(stderr, (capmoe_log_format)cfg.log_format,
+                           (capmoe_log_level)cfg.log_level);
+    if (!s.log) {
+        fprintf(stderr, "capmoe-server: out of memory\n");
         capmoe_config_free(&cfg);
         return 1;
     }
-
-    char *model_id = capmoe_config_model_id(&cfg);
-    capmoe_metrics_opts mo = {
-        .model_name = model_id ? model_id : "model",
-        .n_layers = hc.n_layers,
-        .n_experts = hc.n_experts,
-        .per_layer_expert = cfg.metrics_per_layer_expert,
-        .policy = capmoe_policy_name((capmoe_policy)cfg.policy),
-    };
-    capmoe_metrics *metrics = capmoe_metrics_new(&mo);
-    if (!metrics) {
-        fprintf(stderr, "capmoe-server: cannot create the metrics registry\n");
-        free(model_id);
-        capmoe_config_free(&cfg);
-        return 1;
-    }
-    /* routed pairs per dispatch = tokens x top_k (not computed + dropped, which
-     * differs under expanded) */
-    capmoe_metrics_set_top_k(metrics, hc.top_k);
-
-    server s = {.cfg = &cfg};
-    if (capmoe_api_new(&s.api, &cfg, metrics, &err) != 0) {
-        fprintf(stderr, "capmoe-server: %s\n", err.msg);
-        capmoe_metrics_free(metrics);
-        free(model_id);
-        capmoe_config_free(&cfg);
-        return 1;
-    }
-    capmoe_http_opts ho = {
-        .host = cfg.host,
-        .port = cfg.port,
-        .max_body_bytes = cfg.max_body_bytes,
-        .connection_timeout_s = (unsigned)cfg.connection_timeout_s,
-        .header_timeout_s = (unsigned)cfg.header_timeout_s,
-        .max_connections = (unsigned)cfg.max_connections,
-        .max_connections_per_ip = (unsigned)cfg.max_connections_per_ip,
-    };
-    capmoe_http_handlers hh = {
-        .user = &s,
-        .on_request = on_request,
-        .on_done = on_done,
-        .on_wake = on_wake,
-        .on_signal = on_signal,
-        .on_rejected = on_rejected,
-    };
-    if (capmoe_http_new(&s.http, &ho, &hh, &err) != 0) {
-        fprintf(stderr, "capmoe-server: %s\n", err.msg);
-        capmoe_api_free(s.api);
-        capmoe_metrics_free(metrics);
-        free(model_id);
-        capmoe_config_free(&cfg);
-        return 1;
-    }
-    fprintf(stderr, "capmoe-server %s: listening on http://%s:%d (model %s as '%s', loading)\n",
-            CAPMOE_SERVER_VERSION, cfg.host, capmoe_http_port(s.http), cfg.model, model_id);
-    if (capmoe_api_start(s.api, s.http, &err) != 0) {
-        fprintf(stderr, "capmoe-server: %s\n", err.msg);
-        s.exit_code = 1;
-        begin_drain(&s, 0);
-    }
-    capmoe_http_run(s.http);
-    capmoe_api_free(s.api); /* joins the scheduler */
-    capmoe_http_free(s.http);
-    capmoe_metrics_free(metrics);
-    fprintf(stderr, "capmoe-server: stopped\n");
-    free(model_id);
+    int rc = run(&s);
+    capmoe_log_free(s.log);
     capmoe_config_free(&cfg);
-    return s.exit_code;
+    return rc;
 }
