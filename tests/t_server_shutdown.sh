@@ -1,8 +1,9 @@
 #!/bin/sh
 # t_server_shutdown.sh - the life cycle of capmoe-server, black box:
 #  - SIGTERM with a streamed and a non-streamed generation running: both
-#    complete in full within the grace period, new connections are refused,
-#    the exit status is 0;
+#    complete in full within the grace period, new requests get 503 +
+#    Retry-After + Connection: close on the still open socket (so load
+#    balancers see the drain), the exit status is 0;
 #  - a grace period shorter than the work: requests cancelled (503 / an SSE
 #    error event + [DONE]), exit 0 soon after the grace period;
 #  - a second SIGTERM cancels at once;
