@@ -7,6 +7,9 @@
 #                   every test (tests/run.sh)
 #   make asan       the AddressSanitizer + UBSan build in build-asan/
 #   make bench      a short benchmark (capmoe bench) printing its table
+#   make install    binaries, default configuration, default model, systemd
+#                   unit, license (PREFIX=/usr/local, DESTDIR= for staging)
+#   make uninstall  removes what install put there (not the configuration)
 #   make clean
 
 CC      ?= cc
@@ -101,6 +104,42 @@ test: test-deps
 bench: deps
 	$(MAKE) all
 	sh tests/bench/bench_short.sh
+
+# ---- install ---------------------------------------------------------------
+# PREFIX/bin: capmoe, capmoe-server; PREFIX/share/capmoe/model: the default
+# model; SYSCONFDIR/capmoe/capmoe.json: the configuration naming that model
+# (an existing file is kept); PREFIX/lib/systemd/system/capmoe.service: the
+# unit with these paths; PREFIX/share/doc/capmoe: README.md, LICENSE.
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+DATADIR    ?= $(PREFIX)/share/capmoe
+SYSCONFDIR ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+DOCDIR     ?= $(PREFIX)/share/doc/capmoe
+MODEL_FILES := $(wildcard config/model/*)
+
+install: all
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/model $(DESTDIR)$(SYSCONFDIR)/capmoe \
+	  $(DESTDIR)$(UNITDIR) $(DESTDIR)$(DOCDIR)
+	install -m 755 $(BUILD)/capmoe $(BUILD)/capmoe-server $(DESTDIR)$(BINDIR)/
+	install -m 644 $(MODEL_FILES) $(DESTDIR)$(DATADIR)/model/
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/capmoe/capmoe.json ]; then \
+	  echo "keeping $(DESTDIR)$(SYSCONFDIR)/capmoe/capmoe.json"; \
+	else \
+	  echo "writing $(DESTDIR)$(SYSCONFDIR)/capmoe/capmoe.json"; \
+	  sed 's|"model": "config/model"|"model": "$(DATADIR)/model"|' config/capmoe.json \
+	    > $(DESTDIR)$(SYSCONFDIR)/capmoe/capmoe.json && chmod 644 $(DESTDIR)$(SYSCONFDIR)/capmoe/capmoe.json; \
+	fi
+	sed -e 's|/usr/local/bin|$(BINDIR)|g' -e 's|/usr/local/etc|$(SYSCONFDIR)|g' \
+	  -e 's|/usr/local/share/doc/capmoe|$(DOCDIR)|g' docker/capmoe.service > $(DESTDIR)$(UNITDIR)/capmoe.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/capmoe.service
+	install -m 644 README.md LICENSE $(DESTDIR)$(DOCDIR)/
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/capmoe $(DESTDIR)$(BINDIR)/capmoe-server \
+	  $(DESTDIR)$(UNITDIR)/capmoe.service $(DESTDIR)$(DOCDIR)/README.md $(DESTDIR)$(DOCDIR)/LICENSE
+	rm -rf $(DESTDIR)$(DATADIR)
+	-rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null
 
 clean:
 	rm -rf build build-asan
