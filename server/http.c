@@ -284,12 +284,11 @@ static int preflight(capmoe_http_req *r, const char *origin) {
     if (!MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Access-Control-Request-Method"))
         return 0;
     r->state = RQ_RESPONDED;
-    if (!r->cors_allow) {
-        char msg[200];
-        snprintf(msg, sizeof msg, "origin not allowed by cors_origins");
+    if (!r->cors_allow)
         return queue_error(r, MHD_HTTP_FORBIDDEN, "invalid_request_error", "origin_not_allowed",
-                           msg) == 0 ? 1 : -1;
-    }
+                           "origin not allowed by cors_origins") == 0
+                   ? 1
+                   : -1;
     /* The headers the page asks for are allowed when they are plain tokens
      * (the OpenAI SDKs send several X-Stainless-* headers). */
     const char *want = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,

@@ -6,7 +6,8 @@
 #    unit in D/usr/lib/systemd/system (paths of that PREFIX), README and
 #    LICENSE in D/usr/share/doc/capmoe; nothing outside D;
 #  - make install PREFIX=P (a real install under a temporary prefix): the
-#    installed capmoe and capmoe-server print the build's version; the
+#    installed capmoe and capmoe-server print the build's version, and
+#    `capmoe CMD --help` prints its usage and exits 0 for every command; the
 #    server started by the unit's own ExecStart line serves the installed
 #    model, reloads on the unit's ExecReload signal and drains within
 #    TimeoutStopSec; `systemd-analyze verify` accepts the unit without a
@@ -54,6 +55,14 @@ for b in capmoe capmoe-server; do
   [ "$got" = "$want" ] || fail "installed $b --version '$got', built '$want'"
   echo "$got" | grep -qE '^capmoe(-server)? [0-9]+\.[0-9]+\.[0-9]+ \(revision [0-9a-f]{7,}|unknown\)' || fail "$b --version: '$got'"
 done
+# every subcommand's --help: usage on stdout, exit 0
+for c in logits tokenize detokenize generate bench perplexity synth; do
+  "$P/bin/capmoe" "$c" --help > "$tmp/help.out" 2> "$tmp/help.err" || fail "capmoe $c --help: exit $?"
+  grep -q "^usage: capmoe $c " "$tmp/help.out" || fail "capmoe $c --help printed no usage on stdout: $(head -c 200 "$tmp/help.out")"
+  [ -s "$tmp/help.err" ] && fail "capmoe $c --help wrote to stderr: $(cat "$tmp/help.err")"
+done
+"$P/bin/capmoe" --help > /dev/null || fail "capmoe --help: exit $?"
+"$P/bin/capmoe-server" --help | grep -q "applied on SIGHUP" || fail "capmoe-server --help does not mark the live options"
 # the unit
 if command -v systemd-analyze > /dev/null; then
   systemd-analyze verify "$unit" > "$tmp/verify.out" 2>&1 || fail "systemd-analyze verify failed"
