@@ -353,6 +353,8 @@ out:
 
 int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
+    /* a SIGHUP before the loop handles it (it reloads then) must not kill */
+    signal(SIGHUP, SIG_IGN);
     capmoe_config cfg;
     capmoe_config_action action;
     capmoe_error err;
