@@ -18,7 +18,9 @@ BIN="$BUILD/capmoe-server"
 MODEL_DIR=tests/fixtures/qwen3moe-tiny
 # The drain cases need generations that outlast a 0.3 s grace period on any
 # machine: 16 sequences of 1000 tokens of the default model (2 to 4 s here;
-# the tiny fixture finishes its 500-token ones in about 0.2 s).
+# the tiny fixture finishes its 500-token ones in about 0.2 s); the graceful
+# case uses 300 tokens each, which end well inside its 30 s even when other
+# work loads the 2 cores (1000 did not, at a load average of 12).
 DRAIN_MODEL=config/model
 tmp=$(mktemp -d)
 writer=""
