@@ -18,7 +18,7 @@ SAN     ?= 0
 WERROR  ?= -Werror
 OPT     ?= -O2
 
-PKGS    := openblas libcjson libmicrohttpd libuv libpcre2-8 libutf8proc gnutls
+PKGS    := openblas libcjson libmicrohttpd libuv libpcre2-8 libutf8proc ompi-c gnutls
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)

@@ -153,23 +153,65 @@ static void dense_mlp(struct capmoe_model *m, const struct capmoe_layer *L, cons
     capmoe_linear(m->par, out, m->sh1.p, L->d_down, NULL, T, H, I);
 }
 
+static int forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_seqs,
+                   const capmoe_dispatch_cfg *cfg, float *logits, capmoe_forward_stats *stats,
+                   capmoe_error *err);
+
 int capmoe_model_forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_seqs,
                          const capmoe_dispatch_cfg *cfg, float *logits,
                          capmoe_forward_stats *stats, capmoe_error *err) {
+    if (m->comm && m->comm_broken)
+        return capmoe_set_error(err, "the expert-parallel group failed earlier: %s",
+                                m->comm_broken_msg);
+    m->mpi_last_layer = -1;
+    int rc = forward(m, seqs, n_seqs, cfg, logits, stats, err);
+    if (rc != 0 && m->comm && !m->comm_broken) {
+        /* This rank failed on its own: the others are on their way to the
+         * next MoE layer's exchange, where they learn it and stop too. */
+        for (int l = m->mpi_last_layer + 1; l < m->cfg.n_layers; l++)
+            if (m->layers[l].is_moe) {
+                capmoe_moe_mpi_fail(m);
+                break;
+            }
+    }
+    return rc;
+}
+
+void capmoe_model_forward_abandon(capmoe_model *m) {
+    if (!m || !m->comm || m->comm_broken) return;
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        if (m->layers[l].is_moe) {
+            capmoe_moe_mpi_fail(m);
+            return;
+        }
+}
+
+int capmoe_model_comm_broken(const capmoe_model *m) { return m && m->comm_broken; }
+
+static int forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_seqs,
+                   const capmoe_dispatch_cfg *cfg, float *logits, capmoe_forward_stats *stats,
+                   capmoe_error *err) {
     const capmoe_hfconfig *c = &m->cfg;
     double t_start = capmoe_now();
     int H = c->hidden_size, V = c->vocab_size, d = c->head_dim;
     int qd = c->n_heads * d, kd = c->n_kv_heads * d;
-    if (n_seqs <= 0) return capmoe_set_error(err, "forward: empty batch");
+    /* Under --ep mpi a rank with no sequence still takes part in every
+     * MoE layer's exchange. */
+    if (n_seqs < 0 || (n_seqs == 0 && !m->comm)) return capmoe_set_error(err, "forward: empty batch");
     capmoe_dispatch_cfg defcfg;
     if (!cfg) {
         capmoe_dispatch_cfg_default(&defcfg);
         cfg = &defcfg;
     }
     if (c->n_moe_layers > 0 && capmoe_dispatch_cfg_check(cfg, c->n_experts, err) != 0) return -1;
-    if (cfg->ep_ranks > capmoe_ep_max_ranks(m->ep))
+    if (m->comm) {
+        if (c->n_moe_layers > 0 && cfg->ep_ranks != capmoe_comm_size(m->comm))
+            return capmoe_set_error(err, "--ep mpi: ep_ranks %d differs from the %d MPI ranks",
+                                    cfg->ep_ranks, capmoe_comm_size(m->comm));
+    } else if (cfg->ep_ranks > capmoe_ep_max_ranks(m->ep)) {
         return capmoe_set_error(err, "ep_ranks %d exceeds the %d rank workers started",
                                 cfg->ep_ranks, capmoe_ep_max_ranks(m->ep));
+    }
     int T = 0, max_ctx = 1, max_q = 1;
     for (int s = 0; s < n_seqs; s++) {
         const capmoe_batch_seq *q = &seqs[s];
@@ -193,7 +235,7 @@ int capmoe_model_forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_se
             if (seqs[t].kv == q->kv)
                 return capmoe_set_error(err, "forward: sequences %d and %d share a cache", s, t);
     }
-    if (T == 0) return capmoe_set_error(err, "forward: no tokens in the batch");
+    if (T == 0 && !m->comm) return capmoe_set_error(err, "forward: no tokens in the batch");
     if (reserve_all(m, T, n_seqs, max_q, max_ctx, err) != 0) return -1;
     size_t scratch = attn_scratch(c, max_q, max_ctx);
     /* Attention items: each head of a longer sequence alone; a decode-like
@@ -232,7 +274,7 @@ int capmoe_model_forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_se
         for (int i = 0; i < seqs[s].n_tokens; i++, t++) {
             capmoe_wmat row = capmoe_wmat_offset(m->embed, (size_t)seqs[s].tokens[i] * H);
             capmoe_kern_to_f32(x + (size_t)t * H, row.p, row.dtype, (size_t)H);
-            m->tok_rank[t] = seqs[s].rank;
+            m->tok_rank[t] = m->comm ? capmoe_comm_rank(m->comm) : seqs[s].rank;
             m->tok_pos[t] = seqs[s].kv->len + i;
             capmoe_rope_table(m->rope.p + (size_t)t * d, d, m->tok_pos[t], m->inv_freq);
         }
@@ -241,6 +283,14 @@ int capmoe_model_forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_se
     int rc = 0;
     for (int l = 0; l < c->n_layers && rc == 0; l++) {
         const struct capmoe_layer *L = &m->layers[l];
+        if (T == 0) { /* --ep mpi, a rank without tokens: the exchanges only */
+            if (L->is_moe) {
+                capmoe_layer_stats *ls = NULL;
+                if (stats && stats->n_moe < stats->cap_layers) ls = &stats->layers[stats->n_moe++];
+                rc = capmoe_moe_forward(m, L, l, NULL, NULL, 0, cfg, NULL, ls, err);
+            }
+            continue;
+        }
         double ta = capmoe_now();
         capmoe_rmsnorm(h, H, x, H, L->attn_norm, T, H, c->rms_norm_eps);
         /* q, k and v in one product (their weights stacked), then apart */

@@ -121,14 +121,14 @@ static int load_experts(struct capmoe_model *m, struct capmoe_layer *L, int l,
                        blk) ||
             get_weight(m, NULL, &dn, err, 3, E, H, I, "model.layers.%d.%s.experts.down_proj", l, blk))
             return -1;
-        for (int e = 0; e < E; e++) {
+        for (int e = m->e0; e < m->e1; e++) {
             L->w_gate[e] = capmoe_wmat_offset(gu, (size_t)e * 2 * I * H);
             L->w_up[e] = capmoe_wmat_offset(L->w_gate[e], (size_t)I * H);
             L->w_down[e] = capmoe_wmat_offset(dn, (size_t)e * H * I);
         }
         return 0;
     }
-    for (int e = 0; e < E; e++) {
+    for (int e = m->e0; e < m->e1; e++) { /* this process's experts only */
         if (mixtral) {
             GETW(L->w_gate[e], I, H, "model.layers.%d.block_sparse_moe.experts.%d.w1.weight", l, e);
             GETW(L->w_down[e], H, I, "model.layers.%d.block_sparse_moe.experts.%d.w2.weight", l, e);
@@ -314,7 +314,7 @@ static int pack_weights(struct capmoe_model *m, capmoe_error *err) {
         add_job(jobs, &n, &L->wqkv, 3, qkv, qkv_rows, H);
         add_one(jobs, &n, &L->wo, H, qd);
         if (L->is_moe) {
-            for (int e = 0; e < c->n_experts; e++) {
+            for (int e = m->e0; e < m->e1; e++) {
                 add_one(jobs, &n, &L->w_gate[e], I, H);
                 add_one(jobs, &n, &L->w_up[e], I, H);
                 add_one(jobs, &n, &L->w_down[e], H, I);
@@ -396,8 +396,35 @@ int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_op
     if (!m) return capmoe_set_error(err, "out of memory");
     capmoe_dispatch_plan_init(&m->plan);
     if (capmoe_hfconfig_load(&m->cfg, dir, err) != 0) goto fail;
-    if (capmoe_st_open_dir(&m->st, dir, err) != 0) goto fail;
     const capmoe_hfconfig *c = &m->cfg;
+    m->xport = &capmoe_moe_threads;
+    m->e0 = 0;
+    m->e1 = c->n_experts;
+    if (opts && opts->comm) {
+        /* --ep mpi: this process holds experts [r*E/R, (r+1)*E/R) only */
+        int R = capmoe_comm_size(opts->comm), r = capmoe_comm_rank(opts->comm);
+        if (c->n_moe_layers > 0 && (c->n_experts % R != 0 || c->n_experts < R)) {
+            capmoe_set_error(err,
+                             "--ep mpi: the model's %d experts cannot be split over %d ranks "
+                             "(E must be a multiple of R, and every rank needs an expert)",
+                             c->n_experts, R);
+            goto fail;
+        }
+        m->comm = opts->comm;
+        m->xport = &capmoe_moe_mpi;
+        if (c->n_moe_layers > 0) {
+            m->e0 = r * (c->n_experts / R);
+            m->e1 = m->e0 + c->n_experts / R;
+        }
+        int El = c->n_experts / R;
+        m->a2a = calloc(4 * (size_t)R, sizeof *m->a2a);
+        m->a2a_cnt = calloc(2 * (size_t)R * (El + 1) + (size_t)El + 1, sizeof *m->a2a_cnt);
+        if (!m->a2a || !m->a2a_cnt) {
+            capmoe_set_error(err, "out of memory");
+            goto fail;
+        }
+    }
+    if (capmoe_st_open_dir(&m->st, dir, err) != 0) goto fail;
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     m->inv_freq = calloc((size_t)(c->head_dim / 2 + 1), sizeof(float));
     if (!m->layers || !m->inv_freq) {
@@ -427,10 +454,13 @@ int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_op
         float expo = (float)(2 * i) / (float)c->head_dim;
         m->inv_freq[i] = 1.0f / powf((float)c->rope_theta, expo);
     }
-    int R = opts && opts->max_ranks > 0 ? opts->max_ranks : 8;
+    int R = m->comm ? 1 : opts && opts->max_ranks > 0 ? opts->max_ranks : 8;
     m->ep = capmoe_ep_new(R, err);
     if (!m->ep) goto fail;
-    int nt = opts && opts->threads > 0 ? opts->threads : capmoe_ep_cores();
+    /* default: one thread per core, the cores of a host shared by its ranks */
+    int nt = opts && opts->threads > 0 ? opts->threads
+                                       : capmoe_ep_cores() / capmoe_comm_local_size(m->comm);
+    if (nt < 1) nt = 1;
     m->par = capmoe_par_new(nt, err);
     if (!m->par) goto fail;
     if (!(m->rank_par = scratch_pools(R, err))) goto fail;
@@ -471,6 +501,9 @@ void capmoe_model_free(capmoe_model *m) {
     free(m->seq_t0);
     free(m->attn_items);
     free(m->expert_order);
+    free(m->a2a);
+    free(m->a2a_cnt);
+    capmoe_buf_free(&m->xr);
     free(m);
 }
 
@@ -490,7 +523,7 @@ size_t capmoe_model_active_bytes_per_token(const capmoe_model *m) {
         if (c->layer_is_moe[l]) {
             bytes += (size_t)c->n_experts * H * sizeof(float); /* router */
             bytes += (size_t)c->top_k * 3 * H * (size_t)c->moe_intermediate_size *
-                     capmoe_dtype_size(L->w_gate[0].dtype); /* k experts */
+                     capmoe_dtype_size(L->w_gate[m->e0].dtype); /* k experts */
             if (c->shared_expert_intermediate_size > 0)
                 bytes += 3 * H * (size_t)c->shared_expert_intermediate_size *
                          capmoe_dtype_size(L->sh_gate.dtype);

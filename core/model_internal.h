@@ -3,6 +3,7 @@
 #ifndef CAPMOE_MODEL_INTERNAL_H
 #define CAPMOE_MODEL_INTERNAL_H
 
+#include "capmoe/comm.h"
 #include "capmoe/dispatch.h"
 #include "capmoe/ep.h"
 #include "capmoe/ops.h"
@@ -29,6 +30,46 @@ struct capmoe_layer {
     capmoe_wmat d_gate, d_up, d_down;        /* dense MLP [Id, H] [Id, H] [H, Id] */
 };
 
+struct capmoe_model;
+
+/* Rows of a set of experts [e0, e1) gathered for their products: expert e
+ * owns rows [off[e - e0], off[e - e0 + 1]) of x, g, u (I wide) and y (H
+ * wide). When h is set, row i is a copy of h's row tok[i], made by the
+ * runner just before the expert's products (the thread transport); when h
+ * is NULL, x is already filled (the MPI transport). */
+typedef struct capmoe_expert_set {
+    const struct capmoe_layer *L;
+    int e0, e1;
+    const int *off;
+    const float *h;
+    const int *tok;
+    float *x, *g, *u, *y;
+} capmoe_expert_set;
+
+/* Runs a set of experts on par (m->par: the whole pool, in column items when
+ * the batches are small; another pool: one expert after another). */
+void capmoe_moe_run_set(struct capmoe_model *m, const capmoe_expert_set *s, capmoe_par *par);
+
+/* Where the experts of a dispatch run: run() fills m->ye with the output
+ * row of every pair of m->plan, in plan order, and adds its per-rank
+ * figures to ls (may be NULL). */
+typedef struct capmoe_moe_transport {
+    const char *name;
+    int (*run)(struct capmoe_model *m, const struct capmoe_layer *L, const float *h,
+               const capmoe_dispatch_cfg *cfg, capmoe_layer_stats *ls, capmoe_error *err);
+} capmoe_moe_transport;
+
+extern const capmoe_moe_transport capmoe_moe_threads; /* moe.c: rank worker threads */
+extern const capmoe_moe_transport capmoe_moe_mpi;     /* moe_mpi.c: MPI ranks */
+
+/* --ep mpi: this rank failed before reaching an MoE layer of the step; the
+ * other ranks learn it in that layer's count exchange, and every rank stops
+ * there (moe_mpi.c). */
+void capmoe_moe_mpi_fail(struct capmoe_model *m);
+
+/* CPU seconds of the calling thread. */
+double capmoe_thread_cpu_seconds(void);
+
 /* Grow-only scratch buffer. */
 struct capmoe_buf {
     float *p;
@@ -46,6 +87,18 @@ struct capmoe_model {
     capmoe_wmat lm_head;     /* [V, H] (== embed when tied) */
     struct capmoe_layer *layers;
     float *inv_freq;         /* [d/2] */
+    const capmoe_moe_transport *xport; /* threads, or MPI under --ep mpi */
+    capmoe_comm *comm;       /* borrowed; NULL without --ep mpi */
+    int e0, e1;              /* experts whose weights this process holds (all without MPI) */
+    struct capmoe_buf xr;    /* MPI: rows received for this process's experts */
+    long long *a2a;          /* MPI: counts and displacements (8 x R) */
+    int *a2a_cnt;            /* MPI: pair counts sent / received per (rank, local expert),
+                              * with a status word each, then local expert offsets */
+    int cur_layer;           /* MoE layer being run (moe.c) */
+    int mpi_last_layer;      /* MPI: last layer whose exchange was attempted this forward */
+    int comm_broken;         /* MPI: an exchange failed (a rank failed, MPI error, timeout):
+                              * the group cannot be used again */
+    char comm_broken_msg[CAPMOE_ERR_MSG];
     capmoe_ep_pool *ep;
     capmoe_par *par;         /* splits small products across cores (ops.h) */
     capmoe_par **rank_par;   /* per EP rank: a single-thread pool (its scratch) */

@@ -25,7 +25,9 @@ struct sreq;
 typedef struct seq {
     struct sreq *rq;
     int choice;
-    capmoe_kv *kv;         /* allocated at admission */
+    uint64_t sid;          /* the engine's key of its KV cache (0: none yet) */
+    int rank;              /* the rank its cache lives on */
+    int kv_len;            /* tokens in its cache */
     int slot;              /* -1: waiting for a slot */
     long admit_order;
     int pos;               /* prompt tokens fed so far */
@@ -96,6 +98,9 @@ struct capmoe_sched {
 
     /* scheduler thread (read-only for others after READY: tok, hc, context, vocab) */
     capmoe_model *model;
+    capmoe_engine *engine;
+    uint64_t next_sid;     /* sequence ids given to the engine */
+    int fatal;             /* the process group failed: no more steps */
     capmoe_tokenizer *tok;
     const capmoe_hfconfig *hc;
     int context, vocab;
@@ -104,12 +109,8 @@ struct capmoe_sched {
     sreq *reqs;            /* active requests, submission order */
     seq **slots;           /* max_running */
     long admit_counter;
-    float *logits;
-    size_t logits_rows;
-    void *scratch;         /* sampling scratch: vocab floats + vocab ints */
-    int *top_ids;
-    double *top_lps;
-    capmoe_batch_seq *batch;
+    capmoe_step_seq *batch;
+    capmoe_step_out *outs;
     seq **batch_seq;
     entry_kind *batch_kind;
     int *batch_pos;        /* prompt position of a prefill entry */
@@ -182,8 +183,8 @@ static void seq_release(capmoe_sched *s, seq *q) {
         s->slots[q->slot] = NULL;
         q->slot = -1;
     }
-    capmoe_kv_free(q->kv);
-    q->kv = NULL;
+    if (q->sid) capmoe_engine_release(s->engine, q->sid, q->rank);
+    q->sid = 0;
     if (q->detok_init) capmoe_detok_stream_free(&q->detok);
     q->detok_init = 0;
     free(q->held);
@@ -374,9 +375,19 @@ static void load_generation_eos(capmoe_sched *s) {
 }
 
 static int load(capmoe_sched *s, capmoe_error *err) {
-    capmoe_model_opts mo = {.max_ranks = s->o.dispatch.ep_ranks, .threads = s->o.threads};
-    if (capmoe_model_load(&s->model, s->model_dir, &mo, err) != 0) return -1;
-    s->hc = capmoe_model_config(s->model);
+    capmoe_model_opts mo = {.max_ranks = s->o.dispatch.ep_ranks, .threads = s->o.threads,
+                            .comm = s->o.comm};
+    capmoe_error lerr;
+    int lrc = capmoe_model_load(&s->model, s->model_dir, &mo, &lerr);
+    if (lrc == 0) {
+        s->hc = capmoe_model_config(s->model);
+        int maxpos = s->hc->max_position_embeddings;
+        s->context = s->o.context > 0 ? s->o.context : maxpos;
+    }
+    /* every rank of --ep mpi takes part, also after a failed load here */
+    capmoe_engine_opts eo = {.model = s->model, .comm = s->o.comm, .context = s->context,
+                             .step_timeout_s = s->o.step_timeout_s, .model_dir = s->model_dir};
+    if (capmoe_engine_new(&s->engine, &eo, lrc == 0 ? NULL : lerr.msg, err) != 0) return -1;
     if (s->hc->n_moe_layers > 0 &&
         capmoe_dispatch_cfg_check(&s->o.dispatch, s->hc->n_experts, err) != 0)
         return -1;
@@ -387,29 +398,22 @@ static int load(capmoe_sched *s, capmoe_error *err) {
         return capmoe_set_error(err,
                                 "context: %d exceeds the model's max_position_embeddings (%d)",
                                 s->o.context, maxpos);
-    s->context = s->o.context > 0 ? s->o.context : maxpos;
     if (s->context < 2)
         return capmoe_set_error(err, "context: %d tokens is too small", s->context);
     for (int i = 0; i < s->hc->n_eos; i++) add_eos(s, s->hc->eos_token_id[i]);
     add_eos(s, capmoe_tokenizer_eos_id(s->tok));
     load_generation_eos(s);
 
-    int R = s->o.max_running, B = s->o.max_batch_tokens;
+    int R = s->o.max_running;
     s->slots = calloc((size_t)R, sizeof *s->slots);
-    s->scratch = capmoe_malloc_array((size_t)s->vocab, sizeof(float) + sizeof(int));
-    s->top_ids = calloc(CAPMOE_SCHED_MAX_TOP, sizeof *s->top_ids);
-    s->top_lps = calloc(CAPMOE_SCHED_MAX_TOP, sizeof *s->top_lps);
     s->batch = calloc((size_t)R, sizeof *s->batch);
+    s->outs = calloc((size_t)R, sizeof *s->outs);
     s->batch_seq = calloc((size_t)R, sizeof *s->batch_seq);
     s->batch_kind = calloc((size_t)R, sizeof *s->batch_kind);
     s->batch_pos = calloc((size_t)R, sizeof *s->batch_pos);
     s->layer_st = calloc((size_t)(s->hc->n_layers > 0 ? s->hc->n_layers : 1), sizeof *s->layer_st);
-    /* logits: one row per sequence covers every step without prompt logprobs */
-    s->logits_rows = (size_t)R;
-    s->logits = capmoe_malloc_array(s->logits_rows * (size_t)s->vocab, sizeof(float));
-    (void)B;
-    if (!s->slots || !s->scratch || !s->top_ids || !s->top_lps || !s->batch || !s->batch_seq ||
-        !s->batch_kind || !s->batch_pos || !s->layer_st || !s->logits)
+    if (!s->slots || !s->batch || !s->outs || !s->batch_seq || !s->batch_kind || !s->batch_pos ||
+        !s->layer_st)
         return capmoe_set_error(err, "out of memory for the scheduler buffers");
     s->st.layers = s->layer_st;
     s->st.cap_layers = s->hc->n_layers;
@@ -427,26 +431,13 @@ static int is_stop_token(const capmoe_sched *s, const sreq *rq, int32_t t) {
     return 0;
 }
 
-static void fill_tok_info(capmoe_sched *s, const float *row, int32_t id, int pos, int k,
-                          capmoe_tok_info *ti) {
-    memset(ti, 0, sizeof *ti);
-    ti->id = id;
-    ti->pos = pos;
-    ti->logprob = capmoe_logprob(row, s->vocab, id);
-    if (k > 0) {
-        ti->n_top = capmoe_top_logprobs(row, s->vocab, k, s->top_ids, s->top_lps);
-        for (int i = 0; i < ti->n_top; i++) {
-            ti->top_ids[i] = s->top_ids[i];
-            ti->top_lps[i] = s->top_lps[i];
-        }
-    }
-}
-
-/* Samples the next token of q from its logits row and emits it. */
-static void sample_next(capmoe_sched *s, seq *q, const float *row) {
+/* The token the engine sampled for q: emits it, decodes its text, applies
+ * stop tokens and strings, and ends the choice when it is done. */
+static void accept_token(capmoe_sched *s, seq *q, const capmoe_step_out *o) {
     sreq *rq = q->rq;
-    int32_t tok = capmoe_sample(row, s->vocab, &rq->sampling, &q->rng, s->scratch);
+    int32_t tok = o->token;
     double now = capmoe_now();
+    q->rng = o->rng;
     q->n_gen++;
     rq->n_generated_total++;
     if (rq->t_first == 0) rq->t_first = now;
@@ -456,11 +447,11 @@ static void sample_next(capmoe_sched *s, seq *q, const float *row) {
         if (ev->toks) {
             ev->n_toks = 1;
             if (rq->logprobs >= 0) {
-                fill_tok_info(s, row, tok, q->pos + q->n_gen - 1, rq->logprobs, ev->toks);
+                *ev->toks = o->info;
             } else {
                 ev->toks->id = tok;
-                ev->toks->pos = q->pos + q->n_gen - 1;
             }
+            ev->toks->pos = q->pos + q->n_gen - 1;
         }
     }
     capmoe_finish fin = CAPMOE_FINISH_NONE;
@@ -486,21 +477,11 @@ static void sample_next(capmoe_sched *s, seq *q, const float *row) {
     emit(s, ev);
     if (fin == CAPMOE_FINISH_NONE) {
         if (q->n_gen >= rq->max_tokens) fin = CAPMOE_FINISH_LENGTH;
-        else if (capmoe_kv_len(q->kv) + 1 > s->context) fin = CAPMOE_FINISH_LENGTH;
+        else if (q->kv_len + 1 > s->context) fin = CAPMOE_FINISH_LENGTH;
     }
     if (stop_string) seq_finish_ex(s, q, fin, 0, NULL);
     else if (fin != CAPMOE_FINISH_NONE) seq_finish(s, q, fin, NULL);
     else q->next_tok = tok;
-}
-
-static int ensure_logit_rows(capmoe_sched *s, size_t rows) {
-    if (rows <= s->logits_rows) return 0;
-    float *nl = capmoe_malloc_array(rows * (size_t)s->vocab, sizeof(float));
-    if (!nl) return -1;
-    free(s->logits);
-    s->logits = nl;
-    s->logits_rows = rows;
-    return 0;
 }
 
 static int cmp_admit(const void *a, const void *b) {
@@ -542,20 +523,24 @@ static void account_dispatches(capmoe_sched *s, int nb) {
     }
 }
 
+static void end_all(capmoe_sched *s, const char *why);
+
 /* Builds and runs one batch. Returns 1 when a forward ran. */
 static int step(capmoe_sched *s) {
-    int R = s->o.max_running, nb = 0, tokens = 0, rows = 0;
+    int R = s->o.max_running, nb = 0, tokens = 0;
     /* decode tokens first: one per running sequence past its prompt */
     for (int i = 0; i < R; i++) {
         seq *q = s->slots[i];
         if (!q || q->done || q->pos < q->rq->n_prompt) continue;
-        s->batch[nb] = (capmoe_batch_seq){q->kv, &q->next_tok, 1, CAPMOE_LOGITS_LAST,
-                                          i % s->o.dispatch.ep_ranks};
+        sreq *rq = q->rq;
+        s->batch[nb] = (capmoe_step_seq){.id = q->sid, .rank = q->rank, .tokens = &q->next_tok,
+                                         .n_tokens = 1, .kv_len = q->kv_len, .sample = 1,
+                                         .sampling = rq->sampling, .rng = q->rng,
+                                         .logprobs = rq->logprobs};
         s->batch_seq[nb] = q;
         s->batch_kind[nb] = ENT_DECODE;
         nb++;
         tokens++;
-        rows++;
     }
     /* then prompt chunks, oldest admission first, within the token budget */
     seq *pre[4096];
@@ -568,32 +553,42 @@ static int step(capmoe_sched *s) {
     int budget = s->o.max_batch_tokens - tokens;
     for (int i = 0; i < np && budget > 0; i++) {
         seq *q = pre[i];
-        int left = q->rq->n_prompt - q->pos;
+        sreq *rq = q->rq;
+        int left = rq->n_prompt - q->pos;
         int chunk = left < budget ? left : budget;
         int last = chunk == left;
-        capmoe_logits_want want = q->rq->prompt_logprobs ? CAPMOE_LOGITS_ALL
-                                  : last                 ? CAPMOE_LOGITS_LAST
-                                                         : CAPMOE_LOGITS_NONE;
-        s->batch[nb] = (capmoe_batch_seq){q->kv, q->rq->prompt + q->pos, chunk, want,
-                                          q->slot % s->o.dispatch.ep_ranks};
+        capmoe_step_seq *b = &s->batch[nb];
+        *b = (capmoe_step_seq){.id = q->sid, .rank = q->rank, .tokens = rq->prompt + q->pos,
+                               .n_tokens = chunk, .kv_len = q->kv_len, .sample = last,
+                               .sampling = rq->sampling, .rng = q->rng,
+                               .logprobs = rq->logprobs};
+        if (rq->prompt_logprobs) { /* prompt tokens this chunk's rows predict */
+            int n_lp = 0;
+            for (int j = 0; j < chunk; j++)
+                if (q->pos + j + 1 < rq->n_prompt) n_lp++;
+            b->score = rq->prompt + q->pos + 1;
+            b->n_score = n_lp;
+            b->score_k = rq->logprobs > 0 ? rq->logprobs : 0;
+        }
         s->batch_seq[nb] = q;
         s->batch_kind[nb] = ENT_PREFILL;
         s->batch_pos[nb] = q->pos;
         nb++;
         tokens += chunk;
-        rows += want == CAPMOE_LOGITS_ALL ? chunk : want == CAPMOE_LOGITS_LAST ? 1 : 0;
         budget -= chunk;
     }
     if (nb == 0) return 0;
     capmoe_error err;
     double t0 = capmoe_now();
-    int rc = ensure_logit_rows(s, (size_t)rows) == 0
-                 ? capmoe_model_forward(s->model, s->batch, nb, &s->o.dispatch, s->logits,
-                                        s->o.collect_stats ? &s->st : NULL, &err)
-                 : capmoe_set_error(&err, "out of memory for %d logits rows", rows);
+    int rc = capmoe_engine_step(s->engine, s->batch, nb, &s->o.dispatch, s->outs,
+                                s->o.collect_stats ? &s->st : NULL, &err);
     if (rc != 0) {
-        /* Nothing was appended to any cache: fail the requests of this batch
-         * (each once; ending one request never frees another). */
+        if (capmoe_engine_broken(s->engine)) { /* the process group is gone */
+            end_all(s, err.msg);
+            return 0;
+        }
+        /* Fail the requests of this batch (each once; ending one request
+         * never frees another). */
         sreq *failed[4096];
         int nf = 0;
         for (int i = 0; i < nb; i++) {
@@ -609,45 +604,48 @@ static int step(capmoe_sched *s) {
     account_dispatches(s, nb);
     /* Sequences may finish (and requests be freed) while we walk the batch:
      * take what each entry needs first. */
-    const float *row = s->logits;
     for (int i = 0; i < nb; i++) {
         seq *q = s->batch_seq[i];
-        const capmoe_batch_seq *b = &s->batch[i];
+        const capmoe_step_seq *b = &s->batch[i];
+        const capmoe_step_out *o = &s->outs[i];
+        q->kv_len += b->n_tokens;
         if (s->batch_kind[i] == ENT_DECODE) {
-            sample_next(s, q, row);
-            row += s->vocab;
+            accept_token(s, q, o);
             continue;
         }
         sreq *rq = q->rq;
-        int pos0 = s->batch_pos[i], chunk = b->n_tokens;
-        q->pos = pos0 + chunk;
-        if (b->want == CAPMOE_LOGITS_ALL) {
-            int k = rq->logprobs > 0 ? rq->logprobs : 0;
-            int n_lp = 0;
-            for (int j = 0; j < chunk; j++)
-                if (pos0 + j + 1 < rq->n_prompt) n_lp++;
-            if (n_lp > 0) {
-                capmoe_sched_event *ev = ev_new(CAPMOE_EV_PROMPT_LOGPROBS, rq, q->choice);
-                if (ev && (ev->toks = calloc((size_t)n_lp, sizeof *ev->toks))) {
-                    ev->n_toks = n_lp;
-                    for (int j = 0; j < n_lp; j++)
-                        fill_tok_info(s, row + (size_t)j * s->vocab, rq->prompt[pos0 + j + 1],
-                                      pos0 + j + 1, k, &ev->toks[j]);
-                    ev_text(ev, "", 0);
-                    emit(s, ev);
-                } else {
-                    capmoe_sched_event_free(ev);
-                }
+        int pos0 = s->batch_pos[i];
+        q->pos = pos0 + b->n_tokens;
+        if (b->n_score > 0 && o->n_scored > 0) {
+            capmoe_sched_event *ev = ev_new(CAPMOE_EV_PROMPT_LOGPROBS, rq, q->choice);
+            if (ev && (ev->toks = calloc((size_t)o->n_scored, sizeof *ev->toks))) {
+                ev->n_toks = o->n_scored;
+                memcpy(ev->toks, o->scored, (size_t)o->n_scored * sizeof *ev->toks);
+                ev_text(ev, "", 0);
+                emit(s, ev);
+            } else {
+                capmoe_sched_event_free(ev);
             }
-            if (q->pos == rq->n_prompt) sample_next(s, q, row + (size_t)(chunk - 1) * s->vocab);
-            row += (size_t)chunk * s->vocab;
-        } else if (b->want == CAPMOE_LOGITS_LAST) {
-            sample_next(s, q, row);
-            row += s->vocab;
         }
+        if (b->sample) accept_token(s, q, o);
     }
     report(s, tokens, nb, capmoe_now() - t0, s->o.collect_stats ? &s->st : NULL);
     return 1;
+}
+
+/* The rank with the fewest live tokens (cached, plus prompt still to feed)
+ * of the sequences holding a slot; ties: the lowest rank. */
+static int least_loaded_rank(const capmoe_sched *s, int R) {
+    long long load[CAPMOE_MAX_RANKS] = {0};
+    for (int i = 0; i < s->o.max_running; i++) {
+        const seq *q = s->slots[i];
+        if (q && q->rank >= 0 && q->rank < R && q->rank < CAPMOE_MAX_RANKS)
+            load[q->rank] += q->kv_len + (q->rq->n_prompt - q->pos) + 1;
+    }
+    int best = 0;
+    for (int r = 1; r < R && r < CAPMOE_MAX_RANKS; r++)
+        if (load[r] < load[best]) best = r;
+    return best;
 }
 
 /* Gives free slots to waiting sequences, oldest request first. */
@@ -656,7 +654,7 @@ static void admit(capmoe_sched *s) {
     for (sreq *rq = s->reqs; rq; rq = rq->next) {
         for (int c = 0; c < rq->n && rq->n_admitted < rq->n; c++) {
             seq *q = &rq->seqs[c];
-            if (q->done || q->kv) continue;
+            if (q->done || q->sid) continue;
             int slot = -1;
             for (int i = 0; i < R; i++)
                 if (!s->slots[i]) {
@@ -664,11 +662,10 @@ static void admit(capmoe_sched *s) {
                     break;
                 }
             if (slot < 0) return;
-            q->kv = capmoe_kv_new(s->model, s->context);
-            if (!q->kv) {
-                req_end(s, rq, CAPMOE_FINISH_ERROR, "out of memory for a KV cache");
-                return; /* the request list changed: resume at the next round */
-            }
+            q->sid = ++s->next_sid;
+            q->kv_len = 0;
+            q->rank = s->o.comm ? least_loaded_rank(s, s->o.dispatch.ep_ranks)
+                                : slot % s->o.dispatch.ep_ranks;
             capmoe_detok_stream_init(&q->detok, s->tok, rq->skip_special);
             q->detok_init = 1;
             q->slot = slot;
@@ -695,9 +692,9 @@ static void report(capmoe_sched *s, int tokens, int n_seqs, double step_time,
         seq *q = s->slots[i];
         if (!q) continue;
         info.n_running++;
-        info.kv_tokens += capmoe_kv_len(q->kv);
-        info.kv_bytes += capmoe_kv_bytes(q->kv);
+        info.kv_tokens += q->kv_len;
     }
+    if (s->engine) info.kv_bytes = capmoe_engine_kv_bytes(s->engine);
     info.kv_capacity = (long long)s->o.max_running * s->context;
     pthread_mutex_lock(&s->mu);
     s->n_waiting = waiting;
@@ -706,12 +703,26 @@ static void report(capmoe_sched *s, int tokens, int n_seqs, double step_time,
     if (s->o.on_step) s->o.on_step(s->o.user, &info);
 }
 
+/* The process group failed (--ep mpi): every request ends with the error,
+ * then FATAL tells the program; no step runs again. */
+static void end_all(capmoe_sched *s, const char *why) {
+    s->fatal = 1;
+    capmoe_sched_event *ev = ev_new(CAPMOE_EV_FATAL, NULL, 0);
+    if (ev) ev->error = strdup(why);
+    emit(s, ev); /* first: the requests below then end as casualties of the fault */
+    while (s->reqs) req_end(s, s->reqs, CAPMOE_FINISH_ERROR, why);
+}
+
 /* ---- the thread ------------------------------------------------------------------ */
 
 static void *thread_main(void *arg) {
     capmoe_sched *s = arg;
     capmoe_error err;
     if (load(s, &err) != 0) {
+        if (s->o.comm && s->engine) { /* release the other ranks */
+            capmoe_error e2;
+            capmoe_engine_stop(s->engine, &e2);
+        }
         pthread_mutex_lock(&s->mu);
         s->ready = -1;
         pthread_mutex_unlock(&s->mu);
@@ -787,6 +798,10 @@ static void *thread_main(void *arg) {
             }
         }
         if (stop) break;
+        if (s->fatal) { /* nothing runs any more: refuse what arrives */
+            while (s->reqs) req_end(s, s->reqs, CAPMOE_FINISH_ERROR, "the expert-parallel group failed");
+            continue;
+        }
         admit(s);
         int waiting = 0;
         for (sreq *rq = s->reqs; rq; rq = rq->next)
@@ -794,9 +809,19 @@ static void *thread_main(void *arg) {
         pthread_mutex_lock(&s->mu);
         s->n_waiting = waiting;
         pthread_mutex_unlock(&s->mu);
-        if (!step(s)) report(s, 0, 0, 0, NULL);
+        if (!step(s)) {
+            report(s, 0, 0, 0, NULL);
+            capmoe_error e2; /* idle: free the finished sequences' caches on their ranks */
+            if (!s->fatal && capmoe_engine_flush(s->engine, &e2) != 0 &&
+                capmoe_engine_broken(s->engine))
+                end_all(s, e2.msg);
+        }
     }
     free(cancels);
+    if (s->engine && !s->fatal) { /* let the other ranks leave */
+        capmoe_error e2;
+        capmoe_engine_stop(s->engine, &e2);
+    }
     report(s, 0, 0, 0, NULL);
     return NULL;
 }
@@ -831,6 +856,11 @@ int capmoe_sched_new(capmoe_sched **out, const capmoe_sched_opts *o, capmoe_erro
     return 0;
 }
 
+void capmoe_sched_set_comm(capmoe_sched *s, capmoe_comm *comm, double step_timeout_s) {
+    s->o.comm = comm;
+    s->o.step_timeout_s = step_timeout_s;
+}
+
 int capmoe_sched_start(capmoe_sched *s, capmoe_error *err) {
     if (s->started) return capmoe_set_error(err, "scheduler: already started");
     int rc = pthread_create(&s->th, NULL, thread_main, s);
@@ -858,18 +888,16 @@ void capmoe_sched_free(capmoe_sched *s) {
         s->in_head = rq->next;
         req_free(s, rq);
     }
+    capmoe_engine_free(s->engine);
     capmoe_model_free(s->model);
     capmoe_tokenizer_free(s->tok);
     free(s->slots);
-    free(s->scratch);
-    free(s->top_ids);
-    free(s->top_lps);
+    free(s->outs);
     free(s->batch);
     free(s->batch_seq);
     free(s->batch_kind);
     free(s->batch_pos);
     free(s->layer_st);
-    free(s->logits);
     free(s->cancel_ids);
     free(s->model_dir);
     pthread_mutex_destroy(&s->mu);

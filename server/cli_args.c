@@ -168,6 +168,76 @@ int capmoe_cli_dispatch(capmoe_cli_args *a, capmoe_dispatch_cfg *cfg, capmoe_err
         return -1;
     cfg->ep_ranks = (int)r;
     cfg->min_tokens = (int)mt;
+    const char *ep = capmoe_cli_get(a, "ep"); /* started by capmoe_cli_ep */
+    if (ep && strcmp(ep, "threads") != 0 && strcmp(ep, "mpi") != 0)
+        return capmoe_set_error(err, "--ep: '%s' is neither threads nor mpi", ep);
     if (capmoe_cli_has(a, "renormalize")) cfg->renormalize = 1;
+    return 0;
+}
+
+int capmoe_cli_list_d(const char *name, const char *s, double lo, double hi, double *out, int *n,
+                      int max, capmoe_error *err) {
+    *n = 0;
+    const char *p = s;
+    if (!*p) return 0;
+    while (*p) {
+        char *end;
+        double x = strtod(p, &end);
+        if (end == p || (*end != ',' && *end != '\0') || !isfinite(x))
+            return capmoe_set_error(err, "--%s: '%s' is not a comma-separated list of numbers",
+                                    name, s);
+        if (x < lo || x > hi)
+            return capmoe_set_error(err, "--%s: %g is out of range [%g, %g]", name, x, lo, hi);
+        if (*n == max) return capmoe_set_error(err, "--%s: at most %d values", name, max);
+        out[(*n)++] = x;
+        p = end;
+        if (*p == ',') {
+            p++;
+            if (!*p) return capmoe_set_error(err, "--%s: trailing comma in '%s'", name, s);
+        }
+    }
+    return 0;
+}
+
+int capmoe_cli_list_i(const char *name, const char *s, long lo, long hi, int *out, int *n,
+                      int max, capmoe_error *err) {
+    double v[256];
+    if (max > 256) max = 256;
+    if (capmoe_cli_list_d(name, s, (double)lo, (double)hi, v, n, max, err)) return -1;
+    for (int i = 0; i < *n; i++) {
+        if (v[i] != floor(v[i]))
+            return capmoe_set_error(err, "--%s: %g is not an integer", name, v[i]);
+        out[i] = (int)v[i];
+    }
+    return 0;
+}
+
+int capmoe_cli_configs(const char *policies, const double *gammas, int n_gam,
+                       capmoe_policy *pol, double *gamma, int *n, int max, capmoe_error *err) {
+    *n = 0;
+    if (max < 1) return capmoe_set_error(err, "--policies: no room");
+    pol[0] = CAPMOE_POLICY_NONE;
+    gamma[0] = 0;
+    *n = 1;
+    if (!*policies) return capmoe_set_error(err, "--policies: empty list");
+    char buf[256];
+    if (strlen(policies) >= sizeof buf) return capmoe_set_error(err, "--policies: list too long");
+    strcpy(buf, policies);
+    char seen[16] = {0};
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        int p = capmoe_policy_parse(tok);
+        if (p < 0 || p >= (int)sizeof seen)
+            return capmoe_set_error(err, "--policies: unknown policy '%s' (none, drop, reroute, "
+                                         "expanded, rank_drop)", tok);
+        if (seen[p]++ || p == CAPMOE_POLICY_NONE) continue;
+        if (n_gam == 0)
+            return capmoe_set_error(err, "--gammas: empty list, but policy %s needs one", tok);
+        for (int g = 0; g < n_gam; g++) {
+            if (*n == max) return capmoe_set_error(err, "--policies x --gammas: too many runs");
+            pol[*n] = (capmoe_policy)p;
+            gamma[*n] = gammas[g];
+            (*n)++;
+        }
+    }
     return 0;
 }

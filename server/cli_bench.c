@@ -81,42 +81,6 @@ static const char *BENCH_USAGE =
 
 /* ---- small helpers --------------------------------------------------------- */
 
-static int parse_list_d(const char *name, const char *s, double lo, double hi, double *out,
-                        int *n, capmoe_error *err) {
-    *n = 0;
-    const char *p = s;
-    if (!*p) return 0;
-    while (*p) {
-        char *end;
-        double x = strtod(p, &end);
-        if (end == p || (*end != ',' && *end != '\0') || !isfinite(x))
-            return capmoe_set_error(err, "--%s: '%s' is not a comma-separated list of numbers",
-                                    name, s);
-        if (x < lo || x > hi)
-            return capmoe_set_error(err, "--%s: %g is out of range [%g, %g]", name, x, lo, hi);
-        if (*n == MAX_LIST) return capmoe_set_error(err, "--%s: at most %d values", name, MAX_LIST);
-        out[(*n)++] = x;
-        p = end;
-        if (*p == ',') {
-            p++;
-            if (!*p) return capmoe_set_error(err, "--%s: trailing comma in '%s'", name, s);
-        }
-    }
-    return 0;
-}
-
-static int parse_list_i(const char *name, const char *s, long lo, long hi, int *out, int *n,
-                        capmoe_error *err) {
-    double v[MAX_LIST];
-    if (parse_list_d(name, s, (double)lo, (double)hi, v, n, err)) return -1;
-    for (int i = 0; i < *n; i++) {
-        if (v[i] != floor(v[i]))
-            return capmoe_set_error(err, "--%s: %g is not an integer", name, v[i]);
-        out[i] = (int)v[i];
-    }
-    return 0;
-}
-
 static uint64_t rng_next(uint64_t *s) { /* splitmix64 */
     uint64_t z = (*s += 0x9E3779B97F4A7C15ULL);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
@@ -721,46 +685,14 @@ int capmoe_cmd_bench(int argc, char **argv) {
     base.renormalize = capmoe_cli_has(&a, "renormalize");
     double gammas[MAX_LIST];
     int n_gam, prefill[MAX_LIST], n_pre, decode[MAX_LIST], n_dec;
-    if (parse_list_d("gammas", gam_s, 1e-6, 1e6, gammas, &n_gam, &err) ||
-        parse_list_i("prefill", pre_s, 1, 1L << 20, prefill, &n_pre, &err) ||
-        parse_list_i("decode", dec_s, 1, 4096, decode, &n_dec, &err))
+    if (capmoe_cli_list_d("gammas", gam_s, 1e-6, 1e6, gammas, &n_gam, MAX_LIST, &err) ||
+        capmoe_cli_list_i("prefill", pre_s, 1, 1L << 20, prefill, &n_pre, MAX_LIST, &err) ||
+        capmoe_cli_list_i("decode", dec_s, 1, 4096, decode, &n_dec, MAX_LIST, &err))
         goto usage_err;
     cfg_list cl = {0};
-    cl.pol[0] = CAPMOE_POLICY_NONE;
-    cl.gamma[0] = 0;
-    cl.n = 1;
-    char policies_seen[8] = {0};
-    if (!*pol_s) {
-        capmoe_set_error(&err, "--policies: empty list");
+    if (capmoe_cli_configs(pol_s, gammas, n_gam, cl.pol, cl.gamma, &cl.n,
+                           (int)(sizeof cl.pol / sizeof cl.pol[0]), &err))
         goto usage_err;
-    }
-    {
-        char buf[256];
-        if (strlen(pol_s) >= sizeof buf) {
-            capmoe_set_error(&err, "--policies: list too long");
-            goto usage_err;
-        }
-        strcpy(buf, pol_s);
-        for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
-             tok = strtok_r(NULL, ",", &save)) {
-            int p = capmoe_policy_parse(tok);
-            if (p < 0) {
-                capmoe_set_error(&err, "--policies: unknown policy '%s' (none, drop, reroute, "
-                                       "expanded, rank_drop)", tok);
-                goto usage_err;
-            }
-            if (policies_seen[p]++ || p == CAPMOE_POLICY_NONE) continue;
-            if (n_gam == 0) {
-                capmoe_set_error(&err, "--gammas: empty list, but policy %s needs one", tok);
-                goto usage_err;
-            }
-            for (int g = 0; g < n_gam; g++) {
-                cl.pol[cl.n] = (capmoe_policy)p;
-                cl.gamma[cl.n] = gammas[g];
-                cl.n++;
-            }
-        }
-    }
     if (capmoe_cli_check_unused(&a, &err)) goto usage_err;
 
     usage = 0;
@@ -884,9 +816,9 @@ int capmoe_cmd_bench(int argc, char **argv) {
 
         cJSON *se = cJSON_AddObjectToObject(out, "settings");
         cJSON *pl = cJSON_AddArrayToObject(se, "policies");
-        for (int p = 0; p < 5; p++)
-            if (p == 0 || policies_seen[p])
-                cJSON_AddItemToArray(pl, cJSON_CreateString(capmoe_policy_name((capmoe_policy)p)));
+        for (int i = 0; i < cl.n; i++) /* each policy once, in the order run */
+            if (i == 0 || cl.pol[i] != cl.pol[i - 1])
+                cJSON_AddItemToArray(pl, cJSON_CreateString(capmoe_policy_name(cl.pol[i])));
         cJSON *gl = cJSON_AddArrayToObject(se, "gammas");
         for (int g = 0; g < n_gam; g++) cJSON_AddItemToArray(gl, cJSON_CreateNumber(gammas[g]));
         cJSON_AddNumberToObject(se, "repeat", (double)repeat);

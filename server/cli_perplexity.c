@@ -51,7 +51,7 @@ static const char *PPL_USAGE =
     "  --batch B        windows per forward pass (default 8)\n"
     "  --max-tokens N   use only the first N tokens of the text\n"
     "  dispatch options: --policy --capacity-factor G|auto --ep-ranks R --renormalize\n"
-    "                    --min-tokens N --drop-budget B (as for `capmoe logits`)\n";
+    "                    --min-tokens N --drop-budget B --ep threads|mpi (as for `capmoe logits`)\n";
 
 typedef struct window {
     int begin, end, score_from;
@@ -103,6 +103,7 @@ int capmoe_cmd_perplexity(int argc, char **argv) {
     if (capmoe_cli_check_unused(&a, &err)) goto usage;
 
     int rc = 1;
+    capmoe_comm *comm = NULL;
     capmoe_tokenizer *tok = NULL;
     capmoe_model *m = NULL;
     char *text = NULL;
@@ -113,10 +114,13 @@ int capmoe_cmd_perplexity(int argc, char **argv) {
     capmoe_layer_stats *ls = NULL;
     int n_ids = 0, n_win = 0, B = (int)batch;
     size_t len = 0;
+    if (capmoe_cli_ep(&a, &cfg, &comm, &err)) goto end;
+    int R = capmoe_comm_size(comm), me = capmoe_comm_rank(comm);
     text = capmoe_read_file(file, &len, &err);
-    if (!text) goto end;
-    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks};
-    if (capmoe_tokenizer_load(&tok, dir, &err) || capmoe_model_load(&m, dir, &mo, &err)) goto end;
+    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks, .comm = comm};
+    int ok = text && capmoe_tokenizer_load(&tok, dir, &err) == 0 &&
+             capmoe_model_load(&m, dir, &mo, &err) == 0;
+    if (!capmoe_cli_agree(comm, ok, &err)) goto end; /* every rank leaves together */
     const capmoe_hfconfig *c = capmoe_model_config(m);
     if (c->n_moe_layers > 0 && capmoe_dispatch_cfg_check(&cfg, c->n_experts, &err)) goto end;
     if (ctx > c->max_position_embeddings) {
@@ -167,7 +171,6 @@ int capmoe_cmd_perplexity(int argc, char **argv) {
             goto end;
         }
         seqs[s].want = CAPMOE_LOGITS_ALL;
-        seqs[s].rank = s % cfg.ep_ranks;
     }
     capmoe_forward_stats st = {.layers = ls, .cap_layers = c->n_moe_layers};
     double nll = 0.0, gamma_sum = 0.0, mass_sum = 0.0, t0 = capmoe_now();
@@ -175,17 +178,25 @@ int capmoe_cmd_perplexity(int argc, char **argv) {
     int forwards = 0;
     for (int w0 = 0; w0 < n_win; w0 += B) {
         int nb = n_win - w0 < B ? n_win - w0 : B;
+        /* window w0 + s lives on rank s mod R (under --ep mpi, this rank runs
+         * its own windows; every rank takes part in every forward) */
+        int nl = 0, mine[4096];
         for (int s = 0; s < nb; s++) {
+            if (comm && s % R != me) continue;
             const window *w = &win[w0 + s];
-            capmoe_kv_clear(seqs[s].kv);
-            seqs[s].tokens = ids + w->begin;
-            seqs[s].n_tokens = w->end - w->begin;
+            capmoe_kv_clear(seqs[nl].kv);
+            seqs[nl].tokens = ids + w->begin;
+            seqs[nl].n_tokens = w->end - w->begin;
+            seqs[nl].rank = s % cfg.ep_ranks;
+            mine[nl++] = s;
         }
-        if (capmoe_model_forward(m, seqs, nb, &cfg, logits, &st, &err)) goto end;
+        ok = capmoe_model_forward(m, seqs, nl, &cfg, logits, &st, &err) == 0;
+        if (!capmoe_cli_agree(comm, ok, &err)) goto end;
+        if (capmoe_cli_gather_stats(comm, &st, &err)) goto end;
         forwards++;
         size_t row = 0;
-        for (int s = 0; s < nb; s++) {
-            const window *w = &win[w0 + s];
+        for (int i = 0; i < nl; i++) {
+            const window *w = &win[w0 + mine[i]];
             for (int j = w->begin + 1; j < w->end; j++) {
                 if (j >= w->score_from) {
                     const float *r = logits + (row + (size_t)(j - 1 - w->begin)) *
@@ -197,21 +208,36 @@ int capmoe_cmd_perplexity(int argc, char **argv) {
             }
             row += (size_t)(w->end - w->begin);
         }
-        for (int l = 0; l < st.n_moe; l++) {
-            dispatches++;
+        for (int l = 0; l < st.n_moe && me == 0; l++) {
             routed += (long)ls[l].tokens * c->top_k;
             dropped += ls[l].dropped;
             rerouted += ls[l].rerouted;
-            mass_sum += ls[l].dropped_mass;
-            if (ls[l].limited) {
-                limited++;
-                gamma_sum += ls[l].gamma;
+            /* one dispatch per layer, or per source rank under --ep mpi */
+            int nsrc = ls[l].n_src > 0 ? ls[l].n_src : 1;
+            for (int r = 0; r < nsrc; r++) {
+                dispatches++;
+                int lim = ls[l].n_src > 0 ? ls[l].src_limited[r] : ls[l].limited;
+                mass_sum += ls[l].n_src > 0 ? ls[l].src_dropped_mass[r] : ls[l].dropped_mass;
+                if (lim) {
+                    limited++;
+                    gamma_sum += ls[l].n_src > 0 ? ls[l].src_gamma[r] : ls[l].gamma;
+                }
             }
         }
+    }
+    if (comm) { /* every rank scored its own windows */
+        double sums[2] = {nll, (double)scored};
+        if (capmoe_comm_sum(comm, sums, 2, &err)) goto end;
+        nll = sums[0];
+        scored = (long)sums[1];
     }
     double elapsed = capmoe_now() - t0;
     if (scored == 0 || !isfinite(nll)) {
         capmoe_set_error(&err, "%s: no finite score (%ld tokens scored)", file, scored);
+        goto end;
+    }
+    if (me != 0) { /* rank 0 prints */
+        rc = 0;
         goto end;
     }
     cJSON *o = cJSON_CreateObject();
@@ -253,7 +279,7 @@ int capmoe_cmd_perplexity(int argc, char **argv) {
     free(s);
     rc = 0;
 end:
-    if (rc) fprintf(stderr, "capmoe perplexity: %s\n", err.msg);
+    if (rc) capmoe_cli_fail_rank(comm, "perplexity", &err);
     for (int s = 0; seqs && s < B; s++) capmoe_kv_free(seqs[s].kv);
     free(seqs);
     free(logits);
@@ -263,6 +289,7 @@ end:
     free(text);
     capmoe_model_free(m);
     capmoe_tokenizer_free(tok);
+    capmoe_comm_finalize(comm);
     return rc;
 usage:
     fprintf(stderr, "capmoe perplexity: %s\n%s", err.msg, PPL_USAGE);

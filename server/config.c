@@ -68,6 +68,14 @@ static const opt k_opts[] = {
     {"ep_ranks", OPT_INT, OFF(ep_ranks), 1, 64, "1", "R",
      "expert-parallel ranks (worker threads); sequence i lives on rank i mod R",
      OPT_RESTART},
+    {"ep", OPT_STRING, OFF(ep), 0, 0, "threads", "threads|mpi",
+     "where expert-parallel ranks run: threads of this process (--ep-ranks), or the MPI "
+     "processes of `mpirun -np R` (rank 0 serves HTTP; experts and sequences spread over all)",
+     OPT_RESTART},
+    {"ep_step_timeout_s", OPT_DOUBLE, OFF(ep_step_timeout_s), 0.1, 86400, "60", "S",
+     "--ep mpi: a scheduler step that takes longer is a fault (a rank died or hangs): open "
+     "requests get 503 and the job stops",
+     OPT_RESTART},
     {"renormalize", OPT_BOOL, OFF(renormalize), 0, 1, "false", "BOOL",
      "rescale each token's kept expert weights to sum to 1 after a limited dispatch",
      OPT_LIVE},
@@ -570,6 +578,8 @@ int capmoe_config_check(const capmoe_config *cfg, capmoe_error *err) {
                                 cfg->max_batch_tokens, cfg->max_running);
     if (cfg->api_key && strpbrk(cfg->api_key, " \t\r\n"))
         return capmoe_set_error(err, "api_key: must not contain white space");
+    if (!cfg->ep || (strcmp(cfg->ep, "threads") != 0 && strcmp(cfg->ep, "mpi") != 0))
+        return capmoe_set_error(err, "ep: '%s' is neither threads nor mpi", cfg->ep ? cfg->ep : "");
     int cert = cfg->tls_cert && cfg->tls_cert[0], key = cfg->tls_key && cfg->tls_key[0];
     if (cert != key)
         return capmoe_set_error(err, "%s: HTTPS needs both tls_cert and tls_key",

@@ -19,7 +19,7 @@
 static const char *USAGE =
     "usage: capmoe <command> --model DIR [options]\n"
     "commands:\n"
-    "  logits      --ids 5,9,12 [--ids ...] --out FILE [dispatch options]\n"
+    "  logits      --ids 5,9,12 [--ids ...] --out FILE [--seq-ranks 0,1,...] [dispatch options]\n"
     "  tokenize    --text STR\n"
     "  detokenize  --ids 1,2,3\n"
     "  generate    (--ids 1,2,3 | --prompt STR) --max-tokens N [--temperature T] [--seed S]\n"
@@ -31,7 +31,8 @@ static const char *USAGE =
     "dispatch options:\n"
     "  --policy none|drop|reroute|expanded|rank_drop   (default none)\n"
     "  --capacity-factor G|auto   capacity factor gamma, or per-dispatch tuning (default 1.0)\n"
-    "  --ep-ranks R               expert-parallel ranks (default 1)\n"
+    "  --ep-ranks R               expert-parallel ranks (rank threads; default 1)\n"
+    "  --ep threads|mpi           mpi: the ranks are the MPI processes of mpirun -np R\n"
     "  --renormalize              rescale each token's kept weights to sum to 1\n"
     "  --min-tokens N             no limit below N tokens per dispatch (default 16, 0 = off)\n"
     "  --drop-budget B            auto: largest dropped routing mass allowed (default 0.01)\n";
@@ -103,6 +104,92 @@ static const char *need_model(capmoe_cli_args *a, capmoe_error *err) {
 
 /* ---- logits ------------------------------------------------------------ */
 
+/* The JSON report of one logits batch. Under --ep mpi every MoE layer's
+ * capacity and capacity factor are lists with one value per source rank,
+ * and loads are sums over the sources (dispatch-spec.md section 2). */
+static cJSON *logits_report(const capmoe_forward_stats *st, int T, int mpi) {
+    const capmoe_layer_stats *ls = st->layers;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "tokens", T);
+    cJSON *cap = cJSON_AddArrayToObject(o, "capacity");
+    cJSON *gam = cJSON_AddArrayToObject(o, "capacity_factor");
+    cJSON *loads = cJSON_AddArrayToObject(o, "loads");
+    long dropped = 0, rerouted = 0;
+    for (int l = 0; l < st->n_moe; l++) {
+        if (mpi) {
+            cJSON *cl = cJSON_CreateArray(), *gl = cJSON_CreateArray();
+            for (int r = 0; r < ls[l].n_src; r++) {
+                int lim = ls[l].src_limited[r];
+                cJSON_AddItemToArray(cl, lim ? cJSON_CreateNumber(ls[l].src_capacity[r])
+                                             : cJSON_CreateNull());
+                cJSON_AddItemToArray(gl, lim ? cJSON_CreateNumber(ls[l].src_gamma[r])
+                                             : cJSON_CreateNull());
+            }
+            cJSON_AddItemToArray(cap, cl);
+            cJSON_AddItemToArray(gam, gl);
+        } else {
+            cJSON_AddItemToArray(cap, ls[l].limited ? cJSON_CreateNumber(ls[l].capacity)
+                                                    : cJSON_CreateNull());
+            cJSON_AddItemToArray(gam, ls[l].limited ? cJSON_CreateNumber(ls[l].gamma)
+                                                    : cJSON_CreateNull());
+        }
+        cJSON *lo = cJSON_CreateArray();
+        for (int e = 0; e < ls[l].n_experts; e++)
+            cJSON_AddItemToArray(lo, cJSON_CreateNumber(ls[l].loads[e]));
+        cJSON_AddItemToArray(loads, lo);
+        dropped += ls[l].dropped;
+        rerouted += ls[l].rerouted;
+    }
+    cJSON_AddNumberToObject(o, "dropped", (double)dropped);
+    cJSON_AddNumberToObject(o, "rerouted", (double)rerouted);
+    return o;
+}
+
+/* Under --ep mpi: every rank's logits rows (its sequences, in order) are
+ * gathered at rank 0 and put back in batch order (sequence i lives on rank
+ * srank[i]). */
+static int gather_logits(capmoe_comm *comm, float **logits, int n_seqs, const int *n_ids,
+                         const int *srank, int V, capmoe_error *err) {
+    int R = capmoe_comm_size(comm), me = capmoe_comm_rank(comm);
+    size_t mine = 0, T = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        T += (size_t)n_ids[s];
+        if (srank[s] == me) mine += (size_t)n_ids[s];
+    }
+    void *all = NULL;
+    size_t *counts = calloc((size_t)R, sizeof *counts);
+    if (!counts) return capmoe_set_error(err, "out of memory");
+    int rc = capmoe_comm_gather(comm, *logits, mine * (size_t)V * sizeof(float), 0, &all, counts,
+                                err);
+    if (rc == 0 && me == 0) {
+        float *out = malloc((T ? T : 1) * (size_t)V * sizeof(float));
+        size_t *at = calloc((size_t)R, sizeof *at); /* next row of each rank's part */
+        size_t *base = calloc((size_t)R, sizeof *base);
+        if (!out || !at || !base) {
+            rc = capmoe_set_error(err, "out of memory");
+        } else {
+            for (int r = 1; r < R; r++) base[r] = base[r - 1] + counts[r - 1] / sizeof(float);
+            size_t row = 0;
+            for (int s = 0; s < n_seqs; s++) {
+                int r = srank[s];
+                size_t n = (size_t)n_ids[s] * (size_t)V;
+                memcpy(out + row, (float *)all + base[r] + at[r], n * sizeof(float));
+                at[r] += n;
+                row += n;
+            }
+            free(*logits);
+            *logits = out;
+            out = NULL;
+        }
+        free(out);
+        free(at);
+        free(base);
+    }
+    free(all);
+    free(counts);
+    return rc;
+}
+
 static int cmd_logits(int argc, char **argv) {
     capmoe_error err = {{0}};
     capmoe_cli_args a;
@@ -120,6 +207,12 @@ static int cmd_logits(int argc, char **argv) {
     int32_t *ids[128] = {0};
     int n_ids[128] = {0};
     int rc = 2;
+    capmoe_comm *comm = NULL;
+    capmoe_model *m = NULL;
+    float *logits = NULL;
+    capmoe_layer_stats *ls = NULL;
+    capmoe_batch_seq seqs[128];
+    int n_local = 0;
     for (int i = 0; i < a.n; i++) {
         if (strcmp(a.name[i], "ids") != 0) continue;
         a.used[i] = 1;
@@ -135,37 +228,72 @@ static int cmd_logits(int argc, char **argv) {
         capmoe_set_error(&err, "at least one --ids sequence is required");
         goto done_usage;
     }
+    const char *sr = capmoe_cli_get(&a, "seq-ranks");
+    int srank[128];
+    if (sr) { /* the rank each sequence lives on (default: i mod R) */
+        int32_t *v = NULL;
+        int nv = 0;
+        if (capmoe_cli_parse_ids(sr, &v, &nv, &err) || nv != n_seqs) {
+            free(v);
+            capmoe_set_error(&err, "--seq-ranks: give one rank per --ids sequence (%d)", n_seqs);
+            goto done_usage;
+        }
+        for (int s = 0; s < n_seqs; s++) srank[s] = v[s];
+        free(v);
+    }
     if (capmoe_cli_check_unused(&a, &err)) goto done_usage;
 
     rc = 1;
-    capmoe_model *m = NULL;
-    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks};
-    if (capmoe_model_load(&m, dir, &mo, &err)) {
-        fail("logits", &err);
+    if (capmoe_cli_ep(&a, &cfg, &comm, &err)) {
+        capmoe_cli_fail_rank(comm, "logits", &err);
         goto done;
     }
-    const capmoe_hfconfig *c = capmoe_model_config(m);
-    if (capmoe_dispatch_cfg_check(&cfg, c->n_experts, &err)) {
-        fail("logits", &err);
-        capmoe_model_free(m);
-        goto done;
-    }
-    capmoe_batch_seq seqs[128];
-    int T = 0;
+    int me = capmoe_comm_rank(comm);
     for (int s = 0; s < n_seqs; s++) {
-        seqs[s] = (capmoe_batch_seq){.kv = capmoe_kv_new(m, 0), .tokens = ids[s],
-                                     .n_tokens = n_ids[s], .want = CAPMOE_LOGITS_ALL,
-                                     .rank = s % cfg.ep_ranks};
-        T += n_ids[s];
+        if (!sr) srank[s] = s % cfg.ep_ranks;
+        if (srank[s] >= cfg.ep_ranks) {
+            capmoe_set_error(&err, "--seq-ranks: rank %d of sequence %d is not below the %d ranks",
+                             srank[s], s, cfg.ep_ranks);
+            if (me == 0) usage_fail("logits", &err);
+            rc = 2;
+            goto done;
+        }
     }
-    float *logits = malloc((size_t)T * (size_t)c->vocab_size * sizeof(float));
-    capmoe_layer_stats *ls = calloc((size_t)(c->n_moe_layers + 1), sizeof *ls);
+    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks, .comm = comm};
+    int ok = capmoe_model_load(&m, dir, &mo, &err) == 0;
+    if (ok && capmoe_dispatch_cfg_check(&cfg, capmoe_model_config(m)->n_experts, &err)) ok = 0;
+    if (!ok) capmoe_cli_fail_rank(comm, "logits", &err);
+    if (!capmoe_cli_agree(comm, ok, &err)) goto done;
+    const capmoe_hfconfig *c = capmoe_model_config(m);
+    int T = 0, T_local = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        T += n_ids[s];
+        if (comm && srank[s] != me) continue; /* another rank's sequence */
+        seqs[n_local++] = (capmoe_batch_seq){.kv = capmoe_kv_new(m, 0), .tokens = ids[s],
+                                             .n_tokens = n_ids[s], .want = CAPMOE_LOGITS_ALL,
+                                             .rank = srank[s]};
+        T_local += n_ids[s];
+        if (!seqs[n_local - 1].kv) ok = 0;
+    }
+    logits = malloc(((size_t)T_local + 1) * (size_t)c->vocab_size * sizeof(float));
+    ls = calloc((size_t)(c->n_moe_layers + 1), sizeof *ls);
     capmoe_forward_stats st = {.layers = ls, .cap_layers = c->n_moe_layers};
-    int ok = 0;
-    if (!logits || !ls) {
+    if (!ok || !logits || !ls) {
         capmoe_set_error(&err, "out of memory");
-    } else if (capmoe_model_forward(m, seqs, n_seqs, &cfg, logits, &st, &err) == 0) {
+        ok = 0;
+    } else {
+        ok = capmoe_model_forward(m, seqs, n_local, &cfg, logits, &st, &err) == 0;
+    }
+    if (!ok) capmoe_cli_fail_rank(comm, "logits", &err);
+    if (!capmoe_cli_agree(comm, ok, &err)) goto done;
+    if (comm && (gather_logits(comm, &logits, n_seqs, n_ids, srank, c->vocab_size, &err) ||
+                 capmoe_cli_gather_stats(comm, &st, &err))) {
+        capmoe_cli_fail_rank(comm, "logits", &err);
+        goto done;
+    }
+    if (me == 0) {
         FILE *f = fopen(out, "wb");
+        ok = 0;
         if (!f) {
             capmoe_set_error(&err, "%s: cannot open for writing", out);
         } else {
@@ -176,41 +304,22 @@ static int cmd_logits(int argc, char **argv) {
                 ok = 1;
             if (!ok) fclose(f);
         }
-    }
-    if (ok) {
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddNumberToObject(o, "tokens", T);
-        cJSON *cap = cJSON_AddArrayToObject(o, "capacity");
-        cJSON *gam = cJSON_AddArrayToObject(o, "capacity_factor");
-        cJSON *loads = cJSON_AddArrayToObject(o, "loads");
-        long dropped = 0, rerouted = 0;
-        for (int l = 0; l < st.n_moe; l++) {
-            cJSON_AddItemToArray(cap, ls[l].limited ? cJSON_CreateNumber(ls[l].capacity)
-                                                    : cJSON_CreateNull());
-            cJSON_AddItemToArray(gam, ls[l].limited ? cJSON_CreateNumber(ls[l].gamma)
-                                                    : cJSON_CreateNull());
-            cJSON *lo = cJSON_CreateArray();
-            for (int e = 0; e < ls[l].n_experts; e++)
-                cJSON_AddItemToArray(lo, cJSON_CreateNumber(ls[l].loads[e]));
-            cJSON_AddItemToArray(loads, lo);
-            dropped += ls[l].dropped;
-            rerouted += ls[l].rerouted;
+        if (!ok) {
+            fail("logits", &err);
+            goto done;
         }
-        cJSON_AddNumberToObject(o, "dropped", (double)dropped);
-        cJSON_AddNumberToObject(o, "rerouted", (double)rerouted);
-        print_json(o);
-        rc = 0;
-    } else {
-        fail("logits", &err);
+        print_json(logits_report(&st, T, comm != NULL));
     }
-    free(logits);
-    free(ls);
-    for (int s = 0; s < n_seqs; s++) capmoe_kv_free(seqs[s].kv);
-    capmoe_model_free(m);
+    rc = 0;
     goto done;
 done_usage:
     usage_fail("logits", &err);
 done:
+    free(logits);
+    free(ls);
+    for (int s = 0; s < n_local; s++) capmoe_kv_free(seqs[s].kv);
+    capmoe_model_free(m);
+    capmoe_comm_finalize(comm);
     for (int s = 0; s < n_seqs; s++) free(ids[s]);
     return rc;
 }
@@ -324,27 +433,31 @@ static int cmd_generate(int argc, char **argv) {
     int32_t *out = NULL;
     void *scratch = NULL;
     capmoe_kv *kv = NULL;
-    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks};
-    if (capmoe_tokenizer_load(&tok, dir, &err) || capmoe_model_load(&m, dir, &mo, &err)) goto end;
-    if (prompt && capmoe_tokenizer_encode(tok, prompt, strlen(prompt), 1, &ids, &n, &err)) goto end;
-    if (n == 0) {
+    capmoe_comm *comm = NULL;
+    if (capmoe_cli_ep(&a, &cfg, &comm, &err)) goto end;
+    int me = capmoe_comm_rank(comm);
+    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks, .comm = comm};
+    int ok = capmoe_tokenizer_load(&tok, dir, &err) == 0 && capmoe_model_load(&m, dir, &mo, &err) == 0;
+    if (ok && prompt && capmoe_tokenizer_encode(tok, prompt, strlen(prompt), 1, &ids, &n, &err))
+        ok = 0;
+    if (ok && n == 0) {
         capmoe_set_error(&err, "the prompt has no tokens");
-        goto end;
+        ok = 0;
     }
+    if (!capmoe_cli_agree(comm, ok, &err)) goto end;
     const capmoe_hfconfig *c = capmoe_model_config(m);
     kv = capmoe_kv_new(m, 0);
     logits = malloc((size_t)c->vocab_size * sizeof(float));
     out = malloc(((size_t)max_tokens + 1) * sizeof(int32_t));
     scratch = malloc((size_t)c->vocab_size * 2 * sizeof(float) + 64);
-    if (!kv || !logits || !out || !scratch) {
-        capmoe_set_error(&err, "out of memory");
-        goto end;
-    }
-    if (n + max_tokens > capmoe_kv_max(kv)) {
+    ok = kv && logits && out && scratch;
+    if (!ok) capmoe_set_error(&err, "out of memory");
+    if (ok && n + max_tokens > capmoe_kv_max(kv)) {
         capmoe_set_error(&err, "prompt (%d tokens) + --max-tokens %ld exceed the context length %d",
                          n, max_tokens, capmoe_kv_max(kv));
-        goto end;
+        ok = 0;
     }
+    if (!capmoe_cli_agree(comm, ok, &err)) goto end;
     capmoe_sampling sp;
     capmoe_sampling_default(&sp);
     sp.temperature = (float)temperature;
@@ -356,15 +469,24 @@ static int cmd_generate(int argc, char **argv) {
     int n_out = 0;
     const int32_t *step = ids;
     int step_n = n;
+    /* Under --ep mpi the sequence lives on rank 0; every rank takes part
+     * in every forward, and rank 0 says when to stop. */
     while (n_out < max_tokens) {
         capmoe_batch_seq bs = {.kv = kv, .tokens = step, .n_tokens = step_n,
                                .want = CAPMOE_LOGITS_LAST, .rank = 0};
-        if (capmoe_model_forward(m, &bs, 1, &cfg, logits, NULL, &err)) goto end;
-        int next = capmoe_sample(logits, c->vocab_size, &sp, &rng, scratch);
+        ok = capmoe_model_forward(m, &bs, me == 0 ? 1 : 0, &cfg, logits, NULL, &err) == 0;
+        if (!capmoe_cli_agree(comm, ok, &err)) goto end;
+        int next = me == 0 ? capmoe_sample(logits, c->vocab_size, &sp, &rng, scratch) : 0;
         out[n_out++] = next;
-        if (stop_eos && eos >= 0 && next == eos) break;
+        int stop = stop_eos && eos >= 0 && next == eos;
+        if (comm && capmoe_comm_bcast(comm, &stop, sizeof stop, 0, 0, &err)) goto end;
+        if (stop) break;
         step = &out[n_out - 1];
         step_n = 1;
+    }
+    if (me != 0) { /* rank 0 prints */
+        rc = 0;
+        goto end;
     }
     char *text = NULL;
     size_t tl = 0;
@@ -386,7 +508,7 @@ static int cmd_generate(int argc, char **argv) {
     free(text);
     rc = 0;
 end:
-    if (rc) fail("generate", &err);
+    if (rc) capmoe_cli_fail_rank(comm, "generate", &err);
     free(ids);
     free(out);
     free(logits);
@@ -394,6 +516,7 @@ end:
     capmoe_kv_free(kv);
     capmoe_model_free(m);
     capmoe_tokenizer_free(tok);
+    capmoe_comm_finalize(comm);
     return rc;
 }
 
@@ -418,7 +541,13 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "tokenize") == 0) return cmd_tokenize(argc - 2, argv + 2);
     if (strcmp(cmd, "detokenize") == 0) return cmd_detokenize(argc - 2, argv + 2);
     if (strcmp(cmd, "generate") == 0) return cmd_generate(argc - 2, argv + 2);
-    if (strcmp(cmd, "bench") == 0) return capmoe_cmd_bench(argc - 2, argv + 2);
+    if (strcmp(cmd, "bench") == 0) {
+        for (int i = 2; i < argc; i++) /* measured expert parallelism across processes */
+            if ((strcmp(argv[i], "--ep") == 0 && i + 1 < argc && strcmp(argv[i + 1], "mpi") == 0) ||
+                strcmp(argv[i], "--ep=mpi") == 0)
+                return capmoe_cmd_bench_ep(argc - 2, argv + 2);
+        return capmoe_cmd_bench(argc - 2, argv + 2);
+    }
     if (strcmp(cmd, "perplexity") == 0) return capmoe_cmd_perplexity(argc - 2, argv + 2);
     if (strcmp(cmd, "synth") == 0) return capmoe_cmd_synth(argc - 2, argv + 2);
     fprintf(stderr, "capmoe: unknown command '%s'\n%s", cmd, USAGE);

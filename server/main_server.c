@@ -15,7 +15,18 @@
  * generations go on for up to grace_period_s, then are cancelled; once no
  * generation and no HTTP request is left (or 2 s after the cancel), the HTTP
  * layer stops and the exit status is 0. A second signal cancels at once. A
- * model that fails to load exits 1. */
+ * model that fails to load exits 1.
+ *
+ * --ep mpi (under `mpirun -np R`): rank 0 runs all of the above; ranks > 0
+ * load their share of the experts, take part in the start-up check, send
+ * heartbeats and follow rank 0's steps until it stops them (they ignore
+ * SIGTERM / SIGINT / SIGHUP, which mpirun forwards: rank 0 decides; a
+ * reload reaches them with the dispatch settings of every step). When a rank
+ * dies or hangs (a step fails: timeout, MPI error; or, on a SIGTERM that
+ * mpirun sends when a rank died, a rank found silent), rank 0 answers every
+ * open request 503 naming the rank, stops, and ends the job with MPI_Abort
+ * (exit status 3). A configuration refused before the scheduler starts ends
+ * the whole job too. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,8 +35,10 @@
 #include <unistd.h>
 
 #include "capmoe/access_log.h"
+#include "capmoe/comm.h"
 #include "capmoe/config.h"
 #include "capmoe/cors.h"
+#include "capmoe/engine.h"
 #include "capmoe/hfconfig.h"
 #include "capmoe/http.h"
 #include "capmoe/log.h"
@@ -43,6 +56,9 @@ typedef struct server {
     capmoe_log *log;
     capmoe_metrics *metrics;
     capmoe_cors *cors;         /* owned; replaced by a reload */
+    capmoe_comm *comm;         /* --ep mpi; NULL otherwise */
+    int fault;                 /* the expert-parallel group failed: end with MPI_Abort */
+    int sched_started;         /* the scheduler runs (under MPI: the other ranks follow it) */
     capmoe_http *http;
     capmoe_api *api;
     int draining;      /* a signal arrived (or loading failed) */
@@ -111,9 +127,40 @@ static void on_access(void *u, capmoe_http_req *req) {
     if (s->cfg->access_log) capmoe_access_log(s->log, req);
 }
 
+/* --ep mpi: the process group failed. Everything open has been (or is now)
+ * answered 503; once the answers are out the loop stops and main aborts the
+ * job. */
+static void enter_fault(server *s, const char *why) {
+    if (s->fault) return;
+    s->fault = 1;
+    s->exit_code = 3;
+    capmoe_log_error(s->log, "expert-parallel failure: %s; answering 503 and stopping", why);
+    capmoe_api_fault(s->api, why);
+    if (!s->draining) begin_drain(s, 0);
+    capmoe_http_set_timer(s->http, 2.0, flush_over, s);
+}
+
+/* After a SIGTERM under mpirun: if it came because a rank died (mpirun
+ * signals every process then), some rank has gone silent by now. */
+static void signal_check(void *arg) {
+    server *s = arg;
+    char why[700];
+    capmoe_comm_diagnose(s->comm, 0.25, why, sizeof why);
+    if (why[0]) {
+        enter_fault(s, why);
+        return;
+    }
+    capmoe_log_info(s->log,
+                    "SIGTERM: no new requests (503 while draining); waiting up to %g s for %d "
+                    "running one(s)",
+                    s->cfg->grace_period_s, capmoe_api_busy(s->api));
+    begin_drain(s, s->cfg->grace_period_s);
+}
+
 static void on_wake(void *u) {
     server *s = u;
     capmoe_api_process(s->api);
+    if (capmoe_api_get_state(s->api) == CAPMOE_API_FAULT) enter_fault(s, capmoe_api_error_msg(s->api));
     if (capmoe_api_get_state(s->api) == CAPMOE_API_FAILED && !s->draining) {
         capmoe_log_error(s->log, "cannot load the model: %s", capmoe_api_error_msg(s->api));
         s->exit_code = 1;
@@ -156,8 +203,9 @@ static void reload(server *s) {
     capmoe_config_action action;
     capmoe_error err;
     const char *file = s->cfg->config_file ? s->cfg->config_file : "(no file: environment and flags)";
-    if (capmoe_config_load(&next, s->argc, s->argv, environ, &action, &err) != 0 ||
-        capmoe_config_check_model(&next, &s->hc, &err) != 0) {
+    int loaded = capmoe_config_load(&next, s->argc, s->argv, environ, &action, &err) == 0;
+    if (loaded && s->comm) next.ep_ranks = s->cfg->ep_ranks; /* under MPI: the processes */
+    if (!loaded || capmoe_config_check_model(&next, &s->hc, &err) != 0) {
         capmoe_log_error(s->log, "SIGHUP: configuration not reloaded, nothing changed: %s", err.msg);
         capmoe_config_free(&next);
         return;
@@ -205,6 +253,12 @@ static void on_signal(void *u, int signum) {
         return;
     }
     const char *name = signum == SIGTERM ? "SIGTERM" : "SIGINT";
+    if (!s->draining && s->comm && signum == SIGTERM && !s->fault) {
+        /* decided in 0.3 s: an operator's drain, or a rank's death */
+        s->draining = 1;
+        capmoe_http_set_timer(s->http, 0.3, signal_check, s);
+        return;
+    }
     if (!s->draining) {
         capmoe_log_info(s->log,
                         "%s: no new requests (503 while draining); waiting up to %g s for %d "
@@ -237,6 +291,48 @@ static int check_model_dir(const char *dir, capmoe_hfconfig *hc, capmoe_error *e
     ok = tj && access(tj, R_OK) == 0;
     free(tj);
     if (!ok) return capmoe_set_error(err, "model: '%s' has no readable tokenizer.json", dir);
+    return 0;
+}
+
+/* Ranks > 0 of --ep mpi: their experts, the start-up check, then rank 0's
+ * steps until it stops them. */
+static int worker_main(const capmoe_config *cfg, capmoe_comm *comm, capmoe_log *log) {
+    signal(SIGTERM, SIG_IGN); /* mpirun forwards the operator's signals: rank 0 decides */
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    int me = capmoe_comm_rank(comm);
+    capmoe_model *m = NULL;
+    capmoe_error err, lerr;
+    capmoe_model_opts mo = {.max_ranks = 1, .threads = cfg->threads, .comm = comm};
+    int lrc = capmoe_model_load(&m, cfg->model, &mo, &lerr);
+    int context = cfg->context;
+    if (lrc == 0 && context <= 0) context = capmoe_model_config(m)->max_position_embeddings;
+    capmoe_engine_opts eo = {.model = m, .comm = comm, .context = context,
+                             .step_timeout_s = cfg->ep_step_timeout_s, .model_dir = cfg->model};
+    capmoe_engine *e = NULL;
+    if (capmoe_engine_new(&e, &eo, lrc == 0 ? NULL : lerr.msg, &err) != 0) {
+        if (lrc != 0) capmoe_log_error(log, "rank %d: %s", me, lerr.msg);
+        capmoe_model_free(m);
+        capmoe_comm_finalize(comm);
+        return 1;
+    }
+    if (capmoe_comm_heartbeat_start(comm, 0.1, &err) != 0)
+        capmoe_log_warn(log, "rank %d: %s (a dead rank cannot be named)", me, err.msg);
+    const capmoe_hfconfig *hc = capmoe_model_config(m);
+    int El = hc->n_experts / capmoe_comm_size(comm);
+    capmoe_log_field f[] = {CAPMOE_LOG_INT("rank", me), CAPMOE_LOG_INT("pid", (long)getpid())};
+    capmoe_log_fields(log, CAPMOE_LOG_INFO, f, 2,
+                      "rank %d of %d on %s: experts [%d, %d) loaded; serving", me,
+                      capmoe_comm_size(comm), capmoe_comm_host(comm), me * El, (me + 1) * El);
+    int rc = capmoe_engine_serve(e, &err);
+    capmoe_engine_free(e);
+    capmoe_model_free(m);
+    if (rc != 0) {
+        capmoe_log_error(log, "rank %d: %s", me, err.msg);
+        capmoe_comm_abort(comm, 3);
+    }
+    capmoe_log_info(log, "rank %d: stopped", me);
+    capmoe_comm_finalize(comm);
     return 0;
 }
 
@@ -332,15 +428,26 @@ static int run(server *s) {
     capmoe_log_fields(s->log, CAPMOE_LOG_INFO, f, 3,
                       "capmoe-server %s: listening on %s://%s (model %s as '%s', loading)",
                       CAPMOE_VERSION, scheme, hp, cfg->model, model_id ? model_id : "model");
+    if (s->comm) {
+        capmoe_api_set_comm(s->api, s->comm);
+        capmoe_log_info(s->log, "--ep mpi: %d ranks; rank 0 on %s serves HTTP",
+                        capmoe_comm_size(s->comm), capmoe_comm_host(s->comm));
+    }
     if (capmoe_api_start(s->api, s->http, &err) != 0) {
         capmoe_log_error(s->log, "%s", err.msg);
         s->exit_code = 1;
         begin_drain(s, 0);
+    } else {
+        s->sched_started = 1;
     }
     capmoe_http_run(s->http);
+    if (s->fault) { /* the scheduler may be stuck in a step: end every rank now */
+        capmoe_log_error(s->log, "aborting the MPI job (exit status 3)");
+        capmoe_comm_abort(s->comm, 3);
+    }
     rc = s->exit_code;
 out:
-    capmoe_api_free(s->api); /* joins the scheduler */
+    capmoe_api_free(s->api); /* joins the scheduler (under MPI: stops the other ranks) */
     capmoe_http_free(s->http);
     capmoe_metrics_free(s->metrics);
     capmoe_cors_free(s->cors);
@@ -390,8 +497,40 @@ int main(int argc, char **argv) {
         capmoe_config_free(&cfg);
         return 1;
     }
+    if (strcmp(cfg.ep, "mpi") == 0) {
+        if (capmoe_comm_init(&s.comm, &argc, &argv, &err) != 0) {
+            capmoe_log_error(s.log, "--ep mpi: %s", err.msg);
+            capmoe_log_free(s.log);
+            capmoe_config_free(&cfg);
+            return 1;
+        }
+        s.argc = argc; /* a reload reads the arguments MPI left */
+        s.argv = argv;
+        int R = capmoe_comm_size(s.comm);
+        if (cfg.ep_ranks != 1 && cfg.ep_ranks != R) {
+            capmoe_log_error(s.log,
+                             "--ep-ranks %d differs from the %d MPI ranks (under --ep mpi the "
+                             "ranks are the processes: leave --ep-ranks out)",
+                             cfg.ep_ranks, R);
+            capmoe_comm_abort(s.comm, 2);
+        }
+        cfg.ep_ranks = R;
+        if (capmoe_comm_rank(s.comm) > 0) {
+            int rc = worker_main(&cfg, s.comm, s.log);
+            capmoe_log_free(s.log);
+            capmoe_config_free(&cfg);
+            return rc;
+        }
+        if (capmoe_comm_monitor_start(s.comm, &err) != 0)
+            capmoe_log_warn(s.log, "%s (a dead rank cannot be named)", err.msg);
+    }
+    /* rank 0 (or the only process) from here */
     int rc = run(&s);
+    /* under MPI a failure before the scheduler started must end the whole
+     * job (the other ranks wait for it) */
+    if (s.comm && !s.sched_started && rc != 0) capmoe_comm_abort(s.comm, rc);
     capmoe_log_free(s.log);
     capmoe_config_free(&cfg);
+    capmoe_comm_finalize(s.comm);
     return rc;
 }

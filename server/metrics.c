@@ -120,6 +120,12 @@ typedef struct metrics_state {
     char policy[32];      /* live: capmoe_metrics_set_policy */
     unsigned long long dropped, rerouted, routed;
     unsigned long long dispatches_limited, dispatches_unlimited;
+    /* --ep mpi: per rank (as the source of its tokens and the host of its experts) */
+    int ep_ranks;                                    /* R; 0 without MPI */
+    hist ep_wait_dispatch[CAPMOE_MAX_RANKS], ep_wait_combine[CAPMOE_MAX_RANKS];
+    hist ep_expert[CAPMOE_MAX_RANKS];
+    unsigned long long ep_bytes_sent[CAPMOE_MAX_RANKS], ep_bytes_recv[CAPMOE_MAX_RANKS];
+    unsigned long long ep_pairs[CAPMOE_MAX_RANKS], ep_tokens[CAPMOE_MAX_RANKS];
 } metrics_state;
 
 struct capmoe_metrics {
@@ -208,6 +214,11 @@ capmoe_metrics *capmoe_metrics_new(const capmoe_metrics_opts *opts) {
     hist_init(&s->gamma, B_GAMMA, NB(B_GAMMA));
     hist_init(&s->layer_seconds, B_LAYER, NB(B_LAYER));
     hist_init(&s->dropped_mass, B_MASS, NB(B_MASS));
+    for (int r = 0; r < CAPMOE_MAX_RANKS; r++) {
+        hist_init(&s->ep_wait_dispatch[r], B_LAYER, NB(B_LAYER));
+        hist_init(&s->ep_wait_combine[r], B_LAYER, NB(B_LAYER));
+        hist_init(&s->ep_expert[r], B_LAYER, NB(B_LAYER));
+    }
     s->n_experts_seen = m->n_experts;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -407,7 +418,27 @@ void capmoe_metrics_batch(capmoe_metrics *m, int batch_tokens, const capmoe_forw
             s->routed += (unsigned long long)(ls->tokens > 0 ? ls->tokens : 0) * (unsigned long long)m->top_k;
         else
             s->routed += (unsigned long long)(computed + dropped);
-        if (ls->limited) {
+        if (ls->n_src > 0) {
+            /* --ep mpi: every source rank made its own dispatch */
+            int R = ls->n_src > CAPMOE_MAX_RANKS ? CAPMOE_MAX_RANKS : ls->n_src;
+            s->ep_ranks = R;
+            for (int r = 0; r < R; r++) {
+                if (ls->src_limited[r]) {
+                    s->dispatches_limited++;
+                    if (ls->src_gamma[r] > 0) hist_observe(&s->gamma, ls->src_gamma[r]);
+                    hist_observe(&s->dropped_mass, ls->src_dropped_mass[r]);
+                } else {
+                    s->dispatches_unlimited++;
+                }
+                hist_observe(&s->ep_wait_dispatch[r], ls->rank_wait_dispatch[r]);
+                hist_observe(&s->ep_wait_combine[r], ls->rank_wait_combine[r]);
+                hist_observe(&s->ep_expert[r], ls->rank_time[r]);
+                s->ep_bytes_sent[r] += (unsigned long long)ls->rank_bytes_sent[r];
+                s->ep_bytes_recv[r] += (unsigned long long)ls->rank_bytes_recv[r];
+                s->ep_pairs[r] += (unsigned long long)(ls->rank_load[r] > 0 ? ls->rank_load[r] : 0);
+                s->ep_tokens[r] += (unsigned long long)(ls->src_tokens[r] > 0 ? ls->src_tokens[r] : 0);
+            }
+        } else if (ls->limited) {
             s->dispatches_limited++;
             if (ls->gamma > 0) hist_observe(&s->gamma, ls->gamma);
             hist_observe(&s->dropped_mass, ls->dropped_mass);
@@ -572,8 +603,8 @@ static void gauge(sbuf *b, const char *name, const char *help, double v) {
     sample_double(b, name, v);
 }
 
-/* The samples of one histogram series; labels ("a=\"x\"") may be NULL. */
-static void hist_samples(sbuf *b, const char *name, const char *labels, const hist *h) {
+/* One histogram's samples; labels ("rank=\"0\"", or NULL) go before le. */
+static void hist_series(sbuf *b, const char *name, const char *labels, const hist *h) {
     const char *sep = labels ? "," : "";
     labels = labels ? labels : "";
     unsigned long long cum = 0;
@@ -584,16 +615,56 @@ static void hist_samples(sbuf *b, const char *name, const char *labels, const hi
         else sb_puts(b, "+Inf");
         sb_printf(b, "\"} %llu\n", cum);
     }
-    if (labels[0]) sb_printf(b, "%s_sum{%s} ", name, labels);
-    else sb_printf(b, "%s_sum ", name);
+    const char *open = labels[0] ? "{" : "", *close = labels[0] ? "}" : "";
+    sb_printf(b, "%s_sum%s%s%s ", name, open, labels, close);
     sb_double(b, h->sum);
-    if (labels[0]) sb_printf(b, "\n%s_count{%s} %llu\n", name, labels, h->count);
-    else sb_printf(b, "\n%s_count %llu\n", name, h->count);
+    sb_printf(b, "\n%s_count%s%s%s %llu\n", name, open, labels, close, h->count);
 }
 
 static void histogram(sbuf *b, const char *name, const char *help, const hist *h) {
     family(b, name, "histogram", help);
-    hist_samples(b, name, NULL, h);
+    hist_series(b, name, NULL, h);
+}
+
+/* The per-rank series of --ep mpi (nothing without MPI). */
+static void render_ep(sbuf *b, const metrics_state *s) {
+    int R = s->ep_ranks;
+    if (R <= 0) return;
+    char lab[64];
+    gauge(b, "capmoe_ep_ranks", "MPI ranks (processes) of expert parallelism (--ep mpi).", R);
+    family(b, "capmoe_ep_wait_seconds", "histogram",
+           "Seconds a rank spent inside an MoE layer's all-to-all, per dispatch: phase dispatch "
+           "(counts and rows out, waiting for the others to route) and combine (results back: "
+           "the fastest rank waits here for the slowest, the straggler).");
+    for (int r = 0; r < R; r++) {
+        snprintf(lab, sizeof lab, "rank=\"%d\",phase=\"dispatch\"", r);
+        hist_series(b, "capmoe_ep_wait_seconds", lab, &s->ep_wait_dispatch[r]);
+        snprintf(lab, sizeof lab, "rank=\"%d\",phase=\"combine\"", r);
+        hist_series(b, "capmoe_ep_wait_seconds", lab, &s->ep_wait_combine[r]);
+    }
+    family(b, "capmoe_ep_expert_seconds", "histogram",
+           "Seconds a rank spent computing its experts' GEMMs per MoE layer dispatch.");
+    for (int r = 0; r < R; r++) {
+        snprintf(lab, sizeof lab, "rank=\"%d\"", r);
+        hist_series(b, "capmoe_ep_expert_seconds", lab, &s->ep_expert[r]);
+    }
+    family(b, "capmoe_ep_alltoall_bytes_total", "counter",
+           "Bytes of hidden rows a rank sent to, and received from, the other ranks in the "
+           "MoE all-to-alls (both directions of both exchanges).");
+    for (int r = 0; r < R; r++) {
+        sb_printf(b, "capmoe_ep_alltoall_bytes_total{rank=\"%d\",direction=\"sent\"} %llu\n", r,
+                  s->ep_bytes_sent[r]);
+        sb_printf(b, "capmoe_ep_alltoall_bytes_total{rank=\"%d\",direction=\"received\"} %llu\n",
+                  r, s->ep_bytes_recv[r]);
+    }
+    family(b, "capmoe_ep_expert_pairs_total", "counter",
+           "Token-expert pairs computed by a rank's experts (its expert load), all sources.");
+    for (int r = 0; r < R; r++)
+        sb_printf(b, "capmoe_ep_expert_pairs_total{rank=\"%d\"} %llu\n", r, s->ep_pairs[r]);
+    family(b, "capmoe_ep_tokens_total", "counter",
+           "Tokens a rank dispatched (its own sequences' tokens, summed over MoE layers).");
+    for (int r = 0; r < R; r++)
+        sb_printf(b, "capmoe_ep_tokens_total{rank=\"%d\"} %llu\n", r, s->ep_tokens[r]);
 }
 
 /* process_* of the Prometheus client libraries' process collector. */
@@ -717,8 +788,8 @@ char *capmoe_metrics_render(capmoe_metrics *m, size_t *len) {
            "Max over mean expert load (pairs) per MoE layer dispatch: 1 is perfectly even, E "
            "(experts) is everything on one expert; not a 0-1 ratio. below_min_tokens=\"true\": "
            "dispatches of fewer than min_tokens tokens, where a lone decode token always reads E/k.");
-    hist_samples(&b, "capmoe_moe_load_imbalance", "below_min_tokens=\"false\"", &s->imbalance);
-    hist_samples(&b, "capmoe_moe_load_imbalance", "below_min_tokens=\"true\"", &s->imbalance_small);
+    hist_series(&b, "capmoe_moe_load_imbalance", "below_min_tokens=\"false\"", &s->imbalance);
+    hist_series(&b, "capmoe_moe_load_imbalance", "below_min_tokens=\"true\"", &s->imbalance_small);
     histogram(&b, "capmoe_moe_straggler_ratio",
               "Slowest over mean expert-parallel rank time per MoE layer dispatch (only with "
               "more than one rank).",
@@ -741,6 +812,8 @@ char *capmoe_metrics_render(capmoe_metrics *m, size_t *len) {
               &s->dropped_mass);
     histogram(&b, "capmoe_moe_layer_seconds", "Wall time of one MoE block (router, experts, combine).",
               &s->layer_seconds);
+
+    render_ep(&b, s);
 
     family(&b, "capmoe_model_info", "gauge", "The served model and dispatch policy; value 1.");
     sb_puts(&b, "capmoe_model_info{model=\"");

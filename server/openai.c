@@ -609,6 +609,7 @@ typedef struct gen_call {
     int n_finished;
     int failed;               /* a sub ended with an error */
     int cancelled;
+    int answered;             /* the HTTP answer went out early (capmoe_api_fault) */
     char errmsg[512];
     /* for the access log: tokens streamed so far, the dispatches of its forwards */
     long long tokens_seen;
@@ -724,6 +725,9 @@ static void not_ready_error(const capmoe_api *api, capmoe_api_error *e) {
     else if (api->state == CAPMOE_API_FAILED)
         capmoe_api_fail(e, 503, "unavailable_error", "model_load_failed", NULL,
                         "the model failed to load: %s", api->load_error);
+    else if (api->state == CAPMOE_API_FAULT)
+        capmoe_api_fail(e, 503, "unavailable_error", "expert_parallel_failure", NULL,
+                        "the server cannot generate: %s", api->load_error);
     else
         capmoe_api_fail(e, 503, "unavailable_error", "shutting_down", NULL,
                         "the server is shutting down");
@@ -1167,7 +1171,8 @@ static void respond_final(gen_call *c) {
     capmoe_api *api = c->api;
     if (c->failed) {
         capmoe_api_error e;
-        capmoe_api_fail(&e, 500, "server_error", NULL, NULL, "generation failed: %s", c->errmsg);
+        if (api->state == CAPMOE_API_FAULT) not_ready_error(api, &e);
+        else capmoe_api_fail(&e, 500, "server_error", NULL, NULL, "generation failed: %s", c->errmsg);
         send_error(api, c->req, c->endpoint, &e);
         return;
     }
@@ -1292,13 +1297,17 @@ static void attach_access_note(gen_call *c, int client_gone) {
 static void call_complete(gen_call *c) {
     capmoe_api *api = c->api;
     if (api->metrics) capmoe_metrics_e2e_latency(api->metrics, capmoe_now() - c->t_submit);
-    if (!c->req) return;
+    if (!c->req || c->answered) return;
     attach_access_note(c, 0);
     if (!c->rq.stream) {
         respond_final(c);
         return;
     }
-    if (c->failed) {
+    if (c->failed && api->state == CAPMOE_API_FAULT) {
+        capmoe_api_error e;
+        not_ready_error(api, &e);
+        stream_error(c, 503, "unavailable_error", e.message);
+    } else if (c->failed) {
         stream_error(c, 500, "server_error", c->errmsg);
     } else if (c->cancelled) {
         stream_error(c, 503, "unavailable_error",
@@ -1314,7 +1323,8 @@ static void call_complete(gen_call *c) {
     static const char done[] = "data: [DONE]\n\n";
     capmoe_http_stream_write(c->req, done, sizeof done - 1);
     capmoe_http_stream_end(c->req);
-    count_request(api, c->endpoint, c->failed ? 500 : c->cancelled ? 503 : 200);
+    count_request(api, c->endpoint,
+                  c->failed ? (api->state == CAPMOE_API_FAULT ? 503 : 500) : c->cancelled ? 503 : 200);
 }
 
 static int sub_index(const gen_call *c, uint64_t id) {
@@ -1330,6 +1340,11 @@ static void handle_event(capmoe_api *api, capmoe_sched_event *ev) {
         capmoe_log_field f[] = {CAPMOE_LOG_STR("model", api->model_id),
                                 CAPMOE_LOG_INT("context", capmoe_sched_context(api->sched))};
         capmoe_log_fields(api->log, CAPMOE_LOG_INFO, f, 2, "model loaded; ready");
+        return;
+    }
+    if (ev->type == CAPMOE_EV_FATAL) {
+        api->state = CAPMOE_API_FAULT;
+        snprintf(api->load_error, sizeof api->load_error, "%s", ev->error ? ev->error : "?");
         return;
     }
     if (ev->type == CAPMOE_EV_LOAD_FAILED) {
@@ -1784,6 +1799,10 @@ int capmoe_api_new(capmoe_api **out, const capmoe_config *cfg, capmoe_metrics *m
     return 0;
 }
 
+void capmoe_api_set_comm(capmoe_api *api, capmoe_comm *comm) {
+    capmoe_sched_set_comm(api->sched, comm, api->cfg->ep_step_timeout_s);
+}
+
 int capmoe_api_start(capmoe_api *api, capmoe_http *http, capmoe_error *err) {
     pthread_mutex_lock(&api->mu);
     api->http = http;
@@ -1813,6 +1832,26 @@ void capmoe_api_free(capmoe_api *api) {
     pthread_mutex_destroy(&api->mu);
     free(api->model_id);
     free(api);
+}
+
+void capmoe_api_fault(capmoe_api *api, const char *why) {
+    api->state = CAPMOE_API_FAULT;
+    snprintf(api->load_error, sizeof api->load_error, "%s", why);
+    capmoe_api_error e;
+    not_ready_error(api, &e);
+    for (gen_call *c = api->calls; c; c = c->next) {
+        if (!c->req || c->answered) continue;
+        c->answered = 1;
+        if (c->rq.stream) {
+            stream_error(c, 503, "unavailable_error", e.message);
+            static const char done[] = "data: [DONE]\n\n";
+            capmoe_http_stream_write(c->req, done, sizeof done - 1);
+            capmoe_http_stream_end(c->req);
+            count_request(api, c->endpoint, 503);
+        } else {
+            send_error(api, c->req, c->endpoint, &e);
+        }
+    }
 }
 
 void capmoe_api_drain(capmoe_api *api) {

@@ -4,7 +4,9 @@
 #ifndef CAPMOE_CLI_H
 #define CAPMOE_CLI_H
 
+#include "capmoe/comm.h"
 #include "capmoe/dispatch.h"
+#include "capmoe/stats.h"
 
 /* A parsed command line: --name value pairs and --flag switches, in order. */
 typedef struct capmoe_cli_args {
@@ -35,8 +37,34 @@ int capmoe_cli_parse_ids(const char *s, int32_t **ids, int *n, capmoe_error *err
  * --renormalize --min-tokens --drop-budget. */
 int capmoe_cli_dispatch(capmoe_cli_args *a, capmoe_dispatch_cfg *cfg, capmoe_error *err);
 
+/* "1.0,1.5,2.0" into out[0..*n) (at most max values in [lo, hi]; "" gives
+ * none); errors name --name. */
+int capmoe_cli_list_d(const char *name, const char *s, double lo, double hi, double *out, int *n,
+                      int max, capmoe_error *err);
+int capmoe_cli_list_i(const char *name, const char *s, long lo, long hi, int *out, int *n,
+                      int max, capmoe_error *err);
+/* The runs of a benchmark: policy none first, then every other policy of
+ * the comma-separated list at every gamma (duplicates once). */
+int capmoe_cli_configs(const char *policies, const double *gammas, int n_gam,
+                       capmoe_policy *pol, double *gamma, int *n, int max, capmoe_error *err);
+
+/* --ep threads|mpi (cli_mpi.c). With mpi, starts the MPI process group
+ * (*comm, NULL otherwise) and sets cfg->ep_ranks to its size; an --ep-ranks
+ * that differs is refused. Call after capmoe_cli_dispatch. */
+int capmoe_cli_ep(capmoe_cli_args *a, capmoe_dispatch_cfg *cfg, capmoe_comm **comm,
+                  capmoe_error *err);
+/* Every rank says whether it is fine; 1 when all are (ok itself without
+ * MPI). A rank that was fine while another was not gets a message in err. */
+int capmoe_cli_agree(capmoe_comm *c, int ok, capmoe_error *err);
+/* Prints this rank's error (naming the rank under MPI); returns 1. */
+int capmoe_cli_fail_rank(capmoe_comm *c, const char *cmd, const capmoe_error *err);
+/* Gathers every rank's per-layer figures at rank 0 and merges them into
+ * st->layers there (capmoe_layer_stats_merge_ranks). No-op without MPI. */
+int capmoe_cli_gather_stats(capmoe_comm *c, capmoe_forward_stats *st, capmoe_error *err);
+
 /* Subcommands implemented in server/cli_bench.c, cli_perplexity.c, cli_synth.c. */
 int capmoe_cmd_bench(int argc, char **argv);
+int capmoe_cmd_bench_ep(int argc, char **argv); /* bench --ep mpi (cli_bench_ep.c) */
 int capmoe_cmd_perplexity(int argc, char **argv);
 int capmoe_cmd_synth(int argc, char **argv);
 

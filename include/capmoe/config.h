@@ -17,6 +17,8 @@
  *   policy                    enum            none           none|drop|reroute|expanded|rank_drop
  *   capacity_factor           number|"auto"   1.0            gamma, or "auto" (per-dispatch tuning)
  *   ep_ranks                  int 1..64       1              expert-parallel ranks (worker threads)
+ *   ep                        threads|mpi     threads        mpi: the ranks are the processes of mpirun
+ *   ep_step_timeout_s         number          60             --ep mpi: a longer step is a fault
  *   renormalize               bool            false          rescale kept top-k weights after a policy
  *   min_tokens                int >= 0        16             no capacity limit below this many tokens
  *   drop_budget               number 0..1     0.01           dropped routing mass allowed under auto
@@ -67,6 +69,8 @@ typedef struct capmoe_config {
     double capacity_factor;      /* gamma when !capacity_auto */
     int capacity_auto;           /* 1: "auto" */
     int ep_ranks;
+    char *ep;                    /* malloc'd: "threads" or "mpi" */
+    double ep_step_timeout_s;
     int renormalize;
     int min_tokens;
     double drop_budget;

@@ -8,6 +8,7 @@
 #ifndef CAPMOE_MODEL_H
 #define CAPMOE_MODEL_H
 
+#include "capmoe/comm.h"
 #include "capmoe/common.h"
 #include "capmoe/hfconfig.h"
 #include "capmoe/dispatch.h"
@@ -18,6 +19,12 @@ typedef struct capmoe_model capmoe_model;
 typedef struct capmoe_model_opts {
     int max_ranks;     /* rank worker threads to create (>= any ep_ranks used); 0 = 8 */
     int threads;       /* threads for small matrix products (decode); 0 = cores */
+    capmoe_comm *comm; /* --ep mpi: this process is rank r of R; it loads experts
+                          [r*E/R, (r+1)*E/R) only, forwards its own sequences, and
+                          every MoE layer exchanges pairs with the other ranks (all
+                          ranks call capmoe_model_forward in lockstep, a rank without
+                          sequences too; dispatch cfg.ep_ranks must be R). Borrowed.
+                          NULL: one process, experts on rank worker threads. */
 } capmoe_model_opts;
 
 int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_opts *opts,
@@ -70,5 +77,13 @@ typedef struct capmoe_batch_seq {
 int capmoe_model_forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_seqs,
                          const capmoe_dispatch_cfg *cfg, float *logits,
                          capmoe_forward_stats *stats, capmoe_error *err);
+
+/* --ep mpi. This rank cannot run the step it was asked to (an unreadable
+ * plan, no memory): it tells the others at the first MoE layer's exchange,
+ * where every rank's forward then fails. */
+void capmoe_model_forward_abandon(capmoe_model *m);
+/* --ep mpi: 1 once an exchange failed (a rank failed or died, an MPI error,
+ * a timeout): the process group cannot be used again. */
+int capmoe_model_comm_broken(const capmoe_model *m);
 
 #endif

@@ -132,13 +132,16 @@ typedef enum capmoe_api_state {
     CAPMOE_API_LOADING = 0,
     CAPMOE_API_READY,
     CAPMOE_API_FAILED,
-    CAPMOE_API_DRAINING
+    CAPMOE_API_DRAINING,
+    CAPMOE_API_FAULT      /* --ep mpi: a rank died or hung; everything is answered 503 */
 } capmoe_api_state;
 
 /* Creates the API and its scheduler (not started). cfg, metrics are borrowed
  * and must outlive the API; metrics may be NULL. */
 int capmoe_api_new(capmoe_api **out, const capmoe_config *cfg, capmoe_metrics *metrics,
                    capmoe_error *err);
+/* --ep mpi, before capmoe_api_start: the scheduler is rank 0 of comm (borrowed). */
+void capmoe_api_set_comm(capmoe_api *api, capmoe_comm *comm);
 /* Starts the scheduler thread (model loading). http is borrowed. */
 int capmoe_api_start(capmoe_api *api, capmoe_http *http, capmoe_error *err);
 /* Stops waking the loop from the scheduler thread (events queue up and are
@@ -156,6 +159,10 @@ void capmoe_api_on_rejected(capmoe_api *api, const char *path, int status);
 /* Handles queued scheduler events (call from on_wake). */
 void capmoe_api_process(capmoe_api *api);
 
+/* --ep mpi fault seen by the loop (a rank died or hangs while the scheduler
+ * may be stuck in a step): every open generation is answered 503 now, with
+ * `why`, and so is everything that follows. */
+void capmoe_api_fault(capmoe_api *api, const char *why);
 /* Draining: every new request but GET /metrics gets 503 shutting_down with
  * Retry-After (with capmoe_http_drain, also Connection: close); running
  * generations go on. */
@@ -169,7 +176,7 @@ void capmoe_api_cancel_all(capmoe_api *api);
 capmoe_api_state capmoe_api_get_state(const capmoe_api *api);
 /* Generation calls the scheduler still owes a FINISHED for. */
 int capmoe_api_busy(const capmoe_api *api);
-/* The LOAD_FAILED message (valid in state FAILED). */
+/* The LOAD_FAILED message (valid in state FAILED), or the fault (state FAULT). */
 const char *capmoe_api_error_msg(const capmoe_api *api);
 
 #endif

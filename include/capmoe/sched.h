@@ -14,7 +14,11 @@
  * the next step and leave as soon as they finish; a cancelled request frees
  * its sequences at the next step. The configured capmoe_dispatch_cfg is
  * applied to every forward, so every MoE layer dispatches the whole batch.
- * Sequence in slot s lives on expert-parallel rank s mod ep_ranks.
+ * Sequence in slot s lives on expert-parallel rank s mod ep_ranks (rank
+ * worker threads); under --ep mpi a new sequence goes to the rank holding
+ * the fewest live tokens (cached + prompt still to feed; ties: lowest rank),
+ * where its KV cache lives until it finishes. The forward pass and the
+ * sampling run through capmoe_engine (engine.h).
  *
  * Lifecycle
  *   capmoe_sched_new(opts)      allocates; loads nothing
@@ -45,6 +49,7 @@
 
 #include "capmoe/common.h"
 #include "capmoe/dispatch.h"
+#include "capmoe/engine.h"
 #include "capmoe/hfconfig.h"
 #include "capmoe/sample.h"
 #include "capmoe/stats.h"
@@ -55,7 +60,7 @@ typedef struct capmoe_sched capmoe_sched;
 #define CAPMOE_SCHED_MAX_STOP 8        /* stop strings per request */
 #define CAPMOE_SCHED_MAX_STOP_LEN 256  /* bytes per stop string */
 #define CAPMOE_SCHED_MAX_STOP_IDS 16   /* extra stop token ids per request */
-#define CAPMOE_SCHED_MAX_TOP 20        /* top logprobs per token */
+#define CAPMOE_SCHED_MAX_TOP CAPMOE_ENGINE_MAX_TOP /* top logprobs per token */
 
 /* Return codes of capmoe_sched_submit. */
 typedef enum capmoe_sched_rc {
@@ -86,18 +91,14 @@ typedef enum capmoe_event_type {
                                     (a chunk at a time; toks[i].pos = prompt index) */
     CAPMOE_EV_TOKEN,             /* one generated token of one choice */
     CAPMOE_EV_CHOICE_DONE,       /* a choice finished (finish, n_generated) */
-    CAPMOE_EV_FINISHED           /* the request is over; last event for it */
+    CAPMOE_EV_FINISHED,          /* the request is over; last event for it */
+    CAPMOE_EV_FATAL              /* --ep mpi: the process group failed (a rank died or hung):
+                                    every request has been ended with an error (FINISHED sent),
+                                    no step will run again; error says which rank. The
+                                    program should answer what it can and exit non-zero. */
 } capmoe_event_type;
 
-typedef struct capmoe_tok_info {
-    int32_t id;
-    int pos;                       /* position in the sequence (prompt index for prompt tokens) */
-    double logprob;                /* log p(id) under the model (raw logits, before sampling
-                                      transforms); valid when logprobs >= 0 */
-    int n_top;
-    int32_t top_ids[CAPMOE_SCHED_MAX_TOP];  /* most likely ids, descending */
-    double top_lps[CAPMOE_SCHED_MAX_TOP];
-} capmoe_tok_info;
+/* capmoe_tok_info: see engine.h */
 
 /* One event. Owned by the receiver of on_event; free with capmoe_sched_event_free. */
 typedef struct capmoe_sched_event {
@@ -166,6 +167,10 @@ typedef struct capmoe_sched_opts {
     capmoe_dispatch_cfg dispatch;
     int collect_stats;           /* 1: pass capmoe_forward_stats to the forward */
     int threads;                 /* engine threads (capmoe_model_opts); 0 = one per core */
+    capmoe_comm *comm;           /* --ep mpi (borrowed): this is rank 0; the other ranks run
+                                    capmoe_engine_serve; dispatch.ep_ranks must be the size.
+                                    New sequences go to the rank with the fewest live tokens. */
+    double step_timeout_s;       /* --ep mpi: a step longer than this is a fault (0: 60 s) */
     capmoe_sched_event_cb on_event;  /* required */
     capmoe_sched_step_cb on_step;    /* optional */
     void *user;                  /* first argument of both callbacks */
@@ -199,6 +204,9 @@ void capmoe_gen_params_default(capmoe_gen_params *p); /* n 1, max_tokens 16, sam
 
 /* Allocates a scheduler (no thread, nothing loaded). Validates the limits. */
 int capmoe_sched_new(capmoe_sched **out, const capmoe_sched_opts *opts, capmoe_error *err);
+/* --ep mpi, before capmoe_sched_start: this process is rank 0 of comm
+ * (borrowed); the other ranks must run capmoe_engine_serve. */
+void capmoe_sched_set_comm(capmoe_sched *s, capmoe_comm *comm, double step_timeout_s);
 /* Starts the scheduler thread (which loads the model). */
 int capmoe_sched_start(capmoe_sched *s, capmoe_error *err);
 /* Cancels everything, joins the thread, frees the model and all state.

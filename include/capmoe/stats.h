@@ -29,6 +29,25 @@ typedef struct capmoe_layer_stats {
                                                 experts (excludes waiting for a core
                                                 when ranks outnumber cores; with R = 1
                                                 the caller's thread only) */
+    /* --ep mpi (n_src = R; 0 otherwise). Every rank r dispatches its own T_r
+     * tokens (a source, the src_* fields) and hosts experts [r*E/R,
+     * (r+1)*E/R) (rank_load / rank_time / rank_cpu_time above, and the
+     * fields below). One process fills only its own index; the step
+     * protocol gathers every rank's figures at rank 0. loads, dropped,
+     * rerouted and tokens are then sums over the sources. */
+    int n_src;
+    int src_tokens[CAPMOE_MAX_RANKS];      /* T_r */
+    int src_limited[CAPMOE_MAX_RANKS];
+    int src_capacity[CAPMOE_MAX_RANKS];    /* C_r */
+    double src_gamma[CAPMOE_MAX_RANKS];    /* gamma chosen for the source */
+    double src_dropped_mass[CAPMOE_MAX_RANKS];
+    double rank_wait_dispatch[CAPMOE_MAX_RANKS]; /* seconds inside the dispatch all-to-all
+                                                    (counts + rows): waiting for the others */
+    double rank_wait_combine[CAPMOE_MAX_RANKS];  /* seconds inside the combine all-to-all:
+                                                    the straggler shows up here */
+    long long rank_bytes_sent[CAPMOE_MAX_RANKS]; /* rows sent in both all-to-alls, to other ranks */
+    long long rank_bytes_recv[CAPMOE_MAX_RANKS];
+    int rank_pairs_sent[CAPMOE_MAX_RANKS];       /* kept pairs sent to other ranks' experts */
     double router_time;     /* seconds: router GEMM + dispatch */
     double expert_time;     /* seconds: wall time of the expert phase (slowest rank) */
     double layer_time;      /* seconds: whole MoE block incl. combine / shared expert */
@@ -52,5 +71,12 @@ double capmoe_layer_load_imbalance(const capmoe_layer_stats *ls);
 double capmoe_layer_straggler_ratio(const capmoe_layer_stats *ls);
 /* max over ranks of rank load (0 for NULL or n_ranks <= 0). */
 int capmoe_layer_max_rank_load(const capmoe_layer_stats *ls);
+/* --ep mpi: one layer's figures as R processes measured them (per_rank[r]
+ * filled by rank r: its own source and host indexes) into one: sums of
+ * tokens, loads, dropped and rerouted; every rank's src_* / rank_* entry;
+ * the slowest rank's times; dropped_mass weighted by tokens; capacity and
+ * gamma when all sources agree (else 0). */
+void capmoe_layer_stats_merge_ranks(capmoe_layer_stats *dst, const capmoe_layer_stats *per_rank,
+                                    int R);
 
 #endif
