@@ -322,8 +322,9 @@ static int worker_main(const capmoe_config *cfg, capmoe_comm *comm, capmoe_log *
     int El = hc->n_experts / capmoe_comm_size(comm);
     capmoe_log_field f[] = {CAPMOE_LOG_INT("rank", me), CAPMOE_LOG_INT("pid", (long)getpid())};
     capmoe_log_fields(log, CAPMOE_LOG_INFO, f, 2,
-                      "rank %d of %d on %s: experts [%d, %d) loaded; serving", me,
-                      capmoe_comm_size(comm), capmoe_comm_host(comm), me * El, (me + 1) * El);
+                      "rank %d of %d (pid %ld) on %s: experts [%d, %d) loaded; serving", me,
+                      capmoe_comm_size(comm), (long)getpid(), capmoe_comm_host(comm), me * El,
+                      (me + 1) * El);
     int rc = capmoe_engine_serve(e, &err);
     capmoe_engine_free(e);
     capmoe_model_free(m);
