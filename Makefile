@@ -7,6 +7,9 @@
 #                   every test (tests/run.sh)
 #   make asan       the AddressSanitizer + UBSan build in build-asan/
 #   make bench      a short benchmark (capmoe bench) printing its table
+#   make install    binaries, default configuration, default model, systemd
+#                   unit, license (PREFIX=/usr/local, DESTDIR= for staging)
+#   make uninstall  removes what install put there (not the configuration)
 #   make clean
 
 CC      ?= cc
@@ -15,7 +18,7 @@ SAN     ?= 0
 WERROR  ?= -Werror
 OPT     ?= -O2
 
-PKGS    := openblas libcjson libmicrohttpd libuv libpcre2-8 libutf8proc ompi-c
+PKGS    := openblas libcjson libmicrohttpd libuv libpcre2-8 libutf8proc ompi-c gnutls
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
@@ -39,7 +42,7 @@ TEST_BIN   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 LIB        := $(BUILD)/libcapmoe.a
 SRVLIB     := $(BUILD)/libcapmoe-server.a
 
-.PHONY: all deps test-deps run test asan tests bench clean
+.PHONY: all deps test-deps run test asan tests bench clean install uninstall FORCE
 all: $(BUILD)/capmoe $(BUILD)/capmoe-server
 
 deps:
@@ -52,11 +55,16 @@ $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-# The build's identity: the ranks of --ep mpi refuse to work with a rank of
-# another build (core/engine.c fingerprints it with the model).
-VERSION  := 0.1.0
-REVISION := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
-$(BUILD)/obj/core/engine.o: CFLAGS += -DCAPMOE_VERSION='"$(VERSION)"' -DCAPMOE_REVISION='"$(REVISION)"'
+# The revision in `capmoe --version`, capmoe_build_info and the --ep mpi
+# start-up check (core/engine.c): git's commit, or
+# REVISION=... from outside (the Docker build has no .git). Only version.o
+# is rebuilt when it changes (the stamp is rewritten only then).
+REVISION ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+$(BUILD)/obj/core/version.o: CFLAGS += -DCAPMOE_REVISION='"$(REVISION)"'
+$(BUILD)/obj/core/version.o: $(BUILD)/revision.stamp
+$(BUILD)/revision.stamp: FORCE
+	@mkdir -p $(dir $@); echo '$(REVISION)' | cmp -s - $@ || echo '$(REVISION)' > $@
+FORCE:
 
 # The kernels' a*b+c must become fused multiply-adds (ISO C mode forbids
 # contraction by default).
@@ -97,6 +105,42 @@ test: test-deps
 bench: deps
 	$(MAKE) all
 	sh tests/bench/bench_short.sh
+
+# ---- install ---------------------------------------------------------------
+# PREFIX/bin: capmoe, capmoe-server; PREFIX/share/capmoe/model: the default
+# model; SYSCONFDIR/capmoe/capmoe.json: the configuration naming that model
+# (an existing file is kept); PREFIX/lib/systemd/system/capmoe.service: the
+# unit with these paths; PREFIX/share/doc/capmoe: README.md, LICENSE.
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+DATADIR    ?= $(PREFIX)/share/capmoe
+SYSCONFDIR ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+DOCDIR     ?= $(PREFIX)/share/doc/capmoe
+MODEL_FILES := $(wildcard config/model/*)
+
+install: all
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/model $(DESTDIR)$(SYSCONFDIR)/capmoe \
+	  $(DESTDIR)$(UNITDIR) $(DESTDIR)$(DOCDIR)
+	install -m 755 $(BUILD)/capmoe $(BUILD)/capmoe-server $(DESTDIR)$(BINDIR)/
+	install -m 644 $(MODEL_FILES) $(DESTDIR)$(DATADIR)/model/
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/capmoe/capmoe.json ]; then \
+	  echo "keeping $(DESTDIR)$(SYSCONFDIR)/capmoe/capmoe.json"; \
+	else \
+	  echo "writing $(DESTDIR)$(SYSCONFDIR)/capmoe/capmoe.json"; \
+	  sed 's|"model": "config/model"|"model": "$(DATADIR)/model"|' config/capmoe.json \
+	    > $(DESTDIR)$(SYSCONFDIR)/capmoe/capmoe.json && chmod 644 $(DESTDIR)$(SYSCONFDIR)/capmoe/capmoe.json; \
+	fi
+	sed -e 's|/usr/local/bin|$(BINDIR)|g' -e 's|/usr/local/etc|$(SYSCONFDIR)|g' \
+	  -e 's|/usr/local/share/doc/capmoe|$(DOCDIR)|g' docker/capmoe.service > $(DESTDIR)$(UNITDIR)/capmoe.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/capmoe.service
+	install -m 644 README.md LICENSE $(DESTDIR)$(DOCDIR)/
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/capmoe $(DESTDIR)$(BINDIR)/capmoe-server \
+	  $(DESTDIR)$(UNITDIR)/capmoe.service $(DESTDIR)$(DOCDIR)/README.md $(DESTDIR)$(DOCDIR)/LICENSE
+	rm -rf $(DESTDIR)$(DATADIR)
+	-rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null
 
 clean:
 	rm -rf build build-asan

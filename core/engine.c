@@ -2,17 +2,12 @@
  * sequence id, the forward pass of a step, sampling; under --ep mpi the
  * step plan goes from rank 0 to every rank and the results come back. */
 #include "capmoe/engine.h"
+#include "capmoe/version.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#ifndef CAPMOE_VERSION
-#define CAPMOE_VERSION "0.0.0"
-#endif
-#ifndef CAPMOE_REVISION
-#define CAPMOE_REVISION "unknown"
-#endif
 
 #define PLAN_MAGIC 0x43504d45u /* "CPME" */
 enum { PLAN_STEP = 1, PLAN_RELEASE = 2, PLAN_STOP = 3 };
@@ -604,8 +599,8 @@ static uint64_t fingerprint(const char *dir) {
         fclose(f);
     }
     free(path);
-    const char *build = CAPMOE_VERSION " " CAPMOE_REVISION;
-    h = fnv1a(h, build, strlen(build));
+    h = fnv1a(h, CAPMOE_VERSION, strlen(CAPMOE_VERSION));
+    h = fnv1a(h, capmoe_revision(), strlen(capmoe_revision()));
     size_t sizes[] = {sizeof(plan_head), sizeof(seq_head), sizeof(res_head),
                       sizeof(capmoe_layer_stats), sizeof(capmoe_tok_info)};
     return fnv1a(h, sizes, sizeof sizes);
@@ -628,7 +623,7 @@ int capmoe_engine_check_ranks(capmoe_comm *comm, const char *model_dir, const ch
     memset(&me, 0, sizeof me);
     me.status = local_error ? -1 : 0;
     me.print = fingerprint(model_dir);
-    snprintf(me.build, sizeof me.build, "%s %s", CAPMOE_VERSION, CAPMOE_REVISION);
+    snprintf(me.build, sizeof me.build, "%s %s", CAPMOE_VERSION, capmoe_revision());
     snprintf(me.host, sizeof me.host, "%s", capmoe_comm_host(comm));
     snprintf(me.msg, sizeof me.msg, "%.500s", local_error ? local_error : "");
     void *all = NULL;

@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include "capmoe/model.h"
@@ -64,6 +65,11 @@ typedef struct sreq {
     double t_submit, t_admit, t_first;
     int cancelled;
     char *error;
+    /* the dispatches of the forwards this request took part in */
+    long step_seen;        /* last step counted (a request with n choices counts once) */
+    int policy;            /* capmoe_policy of its last forward */
+    int n_dispatch, n_limited;
+    double gamma_min, gamma_max, gamma_sum;
     struct sreq *next;
 } sreq;
 
@@ -87,7 +93,8 @@ struct capmoe_sched {
     int n_active;          /* submitted, FINISHED not yet emitted */
     uint64_t next_id;
     int ready;             /* 1 loaded, -1 failed, 0 loading */
-    uint64_t seed_counter;
+    capmoe_dispatch_cfg pending_dispatch; /* capmoe_sched_set_dispatch, taken before a step */
+    int has_pending_dispatch;
 
     /* scheduler thread (read-only for others after READY: tok, hc, context, vocab) */
     capmoe_model *model;
@@ -109,6 +116,7 @@ struct capmoe_sched {
     int *batch_pos;        /* prompt position of a prefill entry */
     capmoe_layer_stats *layer_st;
     capmoe_forward_stats st;
+    long step_counter;
 };
 
 const char *capmoe_finish_name(capmoe_finish f) {
@@ -311,6 +319,12 @@ static void finish_request_if_done(capmoe_sched *s, sreq *rq) {
         ev->t_first_token = rq->t_first;
         ev->cancelled = rq->cancelled;
         if (rq->error) ev->error = strdup(rq->error);
+        ev->policy = rq->policy;
+        ev->n_dispatches = rq->n_dispatch;
+        ev->n_limited = rq->n_limited;
+        ev->gamma_min = rq->gamma_min;
+        ev->gamma_max = rq->gamma_max;
+        ev->gamma_mean = rq->n_limited ? rq->gamma_sum / rq->n_limited : 0;
     }
     unlink_req(s, rq);
     req_free(s, rq);
@@ -478,6 +492,37 @@ static int cmp_admit(const void *a, const void *b) {
 static void report(capmoe_sched *s, int tokens, int n_seqs, double step_time,
                    const capmoe_forward_stats *fwd);
 
+/* Adds the dispatches of the forward just run (its stats) to every request
+ * of the batch, once per request. */
+static void account_dispatches(capmoe_sched *s, int nb) {
+    s->step_counter++;
+    int n = 0, lim = 0;
+    double gmin = 0, gmax = 0, gsum = 0;
+    if (s->o.collect_stats)
+        for (int l = 0; l < s->st.n_moe && l < s->st.cap_layers; l++) {
+            const capmoe_layer_stats *ls = &s->st.layers[l];
+            n++;
+            if (!ls->limited) continue;
+            if (lim == 0 || ls->gamma < gmin) gmin = ls->gamma;
+            if (lim == 0 || ls->gamma > gmax) gmax = ls->gamma;
+            gsum += ls->gamma;
+            lim++;
+        }
+    for (int i = 0; i < nb; i++) {
+        sreq *rq = s->batch_seq[i]->rq;
+        if (rq->step_seen == s->step_counter) continue;
+        rq->step_seen = s->step_counter;
+        rq->policy = (int)s->o.dispatch.policy;
+        if (lim) {
+            if (rq->n_limited == 0 || gmin < rq->gamma_min) rq->gamma_min = gmin;
+            if (rq->n_limited == 0 || gmax > rq->gamma_max) rq->gamma_max = gmax;
+        }
+        rq->n_dispatch += n;
+        rq->n_limited += lim;
+        rq->gamma_sum += gsum;
+    }
+}
+
 static void end_all(capmoe_sched *s, const char *why);
 
 /* Builds and runs one batch. Returns 1 when a forward ran. */
@@ -556,6 +601,7 @@ static int step(capmoe_sched *s) {
         report(s, 0, 0, capmoe_now() - t0, NULL);
         return 0;
     }
+    account_dispatches(s, nb);
     /* Sequences may finish (and requests be freed) while we walk the batch:
      * take what each entry needs first. */
     for (int i = 0; i < nb; i++) {
@@ -719,6 +765,10 @@ static void *thread_main(void *arg) {
             memmove(s->cancel_ids, s->cancel_ids + nc,
                     sizeof *cancels * (size_t)(s->n_cancel - nc));
         s->n_cancel -= nc;
+        if (s->has_pending_dispatch) { /* between two forwards: no batch sees two settings */
+            s->o.dispatch = s->pending_dispatch;
+            s->has_pending_dispatch = 0;
+        }
         int all = s->cancel_all || s->stop;
         s->cancel_all = 0;
         int stop = s->stop;
@@ -804,9 +854,6 @@ int capmoe_sched_new(capmoe_sched **out, const capmoe_sched_opts *o, capmoe_erro
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
     s->next_id = 1;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    s->seed_counter = (uint64_t)ts.tv_sec * 1000000007ull ^ (uint64_t)ts.tv_nsec;
     *out = s;
     return 0;
 }
@@ -860,11 +907,19 @@ void capmoe_sched_free(capmoe_sched *s) {
     free(s);
 }
 
-static uint64_t mix64(uint64_t x) { /* splitmix64 finaliser */
-    x += 0x9E3779B97F4A7C15ull;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-    return x ^ (x >> 31);
+/* A seed from the kernel's entropy source (getrandom, blocking only until
+ * the pool is first initialised, which happens at boot). */
+static int entropy_seed(uint64_t *out, capmoe_error *err) {
+    unsigned char *p = (unsigned char *)out;
+    size_t got = 0;
+    while (got < sizeof *out) {
+        ssize_t n = getrandom(p + got, sizeof *out - got, 0);
+        if (n > 0) got += (size_t)n;
+        else if (n < 0 && errno != EINTR)
+            return capmoe_set_error(err, "cannot draw a random seed: getrandom: %s",
+                                    strerror(errno));
+    }
+    return 0;
 }
 
 static capmoe_sched_rc validate(const capmoe_sched *s, const capmoe_gen_params *p,
@@ -968,6 +1023,13 @@ capmoe_sched_rc capmoe_sched_submit(capmoe_sched *s, const capmoe_gen_params *p,
     rq->prompt_logprobs = p->prompt_logprobs;
     rq->skip_special = p->skip_special;
     rq->t_submit = capmoe_now();
+    /* Without a seed every request draws its own from the kernel, so
+     * identical requests sample independently; with one, output repeats. */
+    rq->seed = p->seed;
+    if (!p->has_seed && entropy_seed(&rq->seed, err) != 0) {
+        req_free(s, rq);
+        return CAPMOE_SCHED_ENOMEM;
+    }
 
     pthread_mutex_lock(&s->mu);
     if (s->draining || s->stop) {
@@ -984,7 +1046,6 @@ capmoe_sched_rc capmoe_sched_submit(capmoe_sched *s, const capmoe_gen_params *p,
         return CAPMOE_SCHED_EFULL;
     }
     rq->id = s->next_id++;
-    rq->seed = p->has_seed ? p->seed : mix64(s->seed_counter++ ^ rq->id);
     pthread_mutex_unlock(&s->mu);
     for (int c = 0; c < rq->n; c++) capmoe_rng_seed(&rq->seqs[c].rng, rq->seed + (uint64_t)c);
     pthread_mutex_lock(&s->mu);
@@ -1018,6 +1079,23 @@ void capmoe_sched_cancel(capmoe_sched *s, uint64_t id) {
     s->cancel_ids[s->n_cancel++] = id;
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
+}
+
+int capmoe_sched_set_dispatch(capmoe_sched *s, const capmoe_dispatch_cfg *d, capmoe_error *err) {
+    if (d->ep_ranks != s->o.dispatch.ep_ranks) /* ep_ranks never changes after new */
+        return capmoe_set_error(err, "ep_ranks: %d ranks cannot change to %d without a restart",
+                                s->o.dispatch.ep_ranks, d->ep_ranks);
+    pthread_mutex_lock(&s->mu);
+    int ready = s->ready;
+    pthread_mutex_unlock(&s->mu);
+    if (ready == 1 && s->hc->n_moe_layers > 0 &&
+        capmoe_dispatch_cfg_check(d, s->hc->n_experts, err) != 0)
+        return -1;
+    pthread_mutex_lock(&s->mu);
+    s->pending_dispatch = *d;
+    s->has_pending_dispatch = 1;
+    pthread_mutex_unlock(&s->mu);
+    return 0;
 }
 
 void capmoe_sched_drain(capmoe_sched *s) {

@@ -1,7 +1,9 @@
 /* config.c - the option table of capmoe-server and the four ways to set it:
  * defaults, JSON file, CAPMOE_* environment variables and --flags. */
 #include "capmoe/config.h"
+#include "capmoe/cors.h"
 #include "capmoe/json.h"
+#include "capmoe/log.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -19,8 +21,14 @@ typedef enum opt_type {
     OPT_DOUBLE,       /* double */
     OPT_BOOL,         /* int 0/1 */
     OPT_POLICY,       /* int capmoe_policy */
-    OPT_GAMMA         /* double capacity_factor + int capacity_auto */
+    OPT_GAMMA,        /* double capacity_factor + int capacity_auto */
+    OPT_CHOICE        /* int: index of the value in meta ("a|b|c") */
 } opt_type;
+
+/* Flags (the last column of the table). */
+#define OPT_RESTART 0 /* a changed value needs a restart (a reload logs it and keeps the old) */
+#define OPT_LIVE 1    /* a SIGHUP reload applies a new value at once; others need a restart */
+#define OPT_SECRET 2  /* never written in logs (a reload logs "changed") */
 
 typedef struct opt {
     const char *name;    /* snake_case: JSON key; flag = kebab-case; env = CAPMOE_UPPER */
@@ -30,67 +38,113 @@ typedef struct opt {
     const char *def;     /* default, as the text a flag would carry */
     const char *meta;    /* value placeholder in --help */
     const char *help;
+    int flags;           /* OPT_LIVE, OPT_SECRET */
 } opt;
 
 #define OFF(f) offsetof(capmoe_config, f)
 
 static const opt k_opts[] = {
     {"model", OPT_STRING, OFF(model), 0, 0, "config/model", "DIR",
-     "Hugging Face model directory (config.json, safetensors, tokenizer.json)"},
+     "Hugging Face model directory (config.json, safetensors, tokenizer.json)",
+     OPT_RESTART},
     {"model_name", OPT_STRING, OFF(model_name), 0, 0, "", "ID",
-     "model id served in /v1/models and accepted in \"model\" (empty: basename of --model)"},
+     "model id served in /v1/models and accepted in \"model\" (empty: basename of --model)",
+     OPT_RESTART},
     {"host", OPT_STRING, OFF(host), 0, 0, "127.0.0.1", "ADDR",
-     "address to listen on (IPv4 / IPv6 literal or host name)"},
+     "address to listen on (IPv4 / IPv6 literal or host name)",
+     OPT_RESTART},
     {"port", OPT_INT, OFF(port), 0, 65535, "8080", "N",
-     "TCP port to listen on (0: any free port, logged at start)"},
+     "TCP port to listen on (0: any free port, logged at start)",
+     OPT_RESTART},
     {"api_key", OPT_STRING, OFF(api_key), 0, 0, "", "KEY",
-     "require \"Authorization: Bearer KEY\" on /v1/..., /tokenize, /detokenize (empty: off)"},
+     "require \"Authorization: Bearer KEY\" on /v1/..., /tokenize, /detokenize (empty: off)",
+     OPT_LIVE | OPT_SECRET},
     {"policy", OPT_POLICY, OFF(policy), 0, 0, "none", "P",
-     "capacity-aware dispatch policy: none, drop, reroute, expanded, rank_drop"},
+     "capacity-aware dispatch policy: none, drop, reroute, expanded, rank_drop",
+     OPT_LIVE},
     {"capacity_factor", OPT_GAMMA, OFF(capacity_factor), 1e-6, 1e6, "1.0", "G|auto",
-     "capacity factor gamma (> 0), or auto (smallest grid gamma within the drop budget)"},
+     "capacity factor gamma (> 0), or auto (smallest grid gamma within the drop budget)",
+     OPT_LIVE},
     {"ep_ranks", OPT_INT, OFF(ep_ranks), 1, 64, "1", "R",
-     "expert-parallel ranks (worker threads); sequence i lives on rank i mod R"},
+     "expert-parallel ranks (worker threads); sequence i lives on rank i mod R",
+     OPT_RESTART},
     {"ep", OPT_STRING, OFF(ep), 0, 0, "threads", "threads|mpi",
      "where expert-parallel ranks run: threads of this process (--ep-ranks), or the MPI "
-     "processes of `mpirun -np R` (rank 0 serves HTTP; experts and sequences spread over all)"},
+     "processes of `mpirun -np R` (rank 0 serves HTTP; experts and sequences spread over all)",
+     OPT_RESTART},
     {"ep_step_timeout_s", OPT_DOUBLE, OFF(ep_step_timeout_s), 0.1, 86400, "60", "S",
      "--ep mpi: a scheduler step that takes longer is a fault (a rank died or hangs): open "
-     "requests get 503 and the job stops"},
+     "requests get 503 and the job stops",
+     OPT_RESTART},
     {"renormalize", OPT_BOOL, OFF(renormalize), 0, 1, "false", "BOOL",
-     "rescale each token's kept expert weights to sum to 1 after a limited dispatch"},
+     "rescale each token's kept expert weights to sum to 1 after a limited dispatch",
+     OPT_LIVE},
     {"min_tokens", OPT_INT, OFF(min_tokens), 0, 1e9, "16", "N",
-     "dispatches of fewer tokens are never capacity-limited (0: always limit)"},
+     "dispatches of fewer tokens are never capacity-limited (0: always limit)",
+     OPT_LIVE},
     {"drop_budget", OPT_DOUBLE, OFF(drop_budget), 0, 1, "0.01", "B",
-     "dropped routing mass allowed per dispatch under capacity_factor auto"},
+     "dropped routing mass allowed per dispatch under capacity_factor auto",
+     OPT_LIVE},
     {"max_batch_tokens", OPT_INT, OFF(max_batch_tokens), 1, 1 << 20, "512", "N",
-     "token budget of one scheduler step (decode tokens + prompt chunks)"},
+     "token budget of one scheduler step (decode tokens + prompt chunks)",
+     OPT_RESTART},
     {"max_running", OPT_INT, OFF(max_running), 1, 4096, "16", "N",
-     "sequences decoded together (a request with n choices uses n)"},
+     "sequences decoded together (a request with n choices uses n)",
+     OPT_RESTART},
     {"max_queue", OPT_INT, OFF(max_queue), 1, 1e6, "256", "N",
-     "requests waiting for a slot; more are refused with 429 and Retry-After"},
+     "requests waiting for a slot; more are refused with 429 and Retry-After",
+     OPT_RESTART},
     {"context", OPT_INT, OFF(context), 0, 1 << 24, "0", "N",
-     "tokens per sequence, prompt + completion (0: the model's max_position_embeddings)"},
+     "tokens per sequence, prompt + completion (0: the model's max_position_embeddings)",
+     OPT_RESTART},
     {"max_body_bytes", OPT_LLONG, OFF(max_body_bytes), 1024, 1073741824.0, "1048576", "N",
-     "largest request body accepted (413 above, decided from Content-Length when sent)"},
+     "largest request body accepted (413 above, decided from Content-Length when sent)",
+     OPT_RESTART},
     {"grace_period_s", OPT_DOUBLE, OFF(grace_period_s), 0, 86400, "30", "S",
-     "on SIGTERM/SIGINT: seconds running requests get to finish before they are cancelled"},
+     "on SIGTERM/SIGINT: seconds running requests get to finish before they are cancelled",
+     OPT_RESTART},
     {"request_timeout_s", OPT_DOUBLE, OFF(request_timeout_s), 0, 1e7, "0", "S",
      "end a generation this long after its arrival (queue time included) with what it has, "
-     "finish_reason length (0: no limit)"},
+     "finish_reason length (0: no limit)",
+     OPT_RESTART},
     {"connection_timeout_s", OPT_INT, OFF(connection_timeout_s), 0, 86400, "60", "S",
-     "close an HTTP connection idle this long (0: never)"},
+     "close an HTTP connection idle this long (0: never)",
+     OPT_RESTART},
     {"header_timeout_s", OPT_INT, OFF(header_timeout_s), 0, 86400, "10", "S",
      "close a new HTTP connection that has not sent a whole request header this long "
-     "after connecting (0: connection_timeout_s applies)"},
+     "after connecting (0: connection_timeout_s applies)",
+     OPT_RESTART},
     {"max_connections", OPT_INT, OFF(max_connections), 1, 65536, "512", "N",
-     "concurrent HTTP connections (suspended streaming ones included)"},
+     "concurrent HTTP connections (suspended streaming ones included)",
+     OPT_RESTART},
     {"max_connections_per_ip", OPT_INT, OFF(max_connections_per_ip), 0, 65536, "0", "N",
-     "concurrent HTTP connections from one client address (0: no per-address limit)"},
+     "concurrent HTTP connections from one client address (0: no per-address limit)",
+     OPT_RESTART},
     {"metrics_per_layer_expert", OPT_BOOL, OFF(metrics_per_layer_expert), 0, 1, "false", "BOOL",
-     "label expert-token counters by {layer,expert} (layers x experts series) instead of {expert}"},
+     "label expert-token counters by {layer,expert} (layers x experts series) instead of {expert}",
+     OPT_RESTART},
     {"threads", OPT_INT, OFF(threads), 0, 64, "0", "N",
-     "engine threads for matrix products and attention (0: one per core)"},
+     "engine threads for matrix products and attention (0: one per core)",
+     OPT_RESTART},
+    {"log_level", OPT_CHOICE, OFF(log_level), 0, 0, "info", CAPMOE_LOG_LEVELS,
+     "least severe log records written (the access log is at info)", OPT_LIVE},
+    {"log_format", OPT_CHOICE, OFF(log_format), 0, 0, "text", CAPMOE_LOG_FORMATS,
+     "log records as text lines (timestamp level message key=value) or JSON objects",
+     OPT_RESTART},
+    {"access_log", OPT_BOOL, OFF(access_log), 0, 1, "true", "BOOL",
+     "one info record per HTTP request (method, path, status, bytes, duration, request id, "
+     "tokens, finish reason, policy and gamma)",
+     OPT_LIVE},
+    {"tls_cert", OPT_STRING, OFF(tls_cert), 0, 0, "", "FILE",
+     "PEM certificate (chain) for HTTPS; with tls_key (empty: plain HTTP)",
+     OPT_RESTART},
+    {"tls_key", OPT_STRING, OFF(tls_key), 0, 0, "", "FILE",
+     "PEM private key of tls_cert (unencrypted)",
+     OPT_RESTART},
+    {"cors_origins", OPT_STRING, OFF(cors_origins), 0, 0, "", "LIST",
+     "comma-separated origins (scheme://host[:port]) whose browser pages may call the API, "
+     "or * for any (empty: no CORS headers)",
+     OPT_LIVE},
 };
 #define N_OPTS (sizeof k_opts / sizeof k_opts[0])
 
@@ -144,6 +198,33 @@ static int parse_integer(const char *v, long long *out) {
 static void fmt_num(char *buf, size_t n, double d) {
     if (d == floor(d) && fabs(d) < 1e15) snprintf(buf, n, "%.0f", d);
     else snprintf(buf, n, "%g", d);
+}
+
+/* Index of value among the '|'-separated choices, -1 if absent. */
+static int choice_index(const char *choices, const char *value) {
+    size_t vl = strlen(value);
+    int i = 0;
+    for (const char *p = choices;; i++) {
+        const char *bar = strchr(p, '|');
+        size_t n = bar ? (size_t)(bar - p) : strlen(p);
+        if (n == vl && strncmp(p, value, n) == 0) return i;
+        if (!bar) return -1;
+        p = bar + 1;
+    }
+}
+
+/* The choice at index i, into out. */
+static const char *choice_name(const char *choices, int i, char *out, size_t n) {
+    const char *p = choices;
+    for (int k = 0; k < i && p; k++) {
+        p = strchr(p, '|');
+        if (p) p++;
+    }
+    if (!p) p = "?";
+    const char *bar = strchr(p, '|');
+    size_t len = bar ? (size_t)(bar - p) : strlen(p);
+    snprintf(out, n, "%.*s", (int)len, p);
+    return out;
 }
 
 int capmoe_config_set(capmoe_config *cfg, const char *name, const char *value,
@@ -214,6 +295,18 @@ int capmoe_config_set(capmoe_config *cfg, const char *name, const char *value,
         cfg->capacity_auto = 0;
         return 0;
     }
+    case OPT_CHOICE: {
+        int i = choice_index(o->meta, value);
+        if (i < 0) {
+            char list[128];
+            snprintf(list, sizeof list, "%s", o->meta);
+            for (char *p = list; *p; p++)
+                if (*p == '|') *p = ',';
+            return capmoe_set_error(err, "%s: unknown value '%s' (%s)", what, value, list);
+        }
+        *(int *)f = i;
+        return 0;
+    }
     }
     return capmoe_set_error(err, "%s: internal error (option type)", what);
 }
@@ -282,6 +375,7 @@ int capmoe_config_apply_json(capmoe_config *cfg, const char *json, size_t len, c
         switch (o->type) {
         case OPT_STRING:
         case OPT_POLICY:
+        case OPT_CHOICE:
             if (!cJSON_IsString(it)) {
                 rc = capmoe_set_error(err, "%s: must be a string", src);
                 goto out;
@@ -346,11 +440,103 @@ char *capmoe_config_to_json(const capmoe_config *cfg) {
             if (cfg->capacity_auto) cJSON_AddStringToObject(o, op->name, "auto");
             else cJSON_AddNumberToObject(o, op->name, cfg->capacity_factor);
             break;
+        case OPT_CHOICE: {
+            char v[64];
+            cJSON_AddStringToObject(o, op->name, choice_name(op->meta, *(const int *)f, v, sizeof v));
+            break;
+        }
         }
     }
     char *s = cJSON_Print(o);
     cJSON_Delete(o);
     return s;
+}
+
+/* ---- reload: what differs, what is live ------------------------------------- */
+
+/* The value of one option as text (strings as they are). */
+static void opt_text(const capmoe_config *cfg, const opt *o, char *out, size_t n) {
+    const void *f = cfield(cfg, o);
+    switch (o->type) {
+    case OPT_STRING: snprintf(out, n, "%s", *(char *const *)f ? *(char *const *)f : ""); break;
+    case OPT_INT: snprintf(out, n, "%d", *(const int *)f); break;
+    case OPT_BOOL: snprintf(out, n, "%s", *(const int *)f ? "true" : "false"); break;
+    case OPT_LLONG: snprintf(out, n, "%lld", *(const long long *)f); break;
+    case OPT_DOUBLE: snprintf(out, n, "%.17g", *(const double *)f); break;
+    case OPT_POLICY: snprintf(out, n, "%s", capmoe_policy_name((capmoe_policy) * (const int *)f)); break;
+    case OPT_GAMMA:
+        if (cfg->capacity_auto) snprintf(out, n, "auto");
+        else snprintf(out, n, "%.17g", cfg->capacity_factor);
+        break;
+    case OPT_CHOICE: choice_name(o->meta, *(const int *)f, out, n); break;
+    }
+}
+
+/* The same, for logs: numbers in their short form, secrets hidden. */
+static void opt_show(const capmoe_config *cfg, const opt *o, char *out, size_t n) {
+    if (o->flags & OPT_SECRET) {
+        const char *s = *(char *const *)cfield(cfg, o);
+        snprintf(out, n, "%s", s && s[0] ? "(set)" : "(empty)");
+        return;
+    }
+    if (o->type == OPT_DOUBLE || (o->type == OPT_GAMMA && !cfg->capacity_auto)) {
+        double d = o->type == OPT_DOUBLE ? *(const double *)cfield(cfg, o) : cfg->capacity_factor;
+        snprintf(out, n, "%g", d);
+        return;
+    }
+    opt_text(cfg, o, out, n);
+    if (o->type == OPT_STRING && !out[0]) snprintf(out, n, "\"\"");
+}
+
+int capmoe_config_diff(const capmoe_config *a, const capmoe_config *b, capmoe_config_diff_fn fn,
+                       void *user) {
+    int n = 0;
+    for (size_t i = 0; i < N_OPTS; i++) {
+        const opt *o = &k_opts[i];
+        char va[1024], vb[1024];
+        opt_text(a, o, va, sizeof va);
+        opt_text(b, o, vb, sizeof vb);
+        if (strcmp(va, vb) == 0) continue;
+        n++;
+        if (!fn) continue;
+        opt_show(a, o, va, sizeof va);
+        opt_show(b, o, vb, sizeof vb);
+        fn(user, o->name, (o->flags & OPT_LIVE) != 0, va, vb);
+    }
+    return n;
+}
+
+int capmoe_config_is_live(const char *name) {
+    const opt *o = find_opt(name);
+    return o && (o->flags & OPT_LIVE);
+}
+
+int capmoe_config_copy_option(capmoe_config *dst, const capmoe_config *src, const char *name) {
+    const opt *o = find_opt(name);
+    if (!o) return -1;
+    const void *from = cfield(src, o);
+    void *to = field(dst, o);
+    switch (o->type) {
+    case OPT_STRING: {
+        const char *s = *(char *const *)from;
+        char *d = strdup(s ? s : "");
+        if (!d) return -1;
+        free(*(char **)to);
+        *(char **)to = d;
+        return 0;
+    }
+    case OPT_LLONG: *(long long *)to = *(const long long *)from; return 0;
+    case OPT_DOUBLE: *(double *)to = *(const double *)from; return 0;
+    case OPT_GAMMA:
+        dst->capacity_factor = src->capacity_factor;
+        dst->capacity_auto = src->capacity_auto;
+        return 0;
+    case OPT_INT:
+    case OPT_BOOL:
+    case OPT_POLICY:
+    case OPT_CHOICE: *(int *)to = *(const int *)from; return 0;
+    }
+    return -1;
 }
 
 /* ---- environment and flags ------------------------------------------------ */
@@ -394,6 +580,15 @@ int capmoe_config_check(const capmoe_config *cfg, capmoe_error *err) {
         return capmoe_set_error(err, "api_key: must not contain white space");
     if (!cfg->ep || (strcmp(cfg->ep, "threads") != 0 && strcmp(cfg->ep, "mpi") != 0))
         return capmoe_set_error(err, "ep: '%s' is neither threads nor mpi", cfg->ep ? cfg->ep : "");
+    int cert = cfg->tls_cert && cfg->tls_cert[0], key = cfg->tls_key && cfg->tls_key[0];
+    if (cert != key)
+        return capmoe_set_error(err, "%s: HTTPS needs both tls_cert and tls_key",
+                                cert ? "tls_key" : "tls_cert");
+    capmoe_cors *cors = NULL;
+    capmoe_error e;
+    if (capmoe_cors_new(&cors, cfg->cors_origins, &e) != 0)
+        return capmoe_set_error(err, "cors_origins: %s", e.msg);
+    capmoe_cors_free(cors);
     return 0;
 }
 
@@ -488,6 +683,9 @@ void capmoe_config_help(FILE *out, const char *prog) {
             "\"max_batch_tokens\"), by the environment variable shown, or by the flag;\n"
             "flags override variables, which override the file. Booleans take\n"
             "--flag, --flag=true|false or --no-flag.\n\n"
+            "SIGHUP re-reads the file (and the environment and flags, which still win) and\n"
+            "applies the options marked \"applied on SIGHUP\" at once, running requests\n"
+            "included; a changed option without the mark is logged and needs a restart.\n\n"
             "Options:\n",
             prog);
     for (size_t i = 0; i < N_OPTS; i++) {
@@ -498,7 +696,8 @@ void capmoe_config_help(FILE *out, const char *prog) {
         if (o->type == OPT_BOOL) snprintf(left, sizeof left, "%s[=BOOL]", flag);
         else snprintf(left, sizeof left, "%s %s", flag, o->meta);
         const char *def = o->def[0] ? o->def : "\"\"";
-        fprintf(out, "  %-32s %s\n  %-32s (default: %s; env %s)\n", left, o->help, "", def, env);
+        fprintf(out, "  %-32s %s\n  %-32s (default: %s; env %s%s)\n", left, o->help, "", def, env,
+                (o->flags & OPT_LIVE) ? "; applied on SIGHUP" : "");
     }
     fprintf(out,
             "  %-32s %s\n  %-32s %s\n  %-32s %s\n  %-32s %s\n",
@@ -529,4 +728,36 @@ char *capmoe_config_model_id(const capmoe_config *cfg) {
     while (start > 0 && m[start - 1] != '/') start--;
     if (start == end) return strdup(m[0] ? m : "model");
     return strndup(m + start, end - start);
+}
+
+/* ---- the configuration against the model -------------------------------------- */
+
+int capmoe_config_check_model(const capmoe_config *cfg, const capmoe_hfconfig *hc,
+                              capmoe_error *err) {
+    if (hc->n_moe_layers > 0) {
+        int E = hc->n_experts, R = cfg->ep_ranks;
+        if (R > E || E % R != 0) {
+            char divs[256] = "";
+            size_t o = 0;
+            for (int d = 1; d <= E && d <= 64 && o + 8 < sizeof divs; d++)
+                if (E % d == 0) o += (size_t)snprintf(divs + o, sizeof divs - o, "%s%d", o ? ", " : "", d);
+            return capmoe_set_error(err,
+                                    "ep_ranks: R=%d ranks cannot split the model's E=%d experts "
+                                    "evenly (E must be divisible by R; possible: %s)",
+                                    R, E, divs);
+        }
+        capmoe_dispatch_cfg d;
+        capmoe_config_dispatch(cfg, &d);
+        capmoe_error e;
+        if (capmoe_dispatch_cfg_check(&d, E, &e) != 0) return capmoe_set_error(err, "%s", e.msg);
+    }
+    int maxpos = hc->max_position_embeddings;
+    if (cfg->context > 0 && maxpos > 0 && cfg->context > maxpos)
+        return capmoe_set_error(err,
+                                "context: %d exceeds the model's max_position_embeddings (%d)",
+                                cfg->context, maxpos);
+    if (cfg->context == 0 && maxpos > 0 && maxpos < 2)
+        return capmoe_set_error(err, "context: the model's max_position_embeddings (%d) is too small",
+                                maxpos);
+    return 0;
 }

@@ -17,7 +17,9 @@
  *    handler. */
 #include "capmoe/http.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <gnutls/gnutls.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <poll.h>
@@ -26,9 +28,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
+
+#include "capmoe/cors.h"
+#include "capmoe/log.h"
 
 typedef enum req_state {
     RQ_RECEIVING = 0,  /* headers / body arriving */
@@ -57,6 +63,15 @@ struct capmoe_http_req {
     int out_ended;
     void *user;
     capmoe_http_req *sprev, *snext; /* list of suspended requests */
+    /* access log and tracing */
+    char id[CAPMOE_HTTP_REQ_ID_MAX + 1]; /* X-Request-Id: the client's, or generated */
+    char remote[64];               /* client address */
+    char *cors_allow;              /* Access-Control-Allow-Origin value, NULL: none */
+    double t_start;                /* capmoe_now() when the request header was complete */
+    int status;                    /* status of the response queued (0: none yet) */
+    long long bytes;               /* body bytes handed to libmicrohttpd */
+    void *note;                    /* the application's access-log note */
+    void (*note_free)(void *);
 };
 
 struct capmoe_http {
@@ -66,18 +81,22 @@ struct capmoe_http {
     uv_timer_t watch;      /* disconnect watch of suspended connections */
     uv_timer_t user_timer; /* capmoe_http_set_timer */
     uv_async_t async;      /* capmoe_http_wake + deferred stop / quiesce */
-    uv_signal_t sigterm, sigint;
+    uv_signal_t sigterm, sigint, sighup;
     struct MHD_Daemon *d;
     capmoe_http_opts opts;
     capmoe_http_handlers hd;
     int port;
     int quiesced;
+    int draining;          /* capmoe_http_drain: every response says Connection: close */
+    const capmoe_cors *cors; /* borrowed; capmoe_http_set_cors */
+    capmoe_log *log;       /* borrowed */
     int quiesce_requested, stop_requested, stopped;
     int resume_pending;    /* a resume happened since the last MHD_run */
     int in_mhd;            /* inside MHD_run (callbacks must not re-enter MHD) */
     int in_flight;
     int loop_ready;        /* loop + handles initialised */
     capmoe_http_req *susp_head;
+    unsigned long long id_fallback;
     void (*timer_cb)(void *);
     void *timer_arg;
 };
@@ -90,6 +109,8 @@ static void watch_cb(uv_timer_t *t);
 static void req_unref(capmoe_http_req *r) {
     if (--r->refs > 0) return;
     if (r->pending) MHD_destroy_response(r->pending);
+    if (r->note && r->note_free) r->note_free(r->note);
+    free(r->cors_allow);
     free(r->method);
     free(r->path);
     free(r->body);
@@ -153,33 +174,135 @@ static void watch_cb(uv_timer_t *t) {
     if (any) pump(h);
 }
 
-static int add_headers(struct MHD_Response *resp, const char *content_type,
-                       const char *const *headers, int close) {
+/* The headers every response of r carries: the application's, the request
+ * id, CORS for an allowed Origin, Connection: close while draining. */
+static int add_headers(capmoe_http_req *r, struct MHD_Response *resp, const char *content_type,
+                       const char *const *headers) {
     if (content_type &&
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type) != MHD_YES)
         return -1;
     for (int i = 0; headers && headers[i] && headers[i + 1]; i += 2)
         if (MHD_add_response_header(resp, headers[i], headers[i + 1]) != MHD_YES) return -1;
-    if (close) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+    if (r->id[0] && MHD_add_response_header(resp, "X-Request-Id", r->id) != MHD_YES) return -1;
+    if (r->cors_allow) {
+        if (MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->cors_allow) != MHD_YES ||
+            MHD_add_response_header(resp, "Access-Control-Expose-Headers",
+                                    CAPMOE_CORS_EXPOSE_HEADERS) != MHD_YES ||
+            MHD_add_response_header(resp, "Vary", "Origin") != MHD_YES)
+            return -1;
+    }
+    if (r->h->quiesced || r->h->draining)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     return 0;
 }
 
-static int queue_simple(struct MHD_Connection *conn, unsigned status, const char *body) {
+/* Queues a complete response built by this layer (413, 500, preflight). */
+static int queue_simple(capmoe_http_req *r, unsigned status, const char *content_type,
+                        const char *body, const char *const *headers) {
+    size_t n = body ? strlen(body) : 0;
     struct MHD_Response *resp =
-        MHD_create_response_from_buffer(strlen(body), (void *)body, MHD_RESPMEM_MUST_COPY);
+        MHD_create_response_from_buffer(n, (void *)(body ? body : ""), MHD_RESPMEM_MUST_COPY);
     if (!resp) return -1;
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-    enum MHD_Result rc = MHD_queue_response(conn, status, resp);
+    if (add_headers(r, resp, content_type, headers) != 0) {
+        MHD_destroy_response(resp);
+        return -1;
+    }
+    enum MHD_Result rc = MHD_queue_response(r->conn, status, resp);
     MHD_destroy_response(resp);
-    return rc == MHD_YES ? 0 : -1;
+    if (rc != MHD_YES) return -1;
+    r->status = (int)status;
+    r->bytes += (long long)n;
+    return 0;
 }
 
-static const char k_413[] =
-    "{\"error\":{\"message\":\"request body too large\",\"type\":\"invalid_request_error\","
-    "\"param\":null,\"code\":\"request_too_large\"}}";
-static const char k_500[] =
-    "{\"error\":{\"message\":\"the server did not answer the request\",\"type\":\"server_error\","
-    "\"param\":null,\"code\":null}}";
+/* An OpenAI-shaped error body of this layer, with the request id. */
+static int queue_error(capmoe_http_req *r, unsigned status, const char *type, const char *code,
+                       const char *message) {
+    char body[512];
+    char codebuf[64];
+    if (code) snprintf(codebuf, sizeof codebuf, "\"%s\"", code);
+    else snprintf(codebuf, sizeof codebuf, "null");
+    snprintf(body, sizeof body,
+             "{\"error\":{\"message\":\"%s\",\"type\":\"%s\",\"param\":null,\"code\":%s},"
+             "\"request_id\":\"%s\"}",
+             message, type, codebuf, r->id);
+    return queue_simple(r, status, "application/json", body, NULL);
+}
+
+static int queue_413(capmoe_http_req *r) {
+    return queue_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "invalid_request_error", "request_too_large",
+                       "request body too large");
+}
+
+/* ---- request ids ------------------------------------------------------------- */
+
+/* A client's X-Request-Id is kept when it is 1..CAPMOE_HTTP_REQ_ID_MAX
+ * characters of [A-Za-z0-9._:/+=@-] (safe in headers, logs and JSON). */
+static int id_ok(const char *s) {
+    if (!s) return 0;
+    size_t n = strlen(s);
+    if (n == 0 || n > CAPMOE_HTTP_REQ_ID_MAX) return 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              strchr("._:/+=@-", *p)))
+            return 0;
+    return 1;
+}
+
+/* 128 random bits as 32 hex digits (getrandom; a counter if that fails). */
+static void new_id(capmoe_http *h, char *out) {
+    unsigned char b[16];
+    if (getrandom(b, sizeof b, GRND_NONBLOCK) != (ssize_t)sizeof b) {
+        unsigned long long c = ++h->id_fallback;
+        double t = capmoe_now();
+        memcpy(b, &c, 8);
+        memcpy(b + 8, &t, 8);
+    }
+    for (int i = 0; i < 16; i++) snprintf(out + 2 * i, 3, "%02x", b[i]);
+}
+
+static void client_address(struct MHD_Connection *conn, char *out, size_t n) {
+    snprintf(out, n, "-");
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (!ci || !ci->client_addr) return;
+    const struct sockaddr *sa = ci->client_addr;
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, (socklen_t)n);
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)n);
+}
+
+/* ---- CORS preflight ------------------------------------------------------------ */
+
+/* OPTIONS with Origin and Access-Control-Request-Method, when CORS is on:
+ * answered here (204 for an allowed origin, 403 otherwise). Returns 1 when
+ * it queued an answer. */
+static int preflight(capmoe_http_req *r, const char *origin) {
+    capmoe_http *h = r->h;
+    if (strcmp(r->method, "OPTIONS") != 0 || !origin || !capmoe_cors_enabled(h->cors)) return 0;
+    if (!MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Access-Control-Request-Method"))
+        return 0;
+    r->state = RQ_RESPONDED;
+    if (!r->cors_allow)
+        return queue_error(r, MHD_HTTP_FORBIDDEN, "invalid_request_error", "origin_not_allowed",
+                           "origin not allowed by cors_origins") == 0
+                   ? 1
+                   : -1;
+    /* The headers the page asks for are allowed when they are plain tokens
+     * (the OpenAI SDKs send several X-Stainless-* headers). */
+    const char *want = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+                                                   "Access-Control-Request-Headers");
+    const char *allow_headers = CAPMOE_CORS_ALLOW_HEADERS;
+    if (want && strlen(want) < 1024 &&
+        strspn(want, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_, ") ==
+            strlen(want))
+        allow_headers = want;
+    const char *hdrs[] = {"Access-Control-Allow-Methods", CAPMOE_CORS_ALLOW_METHODS,
+                          "Access-Control-Allow-Headers", allow_headers,
+                          "Access-Control-Max-Age", CAPMOE_CORS_MAX_AGE, NULL};
+    return queue_simple(r, MHD_HTTP_NO_CONTENT, NULL, NULL, hdrs) == 0 ? 1 : -1;
+}
 
 /* ---- MHD callbacks ------------------------------------------------------------ */
 
@@ -202,6 +325,16 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
         r->path = strdup(url);
         *con_cls = r;
         if (!r->method || !r->path) return MHD_NO;
+        r->t_start = capmoe_now();
+        const char *cid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
+        if (id_ok(cid)) snprintf(r->id, sizeof r->id, "%s", cid);
+        else new_id(h, r->id);
+        client_address(conn, r->remote, sizeof r->remote);
+        const char *origin = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin");
+        const char *allow = capmoe_cors_allow(h->cors, origin);
+        if (allow && !(r->cors_allow = strdup(allow))) return MHD_NO;
+        int pf = preflight(r, origin);
+        if (pf != 0) return pf > 0 ? MHD_YES : MHD_NO;
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                      MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl) {
@@ -213,8 +346,7 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
                 r->too_large = 1;
                 r->state = RQ_RESPONDED;
                 if (h->hd.on_rejected) h->hd.on_rejected(h->hd.user, r->path, 413);
-                return queue_simple(conn, MHD_HTTP_CONTENT_TOO_LARGE, k_413) == 0 ? MHD_YES
-                                                                                   : MHD_NO;
+                return queue_413(r) == 0 ? MHD_YES : MHD_NO;
             }
         }
         return MHD_YES;
@@ -248,7 +380,7 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
         if (r->too_large) {
             r->state = RQ_RESPONDED;
             if (h->hd.on_rejected) h->hd.on_rejected(h->hd.user, r->path, 413);
-            return queue_simple(conn, MHD_HTTP_CONTENT_TOO_LARGE, k_413) == 0 ? MHD_YES : MHD_NO;
+            return queue_413(r) == 0 ? MHD_YES : MHD_NO;
         }
         r->state = RQ_HANDLING;
         r->reached = 1;
@@ -256,8 +388,10 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
         h->hd.on_request(h->hd.user, r);
         if (r->state == RQ_HANDLING) { /* the handler gave no answer: a bug, but answer */
             r->state = RQ_RESPONDED;
-            return queue_simple(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, k_500) == 0 ? MHD_YES
-                                                                                  : MHD_NO;
+            return queue_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "server_error", NULL,
+                               "the server did not answer the request") == 0
+                       ? MHD_YES
+                       : MHD_NO;
         }
         return MHD_YES;
     case RQ_DEFERRED:
@@ -267,6 +401,7 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
             r->state = RQ_RESPONDED;
             enum MHD_Result rc = MHD_queue_response(conn, r->pending_status, resp);
             MHD_destroy_response(resp);
+            if (rc == MHD_YES) r->status = (int)r->pending_status;
             return rc;
         }
         if (r->aborted) return MHD_NO; /* client gone / shutdown: close */
@@ -305,6 +440,7 @@ static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
         h->in_flight--;
         h->hd.on_done(h->hd.user, r, r->aborted);
     }
+    if (h->hd.on_access) h->hd.on_access(h->hd.user, r);
     req_unref(r);
 }
 
@@ -317,6 +453,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
         size_t n = avail < max ? avail : max;
         memcpy(buf, r->out + r->out_off, n);
         r->out_off += n;
+        r->bytes += (long long)n;
         if (r->out_off == r->out_len) r->out_off = r->out_len = 0;
         return (ssize_t)n;
     }
@@ -342,6 +479,19 @@ const char *capmoe_http_req_body(const capmoe_http_req *r, size_t *len) {
 void capmoe_http_req_set_user(capmoe_http_req *r, void *user) { r->user = user; }
 void *capmoe_http_req_user(const capmoe_http_req *r) { return r->user; }
 int capmoe_http_req_aborted(const capmoe_http_req *r) { return r->aborted; }
+const char *capmoe_http_req_id(const capmoe_http_req *r) { return r->id; }
+const char *capmoe_http_req_remote(const capmoe_http_req *r) { return r->remote; }
+int capmoe_http_req_status(const capmoe_http_req *r) { return r->status; }
+long long capmoe_http_req_bytes(const capmoe_http_req *r) { return r->bytes; }
+double capmoe_http_req_duration(const capmoe_http_req *r) {
+    return r->t_start > 0 ? capmoe_now() - r->t_start : 0;
+}
+void capmoe_http_req_set_note(capmoe_http_req *r, void *note, void (*free_fn)(void *)) {
+    if (r->note && r->note_free) r->note_free(r->note);
+    r->note = note;
+    r->note_free = free_fn;
+}
+void *capmoe_http_req_note(const capmoe_http_req *r) { return r->note; }
 
 int capmoe_http_respond(capmoe_http_req *r, int status, const char *content_type,
                         const char *body, size_t len, const char *const *headers) {
@@ -349,14 +499,16 @@ int capmoe_http_respond(capmoe_http_req *r, int status, const char *content_type
     struct MHD_Response *resp =
         MHD_create_response_from_buffer(len, (void *)(body ? body : ""), MHD_RESPMEM_MUST_COPY);
     if (!resp) return -1;
-    if (add_headers(resp, content_type, headers, r->h->quiesced) != 0) {
+    if (add_headers(r, resp, content_type, headers) != 0) {
         MHD_destroy_response(resp);
         return -1;
     }
+    r->bytes += (long long)len;
     if (r->state == RQ_HANDLING) {
         enum MHD_Result rc = MHD_queue_response(r->conn, (unsigned)status, resp);
         MHD_destroy_response(resp);
         r->state = RQ_RESPONDED;
+        if (rc == MHD_YES) r->status = status;
         return rc == MHD_YES ? 0 : -1;
     }
     r->pending = resp; /* queued when MHD calls the handler again after the resume */
@@ -378,13 +530,14 @@ int capmoe_http_stream_start(capmoe_http_req *r, int status, const char *content
         MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_reader, r, stream_free);
     if (!resp) return -1;
     r->refs++; /* released by stream_free when MHD destroys the response */
-    if (add_headers(resp, content_type, headers, r->h->quiesced) != 0) {
+    if (add_headers(r, resp, content_type, headers) != 0) {
         MHD_destroy_response(resp);
         return -1;
     }
     enum MHD_Result rc = MHD_queue_response(r->conn, (unsigned)status, resp);
     MHD_destroy_response(resp);
     r->state = RQ_STREAMING;
+    if (rc == MHD_YES) r->status = status;
     return rc == MHD_YES ? 0 : -1;
 }
 
@@ -496,6 +649,7 @@ static void do_stop(capmoe_http *h) {
     close_handle((uv_handle_t *)&h->async);
     close_handle((uv_handle_t *)&h->sigterm);
     close_handle((uv_handle_t *)&h->sigint);
+    close_handle((uv_handle_t *)&h->sighup);
 }
 
 static void async_cb(uv_async_t *a) {
@@ -546,6 +700,10 @@ void capmoe_http_quiesce(capmoe_http *h) {
     else uv_async_send(&h->async);
 }
 
+void capmoe_http_drain(capmoe_http *h) { h->draining = 1; }
+
+void capmoe_http_set_cors(capmoe_http *h, const capmoe_cors *cors) { h->cors = cors; }
+
 void capmoe_http_stop(capmoe_http *h) {
     h->stop_requested = 1;
     uv_async_send(&h->async); /* carried out from the loop, outside MHD callbacks */
@@ -554,10 +712,12 @@ void capmoe_http_stop(capmoe_http *h) {
 int capmoe_http_in_flight(const capmoe_http *h) { return h->in_flight; }
 int capmoe_http_port(const capmoe_http *h) { return h->port; }
 
+/* libmicrohttpd's own messages (socket errors, clients that went away in
+ * the middle of a response, TLS handshake failures) become warn records. */
 static void mhd_log(void *cls, const char *fmt, va_list ap) {
-    (void)cls;
-    fputs("capmoe-server: libmicrohttpd: ", stderr);
-    vfprintf(stderr, fmt, ap);
+    capmoe_http *h = cls;
+    capmoe_log_field f = CAPMOE_LOG_STR("source", "libmicrohttpd");
+    capmoe_log_vfields(h->log, CAPMOE_LOG_WARN, &f, 1, fmt, ap);
 }
 
 int capmoe_http_new(capmoe_http **out, const capmoe_http_opts *opts,
@@ -583,18 +743,52 @@ int capmoe_http_new(capmoe_http **out, const capmoe_http_opts *opts,
     }
     unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
+    int tls = opts->tls_cert_pem && opts->tls_key_pem;
+    if (tls) {
+        if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+            freeaddrinfo(ai);
+            free(h);
+            return capmoe_set_error(err, "tls_cert: this libmicrohttpd was built without TLS");
+        }
+        flags |= MHD_USE_TLS;
+    }
+    h->log = opts->log;
+    h->cors = opts->cors;
+    struct MHD_OptionItem mo[16];
+    int n = 0;
+    /* MHD_OPTION_ARRAY: a two-pointer option passes its first one as intptr_t */
+    mo[n++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)mhd_log, h};
+    mo[n++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, ai->ai_addr};
+    mo[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)completed_cb, h};
+    mo[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)connection_cb, h};
+    mo[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT,
+                                      (intptr_t)opts->connection_timeout_s, NULL};
+    mo[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT,
+                                      (intptr_t)(opts->max_connections ? opts->max_connections
+                                                                       : 512u),
+                                      NULL};
+    mo[n++] = (struct MHD_OptionItem){MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                                      (intptr_t)opts->max_connections_per_ip, NULL};
+    if (tls) {
+        mo[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0,
+                                          (void *)opts->tls_cert_pem};
+        mo[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0,
+                                          (void *)opts->tls_key_pem};
+    }
+    mo[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
     errno = 0;
-    h->d = MHD_start_daemon(
-        flags, (uint16_t)opts->port, NULL, NULL, access_cb, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
-        NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-        MHD_OPTION_NOTIFY_COMPLETED, completed_cb, h, MHD_OPTION_NOTIFY_CONNECTION,
-        connection_cb, h, MHD_OPTION_CONNECTION_TIMEOUT, opts->connection_timeout_s,
-        MHD_OPTION_CONNECTION_LIMIT, opts->max_connections ? opts->max_connections : 512u,
-        MHD_OPTION_PER_IP_CONNECTION_LIMIT, opts->max_connections_per_ip, MHD_OPTION_END);
+    h->d = MHD_start_daemon(flags, (uint16_t)opts->port, NULL, NULL, access_cb, h,
+                            MHD_OPTION_ARRAY, mo, MHD_OPTION_END);
     int e = errno;
     freeaddrinfo(ai);
     if (!h->d) {
         free(h);
+        if (tls && (e == 0 || e == EINVAL))
+            return capmoe_set_error(err,
+                                    "cannot listen on %s:%d with TLS: libmicrohttpd refused the "
+                                    "certificate or key (tls_cert / tls_key must be PEM, the key "
+                                    "unencrypted and matching the certificate)",
+                                    host, opts->port);
         return capmoe_set_error(err, "cannot listen on %s:%d%s%s", host, opts->port,
                                 e ? ": " : "", e ? strerror(e) : "");
     }
@@ -620,11 +814,13 @@ int capmoe_http_new(capmoe_http **out, const capmoe_http_opts *opts,
     uv_async_init(&h->loop, &h->async, async_cb);
     uv_signal_init(&h->loop, &h->sigterm);
     uv_signal_init(&h->loop, &h->sigint);
+    uv_signal_init(&h->loop, &h->sighup);
     h->poll.data = h->mhd_timer.data = h->watch.data = h->user_timer.data = h;
-    h->async.data = h->sigterm.data = h->sigint.data = h;
+    h->async.data = h->sigterm.data = h->sigint.data = h->sighup.data = h;
     uv_poll_start(&h->poll, UV_READABLE, poll_cb);
     uv_signal_start(&h->sigterm, signal_cb, SIGTERM);
     uv_signal_start(&h->sigint, signal_cb, SIGINT);
+    uv_signal_start(&h->sighup, signal_cb, SIGHUP);
     uv_timer_start(&h->mhd_timer, mhd_timer_cb, 0, 0); /* first MHD_run */
     h->loop_ready = 1;
     *out = h;
@@ -662,7 +858,81 @@ static int wait_fd(int fd, short ev, double deadline) {
     }
 }
 
-int capmoe_http_probe(const char *host, int port, const char *path, double timeout_s,
+/* Sends req and reads the status line over a plain socket. */
+static int probe_plain(int fd, const char *req, size_t n, double deadline, char *buf, size_t cap) {
+    size_t off = 0;
+    while (off < n) {
+        ssize_t w = send(fd, req + off, n - off, MSG_NOSIGNAL);
+        if (w > 0) { off += (size_t)w; continue; }
+        if (w < 0 && (errno == EAGAIN || errno == EINTR) && wait_fd(fd, POLLOUT, deadline) > 0)
+            continue;
+        return -1;
+    }
+    size_t got = 0;
+    while (got < 12) {
+        ssize_t r = recv(fd, buf + got, cap - 1 - got, 0);
+        if (r > 0) { got += (size_t)r; continue; }
+        if (r == 0) break;
+        if ((errno == EAGAIN || errno == EINTR) && wait_fd(fd, POLLIN, deadline) > 0) continue;
+        break;
+    }
+    return (int)got;
+}
+
+/* The same over TLS (GnuTLS). The probe checks that the daemon answers; it
+ * connects to its own configured address, so the certificate is not verified. */
+static int probe_tls(int fd, const char *req, size_t n, double deadline, char *buf, size_t cap,
+                     capmoe_error *err) {
+    gnutls_certificate_credentials_t cred = NULL;
+    gnutls_session_t sess = NULL;
+    int got = -1, rc;
+    if (gnutls_certificate_allocate_credentials(&cred) < 0 || gnutls_init(&sess, GNUTLS_CLIENT) < 0 ||
+        gnutls_set_default_priority(sess) < 0 ||
+        gnutls_credentials_set(sess, GNUTLS_CRD_CERTIFICATE, cred) < 0) {
+        capmoe_set_error(err, "TLS: cannot set up a GnuTLS session");
+        goto out;
+    }
+    gnutls_transport_set_int(sess, fd);
+    int ms = (int)((deadline - capmoe_now()) * 1000);
+    gnutls_handshake_set_timeout(sess, (unsigned)(ms > 0 ? ms : 1));
+    do {
+        rc = gnutls_handshake(sess);
+        if (rc == GNUTLS_E_AGAIN && wait_fd(fd, gnutls_record_get_direction(sess) ? POLLOUT : POLLIN,
+                                            deadline) <= 0)
+            break;
+    } while (rc < 0 && !gnutls_error_is_fatal(rc));
+    if (rc < 0) {
+        capmoe_set_error(err, "TLS handshake failed: %s", gnutls_strerror(rc));
+        goto out;
+    }
+    size_t off = 0;
+    while (off < n) {
+        ssize_t w = gnutls_record_send(sess, req + off, n - off);
+        if (w > 0) off += (size_t)w;
+        else if ((w == GNUTLS_E_AGAIN || w == GNUTLS_E_INTERRUPTED) &&
+                 wait_fd(fd, POLLOUT, deadline) > 0)
+            continue;
+        else {
+            capmoe_set_error(err, "TLS send failed");
+            goto out;
+        }
+    }
+    got = 0;
+    while (got < 12) {
+        ssize_t r = gnutls_record_recv(sess, buf + got, cap - 1 - (size_t)got);
+        if (r > 0) got += (int)r;
+        else if ((r == GNUTLS_E_AGAIN || r == GNUTLS_E_INTERRUPTED) &&
+                 wait_fd(fd, POLLIN, deadline) > 0)
+            continue;
+        else break;
+    }
+out:
+    if (sess) gnutls_deinit(sess);
+    if (cred) gnutls_certificate_free_credentials(cred);
+    return got;
+}
+
+int capmoe_http_probe(const char *host, int port, const char *path, double timeout_s, int tls,
                       capmoe_error *err) {
     if (!host || !host[0] || strcmp(host, "0.0.0.0") == 0) host = "127.0.0.1";
     else if (strcmp(host, "::") == 0) host = "::1";
@@ -703,25 +973,14 @@ int capmoe_http_probe(const char *host, int port, const char *path, double timeo
     char req[512];
     int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: %s:%d\r\nConnection: close\r\n\r\n",
                      path, host, port);
-    size_t off = 0;
-    while (off < (size_t)n) {
-        ssize_t w = send(fd, req + off, (size_t)n - off, MSG_NOSIGNAL);
-        if (w > 0) { off += (size_t)w; continue; }
-        if (w < 0 && (errno == EAGAIN || errno == EINTR) && wait_fd(fd, POLLOUT, deadline) > 0)
-            continue;
-        close(fd);
-        return capmoe_set_error(err, "send to %s:%d failed", host, port);
-    }
     char buf[64];
-    size_t got = 0;
-    while (got < 12) {
-        ssize_t r = recv(fd, buf + got, sizeof buf - 1 - got, 0);
-        if (r > 0) { got += (size_t)r; continue; }
-        if (r == 0) break;
-        if ((errno == EAGAIN || errno == EINTR) && wait_fd(fd, POLLIN, deadline) > 0) continue;
-        break;
-    }
+    int got = tls ? probe_tls(fd, req, (size_t)n, deadline, buf, sizeof buf, err)
+                  : probe_plain(fd, req, (size_t)n, deadline, buf, sizeof buf);
     close(fd);
+    if (got < 0) {
+        if (!tls) capmoe_set_error(err, "send to %s:%d failed", host, port);
+        return -1;
+    }
     buf[got] = '\0';
     int status = 0;
     if (got < 12 || strncmp(buf, "HTTP/1.", 7) != 0 || sscanf(buf + 9, "%3d", &status) != 1)

@@ -1,6 +1,7 @@
 /* main_cli.c - the `capmoe` command-line tool (dispatch-spec.md section 2).
  *
  *   capmoe logits | tokenize | detokenize | generate | bench | perplexity | synth
+ *   capmoe --version, capmoe --help, capmoe CMD --help (exit 0)
  *
  * Output on stdout is one JSON object; errors go to stderr with a non-zero
  * exit status (1: the command failed, 2: bad usage). */
@@ -13,6 +14,7 @@
 #include "capmoe/model.h"
 #include "capmoe/sample.h"
 #include "capmoe/tokenizer.h"
+#include "capmoe/version.h"
 
 static const char *USAGE =
     "usage: capmoe <command> --model DIR [options]\n"
@@ -25,6 +27,7 @@ static const char *USAGE =
     "  bench       see `capmoe bench --help`\n"
     "  perplexity  see `capmoe perplexity --help`\n"
     "  synth       see `capmoe synth --help`\n"
+    "every command takes --help; capmoe --version prints the version\n"
     "dispatch options:\n"
     "  --policy none|drop|reroute|expanded|rank_drop   (default none)\n"
     "  --capacity-factor G|auto   capacity factor gamma, or per-dispatch tuning (default 1.0)\n"
@@ -38,6 +41,43 @@ static const char *USAGE =
     "                             sequence and step; the others force one form)\n";
 
 static const char *const SWITCHES[] = {"renormalize", "stop-at-eos", "help", NULL};
+
+/* `capmoe CMD --help` of the commands that live in this file. */
+static const struct {
+    const char *cmd, *text;
+} HELP[] = {
+    {"logits",
+     "usage: capmoe logits --model DIR --ids 5,9,12 [--ids ...] --out FILE [dispatch options]\n"
+     "Runs every --ids sequence as ONE batch (one dispatch per MoE layer over all their\n"
+     "tokens), writes the logits of every token as float32 to FILE (tokens x vocab, row\n"
+     "major) and prints per MoE layer the capacity, the capacity factor applied, the\n"
+     "expert loads and the dropped / rerouted pair counts.\n"},
+    {"tokenize", "usage: capmoe tokenize --model DIR --text STR\n"
+                 "Prints the token ids of STR (with the BOS the tokenizer adds): {\"ids\": [...]}.\n"},
+    {"detokenize", "usage: capmoe detokenize --model DIR --ids 1,2,3\n"
+                   "Prints the text of the ids: {\"text\": \"...\"}.\n"},
+    {"generate",
+     "usage: capmoe generate --model DIR (--ids 1,2,3 | --prompt STR) --max-tokens N\n"
+     "                       [--temperature T] [--seed S] [--stop-at-eos] [dispatch options]\n"
+     "Decodes one sequence (greedy at temperature 0, the default) and prints\n"
+     "{\"ids\": [...], \"text\": \"...\"}.\n"},
+};
+
+static const char *DISPATCH_HELP =
+    "dispatch options:\n"
+    "  --policy none|drop|reroute|expanded|rank_drop   (default none)\n"
+    "  --capacity-factor G|auto   capacity factor gamma, or per-dispatch tuning (default 1.0)\n"
+    "  --ep-ranks R               expert-parallel ranks (default 1)\n"
+    "  --renormalize              rescale each token's kept weights to sum to 1\n"
+    "  --min-tokens N             no limit below N tokens per dispatch (default 16, 0 = off)\n"
+    "  --drop-budget B            auto: largest dropped routing mass allowed (default 0.01)\n";
+
+/* 1 when argv asks for help (--help or -h anywhere). */
+static int wants_help(int argc, char **argv) {
+    for (int i = 0; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) return 1;
+    return 0;
+}
 
 static int fail(const char *cmd, const capmoe_error *err) {
     fprintf(stderr, "capmoe %s: %s\n", cmd, err->msg);
@@ -506,7 +546,17 @@ int main(int argc, char **argv) {
         fputs(USAGE, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("capmoe %s (revision %s)\n", CAPMOE_VERSION, capmoe_revision());
+        return 0;
+    }
     const char *cmd = argv[1];
+    for (size_t i = 0; i < sizeof HELP / sizeof HELP[0]; i++)
+        if (strcmp(cmd, HELP[i].cmd) == 0 && wants_help(argc - 2, argv + 2)) {
+            fputs(HELP[i].text, stdout);
+            if (strcmp(cmd, "logits") == 0 || strcmp(cmd, "generate") == 0) fputs(DISPATCH_HELP, stdout);
+            return 0;
+        }
     if (strcmp(cmd, "logits") == 0) return cmd_logits(argc - 2, argv + 2);
     if (strcmp(cmd, "tokenize") == 0) return cmd_tokenize(argc - 2, argv + 2);
     if (strcmp(cmd, "detokenize") == 0) return cmd_detokenize(argc - 2, argv + 2);

@@ -19,6 +19,7 @@
  * anything beyond, is counted as endpoint="other"); per-(layer, expert) series
  * exist only when opts.per_layer_expert is set. */
 #include "capmoe/metrics.h"
+#include "capmoe/procstat.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -56,6 +57,15 @@ static const double B_LAYER[] = {0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.
                                  0.005,   0.01,     0.025,   0.05,   0.1,     0.25,   0.5,   1,
                                  2.5};
 static const double B_MASS[] = {0, 0.0001, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1};
+/* tokens per request (prompt / generated), as vLLM's request_*_tokens */
+static const double B_REQ_TOKENS[] = {1,    2,    5,     10,    20,    50,     100,    200,
+                                      500,  1000, 2000,  5000,  10000, 20000,  50000,  100000,
+                                      200000, 500000, 1000000};
+
+/* finished_reason values of capmoe_request_success_total */
+static const char *const k_reasons[] = {"stop", "length", "abort"};
+#define N_REASONS 3
+#define METRICS_MAX_BUILD_LABELS 16
 
 #define NB(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
@@ -102,7 +112,12 @@ typedef struct metrics_state {
     hist batch_tokens, forward_seconds;
     unsigned long long expert_tokens[CAPMOE_MAX_EXPERTS]; /* aggregated over layers */
     int n_experts_seen;
-    hist imbalance, straggler, gamma, layer_seconds, dropped_mass;
+    hist imbalance, imbalance_small; /* dispatches of >= min_tokens tokens / fewer */
+    hist straggler, gamma, layer_seconds, dropped_mass;
+    unsigned long long success[N_REASONS];
+    hist req_prompt_tokens, req_generation_tokens;
+    int min_tokens;       /* live: capmoe_metrics_set_min_tokens */
+    char policy[32];      /* live: capmoe_metrics_set_policy */
     unsigned long long dropped, rerouted, routed;
     unsigned long long dispatches_limited, dispatches_unlimited;
     /* --ep mpi: per rank (as the source of its tokens and the host of its experts) */
@@ -121,7 +136,9 @@ struct capmoe_metrics {
     unsigned char *layer_seen;
     /* constant after creation */
     int n_layers, n_experts, per_layer_expert, top_k;
-    char *model_name, *policy;
+    char *model_name;
+    int n_build;                                   /* build_info label pairs */
+    char *build[2 * METRICS_MAX_BUILD_LABELS];     /* name, value, ... */
     double start_time; /* unix seconds */
 };
 
@@ -132,8 +149,18 @@ static char *dup_str(const char *s) {
     return d;
 }
 
+/* [a-zA-Z_][a-zA-Z0-9_]*, not starting with __ (reserved) */
+static int label_name_ok(const char *n) {
+    if (!n[0] || (n[0] == '_' && n[1] == '_')) return 0;
+    for (const char *p = n; *p; p++) {
+        int alpha = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || *p == '_';
+        if (!alpha && !(p > n && *p >= '0' && *p <= '9')) return 0;
+    }
+    return 1;
+}
+
 capmoe_metrics *capmoe_metrics_new(const capmoe_metrics_opts *opts) {
-    capmoe_metrics_opts def = {"unknown", 0, 0, 0, "none"};
+    capmoe_metrics_opts def = {.model_name = "unknown", .policy = "none", .min_tokens = 16};
     if (!opts) opts = &def;
     capmoe_metrics *m = calloc(1, sizeof *m);
     if (!m) return NULL;
@@ -149,8 +176,16 @@ capmoe_metrics *capmoe_metrics_new(const capmoe_metrics_opts *opts) {
                                                         : opts->n_layers;
     m->per_layer_expert = opts->per_layer_expert != 0;
     m->model_name = dup_str(opts->model_name ? opts->model_name : "unknown");
-    m->policy = dup_str(opts->policy ? opts->policy : "none");
-    int ok = m->model_name && m->policy;
+    int ok = m->model_name != NULL;
+    for (int i = 0; ok && opts->build_labels && opts->build_labels[i] && opts->build_labels[i + 1] &&
+                    m->n_build < METRICS_MAX_BUILD_LABELS;
+         i += 2) {
+        if (!label_name_ok(opts->build_labels[i])) continue;
+        m->build[2 * m->n_build] = dup_str(opts->build_labels[i]);
+        m->build[2 * m->n_build + 1] = dup_str(opts->build_labels[i + 1]);
+        m->n_build++;
+        ok = m->build[2 * m->n_build - 2] && m->build[2 * m->n_build - 1];
+    }
     if (ok && m->per_layer_expert && m->n_layers > 0) {
         /* Without a known expert count, size rows for the maximum. */
         int stride = m->n_experts > 0 ? m->n_experts : CAPMOE_MAX_EXPERTS;
@@ -170,6 +205,11 @@ capmoe_metrics *capmoe_metrics_new(const capmoe_metrics_opts *opts) {
     hist_init(&s->batch_tokens, B_BATCH, NB(B_BATCH));
     hist_init(&s->forward_seconds, B_STEP, NB(B_STEP));
     hist_init(&s->imbalance, B_IMBAL, NB(B_IMBAL));
+    hist_init(&s->imbalance_small, B_IMBAL, NB(B_IMBAL));
+    hist_init(&s->req_prompt_tokens, B_REQ_TOKENS, NB(B_REQ_TOKENS));
+    hist_init(&s->req_generation_tokens, B_REQ_TOKENS, NB(B_REQ_TOKENS));
+    s->min_tokens = opts->min_tokens;
+    snprintf(s->policy, sizeof s->policy, "%s", opts->policy ? opts->policy : "none");
     hist_init(&s->straggler, B_STRAG, NB(B_STRAG));
     hist_init(&s->gamma, B_GAMMA, NB(B_GAMMA));
     hist_init(&s->layer_seconds, B_LAYER, NB(B_LAYER));
@@ -192,8 +232,37 @@ void capmoe_metrics_free(capmoe_metrics *m) {
     free(m->layer_expert);
     free(m->layer_seen);
     free(m->model_name);
-    free(m->policy);
+    for (int i = 0; i < 2 * m->n_build; i++) free(m->build[i]);
     free(m);
+}
+
+void capmoe_metrics_set_policy(capmoe_metrics *m, const char *policy) {
+    if (!m) return;
+    pthread_mutex_lock(&m->mu);
+    snprintf(m->st.policy, sizeof m->st.policy, "%s", policy ? policy : "none");
+    pthread_mutex_unlock(&m->mu);
+}
+
+void capmoe_metrics_set_min_tokens(capmoe_metrics *m, int min_tokens) {
+    if (!m) return;
+    pthread_mutex_lock(&m->mu);
+    m->st.min_tokens = min_tokens;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void capmoe_metrics_request_finished(capmoe_metrics *m, const char *reason, long prompt_tokens,
+                                     long generation_tokens) {
+    if (!m || !reason) return;
+    int r = -1;
+    for (int i = 0; i < N_REASONS; i++)
+        if (strcmp(reason, k_reasons[i]) == 0) r = i;
+    if (r < 0) return;
+    pthread_mutex_lock(&m->mu);
+    m->st.success[r]++;
+    hist_observe(&m->st.req_prompt_tokens, (double)(prompt_tokens > 0 ? prompt_tokens : 0));
+    hist_observe(&m->st.req_generation_tokens,
+                 (double)(generation_tokens > 0 ? generation_tokens : 0));
+    pthread_mutex_unlock(&m->mu);
 }
 
 void capmoe_metrics_set_top_k(capmoe_metrics *m, int top_k) {
@@ -345,7 +414,7 @@ void capmoe_metrics_batch(capmoe_metrics *m, int batch_tokens, const capmoe_forw
             m->layer_seen[ls->layer] = 1;
         }
         double imb = capmoe_layer_load_imbalance(ls);
-        if (imb > 0) hist_observe(&s->imbalance, imb);
+        if (imb > 0) hist_observe(ls->tokens < s->min_tokens ? &s->imbalance_small : &s->imbalance, imb);
         if (ls->n_ranks > 1) hist_observe(&s->straggler, capmoe_layer_straggler_ratio(ls));
         int dropped = ls->dropped > 0 ? ls->dropped : 0;
         int rerouted = ls->rerouted > 0 ? ls->rerouted : 0;
@@ -606,6 +675,27 @@ static void render_ep(sbuf *b, const metrics_state *s) {
         sb_printf(b, "capmoe_ep_tokens_total{rank=\"%d\"} %llu\n", r, s->ep_tokens[r]);
 }
 
+/* process_* of the Prometheus client libraries' process collector. */
+static void process_metrics(sbuf *b, double fallback_start) {
+    capmoe_procstat ps;
+    capmoe_procstat_read(&ps);
+    if (ps.start_time_seconds < 0) ps.start_time_seconds = fallback_start;
+    if (ps.cpu_seconds >= 0) {
+        family(b, "process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.");
+        sample_double(b, "process_cpu_seconds_total", ps.cpu_seconds);
+    }
+    if (ps.resident_bytes >= 0)
+        gauge(b, "process_resident_memory_bytes", "Resident memory size in bytes.", ps.resident_bytes);
+    if (ps.virtual_bytes >= 0)
+        gauge(b, "process_virtual_memory_bytes", "Virtual memory size in bytes.", ps.virtual_bytes);
+    if (ps.open_fds >= 0) gauge(b, "process_open_fds", "Number of open file descriptors.", ps.open_fds);
+    if (ps.max_fds >= 0)
+        gauge(b, "process_max_fds", "Maximum number of open file descriptors.", ps.max_fds);
+    if (ps.start_time_seconds >= 0)
+        gauge(b, "process_start_time_seconds", "Start time of the process since unix epoch in seconds.",
+              ps.start_time_seconds);
+}
+
 static int req_cmp(const void *a, const void *b) {
     const req_series *x = a, *y = b;
     int c = strcmp(x->endpoint, y->endpoint);
@@ -656,6 +746,16 @@ char *capmoe_metrics_render(capmoe_metrics *m, size_t *len) {
     counter(&b, "capmoe_prompt_tokens_total", "Prompt tokens processed (prefill).",
             s->prompt_tokens);
     counter(&b, "capmoe_generation_tokens_total", "Tokens generated.", s->generation_tokens);
+    family(&b, "capmoe_request_success_total", "counter",
+           "Sequences (choices) finished, by finish reason: stop (EOS, stop token or string), "
+           "length (max_tokens, context or request timeout), abort (cancelled or client gone).");
+    for (int i = 0; i < N_REASONS; i++)
+        sb_printf(&b, "capmoe_request_success_total{finished_reason=\"%s\"} %llu\n", k_reasons[i],
+                  s->success[i]);
+    histogram(&b, "capmoe_request_prompt_tokens", "Prompt tokens of each finished sequence.",
+              &s->req_prompt_tokens);
+    histogram(&b, "capmoe_request_generation_tokens", "Tokens generated by each finished sequence.",
+              &s->req_generation_tokens);
     histogram(&b, "capmoe_time_to_first_token_seconds",
               "Time from request arrival to its first generated token.", &s->ttft);
     histogram(&b, "capmoe_inter_token_latency_seconds",
@@ -699,9 +799,12 @@ char *capmoe_metrics_render(capmoe_metrics *m, size_t *len) {
         for (int e = 0; e < s->n_experts_seen; e++)
             sb_printf(&b, "capmoe_expert_tokens_total{expert=\"%d\"} %llu\n", e, s->expert_tokens[e]);
     }
-    histogram(&b, "capmoe_moe_load_imbalance",
-              "Max over mean expert load (pairs) per MoE layer dispatch; 1 is perfectly even.",
-              &s->imbalance);
+    family(&b, "capmoe_moe_load_imbalance", "histogram",
+           "Max over mean expert load (pairs) per MoE layer dispatch: 1 is perfectly even, E "
+           "(experts) is everything on one expert; not a 0-1 ratio. below_min_tokens=\"true\": "
+           "dispatches of fewer than min_tokens tokens, where a lone decode token always reads E/k.");
+    hist_series(&b, "capmoe_moe_load_imbalance", "below_min_tokens=\"false\"", &s->imbalance);
+    hist_series(&b, "capmoe_moe_load_imbalance", "below_min_tokens=\"true\"", &s->imbalance_small);
     histogram(&b, "capmoe_moe_straggler_ratio",
               "Slowest over mean expert-parallel rank time per MoE layer dispatch (only with "
               "more than one rank).",
@@ -719,7 +822,7 @@ char *capmoe_metrics_render(capmoe_metrics *m, size_t *len) {
     sb_printf(&b, "capmoe_moe_dispatches_total{limited=\"true\"} %llu\n", s->dispatches_limited);
     histogram(&b, "capmoe_moe_capacity_factor",
               "Capacity factor gamma applied per limited MoE layer dispatch.", &s->gamma);
-    histogram(&b, "capmoe_moe_dropped_mass",
+    histogram(&b, "capmoe_moe_dropped_mass_ratio",
               "Fraction of routing weight dropped per limited MoE layer dispatch (0-1).",
               &s->dropped_mass);
     histogram(&b, "capmoe_moe_layer_seconds", "Wall time of one MoE block (router, experts, combine).",
@@ -731,10 +834,17 @@ char *capmoe_metrics_render(capmoe_metrics *m, size_t *len) {
     sb_puts(&b, "capmoe_model_info{model=\"");
     sb_escaped(&b, m->model_name, 1);
     sb_puts(&b, "\",policy=\"");
-    sb_escaped(&b, m->policy, 1);
+    sb_escaped(&b, s->policy, 1);
     sb_puts(&b, "\"} 1\n");
-    gauge(&b, "capmoe_process_start_time_seconds", "Start time of the process since the Unix epoch.",
-          m->start_time);
+    family(&b, "capmoe_build_info", "gauge", "The build of capmoe-server; value 1.");
+    sb_puts(&b, "capmoe_build_info{");
+    for (int i = 0; i < m->n_build; i++) {
+        sb_printf(&b, "%s%s=\"", i ? "," : "", m->build[2 * i]);
+        sb_escaped(&b, m->build[2 * i + 1], 1);
+        sb_puts(&b, "\"");
+    }
+    sb_puts(&b, "} 1\n");
+    process_metrics(&b, m->start_time);
 
     free(s);
     free(le);

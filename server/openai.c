@@ -2,7 +2,9 @@
  * bodies of capmoe-server (OpenAI-compatible API). JSON lives only here: the
  * scheduler sees native structs (capmoe_gen_params) and hands back events. */
 #include "capmoe/openai.h"
+#include "capmoe/access_log.h"
 #include "capmoe/json.h"
+#include "capmoe/log.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -609,6 +611,11 @@ typedef struct gen_call {
     int cancelled;
     int answered;             /* the HTTP answer went out early (capmoe_api_fault) */
     char errmsg[512];
+    /* for the access log: tokens streamed so far, the dispatches of its forwards */
+    long long tokens_seen;
+    long dispatches, limited;
+    double gamma_min, gamma_max;
+    int policy;
     struct gen_call *prev, *next;
 } gen_call;
 
@@ -627,6 +634,7 @@ struct capmoe_api {
     ev_node *evq_head, *evq_tail;
     gen_call *calls;          /* generation calls the scheduler still owes events */
     int n_calls;
+    capmoe_log *log;          /* borrowed; NULL: no records */
 };
 
 /* ---- scheduler-thread side --------------------------------------------------------- */
@@ -690,6 +698,13 @@ static void send_json(capmoe_api *api, capmoe_http_req *req, const char *endpoin
     count_request(api, endpoint, status);
 }
 
+/* The error object plus the request id (also in the X-Request-Id header). */
+static cJSON *error_body(const capmoe_http_req *req, const capmoe_api_error *e) {
+    cJSON *o = error_object(e);
+    cJSON_AddStringToObject(o, "request_id", capmoe_http_req_id(req));
+    return o;
+}
+
 static void send_error(capmoe_api *api, capmoe_http_req *req, const char *endpoint,
                        const capmoe_api_error *e) {
     const char *hdrs[8];
@@ -703,7 +718,7 @@ static void send_error(capmoe_api *api, capmoe_http_req *req, const char *endpoi
         hdrs[nh++] = "Bearer";
     }
     hdrs[nh] = NULL;
-    send_json(api, req, endpoint, e->status, error_object(e), hdrs);
+    send_json(api, req, endpoint, e->status, error_body(req, e), hdrs);
 }
 
 static void not_ready_error(const capmoe_api *api, capmoe_api_error *e) {
@@ -1105,11 +1120,11 @@ static void stream_choice(gen_call *c, int idx, const char *text, size_t tlen,
 static void stream_error(gen_call *c, int status, const char *type, const char *msg) {
     capmoe_api_error e;
     capmoe_api_fail(&e, status, type, NULL, NULL, "%s", msg);
-    char *s = capmoe_api_error_json(&e, NULL);
-    if (!s || !c->req) {
-        free(s);
-        return;
-    }
+    if (!c->req) return;
+    cJSON *o = error_body(c->req, &e);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (!s) return;
     size_t n;
     char *frame = capmoe_sse_frame(s, &n);
     free(s);
@@ -1218,11 +1233,74 @@ static void respond_final(gen_call *c) {
     send_json(api, c->req, c->endpoint, 200, o, NULL);
 }
 
+/* ---- access log and per-sequence metrics -------------------------------------------- */
+
+static const char *success_reason(capmoe_finish f) {
+    switch (f) {
+    case CAPMOE_FINISH_STOP: return "stop";
+    case CAPMOE_FINISH_LENGTH:
+    case CAPMOE_FINISH_TIMEOUT: return "length";
+    case CAPMOE_FINISH_CANCELLED: return "abort";
+    default: return NULL;
+    }
+}
+
+/* capmoe_request_success_total and the per-sequence token histograms. */
+static void count_choice(capmoe_api *api, const gen_call *c, int sub,
+                         const capmoe_sched_event *ev) {
+    const char *r = success_reason(ev->finish);
+    if (r && api->metrics)
+        capmoe_metrics_request_finished(api->metrics, r, c->sub_n ? c->sub_n[sub] : 0,
+                                        ev->n_generated);
+}
+
+static void note_free(void *p) { free(p); }
+
+/* The generation's part of its access-log record (access_log.h). */
+static void attach_access_note(gen_call *c, int client_gone) {
+    if (!c->req) return;
+    capmoe_access_gen *g = calloc(1, sizeof *g);
+    if (!g) return;
+    const capmoe_config *cfg = c->api->cfg;
+    g->prompt_tokens = c->prompt_tokens;
+    g->completion_tokens = c->n_finished == c->n_sub ? c->completion_tokens : c->tokens_seen;
+    if (client_gone) {
+        snprintf(g->finish_reason, sizeof g->finish_reason, "abort");
+    } else {
+        size_t o = 0;
+        const char *seen[8];
+        int ns = 0;
+        for (int i = 0; i < c->n_sub * c->rq.n; i++) {
+            capmoe_finish f = c->ch[i].finish;
+            const char *name = c->failed      ? "error"
+                               : c->cancelled ? "abort"
+                                              : (finish_reason(f) ? finish_reason(f) : "stop");
+            int dup = 0;
+            for (int k = 0; k < ns; k++) dup |= strcmp(seen[k], name) == 0;
+            if (dup || ns == 8) continue;
+            seen[ns++] = name;
+            o += (size_t)snprintf(g->finish_reason + o, sizeof g->finish_reason - o, "%s%s",
+                                  o ? "," : "", name);
+            if (o >= sizeof g->finish_reason) break;
+        }
+    }
+    snprintf(g->policy, sizeof g->policy, "%s",
+             capmoe_policy_name((capmoe_policy)(c->dispatches ? c->policy : cfg->policy)));
+    if (cfg->capacity_auto) snprintf(g->gamma, sizeof g->gamma, "auto");
+    else snprintf(g->gamma, sizeof g->gamma, "%g", cfg->capacity_factor);
+    g->dispatches = c->dispatches;
+    g->limited = c->limited;
+    g->gamma_min = c->gamma_min;
+    g->gamma_max = c->gamma_max;
+    capmoe_http_req_set_note(c->req, g, note_free);
+}
+
 /* All sub-requests are over: finish the HTTP answer. */
 static void call_complete(gen_call *c) {
     capmoe_api *api = c->api;
     if (api->metrics) capmoe_metrics_e2e_latency(api->metrics, capmoe_now() - c->t_submit);
     if (!c->req || c->answered) return;
+    attach_access_note(c, 0);
     if (!c->rq.stream) {
         respond_final(c);
         return;
@@ -1261,8 +1339,9 @@ static void handle_event(capmoe_api *api, capmoe_sched_event *ev) {
     if (ev->type == CAPMOE_EV_READY) {
         api->loaded = 1;
         if (api->state == CAPMOE_API_LOADING) api->state = CAPMOE_API_READY;
-        fprintf(stderr, "capmoe-server: model loaded (%s, context %d); ready\n", api->model_id,
-                capmoe_sched_context(api->sched));
+        capmoe_log_field f[] = {CAPMOE_LOG_STR("model", api->model_id),
+                                CAPMOE_LOG_INT("context", capmoe_sched_context(api->sched))};
+        capmoe_log_fields(api->log, CAPMOE_LOG_INFO, f, 2, "model loaded; ready");
         return;
     }
     if (ev->type == CAPMOE_EV_FATAL) {
@@ -1295,6 +1374,7 @@ static void handle_event(capmoe_api *api, capmoe_sched_event *ev) {
                 capmoe_metrics_inter_token_latency(api->metrics, ev->time - ch->last_token_time);
         }
         c->got_first = 1;
+        c->tokens_seen++;
         ch->last_token_time = ev->time;
         if (c->rq.stream) {
             stream_start_choice(c, idx);
@@ -1317,6 +1397,7 @@ static void handle_event(capmoe_api *api, capmoe_sched_event *ev) {
         if (!ch) break;
         ch->finish = ev->finish;
         ch->done = 1;
+        count_choice(api, c, sub, ev);
         if (ev->finish == CAPMOE_FINISH_ERROR) {
             c->failed = 1;
             snprintf(c->errmsg, sizeof c->errmsg, "%s", ev->error ? ev->error : "internal error");
@@ -1334,6 +1415,13 @@ static void handle_event(capmoe_api *api, capmoe_sched_event *ev) {
     case CAPMOE_EV_FINISHED:
         c->prompt_tokens += ev->n_prompt;
         c->completion_tokens += ev->n_generated_total;
+        if (ev->n_limited) {
+            if (c->limited == 0 || ev->gamma_min < c->gamma_min) c->gamma_min = ev->gamma_min;
+            if (c->limited == 0 || ev->gamma_max > c->gamma_max) c->gamma_max = ev->gamma_max;
+        }
+        c->dispatches += ev->n_dispatches;
+        c->limited += ev->n_limited;
+        c->policy = ev->policy;
         if (ev->cancelled) c->cancelled = 1;
         if (ev->error && !c->failed) {
             c->failed = 1;
@@ -1614,6 +1702,13 @@ void capmoe_api_on_request(capmoe_api *api, capmoe_http_req *req) {
         model_id = path + 11;
     }
     capmoe_api_error e;
+    if (api->state == CAPMOE_API_DRAINING && (!rt || rt->id != R_METRICS)) {
+        /* draining: every new request (health checks included) is told to go
+         * elsewhere; /metrics still answers, for the scrape of the drain */
+        not_ready_error(api, &e);
+        send_error(api, req, rt ? rt->path : "other", &e);
+        return;
+    }
     if (!rt) {
         capmoe_api_fail(&e, 404, "invalid_request_error", "not_found", NULL,
                         "Unknown route: %s %s", method, path);
@@ -1627,7 +1722,7 @@ void capmoe_api_on_request(capmoe_api *api, capmoe_http_req *req) {
                         "Method %s is not allowed on %s (allowed: %s)", method, path,
                         rt->post ? "POST" : "GET, HEAD");
         const char *hdrs[] = {"Allow", rt->post ? "POST" : "GET, HEAD", NULL};
-        send_json(api, req, rt->path, 405, error_object(&e), hdrs);
+        send_json(api, req, rt->path, 405, error_body(req, &e), hdrs);
         return;
     }
     if (rt->auth && !auth_ok(api, req)) {
@@ -1651,6 +1746,7 @@ void capmoe_api_on_request(capmoe_api *api, capmoe_http_req *req) {
 void capmoe_api_on_done(capmoe_api *api, capmoe_http_req *req, int aborted) {
     gen_call *c = capmoe_http_req_user(req);
     if (!c) return;
+    if (aborted && c->n_finished < c->n_sub) attach_access_note(c, 1);
     capmoe_http_req_set_user(req, NULL);
     c->req = NULL;
     /* Client gone (or the answer was cut): free its sequences now. */
@@ -1767,6 +1863,10 @@ void capmoe_api_drain(capmoe_api *api) {
 }
 
 void capmoe_api_cancel_all(capmoe_api *api) { capmoe_sched_cancel_all(api->sched); }
+void capmoe_api_set_log(capmoe_api *api, capmoe_log *log) { api->log = log; }
+int capmoe_api_set_dispatch(capmoe_api *api, const capmoe_dispatch_cfg *d, capmoe_error *err) {
+    return capmoe_sched_set_dispatch(api->sched, d, err);
+}
 capmoe_api_state capmoe_api_get_state(const capmoe_api *api) { return api->state; }
 int capmoe_api_busy(const capmoe_api *api) { return api->n_calls; }
 size_t capmoe_api_weight_bytes(const capmoe_api *api) {

@@ -2,7 +2,10 @@
  * config/capmoe.json (it must equal the defaults), the precedence file < env
  * < flags, every value form (bool spellings, "auto", kebab flags, --no-x,
  * --x=v), refusals that name the option and its source, --help coverage of
- * every option, the served model id, and the dispatch configuration. */
+ * every option, the served model id, and the dispatch configuration; the
+ * logging, TLS and CORS options; which options a reload applies live and
+ * the diff / copy a reload uses; the configuration checked against a
+ * model's config.json (ep_ranks must divide the experts). */
 #include <check.h>
 #include <cjson/cJSON.h>
 #include <stdarg.h>
@@ -12,7 +15,9 @@
 #include <unistd.h>
 
 #include "capmoe/config.h"
+#include "capmoe/cors.h"
 #include "capmoe/http.h"
+#include "capmoe/log.h"
 
 /* Loads from argv (NULL-terminated list after the program name) and env. */
 static int load(capmoe_config *cfg, char *const *env, capmoe_config_action *act,
@@ -306,9 +311,173 @@ END_TEST
 START_TEST(test_probe_refused) {
     capmoe_error e;
     e.msg[0] = '\0';
-    int st = capmoe_http_probe("127.0.0.1", 1, "/health", 1.0, &e);
+    int st = capmoe_http_probe("127.0.0.1", 1, "/health", 1.0, 0, &e);
     ck_assert_int_eq(st, -1);
     ck_assert_ptr_nonnull(strstr(e.msg, "127.0.0.1:1"));
+}
+END_TEST
+
+START_TEST(test_log_tls_cors_options) {
+    capmoe_config c;
+    capmoe_config_action act;
+    capmoe_error e;
+    ck_assert_int_eq(load(&c, NULL, &act, &e, NULL), 0);
+    ck_assert_int_eq(c.log_level, CAPMOE_LOG_INFO);
+    ck_assert_int_eq(c.log_format, CAPMOE_LOG_TEXT);
+    ck_assert_int_eq(c.access_log, 1);
+    ck_assert_str_eq(c.tls_cert, "");
+    ck_assert_str_eq(c.cors_origins, "");
+    capmoe_config_free(&c);
+    char *env[] = {"CAPMOE_LOG_FORMAT=json", NULL};
+    ck_assert_int_eq(load(&c, env, &act, &e, "--log-level", "debug", "--no-access-log",
+                          "--cors-origins", "https://a.example, http://localhost:5173", NULL),
+                     0);
+    ck_assert_int_eq(c.log_level, CAPMOE_LOG_DEBUG);
+    ck_assert_int_eq(c.log_format, CAPMOE_LOG_JSON);
+    ck_assert_int_eq(c.access_log, 0);
+    char *js = capmoe_config_to_json(&c);
+    ck_assert_ptr_nonnull(strstr(js, "\"log_level\":\t\"debug\""));
+    ck_assert_ptr_nonnull(strstr(js, "\"log_format\":\t\"json\""));
+    free(js);
+    capmoe_config_free(&c);
+    expect_error(NULL, "--log-level: unknown value 'loud' (debug,info,warn,error)", "--log-level",
+                 "loud", NULL);
+    expect_error(NULL, "--log-format: unknown value 'xml' (text,json)", "--log-format", "xml",
+                 NULL);
+    expect_error(NULL, "tls_key: HTTPS needs both tls_cert and tls_key", "--tls-cert", "c.pem",
+                 NULL);
+    expect_error(NULL, "tls_cert: HTTPS needs both", "--tls-key", "k.pem", NULL);
+    expect_error(NULL, "cors_origins: origin 'example.com' must start with http:// or https://",
+                 "--cors-origins", "example.com", NULL);
+    expect_error(NULL, "cors_origins: origin 'https://a.example/' must be scheme://host[:port] only",
+                 "--cors-origins", "https://a.example/", NULL);
+    expect_error(NULL, "cors_origins: origin 'http://a:99999' has an invalid port",
+                 "--cors-origins", "http://a:99999", NULL);
+    char *path = write_tmp("{\"log_level\": 3}");
+    expect_error(NULL, "\"log_level\": must be a string", "--config", path, NULL);
+    unlink(path);
+    free(path);
+}
+END_TEST
+
+START_TEST(test_cors_policy) {
+    capmoe_cors *c;
+    capmoe_error e;
+    ck_assert_int_eq(capmoe_cors_new(&c, "", &e), 0);
+    ck_assert(!capmoe_cors_enabled(c));
+    ck_assert_ptr_null(capmoe_cors_allow(c, "http://x.example"));
+    capmoe_cors_free(c);
+    ck_assert_int_eq(capmoe_cors_new(&c, " HTTPS://App.Example , http://127.0.0.1:8000,http://[::1]:9", &e), 0);
+    ck_assert(capmoe_cors_enabled(c));
+    ck_assert_str_eq(capmoe_cors_allow(c, "https://app.example"), "https://app.example");
+    ck_assert_ptr_nonnull(capmoe_cors_allow(c, "http://127.0.0.1:8000"));
+    ck_assert_ptr_nonnull(capmoe_cors_allow(c, "http://[::1]:9"));
+    ck_assert_ptr_null(capmoe_cors_allow(c, "http://127.0.0.1:8001"));
+    ck_assert_ptr_null(capmoe_cors_allow(c, "https://app.example.evil"));
+    ck_assert_ptr_null(capmoe_cors_allow(c, "null"));
+    ck_assert_ptr_null(capmoe_cors_allow(c, NULL));
+    capmoe_cors_free(c);
+    ck_assert_int_eq(capmoe_cors_new(&c, "*", &e), 0);
+    ck_assert_str_eq(capmoe_cors_allow(c, "http://anything:1"), "*");
+    ck_assert_ptr_null(capmoe_cors_allow(c, NULL)); /* no Origin: no CORS headers */
+    capmoe_cors_free(c);
+    ck_assert_int_eq(capmoe_cors_new(&c, "http://a.example,ftp://b", &e), -1);
+    ck_assert_ptr_nonnull(strstr(e.msg, "'ftp://b'"));
+    ck_assert_int_eq(capmoe_cors_new(&c, "http://", &e), -1);
+    ck_assert_int_eq(capmoe_cors_new(&c, "http://u@host", &e), -1);
+}
+END_TEST
+
+typedef struct diff_rec {
+    int n;
+    char line[32][256];
+} diff_rec;
+
+static void record_diff(void *user, const char *name, int live, const char *a, const char *b) {
+    diff_rec *r = user;
+    if (r->n < 32) snprintf(r->line[r->n++], 256, "%s %s %s->%s", live ? "live" : "restart", name, a, b);
+}
+
+/* What a SIGHUP reload sees: the differing options, which are live, the
+ * values as logged (secrets hidden), and the copy of a live option. */
+START_TEST(test_reload_diff) {
+    const char *live[] = {"policy", "capacity_factor", "drop_budget", "renormalize", "min_tokens",
+                          "api_key", "log_level", "access_log", "cors_origins"};
+    for (unsigned i = 0; i < sizeof live / sizeof live[0]; i++)
+        ck_assert_msg(capmoe_config_is_live(live[i]), "%s should be live", live[i]);
+    const char *restart[] = {"model", "host", "port", "ep_ranks", "max_running", "threads",
+                             "log_format", "tls_cert", "grace_period_s", "max_batch_tokens"};
+    for (unsigned i = 0; i < sizeof restart / sizeof restart[0]; i++)
+        ck_assert_msg(!capmoe_config_is_live(restart[i]), "%s should need a restart", restart[i]);
+    ck_assert(!capmoe_config_is_live("no_such_option"));
+
+    capmoe_config a, b;
+    capmoe_config_action act;
+    capmoe_error e;
+    ck_assert_int_eq(load(&a, NULL, &act, &e, "--api-key", "old-secret", NULL), 0);
+    ck_assert_int_eq(load(&b, NULL, &act, &e, "--api-key", "new-secret", "--policy", "reroute",
+                          "--capacity-factor", "auto", "--drop-budget", "0.05", "--ep-ranks",
+                          "2", "--log-level", "warn", NULL),
+                     0);
+    diff_rec r = {0};
+    ck_assert_int_eq(capmoe_config_diff(&a, &a, record_diff, &r), 0);
+    ck_assert_int_eq(r.n, 0);
+    ck_assert_int_eq(capmoe_config_diff(&a, &b, record_diff, &r), 6);
+    ck_assert_str_eq(r.line[0], "live api_key (set)->(set)");
+    ck_assert_str_eq(r.line[1], "live policy none->reroute");
+    ck_assert_str_eq(r.line[2], "live capacity_factor 1->auto");
+    ck_assert_str_eq(r.line[3], "restart ep_ranks 1->2");
+    ck_assert_str_eq(r.line[4], "live drop_budget 0.01->0.05");
+    ck_assert_str_eq(r.line[5], "live log_level info->warn");
+    for (int i = 0; i < r.n; i++) ck_assert_ptr_null(strstr(r.line[i], "secret"));
+    ck_assert_int_eq(capmoe_config_copy_option(&a, &b, "capacity_factor"), 0);
+    ck_assert(a.capacity_auto == 1);
+    ck_assert_int_eq(capmoe_config_copy_option(&a, &b, "api_key"), 0);
+    ck_assert_str_eq(a.api_key, "new-secret");
+    ck_assert_int_eq(capmoe_config_copy_option(&a, &b, "log_level"), 0);
+    ck_assert_int_eq(a.log_level, CAPMOE_LOG_WARN);
+    ck_assert_int_eq(capmoe_config_copy_option(&a, &b, "bogus"), -1);
+    ck_assert_int_eq(capmoe_config_diff(&a, &b, NULL, NULL), 3);
+    capmoe_config_free(&a);
+    capmoe_config_free(&b);
+}
+END_TEST
+
+/* The whole configuration against a model, before the server listens. */
+START_TEST(test_check_model) {
+    capmoe_hfconfig hc;
+    memset(&hc, 0, sizeof hc);
+    hc.n_experts = 8;
+    hc.n_moe_layers = 2;
+    hc.max_position_embeddings = 512;
+    capmoe_config c;
+    capmoe_config_defaults(&c);
+    capmoe_error e;
+    int ok_ranks[] = {1, 2, 4, 8};
+    for (int i = 0; i < 4; i++) {
+        c.ep_ranks = ok_ranks[i];
+        ck_assert_msg(capmoe_config_check_model(&c, &hc, &e) == 0, "R=%d: %s", ok_ranks[i], e.msg);
+    }
+    int bad_ranks[] = {3, 5, 6, 16};
+    for (int i = 0; i < 4; i++) {
+        c.ep_ranks = bad_ranks[i];
+        ck_assert_int_eq(capmoe_config_check_model(&c, &hc, &e), -1);
+        char want[64];
+        snprintf(want, sizeof want, "R=%d ranks cannot split the model's E=8 experts", bad_ranks[i]);
+        ck_assert_msg(strstr(e.msg, want), "%s", e.msg);
+        ck_assert_ptr_nonnull(strstr(e.msg, "possible: 1, 2, 4, 8"));
+    }
+    c.ep_ranks = 2;
+    c.context = 513;
+    ck_assert_int_eq(capmoe_config_check_model(&c, &hc, &e), -1);
+    ck_assert_ptr_nonnull(strstr(e.msg, "context: 513 exceeds the model's max_position_embeddings (512)"));
+    c.context = 512;
+    ck_assert_int_eq(capmoe_config_check_model(&c, &hc, &e), 0);
+    /* a dense model has no experts to split */
+    hc.n_moe_layers = 0;
+    c.ep_ranks = 3;
+    ck_assert_int_eq(capmoe_config_check_model(&c, &hc, &e), 0);
+    capmoe_config_free(&c);
 }
 END_TEST
 
@@ -323,6 +492,10 @@ static Suite *config_suite(void) {
     tcase_add_test(tc, test_help_covers_every_option);
     tcase_add_test(tc, test_model_id);
     tcase_add_test(tc, test_probe_refused);
+    tcase_add_test(tc, test_log_tls_cors_options);
+    tcase_add_test(tc, test_cors_policy);
+    tcase_add_test(tc, test_reload_diff);
+    tcase_add_test(tc, test_check_model);
     tcase_set_timeout(tc, 30);
     suite_add_tcase(s, tc);
     return s;

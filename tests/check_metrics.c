@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "capmoe/metrics.h"
 
@@ -59,6 +60,22 @@ typedef struct label {
 
 static int label_cmp(const void *a, const void *b) {
     return strcmp(((const label *)a)->k, ((const label *)b)->k);
+}
+
+/* The label part of a canonical key ("{a=\"x\",le=\"1\"}") without le:
+ * "{a=\"x\"}", or "" when le was the only label. */
+static void strip_le(const char *labels, char *out, size_t n) {
+    snprintf(out, n, "%s", labels);
+    char *q = strstr(out, "le=\"");
+    while (q && q != out + 1 && q[-1] != ',') q = strstr(q + 1, "le=\"");
+    if (!q) return;
+    char *end = strchr(q + 4, '"');
+    if (!end) return;
+    end++;
+    if (*end == ',') end++;
+    else if (q[-1] == ',') q--;
+    memmove(q, end, strlen(end) + 1);
+    if (strcmp(out, "{}") == 0) out[0] = '\0';
 }
 
 /* Fails (returns -1 with p->err) on anything that is not valid exposition. */
@@ -241,30 +258,45 @@ static int parse_exposition(const char *text, size_t len, parsed *p) {
         snprintf(bname, sizeof bname, "%s_bucket", f->name);
         snprintf(cname, sizeof cname, "%s_count", f->name);
         snprintf(sname, sizeof sname, "%s_sum", f->name);
-        double prev_le = -INFINITY, prev_cnt = 0, inf_cnt = -1, count = -1;
-        int have_sum = 0;
-        for (int k = 0; k < p->n_ser; k++) {
-            series *se = &p->ser[k];
-            if (strcmp(se->name, bname) == 0) {
-                const char *q = strstr(se->key, "le=\"");
-                if (!q) return -1;
-                double le = strtod(q + 4, NULL);
-                if (!(le > prev_le) || se->value < prev_cnt) {
-                    snprintf(p->err, sizeof p->err, "%s: buckets not ascending / cumulative", f->name);
-                    return -1;
+        /* one histogram per label set (its _count series) */
+        int n_groups = 0;
+        for (int g = 0; g < p->n_ser; g++) {
+            if (strcmp(p->ser[g].name, cname) != 0) continue;
+            n_groups++;
+            const char *labels = p->ser[g].key + strlen(cname); /* "" or {...} */
+            double count = p->ser[g].value;
+            double prev_le = -INFINITY, prev_cnt = 0, inf_cnt = -1;
+            int have_sum = 0;
+            for (int k = 0; k < p->n_ser; k++) {
+                series *se = &p->ser[k];
+                if (strcmp(se->name, bname) == 0) {
+                    char rest[256];
+                    strip_le(se->key + strlen(bname), rest, sizeof rest);
+                    if (strcmp(rest, labels) != 0) continue;
+                    const char *q = strstr(se->key, "le=\"");
+                    if (!q) return -1;
+                    double le = strtod(q + 4, NULL);
+                    if (!(le > prev_le) || se->value < prev_cnt) {
+                        snprintf(p->err, sizeof p->err, "%s: buckets not ascending / cumulative",
+                                 f->name);
+                        return -1;
+                    }
+                    prev_le = le;
+                    prev_cnt = se->value;
+                    if (isinf(le)) inf_cnt = se->value;
+                } else if (strcmp(se->name, sname) == 0 &&
+                           strcmp(se->key + strlen(sname), labels) == 0) {
+                    have_sum = 1;
                 }
-                prev_le = le;
-                prev_cnt = se->value;
-                if (isinf(le)) inf_cnt = se->value;
-            } else if (strcmp(se->name, cname) == 0) {
-                count = se->value;
-            } else if (strcmp(se->name, sname) == 0) {
-                have_sum = 1;
+            }
+            if (inf_cnt < 0 || inf_cnt != count || !have_sum) {
+                snprintf(p->err, sizeof p->err, "%s%s: +Inf bucket %g vs _count %g (sum %d)",
+                         f->name, labels, inf_cnt, count, have_sum);
+                return -1;
             }
         }
-        if (inf_cnt < 0 || inf_cnt != count || !have_sum) {
-            snprintf(p->err, sizeof p->err, "%s: +Inf bucket %g vs _count %g (sum %d)", f->name, inf_cnt,
-                     count, have_sum);
+        if (n_groups == 0) {
+            snprintf(p->err, sizeof p->err, "%s: histogram without _count", f->name);
             return -1;
         }
     }
@@ -297,9 +329,13 @@ static parsed *render_parse(capmoe_metrics *m) {
 
 /* ---- fixtures ------------------------------------------------------------------ */
 
+static const char *const k_build[] = {"version", "1.2.3", "revision", "abc\"def", NULL};
+
+/* min_tokens 2: the T = 4 dispatches of fake_step count as full-size. */
 static capmoe_metrics *new_metrics(int per_layer) {
     capmoe_metrics_opts o = {.model_name = "mixtral-tiny", .n_layers = 4, .n_experts = 4,
-                             .per_layer_expert = per_layer, .policy = "drop"};
+                             .per_layer_expert = per_layer, .policy = "drop", .min_tokens = 2,
+                             .build_labels = k_build};
     capmoe_metrics *m = capmoe_metrics_new(&o);
     ck_assert_ptr_nonnull(m);
     return m;
@@ -373,6 +409,9 @@ static const struct {
     {"capmoe_requests_total", "counter"},
     {"capmoe_prompt_tokens_total", "counter"},
     {"capmoe_generation_tokens_total", "counter"},
+    {"capmoe_request_success_total", "counter"},
+    {"capmoe_request_prompt_tokens", "histogram"},
+    {"capmoe_request_generation_tokens", "histogram"},
     {"capmoe_time_to_first_token_seconds", "histogram"},
     {"capmoe_inter_token_latency_seconds", "histogram"},
     {"capmoe_e2e_request_latency_seconds", "histogram"},
@@ -395,10 +434,16 @@ static const struct {
     {"capmoe_moe_rerouted_pairs_total", "counter"},
     {"capmoe_moe_dispatches_total", "counter"},
     {"capmoe_moe_capacity_factor", "histogram"},
-    {"capmoe_moe_dropped_mass", "histogram"},
+    {"capmoe_moe_dropped_mass_ratio", "histogram"},
     {"capmoe_moe_layer_seconds", "histogram"},
     {"capmoe_model_info", "gauge"},
-    {"capmoe_process_start_time_seconds", "gauge"},
+    {"capmoe_build_info", "gauge"},
+    {"process_cpu_seconds_total", "counter"},
+    {"process_resident_memory_bytes", "gauge"},
+    {"process_virtual_memory_bytes", "gauge"},
+    {"process_open_fds", "gauge"},
+    {"process_max_fds", "gauge"},
+    {"process_start_time_seconds", "gauge"},
 };
 #define N_EXPECTED ((int)(sizeof expected_families / sizeof expected_families[0]))
 
@@ -415,9 +460,29 @@ START_TEST(test_fresh_registry) {
     ck_assert(val(p, "capmoe_expert_tokens_total{expert=\"3\"}") == 0);
     ck_assert(isnan(val(p, "capmoe_expert_tokens_total{expert=\"4\"}")));
     ck_assert(val(p, "capmoe_model_info{model=\"mixtral-tiny\",policy=\"drop\"}") == 1);
-    double start = val(p, "capmoe_process_start_time_seconds");
+    ck_assert(val(p, "capmoe_build_info{revision=\"abc\"def\",version=\"1.2.3\"}") == 1);
+    ck_assert(val(p, "capmoe_request_success_total{finished_reason=\"stop\"}") == 0);
+    ck_assert(val(p, "capmoe_request_success_total{finished_reason=\"length\"}") == 0);
+    ck_assert(val(p, "capmoe_request_success_total{finished_reason=\"abort\"}") == 0);
+    /* process_*: this process, read from /proc at scrape time */
+    double start = val(p, "process_start_time_seconds");
     ck_assert(start > 1.6e9 && start < 4e9); /* a Unix time, not a monotonic one */
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    ck_assert(start <= (double)now.tv_sec + 1 && start > (double)now.tv_sec - 3600);
+    ck_assert(val(p, "process_resident_memory_bytes") > 1e6);
+    ck_assert(val(p, "process_virtual_memory_bytes") >= val(p, "process_resident_memory_bytes"));
+    ck_assert(val(p, "process_cpu_seconds_total") > 0);
+    double fds = val(p, "process_open_fds");
+    ck_assert(fds >= 3 && fds <= val(p, "process_max_fds"));
     free(p);
+    /* an opened descriptor shows at the next scrape */
+    FILE *f[5];
+    for (int i = 0; i < 5; i++) f[i] = fopen("/proc/self/stat", "r");
+    p = render_parse(m);
+    ck_assert(val(p, "process_open_fds") == fds + 5);
+    free(p);
+    for (int i = 0; i < 5; i++) fclose(f[i]);
     capmoe_metrics_free(m);
 }
 END_TEST
@@ -462,11 +527,13 @@ START_TEST(test_values_after_updates) {
     ck_assert(val(p, "capmoe_expert_tokens_total{expert=\"2\"}") == 4);
     ck_assert(val(p, "capmoe_expert_tokens_total{expert=\"3\"}") == 2);
     /* Imbalance: layer 1 max 3 / mean 1.75 = 1.714..; layer 3: 4 / 2 = 2. */
-    ck_assert(val(p, "capmoe_moe_load_imbalance_count") == 4);
-    ck_assert(val(p, "capmoe_moe_load_imbalance_bucket{le=\"1.5\"}") == 0);
-    ck_assert(val(p, "capmoe_moe_load_imbalance_bucket{le=\"1.75\"}") == 2);
-    ck_assert(val(p, "capmoe_moe_load_imbalance_bucket{le=\"2\"}") == 4);
-    ck_assert(fabs(val(p, "capmoe_moe_load_imbalance_sum") - 2 * (3 / 1.75 + 2)) < 1e-12);
+    ck_assert(val(p, "capmoe_moe_load_imbalance_count{below_min_tokens=\"false\"}") == 4);
+    ck_assert(val(p, "capmoe_moe_load_imbalance_count{below_min_tokens=\"true\"}") == 0);
+    ck_assert(val(p, "capmoe_moe_load_imbalance_bucket{below_min_tokens=\"false\",le=\"1.5\"}") == 0);
+    ck_assert(val(p, "capmoe_moe_load_imbalance_bucket{below_min_tokens=\"false\",le=\"1.75\"}") == 2);
+    ck_assert(val(p, "capmoe_moe_load_imbalance_bucket{below_min_tokens=\"false\",le=\"2\"}") == 4);
+    ck_assert(fabs(val(p, "capmoe_moe_load_imbalance_sum{below_min_tokens=\"false\"}") -
+                   2 * (3 / 1.75 + 2)) < 1e-12);
     /* Straggler: 0.003 / 0.002 = 1.5 and 1. */
     ck_assert(val(p, "capmoe_moe_straggler_ratio_bucket{le=\"1\"}") == 2);
     ck_assert(val(p, "capmoe_moe_straggler_ratio_bucket{le=\"1.3\"}") == 2);
@@ -481,9 +548,9 @@ START_TEST(test_values_after_updates) {
     ck_assert(val(p, "capmoe_moe_capacity_factor_bucket{le=\"1\"}") == 0);
     ck_assert(val(p, "capmoe_moe_capacity_factor_bucket{le=\"1.25\"}") == 2);
     ck_assert(val(p, "capmoe_moe_capacity_factor_sum") == 2.5);
-    ck_assert(val(p, "capmoe_moe_dropped_mass_count") == 2);
-    ck_assert(val(p, "capmoe_moe_dropped_mass_bucket{le=\"0.02\"}") == 0);
-    ck_assert(val(p, "capmoe_moe_dropped_mass_bucket{le=\"0.05\"}") == 2);
+    ck_assert(val(p, "capmoe_moe_dropped_mass_ratio_count") == 2);
+    ck_assert(val(p, "capmoe_moe_dropped_mass_ratio_bucket{le=\"0.02\"}") == 0);
+    ck_assert(val(p, "capmoe_moe_dropped_mass_ratio_bucket{le=\"0.05\"}") == 2);
     ck_assert(val(p, "capmoe_moe_layer_seconds_count") == 4);
     ck_assert(val(p, "capmoe_moe_layer_seconds_bucket{le=\"0.0005\"}") == 2);
     ck_assert(val(p, "capmoe_moe_layer_seconds_bucket{le=\"0.0025\"}") == 2);
@@ -499,6 +566,39 @@ START_TEST(test_values_after_updates) {
     capmoe_metrics_batch(m, 4, &fs);
     p = render_parse(m);
     ck_assert(val(p, "capmoe_moe_routed_pairs_total") == 32 + 16);
+    free(p);
+
+    /* A live min_tokens of 16: the T = 4 dispatches count as below it. */
+    capmoe_metrics_set_min_tokens(m, 16);
+    capmoe_metrics_set_policy(m, "reroute");
+    capmoe_metrics_batch(m, 4, &fs);
+    p = render_parse(m);
+    ck_assert(val(p, "capmoe_moe_load_imbalance_count{below_min_tokens=\"false\"}") == 6);
+    ck_assert(val(p, "capmoe_moe_load_imbalance_count{below_min_tokens=\"true\"}") == 2);
+    ck_assert(val(p, "capmoe_moe_load_imbalance_bucket{below_min_tokens=\"true\",le=\"2\"}") == 2);
+    ck_assert(val(p, "capmoe_model_info{model=\"mixtral-tiny\",policy=\"reroute\"}") == 1);
+    ck_assert(isnan(val(p, "capmoe_model_info{model=\"mixtral-tiny\",policy=\"drop\"}")));
+    free(p);
+
+    /* Finished sequences: by reason (others ignored), token histograms. */
+    capmoe_metrics_request_finished(m, "stop", 7, 3);
+    capmoe_metrics_request_finished(m, "length", 100, 16);
+    capmoe_metrics_request_finished(m, "length", 1, 1);
+    capmoe_metrics_request_finished(m, "abort", 5, 0);
+    capmoe_metrics_request_finished(m, "error", 5, 0);
+    capmoe_metrics_request_finished(m, NULL, 5, 0);
+    p = render_parse(m);
+    ck_assert(val(p, "capmoe_request_success_total{finished_reason=\"stop\"}") == 1);
+    ck_assert(val(p, "capmoe_request_success_total{finished_reason=\"length\"}") == 2);
+    ck_assert(val(p, "capmoe_request_success_total{finished_reason=\"abort\"}") == 1);
+    ck_assert(isnan(val(p, "capmoe_request_success_total{finished_reason=\"error\"}")));
+    ck_assert(val(p, "capmoe_request_prompt_tokens_count") == 4);
+    ck_assert(val(p, "capmoe_request_prompt_tokens_sum") == 113);
+    ck_assert(val(p, "capmoe_request_prompt_tokens_bucket{le=\"5\"}") == 2);
+    ck_assert(val(p, "capmoe_request_prompt_tokens_bucket{le=\"10\"}") == 3);
+    ck_assert(val(p, "capmoe_request_generation_tokens_sum") == 20);
+    ck_assert(val(p, "capmoe_request_generation_tokens_bucket{le=\"1\"}") == 2);
+    ck_assert(val(p, "capmoe_request_generation_tokens_bucket{le=\"20\"}") == 4);
     free(p);
     capmoe_metrics_free(m);
 }
@@ -623,6 +723,9 @@ START_TEST(test_bad_inputs) {
     capmoe_metrics_free(m);
     /* NULL registry: every call is a no-op. */
     capmoe_metrics_request(NULL, "/x", 200);
+    capmoe_metrics_set_policy(NULL, "drop");
+    capmoe_metrics_set_min_tokens(NULL, 3);
+    capmoe_metrics_request_finished(NULL, "stop", 1, 1);
     capmoe_metrics_batch(NULL, 3, NULL);
     capmoe_metrics_set_top_k(NULL, 2);
     size_t len = 7;
@@ -742,7 +845,8 @@ static Suite *metrics_suite(void) {
 /* --dump [per-layer]: print a populated exposition (for promtool). */
 static int dump(int per_layer) {
     capmoe_metrics_opts o = {.model_name = "mixtral \"tiny\"", .n_layers = 4, .n_experts = 4,
-                             .per_layer_expert = per_layer, .policy = "drop"};
+                             .per_layer_expert = per_layer, .policy = "drop", .min_tokens = 16,
+                             .build_labels = k_build};
     capmoe_metrics *m = capmoe_metrics_new(&o);
     if (!m) return 1;
     capmoe_metrics_set_top_k(m, 2);
@@ -757,6 +861,7 @@ static int dump(int per_layer) {
     capmoe_metrics_queue_time(m, 0.001);
     capmoe_metrics_set_requests(m, 1, 2);
     capmoe_metrics_set_kv_cache(m, 100, 4096, 1 << 20);
+    capmoe_metrics_request_finished(m, "length", 10, 20);
     capmoe_forward_stats fs;
     capmoe_layer_stats ls[2];
     fake_step(&fs, ls);

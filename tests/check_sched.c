@@ -45,6 +45,8 @@ typedef struct req_out {
     int cancelled;
     int n_prompt, n_generated_total;
     int token_events_after_finish;
+    int policy, n_dispatches, n_limited; /* FINISHED: the dispatches it took part in */
+    double gamma_min, gamma_max;
 } req_out;
 
 typedef struct collector {
@@ -114,6 +116,11 @@ static void on_event(void *user, capmoe_sched_event *ev) {
             r->cancelled = ev->cancelled;
             r->n_prompt = ev->n_prompt;
             r->n_generated_total = ev->n_generated_total;
+            r->policy = ev->policy;
+            r->n_dispatches = ev->n_dispatches;
+            r->n_limited = ev->n_limited;
+            r->gamma_min = ev->gamma_min;
+            r->gamma_max = ev->gamma_max;
             break;
         default:
             break;
@@ -464,6 +471,105 @@ START_TEST(test_seeds_and_choices) {
 }
 END_TEST
 
+/* Without a seed every request draws its own: 30 identical requests on this
+ * random model (a near-uniform next-token distribution over 576 ids) give 30
+ * different continuations and many different first tokens. (Seeds derived
+ * from counters that move together repeated after a few requests.) */
+START_TEST(test_unseeded_requests_differ) {
+    capmoe_sched *s = start(4, 64, 64);
+    int32_t prompt[4];
+    make_prompt(prompt, 4, 5);
+    capmoe_gen_params p;
+    capmoe_gen_params_default(&p);
+    p.prompt = prompt;
+    p.n_prompt = 4;
+    p.max_tokens = 8;
+    p.ignore_eos = 1;
+    p.sampling.temperature = 1.0f;
+    enum { N = 30 };
+    static req_out r[N];
+    for (int i = 0; i < N; i++) submit(s, &p, &r[i]);
+    for (int i = 0; i < N; i++) wait_finished(&r[i]);
+    int same = 0, first_distinct = 0;
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_eq(r[i].ch[0].n, 8);
+        int new_first = 1;
+        for (int j = 0; j < i; j++) {
+            same += memcmp(r[i].ch[0].toks, r[j].ch[0].toks, sizeof(int32_t) * 8) == 0;
+            new_first &= r[i].ch[0].toks[0] != r[j].ch[0].toks[0];
+        }
+        first_distinct += new_first;
+    }
+    ck_assert_int_eq(same, 0);
+    /* 30 draws from ~576 near-equally likely ids: about 29 distinct; fewer
+     * than 20 happens with probability far below 1e-9 */
+    ck_assert_msg(first_distinct >= 20, "only %d distinct first tokens", first_distinct);
+    capmoe_sched_free(s);
+}
+END_TEST
+
+/* A new dispatch configuration applies from the next step on, to running
+ * requests too; FINISHED reports the dispatches a request took part in. */
+START_TEST(test_set_dispatch_live) {
+    capmoe_sched *s = start(4, 64, 16);
+    int32_t prompt[8];
+    make_prompt(prompt, 8, 9);
+    capmoe_gen_params p;
+    greedy_params(&p, prompt, 8, 24);
+    p.n = 2; /* decode steps of 2 tokens: a capacity limit applies to them */
+    static req_out a, b, c, d;
+    submit(s, &p, &a);
+    wait_finished(&a);
+    ck_assert_int_eq(a.policy, CAPMOE_POLICY_NONE);
+    ck_assert_int_gt(a.n_dispatches, 0);
+    ck_assert_int_eq(a.n_limited, 0);
+
+    capmoe_dispatch_cfg d1;
+    capmoe_dispatch_cfg_default(&d1);
+    d1.policy = CAPMOE_POLICY_DROP;
+    d1.capacity_factor = 1.5;
+    d1.min_tokens = 0;
+    capmoe_error err;
+    ck_assert_msg(capmoe_sched_set_dispatch(s, &d1, &err) == 0, "%s", err.msg);
+    submit(s, &p, &b);
+    wait_finished(&b);
+    ck_assert_int_eq(b.policy, CAPMOE_POLICY_DROP);
+    ck_assert_int_eq(b.n_dispatches, a.n_dispatches); /* same steps: same prompt, n, length */
+    ck_assert_int_eq(b.n_limited, b.n_dispatches);
+    ck_assert(b.gamma_min == 1.5 && b.gamma_max == 1.5);
+
+    /* refused: another rank count, or a configuration the model rejects */
+    capmoe_dispatch_cfg bad = d1;
+    bad.ep_ranks = 2;
+    ck_assert_int_eq(capmoe_sched_set_dispatch(s, &bad, &err), -1);
+    ck_assert_ptr_nonnull(strstr(err.msg, "ep_ranks"));
+    bad = d1;
+    bad.capacity_factor = 0;
+    ck_assert_int_eq(capmoe_sched_set_dispatch(s, &bad, &err), -1);
+    ck_assert_ptr_nonnull(strstr(err.msg, "gamma"));
+
+    /* a change in the middle of a request: it goes on under the new setting */
+    p.max_tokens = 200;
+    submit(s, &p, &c);
+    wait_tokens(&c, 20);
+    capmoe_dispatch_cfg d0;
+    capmoe_dispatch_cfg_default(&d0);
+    ck_assert_int_eq(capmoe_sched_set_dispatch(s, &d0, &err), 0);
+    wait_finished(&c);
+    ck_assert_int_eq(c.ch[0].n, 200);
+    ck_assert_int_eq(c.ch[1].n, 200);
+    ck_assert(!c.cancelled);
+    ck_assert_int_eq(c.policy, CAPMOE_POLICY_NONE);
+    ck_assert_int_gt(c.n_limited, 0);
+    ck_assert_int_lt(c.n_limited, c.n_dispatches);
+    p.max_tokens = 24;
+    submit(s, &p, &d);
+    wait_finished(&d);
+    ck_assert_int_eq(d.n_limited, 0);
+    capmoe_sched_free(s);
+}
+END_TEST
+
 /* Prompt logprobs (echo) over chunked prefill equal those of one forward. */
 START_TEST(test_prompt_logprobs) {
     capmoe_sched *s = start(2, 4, 16);
@@ -711,6 +817,8 @@ static Suite *sched_suite(void) {
     tcase_add_test(tc, test_stop_strings_and_ids);
     tcase_add_test(tc, test_context_full);
     tcase_add_test(tc, test_seeds_and_choices);
+    tcase_add_test(tc, test_unseeded_requests_differ);
+    tcase_add_test(tc, test_set_dispatch_live);
     tcase_add_test(tc, test_prompt_logprobs);
     tcase_add_test(tc, test_cancel);
     tcase_add_test(tc, test_queue_full_drain_cancel_all);

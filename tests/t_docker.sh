@@ -9,9 +9,11 @@
 #     their dependencies, and each one they link directly to a listed runtime
 #     package (or libc6 / libgcc-s1 of the base image); COPY sources exist.
 #  b. promtool check config docker/prometheus.yml
-#  c. the Grafana dashboard parses and every capmoe_* name and label in its
-#     queries is exported by a live capmoe-server's /metrics (default model,
-#     per-layer expert labels on, after one completion); the Docker
+#  c. the Grafana dashboard parses and every capmoe_* / process_* name and
+#     label in its queries is exported by a live capmoe-server's /metrics
+#     (default model, per-layer expert labels on, after one completion), and
+#     each panel that a server in the default configuration leaves empty
+#     says why (Grafana's noValue) instead of showing "No data"; the Docker
 #     HEALTHCHECK command (capmoe-server --healthcheck, with the image's
 #     CAPMOE_* environment) exits 0 against it and 1 once it has stopped.
 #  d. `docker-compose config` (the official client, offline) validates
@@ -153,6 +155,20 @@ fi
 # ---------------------------------------------------------------- c. dashboard vs live /metrics
 dash=docker/grafana/dashboards/capmoe.json
 dsprov=docker/grafana/provisioning/datasources/prometheus.yml
+# a server in the default configuration (the shipped file), after some traffic
+if start_server "$BUILD/capmoe-server" "$tmp/default.log" --config config/capmoe.json; then
+  node -e '
+    const body = (p) => ({method: "POST", headers: {"content-type": "application/json"}, body: JSON.stringify(p)});
+    Promise.all([0, 1, 2, 3].map((i) => fetch(process.argv[1] + "/v1/completions",
+        body({prompt: "In the beginning God created the heaven and the earth, and the earth was without form " + i, max_tokens: 16}))
+      .then((r) => { if (!r.ok) process.exit(1); })))
+      .catch((e) => { console.log(String(e)); process.exit(2); });' "$SERVER_URL" \
+    || bad "completions on the default configuration failed"
+  http_get "$SERVER_URL/metrics" > "$tmp/default-metrics.txt" || bad "GET /metrics (default configuration) failed"
+  stop_server || bad "the default-configuration server did not stop cleanly"
+else
+  bad "could not start $BUILD/capmoe-server with config/capmoe.json"
+fi
 if start_server "$BUILD/capmoe-server" "$tmp/server.log" --model config/model --metrics-per-layer-expert; then
   node -e '
     fetch(process.argv[1] + "/v1/completions", {method: "POST", headers: {"content-type": "application/json"},
@@ -177,7 +193,7 @@ if start_server "$BUILD/capmoe-server" "$tmp/server.log" --model config/model --
     bad "the --ep mpi server did not start: $(tail -n 5 "$tmp/mpi-server.log")"
   fi
   SERVER_PID=$sp_pid SERVER_PORT=$sp_port SERVER_URL=$sp_url
-  if $PY3 tests/docker/check_dashboard.py "$dash" "$tmp/metrics.txt" "$dsprov" > "$tmp/dash.out" 2>&1; then
+  if $PY3 tests/docker/check_dashboard.py "$dash" "$tmp/metrics.txt" "$dsprov" "$tmp/default-metrics.txt" > "$tmp/dash.out" 2>&1; then
     ok "$(cat "$tmp/dash.out")"
   else
     bad "dashboard check:"; cat "$tmp/dash.out"
@@ -187,6 +203,12 @@ if start_server "$BUILD/capmoe-server" "$tmp/server.log" --model config/model --
     && bad "the dashboard check accepted a metric name /metrics does not export"
   grep -q 'capmoe_moe_routed_pairz_total is not exported' "$tmp/bad-dash.out" \
     || bad "the dashboard check did not name the unknown metric: $(head -n 3 "$tmp/bad-dash.out")"
+  # a panel that is empty by default without its explanation is refused
+  sed 's/"noValue": "No data under one rank[^"]*"/"noValue": ""/' "$dash" > "$tmp/bad-dash2.json"
+  $PY3 tests/docker/check_dashboard.py "$tmp/bad-dash2.json" "$tmp/metrics.txt" "$dsprov" "$tmp/default-metrics.txt" \
+    > "$tmp/bad-dash2.out" 2>&1 && bad "the dashboard check accepted an empty panel without its explanation"
+  grep -q "panel 'Straggler ratio.*no data under the default configuration" "$tmp/bad-dash2.out" \
+    || bad "the empty-panel check did not name the straggler panel: $(head -n 3 "$tmp/bad-dash2.out")"
   # the HEALTHCHECK command, with the environment the image sets
   hc() { CAPMOE_CONFIG=config/capmoe.json CAPMOE_HOST=0.0.0.0 CAPMOE_PORT="$SERVER_PORT" \
          "$BUILD/capmoe-server" --healthcheck > "$tmp/hc.out" 2>&1; }

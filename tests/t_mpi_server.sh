@@ -41,8 +41,8 @@ fi
 # processes return: the ranks' own clean stops are read from the log.
 stop_server; rc=$?
 [ "$rc" = 0 ] || [ "$rc" = 1 ] || fail "mpirun exit status $rc after SIGTERM"
-grep -q "capmoe-server: stopped" "$tmp/server.log" || fail "rank 0 did not stop cleanly"
-grep -q "capmoe-server: rank 1: stopped" "$tmp/server.log" || fail "rank 1 did not stop cleanly"
+grep -q "info  stopped$" "$tmp/server.log" || fail "rank 0 did not stop cleanly"
+grep -q "info  rank 1: stopped$" "$tmp/server.log" || fail "rank 1 did not stop cleanly"
 if grep -q -E "MPI_ABORT|exited on signal|aborting" "$tmp/server.log"; then fail "a rank did not stop cleanly"; fi
 if grep -q -E "ERROR: (Address|Leak)Sanitizer|runtime error:" "$tmp/server.log"; then
   grep -A 30 -E "ERROR: |runtime error:" "$tmp/server.log" | head -60; fail "sanitizer report"

@@ -1,8 +1,9 @@
 #!/bin/sh
 # t_server_shutdown.sh - the life cycle of capmoe-server, black box:
 #  - SIGTERM with a streamed and a non-streamed generation running: both
-#    complete in full within the grace period, new connections are refused,
-#    the exit status is 0;
+#    complete in full within the grace period, new requests get 503 +
+#    Retry-After + Connection: close on the still open socket (so load
+#    balancers see the drain), the exit status is 0;
 #  - a grace period shorter than the work: requests cancelled (503 / an SSE
 #    error event + [DONE]), exit 0 soon after the grace period;
 #  - a second SIGTERM cancels at once;
@@ -17,7 +18,9 @@ BIN="$BUILD/capmoe-server"
 MODEL_DIR=tests/fixtures/qwen3moe-tiny
 # The drain cases need generations that outlast a 0.3 s grace period on any
 # machine: 16 sequences of 1000 tokens of the default model (2 to 4 s here;
-# the tiny fixture finishes its 500-token ones in about 0.2 s).
+# the tiny fixture finishes its 500-token ones in about 0.2 s); the graceful
+# case uses 300 tokens each, which end well inside its 30 s even when other
+# work loads the 2 cores (1000 did not, at a load average of 12).
 DRAIN_MODEL=config/model
 tmp=$(mktemp -d)
 writer=""

@@ -38,6 +38,15 @@
  *                                                            (0 = no per-address limit)
  *   metrics_per_layer_expert  bool            false          expert-token counters per {layer,expert}
  *   threads                   int 0..64       0              engine threads (0 = one per core)
+ *   log_level                 enum            info           debug|info|warn|error
+ *   log_format                enum            text           text|json
+ *   access_log                bool            true           one info record per HTTP request
+ *   tls_cert, tls_key         path            ""             HTTPS certificate (chain) and key (PEM)
+ *   cors_origins              string          ""             comma-separated allowed origins, or *
+ *
+ * Live options (the OPT_LIVE column of the table in server/config.c; SIGHUP
+ * applies them without a restart): api_key, policy, capacity_factor,
+ * renormalize, min_tokens, drop_budget, log_level, access_log, cors_origins.
  *
  * Flag-only: --config FILE, --help, --version, --healthcheck (GET /health on
  * host:port; exit 0 when it answers 200, else 1). */
@@ -48,6 +57,7 @@
 
 #include "capmoe/common.h"
 #include "capmoe/dispatch.h"
+#include "capmoe/hfconfig.h"
 
 typedef struct capmoe_config {
     char *model;                 /* malloc'd; owned by the config */
@@ -77,6 +87,12 @@ typedef struct capmoe_config {
     int max_connections_per_ip;
     int metrics_per_layer_expert;
     int threads;
+    int log_level;               /* capmoe_log_level */
+    int log_format;              /* capmoe_log_format */
+    int access_log;
+    char *tls_cert;              /* malloc'd ("" = plain HTTP) */
+    char *tls_key;               /* malloc'd */
+    char *cors_origins;          /* malloc'd ("" = no CORS) */
     char *config_file;           /* malloc'd path of the file read, NULL if none */
 } capmoe_config;
 
@@ -109,6 +125,24 @@ int capmoe_config_set(capmoe_config *cfg, const char *name, const char *value,
                       const char *what, capmoe_error *err);
 /* Cross-option checks (max_batch_tokens >= max_running, ...). */
 int capmoe_config_check(const capmoe_config *cfg, capmoe_error *err);
+
+/* Checks cfg against the model's config.json before the server listens:
+ * ep_ranks must divide the expert count (and not exceed it), the dispatch
+ * options must suit the model, context must fit max_position_embeddings. */
+int capmoe_config_check_model(const capmoe_config *cfg, const capmoe_hfconfig *hc,
+                              capmoe_error *err);
+
+/* Reload support. capmoe_config_diff calls fn for every option whose value
+ * differs between a (old) and b (new), with live = 1 for options a reload
+ * applies at once, and both values as text for a log (secrets shown as
+ * "(set)" / "(empty)"). Returns the number of differing options. */
+typedef void (*capmoe_config_diff_fn)(void *user, const char *name, int live,
+                                      const char *old_value, const char *new_value);
+int capmoe_config_diff(const capmoe_config *a, const capmoe_config *b, capmoe_config_diff_fn fn,
+                       void *user);
+int capmoe_config_is_live(const char *name);
+/* Copies one option's value from src to dst (strings duplicated). 0 / -1. */
+int capmoe_config_copy_option(capmoe_config *dst, const capmoe_config *src, const char *name);
 
 /* Writes the --help text: every option with its flag, variable and default. */
 void capmoe_config_help(FILE *out, const char *prog);

@@ -3,7 +3,9 @@
  * One capmoe_metrics object lives in the server object. Every call below is
  * thread-safe (the loop thread records request metrics, the scheduler thread
  * records batch / MoE metrics); capmoe_metrics_render produces the text for
- * GET /metrics. All names carry the capmoe_ prefix and base units. */
+ * GET /metrics. All names carry the capmoe_ prefix and base units, except
+ * the standard process_* family (CPU, memory, descriptors, start time of
+ * the process, read at scrape time). Fractions in 0..1 end in _ratio. */
 #ifndef CAPMOE_METRICS_H
 #define CAPMOE_METRICS_H
 
@@ -18,6 +20,11 @@ typedef struct capmoe_metrics_opts {
     int n_experts;            /* routed experts per MoE layer */
     int per_layer_expert;     /* 1: expert-token counters labelled {layer,expert}; 0: {expert} only */
     const char *policy;       /* configured dispatch policy name (info metric) */
+    int min_tokens;           /* dispatches of fewer tokens: load imbalance below_min_tokens="true" */
+    /* capmoe_build_info labels: NULL-terminated name, value pairs (version,
+     * revision, ...; more can be added without changing this module). Names
+     * must be valid label names (others are skipped); at most 16 pairs. */
+    const char *const *build_labels;
 } capmoe_metrics_opts;
 
 /* The Content-Type GET /metrics must answer with. */
@@ -28,6 +35,14 @@ typedef struct capmoe_metrics_opts {
  * m == NULL as a no-op. */
 capmoe_metrics *capmoe_metrics_new(const capmoe_metrics_opts *opts);
 void capmoe_metrics_free(capmoe_metrics *m);
+/* Live changes (SIGHUP): the policy label of capmoe_model_info, and the
+ * min_tokens that splits the load-imbalance histogram. */
+void capmoe_metrics_set_policy(capmoe_metrics *m, const char *policy);
+void capmoe_metrics_set_min_tokens(capmoe_metrics *m, int min_tokens);
+/* A sequence (choice) finished: reason "stop", "length" or "abort" (others
+ * are not counted), with its prompt and generated token counts. */
+void capmoe_metrics_request_finished(capmoe_metrics *m, const char *reason, long prompt_tokens,
+                                     long generation_tokens);
 /* Experts per token (k). With it, capmoe_moe_routed_pairs_total counts T*k
  * per dispatch exactly; without it (0), T*k is taken as computed + dropped
  * pairs, which is exact for every policy but "expanded". */

@@ -9,7 +9,8 @@
  *   GET  /metrics     Prometheus text 0.0.4 (capmoe_metrics_render)
  *   POST /tokenize    {"prompt"|"text", "add_special_tokens"} -> {"tokens","count","max_model_len"}
  *   POST /detokenize  {"tokens":[...]} -> {"prompt","text"}
- * Errors are {"error":{"message","type","param","code"}}: 400 invalid_request_error
+ * Errors are {"error":{"message","type","param","code"},"request_id":"..."}
+ * (request_id as in the X-Request-Id header): 400 invalid_request_error
  * (malformed JSON, invalid UTF-8, wrong types, out-of-range values, prompt
  * longer than the context), 401 invalid_api_key, 404 not_found /
  * model_not_found, 405 (+Allow), 413, 429 (+Retry-After) when the queue is
@@ -29,6 +30,7 @@
 #include "capmoe/common.h"
 #include "capmoe/config.h"
 #include "capmoe/http.h"
+#include "capmoe/log.h"
 #include "capmoe/metrics.h"
 #include "capmoe/sample.h"
 #include "capmoe/sched.h"
@@ -161,8 +163,14 @@ void capmoe_api_process(capmoe_api *api);
  * may be stuck in a step): every open generation is answered 503 now, with
  * `why`, and so is everything that follows. */
 void capmoe_api_fault(capmoe_api *api, const char *why);
-/* Draining: new generation requests get 503; /health answers 503. */
+/* Draining: every new request but GET /metrics gets 503 shutting_down with
+ * Retry-After (with capmoe_http_drain, also Connection: close); running
+ * generations go on. */
 void capmoe_api_drain(capmoe_api *api);
+/* Records go to log (borrowed; NULL: none). */
+void capmoe_api_set_log(capmoe_api *api, capmoe_log *log);
+/* A reloaded dispatch configuration (capmoe_sched_set_dispatch). */
+int capmoe_api_set_dispatch(capmoe_api *api, const capmoe_dispatch_cfg *d, capmoe_error *err);
 /* Cancels every generation still running (grace period over). */
 void capmoe_api_cancel_all(capmoe_api *api);
 capmoe_api_state capmoe_api_get_state(const capmoe_api *api);

@@ -35,7 +35,9 @@
  * pointer) again: release the user state then.
  *
  * Determinism: each choice has its own RNG seeded from the request's seed (+
- * the choice index), so sampling does not depend on other requests. The
+ * the choice index), so sampling does not depend on other requests. A
+ * request without a seed draws one from the kernel (getrandom), so identical
+ * unseeded requests sample independently. The
  * logits can: batched BLAS kernels round differently for different batch
  * shapes, and under a capacity policy other than none the dispatch of a
  * token depends on the whole batch (that is the point of capacity-aware
@@ -124,6 +126,13 @@ typedef struct capmoe_sched_event {
     int n_generated_total; /* over all choices */
     double t_submit, t_admit, t_first_token; /* capmoe_now() stamps (0 if never) */
     int cancelled;         /* 1 when the request ended by cancellation */
+    /* FINISHED: the dispatches of the forwards the request took part in (MoE
+     * layers x steps; 0 without collect_stats): how many were capacity-
+     * limited, the gamma applied to those (min, max, mean), the policy of
+     * its last forward. */
+    int policy;            /* capmoe_policy */
+    int n_dispatches, n_limited;
+    double gamma_min, gamma_max, gamma_mean;
     /* LOAD_FAILED, CHOICE_DONE with FINISH_ERROR, FINISHED after an error */
     char *error;
 } capmoe_sched_event;
@@ -178,7 +187,7 @@ typedef struct capmoe_gen_params {
     int max_tokens;              /* >= 1; generation also stops when the context is full */
     capmoe_sampling sampling;
     int has_seed;
-    uint64_t seed;               /* choice c uses seed + c; without seed a fresh one */
+    uint64_t seed;               /* choice c uses seed + c; without seed one from getrandom */
     const char *const *stop;     /* n_stop stop strings (UTF-8, non-empty), never emitted */
     int n_stop;
     const int32_t *stop_ids;     /* extra token ids that end a choice (as EOS does) */
@@ -212,6 +221,12 @@ capmoe_sched_rc capmoe_sched_submit(capmoe_sched *s, const capmoe_gen_params *p,
 /* Cancels a request (no-op if unknown or already over): its sequences are
  * freed at the next step and FINISHED follows. Thread-safe. */
 void capmoe_sched_cancel(capmoe_sched *s, uint64_t id);
+/* Replaces the dispatch configuration (policy, gamma, drop budget, ...)
+ * from the next step on: a forward never mixes two settings, and running
+ * requests go on under the new one. ep_ranks cannot change; once the model
+ * is loaded the configuration is checked against it (-1 with err, nothing
+ * changed). Thread-safe. */
+int capmoe_sched_set_dispatch(capmoe_sched *s, const capmoe_dispatch_cfg *d, capmoe_error *err);
 /* Stops admitting new requests (submit returns EDRAINING); queued and running
  * requests go on. Thread-safe. */
 void capmoe_sched_drain(capmoe_sched *s);

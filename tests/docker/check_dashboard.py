@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""check_dashboard.py DASHBOARD.json METRICS.txt DATASOURCES.yml
+"""check_dashboard.py DASHBOARD.json METRICS.txt DATASOURCES.yml [DEFAULT_METRICS.txt]
 
 Checks a Grafana dashboard against a live Prometheus exposition of
 capmoe-server (used by tests/t_docker.sh):
@@ -14,7 +14,13 @@ capmoe-server (used by tests/t_docker.sh):
     instance and job, and le of histogram buckets, excepted as noted);
   - the panels the deployment docs promise are there (expert load, load
     imbalance, straggler ratio, dropped/rerouted/routed pairs, capacity factor,
-    latency percentiles, running/waiting requests, tokens/s).
+    latency percentiles, running/waiting requests, tokens/s, finished
+    sequences, tokens per sequence, process CPU / memory / descriptors, build);
+  - with DEFAULT_METRICS (a scrape of a server in the default configuration
+    after some traffic): a panel none of whose queries can select a sample
+    with data there (every histogram it reads has a zero _count for its
+    selectors, or no sample matches them) must say why in
+    fieldConfig.defaults.noValue, instead of Grafana's bare "No data".
 Exit 0 when all hold; otherwise prints each problem and exits 1. Standard
 library only.
 """
@@ -28,13 +34,62 @@ REQUIRED = [
     "capmoe_moe_routed_pairs_total", "capmoe_moe_capacity_factor",
     "capmoe_time_to_first_token_seconds", "capmoe_inter_token_latency_seconds",
     "capmoe_e2e_request_latency_seconds", "capmoe_requests_running", "capmoe_requests_waiting",
-    "capmoe_generation_tokens_total",
+    "capmoe_generation_tokens_total", "capmoe_request_success_total",
+    "capmoe_request_prompt_tokens", "capmoe_request_generation_tokens",
+    "capmoe_moe_dropped_mass_ratio", "capmoe_build_info", "process_cpu_seconds_total",
+    "process_resident_memory_bytes", "process_open_fds", "process_max_fds",
+    "process_start_time_seconds",
 ]
 TARGET_LABELS = {"instance", "job"}  # added by Prometheus when it scrapes
-NAME_RE = re.compile(r"\bcapmoe_[a-zA-Z0-9_]+")
-SEL_RE = re.compile(r"\b(capmoe_[a-zA-Z0-9_]+)\s*\{([^}]*)\}")
+NAME_RE = re.compile(r"\b(?:capmoe|process)_[a-zA-Z0-9_]+")
+SEL_RE = re.compile(r"\b((?:capmoe|process)_[a-zA-Z0-9_]+)\s*\{([^}]*)\}")
+MATCH_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
 LABEL_RE = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
 BY_RE = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
+
+
+def parse_samples(text):
+    """[(name, {label: value}, value)] of an exposition"""
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)", line)
+        if not m:
+            continue
+        labs = dict(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', m.group(3) or ""))
+        try:
+            out.append((m.group(1), labs, float(m.group(4))))
+        except ValueError:
+            pass
+    return out
+
+
+def has_data(expr, samples, types):
+    """Whether some sample the expression reads carries data: a matching
+    sample with a non-zero value for counters and histogram _count, any
+    matching sample for gauges and info metrics."""
+    for name, body in re.findall(r"\b((?:capmoe|process)_[a-zA-Z0-9_]+)\s*(?:\{([^}]*)\})?", expr):
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        hist = types.get(base) == "histogram" and base != name
+        want = base + "_count" if hist else name
+        matchers = [(k, op, v) for k, op, v in MATCH_RE.findall(body or "")
+                    if k not in TARGET_LABELS and k != "le"]
+        for sname, labs, value in samples:
+            if sname != want:
+                continue
+            ok = True
+            for k, op, v in matchers:
+                have = labs.get(k, "")
+                if op == "=": ok &= have == v
+                elif op == "!=": ok &= have != v
+                elif op == "=~": ok &= re.fullmatch(v, have) is not None
+                else: ok &= re.fullmatch(v, have) is None
+            if not ok:
+                continue
+            if types.get(base) == "gauge" or value != 0:
+                return True
+    return False
 
 
 def parse_exposition(text):
@@ -75,7 +130,7 @@ def expressions(dash):
 
 
 def main(argv):
-    if len(argv) != 4:
+    if len(argv) not in (4, 5):
         sys.stderr.write(__doc__)
         return 2
     errors = []
@@ -165,12 +220,31 @@ def main(argv):
     for r in REQUIRED:
         if r not in used:
             errors.append("no panel uses %s" % r)
+
+    # panels that stay empty under the default configuration say why
+    empty = []
+    if len(argv) == 5:
+        with open(argv[4], encoding="utf-8") as fh:
+            dtext = fh.read()
+        dtypes, _ = parse_exposition(dtext)
+        samples = parse_samples(dtext)
+        for p in panels:
+            exprs_p = [t["expr"] for t in p.get("targets", []) or [] if "expr" in t]
+            if not exprs_p or any(has_data(e, samples, dtypes) for e in exprs_p):
+                continue
+            empty.append(p.get("title"))
+            nv = ((p.get("fieldConfig") or {}).get("defaults") or {}).get("noValue")
+            if not isinstance(nv, str) or len(nv) < 20:
+                errors.append("panel %r has no data under the default configuration and no "
+                              "fieldConfig.defaults.noValue saying why" % p.get("title"))
     for e in errors:
         print("dashboard: " + e)
     if errors:
         return 1
-    print("dashboard: ok: %d panels, %d expressions, %d capmoe metric families checked against /metrics"
-          % (len(panels), len(exprs), len(used)))
+    print("dashboard: ok: %d panels, %d expressions, %d metric families checked against /metrics%s"
+          % (len(panels), len(exprs), len(used),
+             "; empty under the default configuration, each saying why: %s" % "; ".join(map(repr, empty))
+             if len(argv) == 5 else ""))
     return 0
 
 

@@ -2,9 +2,10 @@
 # Source from the repository root: . tests/server/common.sh
 #
 #   srv_start BIN LOG ARGS...  starts BIN --host 127.0.0.1 --port 0 ARGS..., reads
-#                              the port from its "listening on" line, waits for
-#                              /health 200 (unless SRV_NO_WAIT=1); sets SRV_PID,
-#                              SRV_PORT, SRV_URL
+#                              the port from its "listening on" line (http or
+#                              https), waits for /health 200 over plain HTTP
+#                              (unless SRV_NO_WAIT=1); sets SRV_PID, SRV_PORT,
+#                              SRV_URL (http://...)
 #   srv_wait_exit SECONDS      waits for SRV_PID to exit; status in SRV_RC
 #                              (124: did not exit, then killed)
 #   srv_kill                   SIGKILL + reap (for traps)
@@ -35,7 +36,7 @@ srv_start() {
   _t=0
   SRV_PORT=""
   while [ -z "$SRV_PORT" ]; do
-    [ -f "$_log" ] && SRV_PORT=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$_log" | head -n 1)
+    [ -f "$_log" ] && SRV_PORT=$(sed -n 's/.*listening on https\{0,1\}:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$_log" | head -n 1)
     [ -n "$SRV_PORT" ] && break
     if ! kill -0 "$SRV_PID" 2>/dev/null; then
       wait "$SRV_PID"; SRV_RC=$?; SRV_PID=""
