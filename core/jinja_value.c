@@ -276,7 +276,11 @@ jj_val *jj_dict_get(const jj_dict *d, jj_val key) {
 }
 
 jj_val *jj_dict_gets(const jj_dict *d, const char *key, size_t n) {
-    jj_str *s = (jj_str *)malloc(sizeof *s + n + 1); /* a transient key: no arena needed */
+    union { /* a transient key: on the stack when short */
+        jj_str s;
+        char bytes[sizeof(jj_str) + 248];
+    } buf;
+    jj_str *s = n < 240 ? &buf.s : malloc(sizeof *s + n + 1);
     if (!s) return NULL;
     s->n = n;
     s->ncp = -1;
@@ -286,7 +290,7 @@ jj_val *jj_dict_gets(const jj_dict *d, const char *key, size_t n) {
     k.t = JT_STR;
     k.u.s = s;
     jj_val *r = jj_dict_get(d, k);
-    free(s);
+    if (s != &buf.s) free(s);
     return r;
 }
 
