@@ -487,6 +487,8 @@ static long find_cp(jj_str *s, jj_str *sub, long a, long b, int last) {
 static int affix(jj_rt *rt, const jj_node *at, jj_val self, jj_val what, jj_val start, jj_val end, int ends) {
     long a, b;
     bounds(rt, at, self.u.s, start, end, &a, &b);
+    if ((start.t == JT_INT || start.t == JT_BOOL) && start.u.i > 0 && start.u.i > jj_str_ncp(self.u.s))
+        return 0; /* a start past the end never matches, not even '' */
     if (what.t == JT_TUPLE) {
         for (size_t i = 0; i < what.u.l->n; i++)
             if (affix(rt, at, self, what.u.l->v[i], start, end, ends)) return 1;
@@ -726,7 +728,7 @@ static jj_val format_value(jj_rt *rt, const jj_node *at, jj_val v, const char *s
         if (sp.prec >= 0 && sp.prec < jj_str_ncp(str)) len = jj_cp_offset(str, sp.prec);
         return layout(rt, &sp, "", str->p, len, '<');
     }
-    if (v.t == JT_BOOL && sp.type == 0) {
+    if (v.t == JT_BOOL && n == 0) { /* str(bool); with a spec, bool formats as an int */
         jj_val t = jj_cstr(rt, v.u.i ? "True" : "False");
         return layout(rt, &sp, "", t.u.s->p, t.u.s->n, '<');
     }

