@@ -578,6 +578,7 @@ jj_val jj_apply_filter(jj_rt *rt, const jj_node *at, int fid, jj_val in, jj_args
             keys[i] = pos ? in.u.d->v[i] : in.u.d->k[i];
             if (!cs) keys[i] = ignore_case(rt, keys[i]);
         }
+        if (p[2].t == JT_UNDEF && !JJ_MISSING(p[2])) jj_check_undef(rt, at, p[2]);
         sort_by(rt, at, items, keys, n, !JJ_MISSING(p[2]) && jj_truthy(rt, p[2]));
         jj_val r = jj_list_v(rt, n);
         memcpy(r.u.l->v, items, sizeof *items * n);
@@ -768,11 +769,15 @@ jj_val jj_apply_filter(jj_rt *rt, const jj_node *at, int fid, jj_val in, jj_args
                     kl.u.l->v[kl.u.l->n++] = cs ? x : ignore_case(rt, x);
                 }
                 keys[i] = kl;
-            } else {
+            } else { /* a one-item list, as Jinja2's make_multi_attrgetter: equal keys
+                        (two Undefined, two None) are never ordered */
                 jj_val x = attrget(rt, at, items->v[i], p[2], jj_none());
-                keys[i] = cs ? x : ignore_case(rt, x);
+                jj_val kl = jj_list_v(rt, 1);
+                kl.u.l->v[kl.u.l->n++] = cs ? x : ignore_case(rt, x);
+                keys[i] = kl;
             }
         }
+        if (p[0].t == JT_UNDEF && !JJ_MISSING(p[0])) jj_check_undef(rt, at, p[0]); /* sorted(reverse=Undefined) */
         sort_by(rt, at, items->v, keys, items->n, !JJ_MISSING(p[0]) && jj_truthy(rt, p[0]));
         jj_val r = jj_list_v(rt, 0);
         r.u.l = items;

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <utf8proc.h>
 
 #include "jinja_internal.h"
 
@@ -118,6 +119,22 @@ static size_t strip_text(const char *text, size_t n, char sign, int is_var, int 
 }
 
 static int isdig(char c) { return c >= '0' && c <= '9'; }
+
+/* A character of a Python identifier at s[i] (first: a start character);
+ * *len receives its bytes. */
+static int ident_char(const char *s, size_t n, size_t i, int first, size_t *len) {
+    unsigned char c = (unsigned char)s[i];
+    *len = 1;
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_') return 1;
+    if (c < 0x80) return !first && isdig((char)c);
+    size_t j = i;
+    uint32_t cp = jj_utf8_next(s, n, &j);
+    *len = j - i;
+    utf8proc_category_t k = utf8proc_category((utf8proc_int32_t)cp);
+    if ((k >= UTF8PROC_CATEGORY_LU && k <= UTF8PROC_CATEGORY_LO) || k == UTF8PROC_CATEGORY_NL) return 1;
+    return !first && (k == UTF8PROC_CATEGORY_MN || k == UTF8PROC_CATEGORY_MC || k == UTF8PROC_CATEGORY_ND ||
+                      k == UTF8PROC_CATEGORY_PC);
+}
 
 /* (\d+_)*\d+ at i; returns the end or i when none. */
 static size_t digits(const char *s, size_t n, size_t i) {
@@ -342,11 +359,9 @@ static size_t lex_tag(lexer *L, size_t i, int is_var, int *line_starting) {
             continue;
         }
         char c = s[i];
-        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_') {
-            size_t j = i + 1;
-            while (j < n && ((s[j] >= 'a' && s[j] <= 'z') || (s[j] >= 'A' && s[j] <= 'Z') ||
-                             s[j] == '_' || isdig(s[j])))
-                j++;
+        if (ident_char(s, n, i, 1, &l)) {
+            size_t j = i + l;
+            while (j < n && ident_char(s, n, j, 0, &l)) j += l;
             jj_tok *t = push(L, T_NAME, i);
             t->s = jj_intern(L->p, s + i, j - i);
             t->n = j - i;
@@ -467,6 +482,7 @@ void jj_lex(jj_parse *p, const char *src, size_t len) {
         if (raw_end) {
             size_t tag, e;
             char sg;
+            if (raw_end >= n) break; /* nothing after it: Jinja2's lexer stops there quietly */
             if (!(e = find_endraw(s, n, raw_end, &tag, &sg)))
                 lfail(&L, i, "missing end of raw directive ({%% endraw %%})%s", "");
             int ls = s[raw_end - 1] == '\n';
@@ -483,6 +499,7 @@ void jj_lex(jj_parse *p, const char *src, size_t len) {
                 if (s[j] == '-' && !strncmp(s + j, "-#}", 3)) { e = skip_ws(s, n, j + 3); break; }
                 if (s[j] == '#' && s[j + 1] == '}') { e = j + 2 + (j + 2 < n && s[j + 2] == '\n'); break; }
             }
+            if (!e && body >= n) break; /* nothing after it: Jinja2's lexer stops there quietly */
             if (!e) lfail(&L, i, "missing end of comment tag ('#}')%s", "");
             line_starting = s[e - 1] == '\n';
             pos = e;

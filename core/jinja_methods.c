@@ -873,6 +873,7 @@ static jj_val str_format(jj_rt *rt, const jj_node *at, jj_val self, jj_args *a, 
                 size_t e = k + 1;
                 while (e < fn && f[e] != '.' && f[e] != '[' && f[e] != '!' && f[e] != ':') e++;
                 char name[128];
+                if (e == k + 1) jj_fail(rt, at, "Empty attribute in format string");
                 snprintf(name, sizeof name, "%.*s", (int)(e - k - 1), f + k + 1);
                 v = jj_getattr(rt, at, v, name);
                 k = e;
@@ -999,7 +1000,7 @@ jj_val jj_percent_format(jj_rt *rt, const jj_node *at, jj_val fmt, jj_val args) 
                 v = argv[next++];
             }
         }
-        if (v.t == JT_UNDEF) jj_check_undef(rt, at, v);
+        if (v.t == JT_UNDEF && t != 's' && t != 'r' && t != 'a') jj_check_undef(rt, at, v); /* int(Undefined) */
         jj_val body;
         const char *sign = "";
         switch (t) {

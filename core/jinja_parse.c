@@ -629,6 +629,8 @@ static void parse_signature(jj_parse *p, jj_node *n) {
         const jj_tok *t = cur(p);
         jj_node *a = mk(p, N_NAME, t);
         a->name = expect_name(p);
+        for (int k = 0; k < args.n; k++)
+            if (args.v[k]->name == a->name) fail_at(p, t, "duplicate argument '%s' in the signature%s", a->name, "");
         jj_node *d = NULL;
         if (is_op(cur(p), "=")) {
             advance(p);
