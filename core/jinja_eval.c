@@ -348,6 +348,7 @@ jj_val jj_binop(jj_rt *rt, const jj_node *at, int op, jj_val a, jj_val b) {
         jj_str_to(rt, &out, b);
         return jj_buf_val(rt, &out);
     }
+    if (op == OP_MOD && a.t == JT_STR) return jj_percent_format(rt, at, a, b); /* '%s' % Undefined is '' */
     if (a.t == JT_UNDEF) jj_check_undef(rt, at, a);
     if (b.t == JT_UNDEF) jj_check_undef(rt, at, b);
     if (is_number(a) && is_number(b)) {
@@ -460,9 +461,9 @@ static int contains(jj_rt *rt, const jj_node *at, jj_val item, jj_val c) {
         if (item.t == JT_LIST || item.t == JT_DICT) jj_fail(rt, at, "unhashable type: '%s'", jj_type_name(item));
         return jj_dict_get(c.u.d, item) != NULL;
     case JT_GEN: {
-        jj_gen *g = c.u.g;
-        while (g->pos < g->l->n)
-            if (jj_eq(g->l->v[g->pos++], item)) return 1;
+        jj_val x;
+        while (jj_gen_next(rt, c.u.g, &x))
+            if (jj_eq(x, item)) return 1;
         return 0;
     }
     case JT_UNDEF: return 0;
@@ -718,6 +719,7 @@ static jj_val eval(jj_rt *rt, jj_scope *sc, const jj_node *n) {
         eval_args(rt, sc, n, &a, 0);
         rt->at = n;
         jj_step(rt, n);
+        if (n->fid < 0) jj_fail(rt, n, "No filter named '%s' found.", n->name);
         r = jj_apply_filter(rt, n, n->fid, in, &a);
         break;
     }
@@ -726,6 +728,7 @@ static jj_val eval(jj_rt *rt, jj_scope *sc, const jj_node *n) {
         jj_args a;
         eval_args(rt, sc, n, &a, 0);
         rt->at = n;
+        if (n->fid < 0) jj_fail(rt, n, "No test named '%s' found.", n->name);
         int t = jj_apply_test(rt, n, n->fid, in, &a);
         r = jj_bool((n->flags & JJ_NEGATED) ? !t : t);
         break;

@@ -109,6 +109,7 @@ static jj_val gen_of(jj_rt *rt, jj_list *l, const char *kind) {
     jj_val g = jj_none();
     g.t = JT_GEN;
     g.u.g = jj_alloc(rt, sizeof *g.u.g);
+    memset(g.u.g, 0, sizeof *g.u.g);
     g.u.g->l = l;
     g.u.g->pos = 0;
     g.u.g->kind = kind;
@@ -330,56 +331,106 @@ static int run_named_test(jj_rt *rt, const jj_node *at, jj_val name, jj_val item
     return jj_apply_test(rt, at, tid, item, rest);
 }
 
-static jj_val select_reject(jj_rt *rt, const jj_node *at, jj_val in, jj_args *a, int reject, int by_attr) {
-    jj_list *out = jj_list_v(rt, 0).u.l;
-    if (!jj_truthy(rt, in)) return gen_of(rt, out, "generator");
-    int off = by_attr ? 1 : 0;
-    if (by_attr && a->n_pos < 1) jj_fail(rt, at, "Missing parameter for attribute name");
-    jj_args rest = {a->pos + off + 1, a->n_pos > off + 1 ? a->n_pos - off - 1 : 0, a->kw, a->kwv, a->n_kw};
-    int have_test = a->n_pos > off;
-    jj_list *items = jj_iterate(rt, at, in);
-    for (size_t i = 0; i < items->n; i++) {
-        jj_step(rt, at);
-        jj_val x = by_attr ? attrget(rt, at, items->v[i], a->pos[0], jj_none()) : items->v[i];
-        int ok = have_test ? run_named_test(rt, at, a->pos[off], x, &rest) : jj_truthy(rt, x);
-        if (ok != reject) jj_list_push(rt, out, items->v[i]);
+enum { GEN_MAP = 1, GEN_SELECT };
+
+static jj_val lazy_gen(jj_rt *rt, const jj_node *at, int op, jj_val src, jj_args *a) {
+    jj_val g = gen_of(rt, jj_list_v(rt, 0).u.l, "generator");
+    jj_gen *q = g.u.g;
+    q->op = op;
+    q->src = src;
+    q->at = at;
+    q->args = jj_alloc(rt, sizeof *q->args);
+    *q->args = *a; /* the argument arrays live in the render's arena */
+    return g;
+}
+
+/* The first next() of a map / select generator: what Jinja2's generator
+ * functions do before their loop (argument checks included). */
+static void gen_start(jj_rt *rt, jj_gen *g) {
+    g->started = 1;
+    jj_args *a = g->args;
+    const jj_node *at = g->at;
+    if (!jj_truthy(rt, g->src)) {
+        g->done = 1;
+        return;
     }
-    return gen_of(rt, out, "generator");
+    if (g->op == GEN_MAP) {
+        g->attribute = jj_none();
+        g->dflt = jj_none();
+        if (a->n_pos == 0) {
+            for (int k = 0; k < a->n_kw; k++) {
+                if (!strcmp(a->kw[k], "attribute")) {
+                    g->attribute = a->kwv[k];
+                    g->by_attr = 1;
+                } else if (!strcmp(a->kw[k], "default")) {
+                    g->dflt = a->kwv[k];
+                } else {
+                    jj_fail(rt, at, "filter 'map': unexpected keyword argument '%s'", a->kw[k]);
+                }
+            }
+            if (!g->by_attr) jj_fail(rt, at, "filter 'map' requires a filter argument");
+        } else {
+            if (a->pos[0].t != JT_STR) jj_fail(rt, at, "filter 'map': filter name must be a string");
+            g->fid = jj_filter_id(a->pos[0].u.s->p);
+            if (g->fid < 0) jj_fail(rt, at, "No filter named '%s' found.", a->pos[0].u.s->p);
+        }
+    } else if (g->by_attr && a->n_pos < 1) {
+        jj_fail(rt, at, "Missing parameter for attribute name");
+    }
+    if (g->src.t != JT_GEN) g->src_items = jj_iterate(rt, at, g->src);
+}
+
+static int src_next(jj_rt *rt, jj_gen *g, jj_val *out) {
+    if (g->src.t == JT_GEN) return jj_gen_next(rt, g->src.u.g, out);
+    if (g->src_pos >= g->src_items->n) return 0;
+    *out = g->src_items->v[g->src_pos++];
+    return 1;
+}
+
+int jj_gen_next(jj_rt *rt, jj_gen *g, jj_val *out) {
+    if (g->pos < g->l->n) {
+        *out = g->l->v[g->pos++];
+        return 1;
+    }
+    if (!g->op || g->done) return 0;
+    if (!g->started) gen_start(rt, g);
+    jj_args *a = g->args;
+    const jj_node *at = g->at;
+    jj_val item;
+    while (!g->done && src_next(rt, g, &item)) {
+        jj_step(rt, at);
+        if (g->op == GEN_MAP) {
+            jj_args rest = {a->pos + 1, a->n_pos > 0 ? a->n_pos - 1 : 0, a->kw, a->kwv, a->n_kw};
+            *out = g->by_attr ? attrget(rt, at, item, g->attribute, g->dflt) : jj_apply_filter(rt, at, g->fid, item, &rest);
+            return 1;
+        }
+        int off = g->by_attr ? 1 : 0;
+        jj_val x = g->by_attr ? attrget(rt, at, item, a->pos[0], jj_none()) : item;
+        int ok;
+        if (a->n_pos > off) {
+            jj_args rest = {a->pos + off + 1, a->n_pos - off - 1, a->kw, a->kwv, a->n_kw};
+            ok = run_named_test(rt, at, a->pos[off], x, &rest);
+        } else {
+            ok = jj_truthy(rt, x);
+        }
+        if (ok != g->reject) {
+            *out = item;
+            return 1;
+        }
+    }
+    g->done = 1;
+    return 0;
+}
+
+static jj_val select_reject(jj_rt *rt, const jj_node *at, jj_val in, jj_args *a, int reject, int by_attr) {
+    jj_val g = lazy_gen(rt, at, GEN_SELECT, in, a);
+    g.u.g->reject = reject;
+    g.u.g->by_attr = by_attr;
+    return g;
 }
 
 static jj_val f_map(jj_rt *rt, const jj_node *at, jj_val in, jj_args *a) {
-    jj_list *out = jj_list_v(rt, 0).u.l;
-    if (!jj_truthy(rt, in)) return gen_of(rt, out, "generator");
-    jj_val attribute = jj_none(), def = jj_none();
-    int by_attr = 0;
-    if (a->n_pos == 0) {
-        for (int k = 0; k < a->n_kw; k++) {
-            if (!strcmp(a->kw[k], "attribute")) {
-                attribute = a->kwv[k];
-                by_attr = 1;
-            } else if (!strcmp(a->kw[k], "default")) {
-                def = a->kwv[k];
-            } else {
-                jj_fail(rt, at, "filter 'map': unexpected keyword argument '%s'", a->kw[k]);
-            }
-        }
-        if (!by_attr) jj_fail(rt, at, "filter 'map' requires a filter argument");
-    }
-    int fid = -1;
-    if (!by_attr) {
-        if (a->pos[0].t != JT_STR) jj_fail(rt, at, "filter 'map': filter name must be a string");
-        fid = jj_filter_id(a->pos[0].u.s->p);
-        if (fid < 0) jj_fail(rt, at, "filter 'map': no filter named '%s'", a->pos[0].u.s->p);
-    }
-    jj_args rest = {a->pos + 1, a->n_pos > 0 ? a->n_pos - 1 : 0, a->kw, a->kwv, a->n_kw};
-    jj_list *items = jj_iterate(rt, at, in);
-    for (size_t i = 0; i < items->n; i++) {
-        jj_step(rt, at);
-        jj_val r = by_attr ? attrget(rt, at, items->v[i], attribute, def)
-                           : jj_apply_filter(rt, at, fid, items->v[i], &rest);
-        jj_list_push(rt, out, r);
-    }
-    return gen_of(rt, out, "generator");
+    return lazy_gen(rt, at, GEN_MAP, in, a);
 }
 
 static jj_val min_max(jj_rt *rt, const jj_node *at, jj_val in, jj_val cs, jj_val attribute, int want_max) {
@@ -593,7 +644,8 @@ jj_val jj_apply_filter(jj_rt *rt, const jj_node *at, int fid, jj_val in, jj_args
     case F_FIRST: {
         if (a->n_pos || a->n_kw) jj_fail(rt, at, "%s takes no arguments", what);
         if (in.t == JT_GEN) {
-            if (in.u.g->pos < in.u.g->l->n) return in.u.g->l->v[in.u.g->pos++];
+            jj_val x;
+            if (jj_gen_next(rt, in.u.g, &x)) return x;
         } else {
             jj_list *l = jj_iterate(rt, at, in);
             if (l->n) return l->v[0];

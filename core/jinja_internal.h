@@ -37,7 +37,7 @@ typedef struct jj_arena {
     size_t limit;  /* 0 = none */
 } jj_arena;
 
-void *jj_arena_alloc(jj_arena *a, size_t n); /* NULL when over the limit or out of memory */
+void *jj_arena_alloc(jj_arena *a, size_t n); /* zeroed; NULL when over the limit or out of memory */
 void jj_arena_free(jj_arena *a);
 
 /* ---- values ---------------------------------------------------------------------- */
@@ -109,11 +109,25 @@ typedef struct jj_undef {
                         is unsafe.") */
 } jj_undef;
 
+/* A one-shot iterator. Either its items are all in l (from pos on), or it
+ * is lazy (op != 0): map / select / reject / selectattr / rejectattr of a
+ * source, evaluated item by item as it is consumed, as Jinja2's generators
+ * are (an error in an item nobody reads never happens). */
 typedef struct jj_gen {
     jj_list *l;      /* the items */
     size_t pos;      /* next item */
     const char *kind; /* "generator", "list_reverseiterator" */
+    int op;          /* 0, or GEN_MAP / GEN_SELECT (jinja_filters.c) */
+    int started, done;
+    jj_val src;      /* the source (a generator is read lazily too) */
+    jj_list *src_items;
+    size_t src_pos;
+    struct jj_args *args;
+    const struct jj_node *at;
+    int reject, by_attr, fid;
+    jj_val attribute, dflt;
 } jj_gen;
+
 
 typedef struct jj_node jj_node;
 typedef struct jj_scope jj_scope;
@@ -225,6 +239,10 @@ typedef struct jj_parse {
     size_t n_toks, cap_toks, pos;
     int depth;
     int loops;           /* for loops around the statement being parsed (break/continue) */
+    int soft;            /* inside an if statement or an inline if (Jinja2's "soft frame"):
+                            an unknown filter or test fails only if it runs */
+    const jj_tok *unknown; /* an unknown filter / test met while parsing a maybe-inline-if
+                              expression, refused if no "if" follows */
 } jj_parse;
 
 _Noreturn void jj_parse_fail(jj_parse *p, int line, int col, const char *fmt, ...)
@@ -384,6 +402,8 @@ jj_val jj_getattr(jj_rt *rt, const jj_node *at, jj_val obj, const char *name);
 jj_val jj_getitem(jj_rt *rt, const jj_node *at, jj_val obj, jj_val key);
 jj_val jj_call_value(jj_rt *rt, const jj_node *at, jj_val fn, jj_args *a);
 jj_val jj_binop(jj_rt *rt, const jj_node *at, int op, jj_val a, jj_val b);
+/* The next item of a generator: 1 and *out, or 0 at the end. */
+int jj_gen_next(jj_rt *rt, jj_gen *g, jj_val *out);
 void jj_exec(jj_rt *rt); /* renders the root block into rt->out */
 
 /* global functions (JT_FUNC ids) */

@@ -807,10 +807,12 @@ static jj_val ascii_repr(jj_rt *rt, jj_val v) {
     return jj_buf_val(rt, &o);
 }
 
-static jj_val str_format(jj_rt *rt, const jj_node *at, jj_val self, jj_args *a, int depth) {
+/* auto_idx / manual: the field numbering, shared with the fields nested in
+ * format specs ('{:{}}'.format(1, 3)). */
+static jj_val str_format(jj_rt *rt, const jj_node *at, jj_val self, jj_args *a, int depth, int *auto_idx,
+                         int *manual) {
     const char *p = self.u.s->p;
     size_t n = self.u.s->n, i = 0;
-    int auto_idx = 0, manual = 0;
     jj_buf out = {0};
     if (depth > 2) jj_fail(rt, at, "Max string recursion exceeded");
     while (i < n) {
@@ -848,14 +850,17 @@ static jj_val str_format(jj_rt *rt, const jj_node *at, jj_val self, jj_args *a, 
         size_t k = 0;
         while (k < fn && f[k] != '.' && f[k] != '[' && f[k] != '!' && f[k] != ':') k++;
         jj_val v;
+        int all_digits = k > 0;
+        for (size_t q = 0; q < k; q++)
+            if (f[q] < '0' || f[q] > '9') all_digits = 0;
         if (k == 0) {
-            if (manual) jj_fail(rt, at, "cannot switch from manual field specification to automatic field numbering");
-            auto_idx++;
-            if (auto_idx > a->n_pos) jj_fail(rt, at, "Replacement index %d out of range for positional args tuple", auto_idx - 1);
-            v = a->pos[auto_idx - 1];
-        } else if (f[0] >= '0' && f[0] <= '9') {
-            if (auto_idx) jj_fail(rt, at, "cannot switch from automatic field numbering to manual field specification");
-            manual = 1;
+            if (*manual) jj_fail(rt, at, "cannot switch from manual field specification to automatic field numbering");
+            (*auto_idx)++;
+            if (*auto_idx > a->n_pos) jj_fail(rt, at, "Replacement index %d out of range for positional args tuple", *auto_idx - 1);
+            v = a->pos[*auto_idx - 1];
+        } else if (all_digits) {
+            if (*auto_idx) jj_fail(rt, at, "cannot switch from automatic field numbering to manual field specification");
+            *manual = 1;
             long idx = strtol(f, NULL, 10);
             if (idx >= a->n_pos) jj_fail(rt, at, "Replacement index %ld out of range for positional args tuple", idx);
             v = a->pos[idx];
@@ -909,7 +914,8 @@ static jj_val str_format(jj_rt *rt, const jj_node *at, jj_val self, jj_args *a, 
         jj_val specv = jj_str_v(rt, "", 0);
         if (k < fn && f[k] == ':') {
             specv = jj_str_v(rt, f + k + 1, fn - k - 1);
-            if (memchr(specv.u.s->p, '{', specv.u.s->n)) specv = str_format(rt, at, specv, a, depth + 1);
+            if (memchr(specv.u.s->p, '{', specv.u.s->n))
+                specv = str_format(rt, at, specv, a, depth + 1, auto_idx, manual);
         } else if (k < fn) {
             jj_fail(rt, at, "expected ':' after conversion specifier");
         }
@@ -1146,7 +1152,10 @@ static jj_val call_str(jj_rt *rt, const jj_node *at, jj_method *m, jj_args *a, c
         int64_t cnt = JJ_MISSING(p[2]) ? -1 : want_i(rt, at, p[2], what);
         return jj_str_replace(rt, self, markup_arg(rt, self, p[0]), markup_arg(rt, self, p[1]), cnt);
     }
-    case JM_FORMAT: return str_format(rt, at, self, a, 0);
+    case JM_FORMAT: {
+        int auto_idx = 0, manual = 0;
+        return str_format(rt, at, self, a, 0, &auto_idx, &manual);
+    }
     case JM_JOIN: {
         ARGS("iterable");
         if (JJ_MISSING(p[0])) jj_fail(rt, at, "join() takes exactly one argument");

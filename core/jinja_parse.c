@@ -179,7 +179,8 @@ static jj_node *parse_filter(jj_parse *p, jj_node *node, int start_inline) {
         f->fid = jj_filter_id(name);
         if (f->fid < 0 && jj_filter_unsupported(name))
             fail_at(p, t, "filter '%s' is not supported by capmoe's chat template engine%s", name, "");
-        if (f->fid < 0) fail_at(p, t, "no filter named '%s'%s", name, "");
+        if (f->fid < 0 && !p->soft) fail_at(p, t, "no filter named '%s'%s", name, "");
+        if (f->fid < 0 && !p->unknown) p->unknown = t;
         f->a = node;
         if (is_op(cur(p), "(")) parse_call_args(p, f);
         node = f;
@@ -202,7 +203,8 @@ static jj_node *parse_test(jj_parse *p, jj_node *node) {
     jj_node *n = mk(p, N_TEST, is);
     n->name = name;
     n->fid = jj_test_id(name);
-    if (n->fid < 0) fail_at(p, nt, "no test named '%s'%s", name, "");
+    if (n->fid < 0 && !p->soft) fail_at(p, nt, "no test named '%s'%s", name, "");
+    if (n->fid < 0 && !p->unknown) p->unknown = nt;
     n->a = node;
     n->flags = negated ? JJ_NEGATED : 0;
     const jj_tok *t = cur(p);
@@ -523,9 +525,27 @@ static jj_node *parse_or(jj_parse *p) {
     return l;
 }
 
+/* An inline if (`a if b else c`) is a soft frame in Jinja2, `a` included,
+ * which is parsed before the "if" shows: `a` is parsed as soft, and an
+ * unknown filter or test met in it is refused when no "if" follows. */
 static jj_node *parse_condexpr(jj_parse *p) {
     enter(p);
+    int soft = p->soft;
+    const jj_tok *outer_unknown = p->unknown;
+    p->unknown = NULL;
+    p->soft = 1;
     jj_node *e1 = parse_or(p);
+    int inline_if = is_name(cur(p), "if");
+    if (!inline_if && p->unknown) {
+        if (!soft) {
+            const jj_tok *u = p->unknown;
+            char kind[8];
+            snprintf(kind, sizeof kind, "%s", u > p->toks && u[-1].type == T_OP && !strcmp(u[-1].op, "|") ? "filter" : "test");
+            fail_at(p, u, "no %s named '%s'", kind, u->s);
+        }
+        if (!outer_unknown) outer_unknown = p->unknown; /* still pending for the enclosing expression */
+    }
+    p->unknown = outer_unknown;
     while (is_name(cur(p), "if")) {
         const jj_tok *t = cur(p);
         advance(p);
@@ -538,6 +558,7 @@ static jj_node *parse_condexpr(jj_parse *p) {
         }
         e1 = n;
     }
+    p->soft = soft;
     leave(p);
     return e1;
 }
@@ -603,6 +624,16 @@ static jj_node *parse_assign_target(jj_parse *p, int with_namespace, const char 
 }
 
 /* Parses statements until one of end_tokens; the current token is then that name. */
+/* A body in a new frame (for, macro, call, filter, with, block set): not soft. */
+static jj_node *parse_statements(jj_parse *p, const char *const *end_tokens, int drop_needle);
+static jj_node *parse_inner(jj_parse *p, const char *const *end_tokens, int drop_needle) {
+    int soft = p->soft;
+    p->soft = 0;
+    jj_node *b = parse_statements(p, end_tokens, drop_needle);
+    p->soft = soft;
+    return b;
+}
+
 static jj_node *parse_statements(jj_parse *p, const char *const *end_tokens, int drop_needle) {
     if (is_op(cur(p), ":")) advance(p);
     expect_type(p, T_BLOCK_END, "end of statement block");
@@ -693,22 +724,27 @@ static jj_node *parse_statement(jj_parse *p) {
         n->b = parse_tuple(p, 0, 0, "recursive", 0);
         if (is_name(cur(p), "if")) {
             advance(p);
+            int soft = p->soft;
+            p->soft = 0;
             n->c = parse_expression(p, 1);
+            p->soft = soft;
         }
         if (is_name(cur(p), "recursive"))
             fail_at(p, cur(p), "recursive for loops are not supported%s%s", "", "");
         p->loops++;
-        jj_node *body = parse_statements(p, END_FOR, 0);
+        jj_node *body = parse_inner(p, END_FOR, 0);
         p->loops--;
         n->items = body->items;
         n->n_items = body->n_items;
         int is_else = is_name(cur(p), "else");
         advance(p);
-        if (is_else) n->d = parse_statements(p, END_FOR2, 1);
+        if (is_else) n->d = parse_inner(p, END_FOR2, 1);
     } else if (!strcmp(kw, "if")) {
         advance(p);
         n = mk(p, N_IF, t);
         jj_node *node = n;
+        int soft = p->soft;
+        p->soft = 1;
         for (;;) {
             node->a = parse_tuple(p, 0, 0, NULL, 0);
             jj_node *body = parse_statements(p, END_IF, 0);
@@ -725,6 +761,7 @@ static jj_node *parse_statement(jj_parse *p) {
             if (is_name(e, "else")) node->b = parse_statements(p, END_IF2, 1);
             break;
         }
+        p->soft = soft;
     } else if (!strcmp(kw, "set")) {
         advance(p);
         jj_node *target = parse_assign_target(p, 1, NULL);
@@ -736,17 +773,23 @@ static jj_node *parse_statement(jj_parse *p) {
         } else {
             n = mk(p, N_SETBLOCK, t);
             n->a = target;
+            int soft = p->soft;
+            p->soft = 0;
             n->c = parse_filter(p, NULL, 0);
-            n->d = parse_statements(p, END_SET, 1);
+            p->soft = soft;
+            n->d = parse_inner(p, END_SET, 1);
         }
     } else if (!strcmp(kw, "macro")) {
         advance(p);
         n = mk(p, N_MACRO, t);
         n->name = expect_name(p);
+        int soft = p->soft;
+        p->soft = 0;
         parse_signature(p, n);
+        p->soft = soft;
         int loops = p->loops;
         p->loops = 0;
-        n->d = parse_statements(p, END_MACRO, 1);
+        n->d = parse_inner(p, END_MACRO, 1);
         p->loops = loops;
         macro_flags(n);
     } else if (!strcmp(kw, "call")) {
@@ -759,14 +802,17 @@ static jj_node *parse_statement(jj_parse *p) {
         n->a = call;
         int loops = p->loops;
         p->loops = 0;
-        n->d = parse_statements(p, END_CALL, 1);
+        n->d = parse_inner(p, END_CALL, 1);
         p->loops = loops;
         macro_flags(n);
     } else if (!strcmp(kw, "filter")) {
         advance(p);
         n = mk(p, N_FILTERBLOCK, t);
+        int soft = p->soft;
+        p->soft = 0;
         n->c = parse_filter(p, NULL, 1);
-        n->d = parse_statements(p, END_FILTER, 1);
+        p->soft = soft;
+        n->d = parse_inner(p, END_FILTER, 1);
     } else if (!strcmp(kw, "with")) {
         advance(p);
         n = mk(p, N_WITH, t);
@@ -782,7 +828,7 @@ static jj_node *parse_statement(jj_parse *p) {
         n->n_items = targets.n;
         n->vals = vals.v;
         n->n_kw = vals.n;
-        n->d = parse_statements(p, END_WITH, 1);
+        n->d = parse_inner(p, END_WITH, 1);
     } else if (!strcmp(kw, "print")) {
         advance(p);
         n = mk(p, N_OUTPUT, t);
@@ -797,7 +843,7 @@ static jj_node *parse_statement(jj_parse *p) {
     } else if (!strcmp(kw, "generation")) {
         advance(p);
         n = mk(p, N_GENERATION, t);
-        n->d = parse_statements(p, END_GEN, 1);
+        n->d = parse_inner(p, END_GEN, 1);
     } else if (!strcmp(kw, "extends") || !strcmp(kw, "include") || !strcmp(kw, "import") ||
                !strcmp(kw, "from") || !strcmp(kw, "block")) {
         fail_at(p, t, "{%% %s %%} is not supported: a chat template is rendered on its own, "

@@ -33,7 +33,7 @@ void *jj_arena_alloc(jj_arena *a, size_t n) {
             if (a->total + n + sizeof *c > a->limit) return NULL;
             cap = n;
         }
-        c = malloc(sizeof *c + cap);
+        c = calloc(1, sizeof *c + cap); /* zeroed: every allocation starts at zero */
         if (!c) return NULL;
         c->next = a->head;
         c->used = 0;
@@ -700,9 +700,9 @@ jj_list *jj_iterate(jj_rt *rt, const jj_node *at, jj_val v) {
         return l;
     }
     case JT_GEN: {
-        jj_gen *g = v.u.g;
-        jj_list *l = jj_list_v(rt, g->l->n - g->pos).u.l;
-        for (; g->pos < g->l->n; g->pos++) l->v[l->n++] = g->l->v[g->pos];
+        jj_list *l = jj_list_v(rt, 0).u.l;
+        jj_val x;
+        while (jj_gen_next(rt, v.u.g, &x)) jj_list_push(rt, l, x);
         return l;
     }
     default: break;
