@@ -8,7 +8,8 @@
  *                   (json.dumps)
  *   jinja_eval.c    the evaluator: statements, expressions, scopes, macros
  *   jinja_filters.c filters and tests
- *   jinja_methods.c methods of str / dict / list, str.format, % formatting
+ *   jinja_methods.c methods of str / dict / list, loop, cycler
+ *   jinja_format.c  str.format and % formatting
  *   jinja.c         the public API (capmoe_jinja_*)
  *
  * Memory: a compiled template owns one arena (tokens' text, the tree, interned
@@ -376,7 +377,10 @@ jj_val jj_str_title(jj_rt *rt, jj_val s);
 jj_val jj_str_capitalize(jj_rt *rt, jj_val s);
 jj_val jj_str_strip(jj_rt *rt, jj_val s, const jj_str *chars, int left, int right);
 jj_val jj_str_replace(jj_rt *rt, jj_val s, jj_val old, jj_val new_, int64_t count);
-jj_val jj_percent_format(jj_rt *rt, const jj_node *at, jj_val fmt, jj_val args);
+jj_val jj_percent_format(jj_rt *rt, const jj_node *at, jj_val fmt, jj_val args); /* jinja_format.c */
+jj_val jj_str_format(jj_rt *rt, const jj_node *at, jj_val self, jj_args *a);         /* jinja_format.c */
+/* A Markup string's method escapes its plain-string arguments (others pass). */
+jj_val jj_markup_arg(jj_rt *rt, jj_val self, jj_val arg);
 jj_val jj_html_escape(jj_rt *rt, jj_val v);
 jj_val jj_str_split(jj_rt *rt, const jj_node *at, jj_val s, jj_val sep, int64_t maxsplit);
 jj_list *jj_splitlines(jj_rt *rt, jj_val s, int keepends);
