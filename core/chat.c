@@ -1,71 +1,240 @@
-/* chat.c - chat templates rendered natively.
- *
- * tokenizer_config.json carries a Jinja "chat_template". Rather than
- * interpreting Jinja, the template is recognised by the literal pieces it
- * contains and rendered by C code written from the real templates:
- *
- *   ChatML      "<|im_start|>" ... plain (OpenHermes style: every message
- *               <|im_start|>{role}\n{content}<|im_end|>\n, after bos_token
- *               when the template starts with it) and Qwen (a
- *               default system message when the template injects one, tool
- *               responses as <tool_response> user turns, and Qwen3's
- *               <think> handling of assistant turns after the last query)
- *   Mistral     "[INST]": the v0 template (no system role), the v1 template
- *               of Mistral-7B-Instruct-v0.2 / Mixtral-8x7B-Instruct-v0.1
- *               (system prepended to the first user turn), and Llama-2
- *               (<<SYS>> block, content.strip())
- *   OLMoE/Tulu  "<|user|>" / "<|assistant|>" with eos after assistant turns,
- *               with or without a leading bos_token
- *   DeepSeek-V2 "User: ...\n\nAssistant: ..." after bos_token (DeepSeek-V2 and
- *               V2-Lite Chat): system text first, eos after assistant turns
- *   DeepSeek-V3 "<｜User｜>" / "<｜Assistant｜>" (DeepSeek-V3, V2.5): every system
- *               message joined first, tool outputs between
- *               <｜tool▁outputs▁begin｜> and <｜tool▁outputs▁end｜> (the
- *               reasoning variants of R1, which rewrite "</think>", are not
- *               this family)
- *
- * Whatever the Jinja would reject with raise_exception (roles that do not
- * alternate, a system role where none is allowed) is an error here too.
- * bos_token / eos_token are the tokenizer's; an absent one renders as "",
- * like an undefined Jinja variable. */
-#include "capmoe/chat.h"
-
+/* chat.c - chat templates: finding a model's template as transformers does
+ * (--chat-template override, chat_template.jinja, tokenizer_config.json's
+ * chat_template string or named list), compiling it once with the Jinja
+ * interpreter (core/jinja.c), and rendering conversations with the
+ * variables of apply_chat_template. Built-in families (core/chat_native.c)
+ * serve an override by name. */
+#include <cjson/cJSON.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
-enum variant {
-    V_NONE,
-    V_CHATML,      /* plain */
-    V_QWEN,        /* Qwen2/2.5/3 */
-    V_MISTRAL_V0,
-    V_MISTRAL_V1,
-    V_LLAMA2,
-    V_TULU,
-    V_DEEPSEEK_V2,
-    V_DEEPSEEK_V3
+#include "capmoe/chat.h"
+#include "capmoe/jinja.h"
+#include "chat_internal.h"
+
+struct capmoe_chat {
+    char *source;                /* where the template comes from (for logs) */
+    capmoe_jinja *tmpl;          /* the Jinja template, or NULL */
+    capmoe_jinja *tool_tmpl;     /* tokenizer_config.json's "tool_use" template, or NULL */
+    capmoe__chat_style *native;  /* a built-in family, or NULL */
+    char *tokens_json;           /* the special tokens as JSON members: "\"bos_token\":\"<s>\"," */
+    char *bos, *eos;             /* their texts, for the built-in families (NULL: none) */
+    capmoe_chat_family family;
 };
 
-typedef struct style {
-    enum variant v;
-    int think;            /* Qwen3 reasoning handling */
-    int eos_space;        /* Mistral v0.1: eos_token + ' ' */
-    int bos;              /* Tulu, ChatML: the template starts with bos_token */
-    char *default_system; /* Qwen: injected when no system message */
-} style;
+/* A token named in tokenizer_config.json: "text" or {"content": "text"}. */
+static const char *config_token(const cJSON *cfg, const char *name) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, name);
+    if (cJSON_IsString(v)) return v->valuestring;
+    if (cJSON_IsObject(v)) {
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(v, "content");
+        if (cJSON_IsString(c)) return c->valuestring;
+    }
+    return NULL;
+}
 
-/* ---- small string builder ---------------------------------------------- */
+static int is_file(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
 
-typedef struct sb {
+static int compile_text(capmoe_jinja **out, const char *text, const char *name, capmoe_error *err) {
+    return capmoe_jinja_compile(out, text, strlen(text), name, err);
+}
+
+static int compile_file(capmoe_jinja **out, const char *path, const char *name, capmoe_error *err) {
+    size_t len;
+    char *text = capmoe_read_file(path, &len, err);
+    if (!text) return -1;
+    int rc = capmoe_jinja_compile(out, text, len, name, err);
+    free(text);
+    return rc;
+}
+
+/* The special tokens transformers passes to the template (its
+ * special_tokens_map), as JSON object members. */
+static char *tokens_members(const cJSON *cfg) {
+    static const char *const names[] = {"bos_token", "eos_token", "unk_token", "sep_token",
+                                        "pad_token", "cls_token", "mask_token"};
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return NULL;
+    for (size_t i = 0; cfg && i < sizeof names / sizeof names[0]; i++) {
+        const char *t = config_token(cfg, names[i]);
+        if (t) cJSON_AddStringToObject(o, names[i], t);
+    }
+    const cJSON *extra = cfg ? cJSON_GetObjectItemCaseSensitive(cfg, "additional_special_tokens") : NULL;
+    if (cJSON_IsArray(extra) && cJSON_GetArraySize(extra) > 0) {
+        cJSON *l = cJSON_AddArrayToObject(o, "additional_special_tokens");
+        const cJSON *it;
+        cJSON_ArrayForEach(it, extra) {
+            const char *t = cJSON_IsString(it) ? it->valuestring
+                          : cJSON_IsObject(it) && cJSON_IsString(cJSON_GetObjectItemCaseSensitive(it, "content"))
+                              ? cJSON_GetObjectItemCaseSensitive(it, "content")->valuestring
+                              : NULL;
+            if (t) cJSON_AddItemToArray(l, cJSON_CreateString(t));
+        }
+    }
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (!s) return NULL;
+    size_t n = strlen(s); /* "{...}" -> "...," (or "" when empty) */
+    if (n <= 2) {
+        s[0] = '\0';
+        return s;
+    }
+    memmove(s, s + 1, n - 2);
+    s[n - 2] = ',';
+    s[n - 1] = '\0';
+    return s;
+}
+
+static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
+
+static int set_source(capmoe_chat *c, const char *fmt, const char *a) {
+    size_t n = strlen(fmt) + strlen(a) + 1;
+    c->source = malloc(n);
+    if (!c->source) return -1;
+    snprintf(c->source, n, fmt, a);
+    return 0;
+}
+
+static int load_override(capmoe_chat *c, const char *override, capmoe_error *err) {
+    if (is_file(override)) {
+        if (compile_file(&c->tmpl, override, override, err) != 0) return -1;
+        return set_source(c, "%s (--chat-template)", override);
+    }
+    if ((c->native = capmoe__chat_builtin(override)) != NULL) {
+        if (!strcmp(override, "chatml") || !strncmp(override, "qwen", 4)) c->family = CAPMOE_CHAT_CHATML;
+        else if (!strcmp(override, "olmoe")) c->family = CAPMOE_CHAT_OLMOE;
+        else c->family = CAPMOE_CHAT_MISTRAL;
+        return set_source(c, "built-in family %s (--chat-template)", override);
+    }
+    return capmoe_set_error(err, "chat_template '%s' is neither a readable file nor a built-in family (%s)",
+                            override, capmoe__chat_builtin_names());
+}
+
+static int load_model(capmoe_chat *c, const char *dir, const cJSON *cfg, capmoe_error *err) {
+    char *jpath = capmoe_path_join(dir, "chat_template.jinja");
+    if (!jpath) return capmoe_set_error(err, "out of memory");
+    if (is_file(jpath)) {
+        int rc = compile_file(&c->tmpl, jpath, "chat_template.jinja", err);
+        if (rc == 0) rc = set_source(c, "%s", jpath);
+        free(jpath);
+        return rc;
+    }
+    free(jpath);
+    const cJSON *ct = cfg ? cJSON_GetObjectItemCaseSensitive(cfg, "chat_template") : NULL;
+    if (!ct || cJSON_IsNull(ct)) return set_source(c, "%s", "none");
+    if (cJSON_IsString(ct)) {
+        if (compile_text(&c->tmpl, ct->valuestring, "tokenizer_config.json chat_template", err) != 0) return -1;
+    } else if (cJSON_IsArray(ct)) { /* [{"name": ..., "template": ...}, ...] */
+        const cJSON *it;
+        const char *dflt = NULL, *tool = NULL;
+        cJSON_ArrayForEach(it, ct) {
+            const cJSON *name = cJSON_GetObjectItemCaseSensitive(it, "name");
+            const cJSON *t = cJSON_GetObjectItemCaseSensitive(it, "template");
+            if (!cJSON_IsString(name) || !cJSON_IsString(t))
+                return capmoe_set_error(err, "tokenizer_config.json: chat_template list items need a string "
+                                        "\"name\" and \"template\"");
+            if (!strcmp(name->valuestring, "default")) dflt = t->valuestring;
+            if (!strcmp(name->valuestring, "tool_use")) tool = t->valuestring;
+        }
+        if (!dflt)
+            return capmoe_set_error(err, "tokenizer_config.json: the chat_template list has no \"default\" "
+                                    "template (transformers refuses it too); pass --chat-template");
+        if (compile_text(&c->tmpl, dflt, "tokenizer_config.json chat_template 'default'", err) != 0) return -1;
+        if (tool && compile_text(&c->tool_tmpl, tool, "tokenizer_config.json chat_template 'tool_use'", err) != 0)
+            return -1;
+    } else {
+        return capmoe_set_error(err, "tokenizer_config.json: chat_template must be a string or a list of "
+                                "{\"name\", \"template\"}");
+    }
+    char *cfgpath = capmoe_path_join(dir, "tokenizer_config.json");
+    if (!cfgpath) return capmoe_set_error(err, "out of memory");
+    int rc = set_source(c, "%s chat_template", cfgpath);
+    free(cfgpath);
+    if (cJSON_IsString(ct)) c->family = capmoe_chat_detect(ct->valuestring);
+    return rc;
+}
+
+int capmoe_chat_load(capmoe_chat **out, const char *model_dir, const char *override, capmoe_error *err) {
+    *out = NULL;
+    capmoe_chat *c = calloc(1, sizeof *c);
+    if (!c) return capmoe_set_error(err, "out of memory");
+    cJSON *cfg = NULL;
+    char *cfgpath = capmoe_path_join(model_dir ? model_dir : ".", "tokenizer_config.json");
+    int rc = cfgpath ? 0 : capmoe_set_error(err, "out of memory");
+    if (rc == 0 && is_file(cfgpath)) {
+        size_t len;
+        char *text = capmoe_read_file(cfgpath, &len, err);
+        if (!text) rc = -1;
+        else {
+            cfg = cJSON_ParseWithLength(text, len);
+            free(text);
+            if (!cJSON_IsObject(cfg)) rc = capmoe_set_error(err, "%s: malformed JSON", cfgpath);
+        }
+    }
+    if (rc == 0 && !(c->tokens_json = tokens_members(cfg))) rc = capmoe_set_error(err, "out of memory");
+    if (rc == 0 && cfg) {
+        c->bos = dup_or_null(config_token(cfg, "bos_token"));
+        c->eos = dup_or_null(config_token(cfg, "eos_token"));
+    }
+    if (rc == 0) {
+        if (override && *override) {
+            rc = load_override(c, override, err);
+        } else {
+            rc = load_model(c, model_dir ? model_dir : ".", cfg, err);
+            if (rc != 0) {
+                char msg[CAPMOE_ERR_MSG];
+                snprintf(msg, sizeof msg, "%s", err ? err->msg : "");
+                capmoe_set_error(err, "the model's chat template cannot be used: %s (--chat-template FILE "
+                                 "or a built-in family (%s) replaces it)", msg, capmoe__chat_builtin_names());
+            }
+        }
+    }
+    if (rc == 0 && !c->source) rc = capmoe_set_error(err, "out of memory");
+    free(cfgpath);
+    cJSON_Delete(cfg);
+    if (rc != 0) {
+        capmoe_chat_free(c);
+        return -1;
+    }
+    *out = c;
+    return 0;
+}
+
+void capmoe_chat_free(capmoe_chat *c) {
+    if (!c) return;
+    capmoe_jinja_free(c->tmpl);
+    capmoe_jinja_free(c->tool_tmpl);
+    capmoe__chat_style_free(c->native);
+    free(c->tokens_json);
+    free(c->bos);
+    free(c->eos);
+    free(c->source);
+    free(c);
+}
+
+const char *capmoe_chat_source(const capmoe_chat *c) { return c && c->source ? c->source : "none"; }
+int capmoe_chat_has_template(const capmoe_chat *c) { return c && (c->tmpl || c->native); }
+capmoe_chat_family capmoe_chat_get_family(const capmoe_chat *c) { return c ? c->family : CAPMOE_CHAT_NONE; }
+
+/* ---- rendering ---------------------------------------------------------------------------------- */
+
+typedef struct sbuf {
     char *p;
     size_t n, cap;
     int oom;
-} sb;
+} sbuf;
 
-static void sb_putn(sb *b, const char *s, size_t n) {
+static void put(sbuf *b, const char *s) {
+    size_t n = strlen(s);
     if (b->oom) return;
     if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
+        size_t cap = b->cap ? b->cap * 2 : 1024;
         while (cap < b->n + n + 1) cap *= 2;
         char *p = realloc(b->p, cap);
         if (!p) {
@@ -75,480 +244,180 @@ static void sb_putn(sb *b, const char *s, size_t n) {
         b->p = p;
         b->cap = cap;
     }
-    memcpy(b->p + b->n, s, n);
+    memcpy(b->p + b->n, s, n + 1);
     b->n += n;
-    b->p[b->n] = '\0';
 }
 
-static void sb_put(sb *b, const char *s) { sb_putn(b, s ? s : "", s ? strlen(s) : 0); }
+/* The members of a JSON object text ("{...}" -> "..."), validated. */
+static int object_members(const char *json, const char *what, sbuf *b, capmoe_error *err) {
+    cJSON *o = cJSON_Parse(json);
+    int ok = cJSON_IsObject(o);
+    cJSON_Delete(o);
+    if (!ok) return capmoe_set_error(err, "chat: %s must be a JSON object", what);
+    const char *s = strchr(json, '{') + 1, *e = strrchr(json, '}');
+    while (s < e && (*s == ' ' || *s == '\n' || *s == '\t' || *s == '\r')) s++;
+    if (s == e) return 0;
+    size_t n = (size_t)(e - s);
+    char *m = malloc(n + 2);
+    if (!m) return capmoe_set_error(err, "out of memory");
+    memcpy(m, s, n);
+    m[n] = ',';
+    m[n + 1] = '\0';
+    put(b, m);
+    free(m);
+    return 0;
+}
 
-/* ---- detection ----------------------------------------------------------- */
+static int check_array(const char *json, const char *what, capmoe_error *err) {
+    cJSON *a = cJSON_Parse(json);
+    int ok = cJSON_IsArray(a);
+    cJSON_Delete(a);
+    return ok ? 0 : capmoe_set_error(err, "chat: %s must be a JSON array", what);
+}
 
-static int has(const char *t, const char *s) { return strstr(t, s) != NULL; }
-
-/* Unescapes a Jinja string literal body of n bytes. */
-static char *jinja_unescape(const char *s, size_t n) {
-    char *o = malloc(n + 1), *q = o;
-    if (!o) return NULL;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == '\\' && i + 1 < n) {
-            char e = s[++i];
-            *q++ = e == 'n' ? '\n' : e == 't' ? '\t' : e == 'r' ? '\r' : e;
+/* Role / content pairs of JSON messages, for the built-in families (content:
+ * a string, or the text of a list of text parts). */
+static int native_apply(const capmoe_chat *c, const char *messages_json, const char *tools_json,
+                        int gen, char **prompt, capmoe_error *err) {
+    if (tools_json) {
+        cJSON *t = cJSON_Parse(tools_json);
+        int n = cJSON_IsArray(t) ? cJSON_GetArraySize(t) : 1;
+        cJSON_Delete(t);
+        if (n > 0) return capmoe_set_error(err, "chat: the built-in template %s does not render tools", c->source);
+    }
+    cJSON *m = cJSON_Parse(messages_json);
+    if (!cJSON_IsArray(m)) {
+        cJSON_Delete(m);
+        return capmoe_set_error(err, "chat: messages must be a JSON array");
+    }
+    int n = cJSON_GetArraySize(m), i = 0, rc = 0;
+    capmoe_chat_msg *msgs = calloc((size_t)n + 1, sizeof *msgs);
+    char **texts = calloc((size_t)n + 1, sizeof *texts);
+    if (!msgs || !texts) rc = capmoe_set_error(err, "out of memory");
+    const cJSON *it;
+    cJSON_ArrayForEach(it, m) {
+        if (rc) break;
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(it, "role");
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(it, "content");
+        msgs[i].role = cJSON_IsString(role) ? role->valuestring : "";
+        if (cJSON_IsString(content)) {
+            msgs[i].content = content->valuestring;
+        } else if (cJSON_IsArray(content)) {
+            sbuf b = {0};
+            const cJSON *part;
+            put(&b, "");
+            cJSON_ArrayForEach(part, content) {
+                const cJSON *tx = cJSON_GetObjectItemCaseSensitive(part, "text");
+                if (cJSON_IsString(tx)) put(&b, tx->valuestring);
+            }
+            if (b.oom) rc = capmoe_set_error(err, "out of memory");
+            msgs[i].content = texts[i] = b.p;
         } else {
-            *q++ = s[i];
+            msgs[i].content = "";
         }
+        i++;
     }
-    *q = '\0';
-    return o;
+    if (!rc) rc = capmoe__chat_native_render(c->native, c->bos, c->eos, msgs, n, gen, prompt, err);
+    for (int k = 0; texts && k < n; k++) free(texts[k]);
+    free(texts);
+    free(msgs);
+    cJSON_Delete(m);
+    return rc;
 }
 
-/* The default system message of a Qwen template: a string literal
- * '<|im_start|>system\n...<|im_end|>' that carries text after "system\n". */
-static char *qwen_default_system(const char *t) {
-    static const char *marks[] = {"'<|im_start|>system\\n", "\"<|im_start|>system\\n"};
-    for (int k = 0; k < 2; k++) {
-        const char *p = t;
-        while ((p = strstr(p, marks[k])) != NULL) {
-            const char *body = p + strlen(marks[k]);
-            char quote = marks[k][0];
-            const char *end = strstr(body, "<|im_end|>");
-            const char *q = strchr(body, quote);
-            if (end && (!q || q > end) && end > body) return jinja_unescape(body, (size_t)(end - body));
-            p = body;
-        }
+int capmoe_chat_apply(const capmoe_chat *c, const char *messages_json, const char *tools_json,
+                      int add_generation_prompt, const char *extra_json, char **prompt,
+                      capmoe_error *err) {
+    *prompt = NULL;
+    if (!c || (!c->tmpl && !c->native))
+        return capmoe_set_error(err, "chat: the model has no chat template (no chat_template in "
+                                "tokenizer_config.json, no chat_template.jinja); --chat-template FILE or a "
+                                "built-in family (%s) provides one", capmoe__chat_builtin_names());
+    if (!messages_json) return capmoe_set_error(err, "chat: no messages");
+    if (c->native) return native_apply(c, messages_json, tools_json, add_generation_prompt, prompt, err);
+    if (check_array(messages_json, "messages", err) != 0) return -1;
+    if (tools_json && check_array(tools_json, "tools", err) != 0) return -1;
+    sbuf b = {0};
+    put(&b, "{");
+    put(&b, c->tokens_json);
+    put(&b, "\"documents\":null,");
+    if (extra_json && object_members(extra_json, "the extra template variables", &b, err) != 0) {
+        free(b.p);
+        return -1;
     }
-    return NULL;
+    put(&b, "\"messages\":");
+    put(&b, messages_json);
+    put(&b, ",\"tools\":");
+    put(&b, tools_json ? tools_json : "null");
+    put(&b, add_generation_prompt ? ",\"add_generation_prompt\":true}" : ",\"add_generation_prompt\":false}");
+    if (b.oom) {
+        free(b.p);
+        return capmoe_set_error(err, "out of memory");
+    }
+    const capmoe_jinja *t = tools_json && c->tool_tmpl ? c->tool_tmpl : c->tmpl;
+    int rc = capmoe_jinja_render(t, b.p, NULL, prompt, NULL, err);
+    free(b.p);
+    return rc;
 }
 
-/* The template opens with {{ bos_token }} (any spacing, optional "-"). */
-static int starts_with_bos(const char *t) {
-    while (*t == ' ' || *t == '\n') t++;
-    if (strncmp(t, "{{", 2) != 0) return 0;
-    t += 2;
-    if (*t == '-') t++;
-    while (*t == ' ') t++;
-    if (strncmp(t, "bos_token", 9) != 0) return 0;
-    t += 9;
-    while (*t == ' ') t++;
-    if (*t == '-') t++;
-    return strncmp(t, "}}", 2) == 0;
+static char *msgs_json(const capmoe_chat_msg *msgs, int n) {
+    cJSON *a = cJSON_CreateArray();
+    for (int i = 0; a && i < n; i++) {
+        cJSON *m = cJSON_CreateObject();
+        if (!m) break;
+        cJSON_AddStringToObject(m, "role", msgs[i].role ? msgs[i].role : "");
+        cJSON_AddStringToObject(m, "content", msgs[i].content ? msgs[i].content : "");
+        cJSON_AddItemToArray(a, m);
+    }
+    char *s = a ? cJSON_PrintUnformatted(a) : NULL;
+    cJSON_Delete(a);
+    return s;
 }
 
-/* DeepSeek-V3's special tokens, as the template writes them. */
-#define DS_USER "<\xef\xbd\x9cUser\xef\xbd\x9c>"
-#define DS_ASSISTANT "<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>"
-#define DS_EOS "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>"
-#define DS_OUTPUTS_BEGIN "<\xef\xbd\x9ctool\xe2\x96\x81outputs\xe2\x96\x81" "begin\xef\xbd\x9c>"
-#define DS_OUTPUTS_END "<\xef\xbd\x9ctool\xe2\x96\x81outputs\xe2\x96\x81" "end\xef\xbd\x9c>"
-#define DS_OUTPUT_BEGIN "<\xef\xbd\x9ctool\xe2\x96\x81output\xe2\x96\x81" "begin\xef\xbd\x9c>"
-#define DS_OUTPUT_END "<\xef\xbd\x9ctool\xe2\x96\x81output\xe2\x96\x81" "end\xef\xbd\x9c>"
-
-static enum variant detect(const char *t, style *st) {
-    memset(st, 0, sizeof *st);
-    if (!t) return V_NONE;
-    st->bos = starts_with_bos(t);
-    if (has(t, "<|im_start|>") && has(t, "<|im_end|>")) {
-        st->default_system = qwen_default_system(t);
-        st->think = has(t, "</think>") && has(t, "reasoning_content");
-        if (st->default_system || st->think || has(t, "<tool_response>")) return st->v = V_QWEN;
-        return st->v = V_CHATML;
-    }
-    if (has(t, "[INST]") && has(t, "[/INST]")) {
-        if (has(t, "<<SYS>>") && has(t, "content.strip()")) return st->v = V_LLAMA2;
-        if (has(t, "' [INST] ' + system_message + '\\n\\n' + message['content'] + ' [/INST]'") &&
-            has(t, "' ' + message['content'] + eos_token"))
-            return st->v = V_MISTRAL_V1;
-        if (has(t, "'[INST] ' + message['content'] + ' [/INST]'") &&
-            has(t, "message['content'] + eos_token") && !has(t, "system_message")) {
-            st->eos_space = has(t, "eos_token + ' '");
-            return st->v = V_MISTRAL_V0;
-        }
-        return V_NONE;
-    }
-    if (has(t, "<|user|>") && has(t, "<|assistant|>") && has(t, "not loop.last") &&
-        has(t, "eos_token"))
-        return st->v = V_TULU;
-    if (has(t, "'User: ' + message['content'] + '\\n\\n'") &&
-        has(t, "'Assistant: ' + message['content'] + eos_token") && has(t, "'Assistant:'")) {
-        st->bos = has(t, "{{ bos_token }}");
-        return st->v = V_DEEPSEEK_V2;
-    }
-    if (has(t, DS_USER) && has(t, DS_ASSISTANT) && has(t, DS_EOS) && has(t, "ns.system_prompt") &&
-        has(t, "ns.is_tool") && has(t, DS_OUTPUTS_END) && !has(t, "</think>")) {
-        st->bos = has(t, "bos_token");
-        return st->v = V_DEEPSEEK_V3;
-    }
-    return V_NONE;
-}
-
-capmoe_chat_family capmoe_chat_detect(const char *template_str) {
-    style st;
-    enum variant v = detect(template_str, &st);
-    free(st.default_system);
-    switch (v) {
-    case V_CHATML:
-    case V_QWEN: return CAPMOE_CHAT_CHATML;
-    case V_MISTRAL_V0:
-    case V_MISTRAL_V1:
-    case V_LLAMA2: return CAPMOE_CHAT_MISTRAL;
-    case V_TULU: return CAPMOE_CHAT_OLMOE;
-    case V_DEEPSEEK_V2: return CAPMOE_CHAT_DEEPSEEK_V2;
-    case V_DEEPSEEK_V3: return CAPMOE_CHAT_DEEPSEEK_V3;
-    case V_NONE: break;
-    }
-    return CAPMOE_CHAT_NONE;
-}
-
-/* ---- helpers mirroring the Python string methods the templates use ------- */
-
-static int py_space(const unsigned char *s, size_t n, size_t *len) {
-    /* str.isspace() code points: \t\n\v\f\r, \x1c-\x1f, space, U+0085,
-     * U+00A0, U+1680, U+2000-U+200A, U+2028, U+2029, U+202F, U+205F, U+3000 */
-    *len = 1;
-    if (n >= 1 && ((s[0] >= 0x09 && s[0] <= 0x0D) || (s[0] >= 0x1C && s[0] <= 0x20))) return 1;
-    if (n >= 2 && s[0] == 0xC2 && (s[1] == 0x85 || s[1] == 0xA0)) { *len = 2; return 1; }
-    if (n >= 3) {
-        uint32_t cp = ((uint32_t)(s[0] & 0x0F) << 12) | ((uint32_t)(s[1] & 0x3F) << 6) | (s[2] & 0x3F);
-        if ((s[0] & 0xF0) == 0xE0 &&
-            (cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 ||
-             cp == 0x202F || cp == 0x205F || cp == 0x3000)) {
-            *len = 3;
-            return 1;
-        }
-    }
-    return 0;
-}
-
-/* Python str.strip() (whitespace) of s into [*a, *b). */
-static void py_strip(const char *s, size_t *a, size_t *b) {
-    const unsigned char *u = (const unsigned char *)s;
-    size_t n = strlen(s), i = 0, l;
-    while (i < n && py_space(u + i, n - i, &l)) i += l;
-    size_t e = n;
-    while (e > i) {
-        size_t k = e - 1; /* start of the last character */
-        while (k > i && (u[k] & 0xC0) == 0x80) k--;
-        if (!py_space(u + k, e - k, &l) || k + l != e) break;
-        e = k;
-    }
-    *a = i;
-    *b = e;
-}
-
-static void strip_nl(const char *s, size_t n, size_t *a, size_t *b, int left, int right) {
-    size_t i = 0, e = n;
-    while (left && i < e && s[i] == '\n') i++;
-    while (right && e > i && s[e - 1] == '\n') e--;
-    *a = i;
-    *b = e;
-}
-
-/* Last occurrence of needle in s[0..n). */
-static const char *rfind(const char *s, size_t n, const char *needle) {
-    size_t m = strlen(needle);
-    if (m > n) return NULL;
-    for (size_t i = n - m + 1; i-- > 0;)
-        if (!memcmp(s + i, needle, m)) return s + i;
-    return NULL;
-}
-
-static const char *role_of(const capmoe_chat_msg *m) { return m->role ? m->role : ""; }
-static const char *content_of(const capmoe_chat_msg *m) { return m->content ? m->content : ""; }
-static int is_role(const capmoe_chat_msg *m, const char *r) { return !strcmp(role_of(m), r); }
-
-/* ---- renderers ------------------------------------------------------------ */
-
-static void put_turn(sb *b, const char *role, const char *content) {
-    sb_put(b, "<|im_start|>");
-    sb_put(b, role);
-    sb_put(b, "\n");
-    sb_put(b, content);
-    sb_put(b, "<|im_end|>\n");
-}
-
-static int render_qwen(const style *st, const capmoe_chat_msg *m, int n, int gen, sb *b) {
-    if (is_role(&m[0], "system")) put_turn(b, "system", content_of(&m[0]));
-    else if (st->default_system) put_turn(b, "system", st->default_system);
-    int last_query = n - 1;
-    for (int i = n - 1; i >= 0; i--) {
-        const char *c = content_of(&m[i]);
-        size_t cl = strlen(c);
-        int is_resp = cl >= 15 && !strncmp(c, "<tool_response>", 15) && cl >= 16 &&
-                      !strcmp(c + cl - 16, "</tool_response>");
-        if (is_role(&m[i], "user") && !is_resp) {
-            last_query = i;
-            break;
-        }
-    }
-    for (int i = 0; i < n; i++) {
-        const char *role = role_of(&m[i]), *c = content_of(&m[i]);
-        if (!strcmp(role, "user") || (!strcmp(role, "system") && i > 0)) {
-            put_turn(b, role, c);
-        } else if (!strcmp(role, "assistant")) {
-            if (!st->think) {
-                put_turn(b, role, c);
-                continue;
-            }
-            size_t cl = strlen(c), ca = 0, cb = cl, ra = 0, rb = 0;
-            const char *reason = "";
-            const char *close = strstr(c, "</think>");
-            if (close) {
-                const char *last = rfind(c, cl, "</think>");
-                size_t off = (size_t)(last - c) + 8;
-                strip_nl(c + off, cl - off, &ca, &cb, 1, 0);
-                ca += off;
-                cb += off;
-                /* reasoning: before the first </think>, rstrip \n, after the last <think>, lstrip \n */
-                size_t pre = (size_t)(close - c), a2, b2;
-                strip_nl(c, pre, &a2, &b2, 0, 1);
-                const char *open = rfind(c, b2, "<think>");
-                size_t s0 = open ? (size_t)(open - c) + 7 : 0;
-                strip_nl(c + s0, b2 - s0, &ra, &rb, 1, 0);
-                ra += s0;
-                rb += s0;
-                reason = c;
-            }
-            int has_reason = rb > ra;
-            sb_put(b, "<|im_start|>assistant\n");
-            if (i > last_query && (i == n - 1 || has_reason)) {
-                size_t x = ra, y = rb, p, q;
-                strip_nl(reason + x, y - x, &p, &q, 1, 1);
-                sb_put(b, "<think>\n");
-                sb_putn(b, reason + x + p, q - p);
-                sb_put(b, "\n</think>\n\n");
-                strip_nl(c + ca, cb - ca, &p, &q, 1, 0);
-                sb_putn(b, c + ca + p, cb - ca - p);
-            } else {
-                sb_putn(b, c + ca, cb - ca);
-            }
-            sb_put(b, "<|im_end|>\n");
-        } else if (!strcmp(role, "tool")) {
-            if (i == 0 || !is_role(&m[i - 1], "tool")) sb_put(b, "<|im_start|>user");
-            sb_put(b, "\n<tool_response>\n");
-            sb_put(b, c);
-            sb_put(b, "\n</tool_response>");
-            if (i == n - 1 || !is_role(&m[i + 1], "tool")) sb_put(b, "<|im_end|>\n");
-        }
-    }
-    if (gen) sb_put(b, "<|im_start|>assistant\n");
-    return 0;
-}
-
-static int alternation_error(capmoe_error *err, enum variant v) {
-    return capmoe_set_error(err, "chat template: %sconversation roles must alternate "
-                            "user/assistant/user/assistant/...",
-                            v == V_MISTRAL_V1 ? "after the optional system message, " : "");
-}
-
-static int render_mistral(const style *st, const capmoe_chat_msg *m, int n, const char *bos,
-                          const char *eos, sb *b, capmoe_error *err) {
-    const char *system = NULL;
-    int first = 0;
-    if (st->v != V_MISTRAL_V0 && is_role(&m[0], "system")) {
-        system = content_of(&m[0]);
-        first = 1;
-    }
-    if (st->v != V_LLAMA2) sb_put(b, bos);
-    for (int i = first; i < n; i++) {
-        int j = i - first;
-        int user = is_role(&m[i], "user");
-        if (user != (j % 2 == 0)) return alternation_error(err, st->v);
-        const char *c = content_of(&m[i]);
-        if (st->v == V_LLAMA2) {
-            sb content = {0};
-            if (j == 0 && system) {
-                sb_put(&content, "<<SYS>>\n");
-                sb_put(&content, system);
-                sb_put(&content, "\n<</SYS>>\n\n");
-            }
-            sb_put(&content, c);
-            if (content.oom) return capmoe_set_error(err, "chat: out of memory");
-            size_t a, e;
-            py_strip(content.p ? content.p : "", &a, &e);
-            if (user) {
-                sb_put(b, bos);
-                sb_put(b, "[INST] ");
-                sb_putn(b, content.p + a, e - a);
-                sb_put(b, " [/INST]");
-            } else if (is_role(&m[i], "assistant")) {
-                sb_put(b, " ");
-                sb_putn(b, content.p + a, e - a);
-                sb_put(b, " ");
-                sb_put(b, eos);
-            }
-            free(content.p);
-            continue;
-        }
-        if (user) {
-            sb_put(b, st->v == V_MISTRAL_V1 ? " [INST] " : "[INST] ");
-            if (j == 0 && system) {
-                sb_put(b, system);
-                sb_put(b, "\n\n");
-            }
-            sb_put(b, c);
-            sb_put(b, " [/INST]");
-        } else if (is_role(&m[i], "assistant")) {
-            if (st->v == V_MISTRAL_V1) sb_put(b, " ");
-            sb_put(b, c);
-            sb_put(b, eos);
-            if (st->eos_space) sb_put(b, " ");
-        } else {
-            return capmoe_set_error(err, "chat template: role \"%s\" is not supported: only user "
-                                    "and assistant roles%s", role_of(&m[i]),
-                                    st->v == V_MISTRAL_V1 ? ", with the exception of an initial "
-                                                            "optional system message" : "");
-        }
-    }
-    return 0;
-}
-
-static void render_tulu(const style *st, const capmoe_chat_msg *m, int n, int gen,
-                        const char *bos, const char *eos, sb *b) {
-    if (st->bos) sb_put(b, bos);
-    for (int i = 0; i < n; i++) {
-        const char *c = content_of(&m[i]);
-        if (is_role(&m[i], "system") || is_role(&m[i], "user")) {
-            sb_put(b, is_role(&m[i], "system") ? "<|system|>\n" : "<|user|>\n");
-            sb_put(b, c);
-            sb_put(b, "\n");
-        } else if (is_role(&m[i], "assistant")) {
-            sb_put(b, "<|assistant|>\n");
-            sb_put(b, c);
-            sb_put(b, eos);
-            if (i != n - 1) sb_put(b, "\n");
-        }
-        if (i == n - 1 && gen) sb_put(b, "<|assistant|>\n");
-    }
-}
-
-/* DeepSeek-V2 Chat: bos, then "User: c\n\n", "Assistant: c" + eos, or the
- * system text + "\n\n" per message (other roles render nothing), then
- * "Assistant:" for a generation prompt. */
-static void render_deepseek_v2(const style *st, const capmoe_chat_msg *m, int n, int gen,
-                               const char *bos, const char *eos, sb *b) {
-    if (st->bos) sb_put(b, bos);
-    for (int i = 0; i < n; i++) {
-        const char *c = content_of(&m[i]);
-        if (is_role(&m[i], "user")) {
-            sb_put(b, "User: ");
-            sb_put(b, c);
-            sb_put(b, "\n\n");
-        } else if (is_role(&m[i], "assistant")) {
-            sb_put(b, "Assistant: ");
-            sb_put(b, c);
-            sb_put(b, eos);
-        } else if (is_role(&m[i], "system")) {
-            sb_put(b, c);
-            sb_put(b, "\n\n");
-        }
-    }
-    if (gen) sb_put(b, "Assistant:");
-}
-
-/* DeepSeek-V3: bos, every system message joined by "\n\n", then the turns;
- * a run of tool messages is wrapped in tool-output markers (only the first
- * run of the conversation opens with <｜tool▁outputs▁begin｜>, as the
- * template's namespace flag never resets), and an assistant turn right
- * after tool outputs closes them instead of opening with <｜Assistant｜>. */
-static void render_deepseek_v3(const style *st, const capmoe_chat_msg *m, int n, int gen,
-                               const char *bos, sb *b) {
-    if (st->bos) sb_put(b, bos);
-    int first_sp = 1;
-    for (int i = 0; i < n; i++) {
-        if (!is_role(&m[i], "system")) continue;
-        if (!first_sp) sb_put(b, "\n\n");
-        sb_put(b, content_of(&m[i]));
-        first_sp = 0;
-    }
-    int is_tool = 0, output_first = 1;
-    for (int i = 0; i < n; i++) {
-        const char *c = content_of(&m[i]);
-        if (is_role(&m[i], "user")) {
-            is_tool = 0;
-            sb_put(b, DS_USER);
-            sb_put(b, c);
-        } else if (is_role(&m[i], "assistant")) {
-            sb_put(b, is_tool ? DS_OUTPUTS_END : DS_ASSISTANT);
-            sb_put(b, c);
-            sb_put(b, DS_EOS);
-            is_tool = 0;
-        } else if (is_role(&m[i], "tool")) {
-            is_tool = 1;
-            if (output_first) {
-                sb_put(b, DS_OUTPUTS_BEGIN DS_OUTPUT_BEGIN);
-                output_first = 0;
-            } else {
-                sb_put(b, "\n" DS_OUTPUT_BEGIN);
-            }
-            sb_put(b, c);
-            sb_put(b, DS_OUTPUT_END);
-        }
-    }
-    if (is_tool) sb_put(b, DS_OUTPUTS_END);
-    if (gen && !is_tool) sb_put(b, DS_ASSISTANT);
+int capmoe_chat_apply_msgs(const capmoe_chat *c, const capmoe_chat_msg *msgs, int n_msgs,
+                           int add_generation_prompt, char **prompt, capmoe_error *err) {
+    *prompt = NULL;
+    if (n_msgs <= 0 || !msgs) return capmoe_set_error(err, "chat: no messages");
+    char *j = msgs_json(msgs, n_msgs);
+    if (!j) return capmoe_set_error(err, "out of memory");
+    int rc = capmoe_chat_apply(c, j, NULL, add_generation_prompt, NULL, prompt, err);
+    free(j);
+    return rc;
 }
 
 int capmoe_chat_render_template(const char *template_str, const char *bos, const char *eos,
                                 const capmoe_chat_msg *msgs, int n_msgs, int add_generation_prompt,
                                 char **prompt, int *add_special, capmoe_error *err) {
     *prompt = NULL;
-    if (add_special) *add_special = 0; /* the templates write bos themselves */
-    if (!template_str) return capmoe_set_error(err, "chat: the tokenizer has no chat_template");
-    style st;
-    enum variant v = detect(template_str, &st);
-    if (v == V_NONE) {
-        char head[81];
-        size_t k = 0;
-        for (const char *p = template_str; *p && k < 80; p++)
-            head[k++] = (*p == '\n' || *p == '\t') ? ' ' : *p;
-        head[k] = '\0';
-        return capmoe_set_error(err, "chat template not recognised (supported: ChatML/Qwen, "
-                                "Mistral [INST], Llama-2, OLMoE/Tulu, DeepSeek-V2, DeepSeek-V3): "
-                                "\"%s%s\"", head,
-                                strlen(template_str) > 80 ? "..." : "");
+    if (add_special) *add_special = 0; /* the templates write their special tokens themselves */
+    if (!template_str) return capmoe_set_error(err, "chat: no chat_template");
+    if (n_msgs <= 0 || !msgs) return capmoe_set_error(err, "chat: no messages");
+    capmoe_chat c;
+    char source[] = "chat template";
+    memset(&c, 0, sizeof c);
+    if (compile_text(&c.tmpl, template_str, "chat template", err) != 0) return -1;
+    cJSON *tok = cJSON_CreateObject();
+    if (tok && bos) cJSON_AddStringToObject(tok, "bos_token", bos);
+    if (tok && eos) cJSON_AddStringToObject(tok, "eos_token", eos);
+    char *members = tok ? cJSON_PrintUnformatted(tok) : NULL;
+    cJSON_Delete(tok);
+    int rc = -1;
+    if (members) {
+        size_t n = strlen(members);
+        memmove(members, members + 1, n - 1); /* "{...}" -> "...," */
+        if (n > 2) {
+            members[n - 2] = ',';
+            members[n - 1] = '\0';
+        } else {
+            members[0] = '\0';
+        }
+        c.tokens_json = members;
+        c.source = source;
+        rc = capmoe_chat_apply_msgs(&c, msgs, n_msgs, add_generation_prompt, prompt, err);
+    } else {
+        capmoe_set_error(err, "out of memory");
     }
-    if (n_msgs <= 0 || !msgs) {
-        free(st.default_system);
-        return capmoe_set_error(err, "chat: no messages");
-    }
-    sb b = {0};
-    int rc = 0;
-    switch (v) {
-    case V_CHATML:
-        if (st.bos) sb_put(&b, bos);
-        for (int i = 0; i < n_msgs; i++) put_turn(&b, role_of(&msgs[i]), content_of(&msgs[i]));
-        if (add_generation_prompt) sb_put(&b, "<|im_start|>assistant\n");
-        break;
-    case V_QWEN: rc = render_qwen(&st, msgs, n_msgs, add_generation_prompt, &b); break;
-    case V_MISTRAL_V0:
-    case V_MISTRAL_V1:
-    case V_LLAMA2: rc = render_mistral(&st, msgs, n_msgs, bos ? bos : "", eos ? eos : "", &b, err); break;
-    case V_TULU: render_tulu(&st, msgs, n_msgs, add_generation_prompt, bos ? bos : "", eos ? eos : "", &b); break;
-    case V_DEEPSEEK_V2:
-        render_deepseek_v2(&st, msgs, n_msgs, add_generation_prompt, bos ? bos : "", eos ? eos : "", &b);
-        break;
-    case V_DEEPSEEK_V3: render_deepseek_v3(&st, msgs, n_msgs, add_generation_prompt, bos ? bos : "", &b); break;
-    case V_NONE: break;
-    }
-    free(st.default_system);
-    if (!rc && b.oom) rc = capmoe_set_error(err, "chat: out of memory");
-    if (rc) {
-        free(b.p);
-        return -1;
-    }
-    if (!b.p) sb_put(&b, "");
-    if (b.oom) return capmoe_set_error(err, "chat: out of memory");
-    *prompt = b.p;
-    return 0;
-}
-
-int capmoe_chat_render(const capmoe_tokenizer *tok, const capmoe_chat_msg *msgs, int n_msgs,
-                       int add_generation_prompt, char **prompt, int *add_special,
-                       capmoe_error *err) {
-    int bos = capmoe_tokenizer_bos_id(tok), eos = capmoe_tokenizer_eos_id(tok);
-    return capmoe_chat_render_template(capmoe_tokenizer_chat_template(tok),
-                                       bos >= 0 ? capmoe_tokenizer_id_to_token(tok, bos) : "",
-                                       eos >= 0 ? capmoe_tokenizer_id_to_token(tok, eos) : "",
-                                       msgs, n_msgs, add_generation_prompt, prompt, add_special,
-                                       err);
+    free(members);
+    capmoe_jinja_free(c.tmpl);
+    return rc;
 }

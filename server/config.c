@@ -50,6 +50,10 @@ static const opt k_opts[] = {
     {"model_name", OPT_STRING, OFF(model_name), 0, 0, "", "ID",
      "model id served in /v1/models and accepted in \"model\" (empty: basename of --model)",
      OPT_RESTART},
+    {"chat_template", OPT_STRING, OFF(chat_template), 0, 0, "", "FILE|NAME",
+     "chat template replacing the model's own: a Jinja file, or a built-in family (chatml, qwen2.5, "
+     "qwen3, mistral, llama2, olmoe) (empty: the model's chat_template)",
+     OPT_RESTART},
     {"host", OPT_STRING, OFF(host), 0, 0, "127.0.0.1", "ADDR",
      "address to listen on (IPv4 / IPv6 literal or host name)",
      OPT_RESTART},

@@ -624,6 +624,7 @@ struct capmoe_api {
     capmoe_metrics *metrics;
     capmoe_http *http;
     capmoe_sched *sched;
+    capmoe_chat *chat;        /* the chat template, loaded (and compiled) at start */
     char *model_id;
     capmoe_api_state state;
     int loaded;               /* READY was seen: tokenizer / context readable */
@@ -1340,8 +1341,9 @@ static void handle_event(capmoe_api *api, capmoe_sched_event *ev) {
         api->loaded = 1;
         if (api->state == CAPMOE_API_LOADING) api->state = CAPMOE_API_READY;
         capmoe_log_field f[] = {CAPMOE_LOG_STR("model", api->model_id),
-                                CAPMOE_LOG_INT("context", capmoe_sched_context(api->sched))};
-        capmoe_log_fields(api->log, CAPMOE_LOG_INFO, f, 2, "model loaded; ready");
+                                CAPMOE_LOG_INT("context", capmoe_sched_context(api->sched)),
+                                CAPMOE_LOG_STR("chat_template", capmoe_chat_source(api->chat))};
+        capmoe_log_fields(api->log, CAPMOE_LOG_INFO, f, 3, "model loaded; ready");
         return;
     }
     if (ev->type == CAPMOE_EV_FATAL) {
@@ -1479,12 +1481,11 @@ static int build_prompts(capmoe_api *api, gen_call *c, capmoe_api_error *e) {
     for (int i = 0; i < n_sub; i++) {
         if (r->kind == CAPMOE_API_CHAT) {
             char *text = NULL;
-            int add_special = 0;
-            if (capmoe_chat_render(tok, r->messages, r->n_messages, 1, &text, &add_special, &err) !=
-                0)
+            if (capmoe_chat_apply_msgs(api->chat, r->messages, r->n_messages, 1, &text, &err) != 0)
                 return E400(e, "messages", "cannot apply the chat template: %s", err.msg);
-            int rc = capmoe_tokenizer_encode(tok, text, strlen(text), add_special, &c->sub_ids[i],
-                                             &c->sub_n[i], &err);
+            /* the template writes its special tokens (bos) as text */
+            int rc = capmoe_tokenizer_encode(tok, text, strlen(text), 0, &c->sub_ids[i], &c->sub_n[i],
+                                             &err);
             free(text);
             if (rc != 0) return E400(e, "messages", "cannot tokenize: %s", err.msg);
         } else if (r->prompts[i].text) {
@@ -1790,9 +1791,11 @@ int capmoe_api_new(capmoe_api **out, const capmoe_config *cfg, capmoe_metrics *m
     so.on_event = sched_event_cb;
     so.on_step = sched_step_cb;
     so.user = api;
-    if (!api->model_id || capmoe_sched_new(&api->sched, &so, err) != 0) {
+    if (!api->model_id || capmoe_chat_load(&api->chat, cfg->model, cfg->chat_template, err) != 0 ||
+        capmoe_sched_new(&api->sched, &so, err) != 0) {
         if (!api->model_id) capmoe_set_error(err, "out of memory");
         pthread_mutex_destroy(&api->mu);
+        capmoe_chat_free(api->chat);
         free(api->model_id);
         free(api);
         return -1;
@@ -1832,6 +1835,7 @@ void capmoe_api_free(capmoe_api *api) {
         call_unref(c);
     }
     pthread_mutex_destroy(&api->mu);
+    capmoe_chat_free(api->chat);
     free(api->model_id);
     free(api);
 }

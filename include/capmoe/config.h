@@ -10,6 +10,8 @@
  *   ------------------------  --------------  -------------  ---------------------------------------
  *   model                     path            config/model   Hugging Face model directory
  *   model_name                string          ""             id served in /v1/models ("" = basename of model)
+ *   chat_template             string          ""             a Jinja file or a built-in family replacing the
+ *                                                            model's chat template ("" = the model's own)
  *   host                      string          127.0.0.1      address to listen on (IPv4/IPv6 literal or name)
  *   port                      int 0..65535    8080           TCP port (0 = any free port, logged at start)
  *   api_key                   string          ""             when set, the /v1 routes, /tokenize, /detokenize need
@@ -62,6 +64,7 @@
 typedef struct capmoe_config {
     char *model;                 /* malloc'd; owned by the config */
     char *model_name;            /* malloc'd ("" = basename of model) */
+    char *chat_template;         /* malloc'd ("" = the model's own template) */
     char *host;                  /* malloc'd */
     int port;
     char *api_key;               /* malloc'd ("" = no authentication) */
