@@ -39,7 +39,7 @@ CHATML_HI='"<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"'
 
 # the model's own templates
 srv_start "$BIN" "$tmp/a.log" --model tests/fixtures/qwen3moe-tiny || exit 1
-grep -q "chat template: tests/fixtures/qwen3moe-tiny/tokenizer_config.json chat_template" "$tmp/a.log" \
+grep -q "chat_template=\"tests/fixtures/qwen3moe-tiny/tokenizer_config.json chat_template\"" "$tmp/a.log" \
   || { echo "FAIL: the log does not name the template"; fails=$((fails + 1)); }
 check "$HI" --prompt "$CHATML_HI"
 check '[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "h\u00e9 \ud83d\ude80"}]' --prompt \

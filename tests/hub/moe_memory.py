@@ -103,16 +103,61 @@ MODELS = [
     },
 ]
 
-ARCHS = {"MixtralForCausalLM", "Qwen2MoeForCausalLM", "OlmoeForCausalLM", "Qwen3MoeForCausalLM"}
+ARCHS = {"MixtralForCausalLM", "Qwen2MoeForCausalLM", "OlmoeForCausalLM", "Qwen3MoeForCausalLM",
+         "DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM"}
+
+
+def count_deepseek(cfg, arch):
+    """DeepSeek-V2 / V3: Multi-head Latent Attention, first_k_dense_replace
+    dense layers, shared experts (one MLP of n_shared_experts x the expert
+    width), V3's per-expert selection bias; the KV cache holds the latent and
+    the rotary key per token and layer."""
+    V, H, L = cfg["vocab_size"], cfg["hidden_size"], cfg["num_hidden_layers"]
+    nh = cfg["num_attention_heads"]
+    qr, kvr = cfg.get("q_lora_rank"), cfg["kv_lora_rank"]
+    nope, rope, vd = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"]
+    bias = bool(cfg.get("attention_bias"))
+    E, k = cfg["n_routed_experts"], cfg["num_experts_per_tok"]
+    I_moe, I_dense = cfg["moe_intermediate_size"], cfg["intermediate_size"]
+    qd = nh * (nope + rope)
+    if qr:  # q_a_proj, q_a_layernorm, q_b_proj
+        attn = H * qr + (qr if bias else 0) + qr + qr * qd
+    else:   # q_proj
+        attn = H * qd
+    attn += H * (kvr + rope) + ((kvr + rope) if bias else 0)  # kv_a_proj_with_mqa
+    attn += kvr + kvr * nh * (nope + vd)                      # kv_a_layernorm, kv_b_proj
+    attn += nh * vd * H + (H if bias else 0)                  # o_proj
+    norms = 2 * H
+    expert = 3 * H * I_moe
+    moe = E * expert + E * H                                  # experts + router
+    moe += (cfg.get("n_shared_experts") or 0) * expert        # shared experts
+    if arch == "DeepseekV3ForCausalLM":
+        moe += E                                              # e_score_correction_bias
+    dense = 3 * H * I_dense
+    first_dense = cfg.get("first_k_dense_replace") or 0
+    total = V * H + H + (0 if cfg.get("tie_word_embeddings", False) else V * H)
+    moe_layers = 0
+    for i in range(L):
+        is_moe = i >= first_dense
+        total += attn + norms + (moe if is_moe else dense)
+        moe_layers += is_moe
+    active = total - moe_layers * (E - k) * expert
+    return {"arch": arch, "total": total, "active": active, "expert": expert,
+            "experts": E, "top_k": k, "layers": L, "moe_layers": moe_layers,
+            "tied": bool(cfg.get("tie_word_embeddings", False)), "V": V, "H": H,
+            "kv_bytes_per_token": L * (kvr + rope) * 4,
+            "context": cfg.get("max_position_embeddings", 0)}
 
 
 def count(cfg):
-    """Parameters of a checkpoint of one of capmoe's four architectures, as
+    """Parameters of a checkpoint of one of capmoe's architectures, as
     its safetensors hold them: {total, active, expert (one expert of one
     layer), moe_layers, layers, kv_bytes_per_token (float32 KV cache)}."""
     arch = (cfg.get("architectures") or ["?"])[0]
     if arch not in ARCHS:
         raise ValueError("architecture %s is not one capmoe serves" % arch)
+    if arch.startswith("Deepseek"):
+        return count_deepseek(cfg, arch)
     V, H, L = cfg["vocab_size"], cfg["hidden_size"], cfg["num_hidden_layers"]
     nh = cfg["num_attention_heads"]
     nkv = cfg.get("num_key_value_heads") or nh

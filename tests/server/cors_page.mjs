@@ -26,7 +26,7 @@ async function step(name, fn) {
     const r = await fetch(api + '/v1/chat/completions', { method: 'POST',
       headers: { 'Content-Type': 'application/json', 'Authorization': 'Bearer ' + key,
                  'X-Request-Id': 'from-the-page-' + tag },
-      body: JSON.stringify({ messages: [{ role: 'user', content: 'hi' }], max_tokens: 4 }) });
+      body: JSON.stringify({ messages: [{ role: 'user', content: 'hi' }], max_tokens: 4, ignore_eos: true }) });
     const j = await r.json();
     return { status: r.status, requestId: r.headers.get('X-Request-Id'),
              tokens: j.usage && j.usage.completion_tokens, object: j.object };
