@@ -1,4 +1,5 @@
-/* check_openai.c - tests of the pure parts of server/openai.c: UTF-8
+/* check_openai.c - tests of the pure parts of the HTTP API (api_request.c,
+ * api_error.c, utf8.c, api_stream.c): UTF-8
  * validation, SSE framing, the OpenAI error body, and request parsing /
  * validation of /v1/completions and /v1/chat/completions (types, ranges,
  * limits, unsupported fields, unknown fields ignored, nesting limit). The
