@@ -466,6 +466,9 @@ void capmoe_api_route_generate(capmoe_api *api, capmoe_http_req *req, capmoe_api
         gp.logprobs = c->rq.logprobs;
         gp.prompt_logprobs = kind == CAPMOE_API_COMPLETIONS && c->rq.echo && c->rq.logprobs >= 0;
         gp.skip_special = c->rq.skip_special;
+        gp.penalties = c->rq.penalties;
+        gp.logit_bias = c->rq.logit_bias;
+        gp.n_logit_bias = c->rq.n_logit_bias;
         gp.bypass_queue_limit = i > 0; /* the request as a whole was admitted */
         gp.user = c;
         capmoe_error err;

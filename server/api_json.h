@@ -32,4 +32,8 @@ int capmoe_api_get_str(const cJSON *o, const char *name, char **out, capmoe_api_
 int capmoe_api_parse_ids(const cJSON *arr, const char *param, const capmoe_api_limits *lim,
                          int32_t **ids, int *n_ids, capmoe_api_error *e);
 
+/* api_request.c: root's "messages" (required, a non-empty list of
+ * {role, content}) into r->messages / r->n_messages. */
+int capmoe_api_parse_messages(const cJSON *root, capmoe_api_request *r, capmoe_api_error *e);
+
 #endif

@@ -93,7 +93,7 @@ static int parse_content(const cJSON *c, int idx, char **out, capmoe_api_error *
     return 0;
 }
 
-static int parse_messages(const cJSON *root, capmoe_api_request *r, capmoe_api_error *e) {
+int capmoe_api_parse_messages(const cJSON *root, capmoe_api_request *r, capmoe_api_error *e) {
     const cJSON *m = capmoe_api_field(root, "messages");
     if (!m) return E400(e, "messages", "'messages' is required");
     if (!cJSON_IsArray(m)) return E400(e, "messages", "'messages' must be a list");
@@ -162,24 +162,47 @@ static int parse_stop(const cJSON *root, capmoe_api_request *r, capmoe_api_error
     return 0;
 }
 
+/* presence_penalty, frequency_penalty (OpenAI: -2..2), repetition_penalty
+ * (vLLM: (0, 2]) and logit_bias ({"token id": -100..100}). */
+static int parse_penalties(const cJSON *root, const capmoe_api_limits *lim, capmoe_api_request *r,
+                           capmoe_api_error *e) {
+    capmoe_penalties *p = &r->penalties;
+    p->repetition = 1;
+    if (capmoe_api_get_num(root, "presence_penalty", -2.0, 0, 2.0, &p->presence, e) != 0 ||
+        capmoe_api_get_num(root, "frequency_penalty", -2.0, 0, 2.0, &p->frequency, e) != 0 ||
+        capmoe_api_get_num(root, "repetition_penalty", 0.0, 1, 2.0, &p->repetition, e) != 0)
+        return -1;
+    const cJSON *f = capmoe_api_field(root, "logit_bias");
+    if (!f) return 0;
+    if (!cJSON_IsObject(f))
+        return E400(e, "logit_bias", "'logit_bias' must be an object mapping token ids to biases");
+    int n = cJSON_GetArraySize(f);
+    if (n == 0) return 0;
+    r->logit_bias = calloc((size_t)n, sizeof *r->logit_bias);
+    if (!r->logit_bias) return capmoe_api_fail(e, 500, "server_error", NULL, NULL, "out of memory");
+    double hi = lim && lim->vocab > 0 ? lim->vocab - 1 : 2147483647.0;
+    for (const cJSON *it = f->child; it; it = it->next) {
+        const char *k = it->string;
+        char *end = NULL;
+        double id = k && *k >= '0' && *k <= '9' ? strtod(k, &end) : -1;
+        if (id < 0 || !end || *end || id != floor(id) || id > hi)
+            return E400(e, "logit_bias",
+                        "'logit_bias' keys must be token ids in 0..%.0f, got \"%.40s\"", hi,
+                        k ? k : "");
+        if (!cJSON_IsNumber(it) || !(it->valuedouble >= -100 && it->valuedouble <= 100))
+            return E400(e, "logit_bias", "'logit_bias' values must be numbers in -100..100 (token %s)",
+                        k);
+        r->logit_bias[r->n_logit_bias].id = (int32_t)id;
+        r->logit_bias[r->n_logit_bias].bias = (float)it->valuedouble;
+        r->n_logit_bias++;
+    }
+    return 0;
+}
+
 /* Fields OpenAI defines that capmoe does not implement: refused unless they
  * hold their neutral value, so a client never silently gets something else. */
 static int check_unsupported(const cJSON *root, capmoe_api_request *r, capmoe_api_error *e) {
-    static const char *penalties[] = {"presence_penalty", "frequency_penalty"};
-    for (int i = 0; i < 2; i++) {
-        float v = 0;
-        if (capmoe_api_get_num(root, penalties[i], -2.0, 0, 2.0, &v, e) != 0) return -1;
-        if (v != 0)
-            return E400(e, penalties[i], "'%s' is not supported (only 0)", penalties[i]);
-    }
-    const cJSON *f = capmoe_api_field(root, "repetition_penalty");
-    if (f && (!cJSON_IsNumber(f) || f->valuedouble != 1.0))
-        return E400(e, "repetition_penalty", "'repetition_penalty' is not supported (only 1)");
-    f = capmoe_api_field(root, "logit_bias");
-    if (f) {
-        if (!cJSON_IsObject(f)) return E400(e, "logit_bias", "'logit_bias' must be an object");
-        if (f->child) return E400(e, "logit_bias", "'logit_bias' is not supported");
-    }
+    const cJSON *f;
     f = capmoe_api_field(root, "best_of");
     if (f) {
         if (!capmoe_api_is_integer(f)) return E400(e, "best_of", "'best_of' must be an integer");
@@ -241,7 +264,7 @@ int capmoe_api_parse_request(capmoe_api_kind kind, const char *body, size_t len,
         if (capmoe_api_get_bool(root, "echo", &r->echo, e) != 0) goto out;
         if (capmoe_api_get_bool(root, "add_special_tokens", &r->add_special, e) != 0) goto out;
     } else {
-        if (parse_messages(root, r, e) != 0) goto out;
+        if (capmoe_api_parse_messages(root, r, e) != 0) goto out;
         if (capmoe_api_get_int(root, "max_tokens", 1, max_tok, &r->max_tokens, e) != 0) goto out;
         if (capmoe_api_get_int(root, "max_completion_tokens", 1, max_tok, &r->max_tokens, e) != 0) goto out;
         int lp = 0, top = -1;
@@ -301,6 +324,7 @@ int capmoe_api_parse_request(capmoe_api_kind kind, const char *body, size_t len,
     }
     if (capmoe_api_get_bool(root, "ignore_eos", &r->ignore_eos, e) != 0) goto out;
     if (capmoe_api_get_bool(root, "skip_special_tokens", &r->skip_special, e) != 0) goto out;
+    if (parse_penalties(root, lim, r, e) != 0) goto out;
     if (check_unsupported(root, r, e) != 0) goto out;
     rc = 0;
 out:
@@ -323,6 +347,7 @@ void capmoe_api_request_free(capmoe_api_request *r) {
         free((char *)r->messages[i].content);
     }
     free(r->messages);
+    free(r->logit_bias);
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
     memset(r, 0, sizeof *r);
 }

@@ -116,28 +116,47 @@ void capmoe_api_route_tokenize(capmoe_api *api, capmoe_http_req *req) {
         t = capmoe_api_field(root, "text");
         pname = "text";
     }
-    int add_special = 1;
-    if (check_model(api, root, &e) != 0 || capmoe_api_get_bool(root, "add_special_tokens", &add_special, &e) != 0) {
-        cJSON_Delete(root);
-        capmoe_api_send_error(api, req, "/tokenize", &e);
-        return;
+    /* vLLM: chat messages are rendered with the chat template, and then the
+     * template writes the special tokens (add_special_tokens defaults off) */
+    int chat = capmoe_api_field(root, "messages") != NULL;
+    int add_special = !chat, add_gen = 1;
+    char *rendered = NULL;
+    if (check_model(api, root, &e) != 0 ||
+        capmoe_api_get_bool(root, "add_special_tokens", &add_special, &e) != 0 ||
+        capmoe_api_get_bool(root, "add_generation_prompt", &add_gen, &e) != 0)
+        goto fail;
+    if (chat) {
+        if (t) {
+            E400(&e, "messages", "give either 'messages' or 'prompt', not both");
+            goto fail;
+        }
+        capmoe_api_request rq;
+        memset(&rq, 0, sizeof rq);
+        rq.kind = CAPMOE_API_CHAT;
+        if (capmoe_api_parse_messages(root, &rq, &e) != 0) goto fail;
+        capmoe_error cerr;
+        int rc = capmoe_chat_apply_msgs(api->chat, rq.messages, rq.n_messages, add_gen, &rendered,
+                                        &cerr);
+        capmoe_api_request_free(&rq);
+        if (rc != 0) {
+            E400(&e, "messages", "cannot apply the chat template: %s", cerr.msg);
+            goto fail;
+        }
+        pname = "messages";
+    } else if (!t || !cJSON_IsString(t)) {
+        E400(&e, "prompt", "'prompt' (or 'text') must be a string, or 'messages' a chat");
+        goto fail;
     }
-    if (!t || !cJSON_IsString(t)) {
-        cJSON_Delete(root);
-        E400(&e, "prompt", "'prompt' (or 'text') must be a string");
-        capmoe_api_send_error(api, req, "/tokenize", &e);
-        return;
-    }
+    const char *text = chat ? rendered : t->valuestring;
     int32_t *ids = NULL;
     int n = 0;
     capmoe_error err;
-    if (capmoe_tokenizer_encode(capmoe_sched_tokenizer(api->sched), t->valuestring,
-                                strlen(t->valuestring), add_special, &ids, &n, &err) != 0) {
-        cJSON_Delete(root);
+    if (capmoe_tokenizer_encode(capmoe_sched_tokenizer(api->sched), text, strlen(text),
+                                add_special, &ids, &n, &err) != 0) {
         E400(&e, pname, "cannot tokenize: %s", err.msg);
-        capmoe_api_send_error(api, req, "/tokenize", &e);
-        return;
+        goto fail;
     }
+    free(rendered);
     cJSON_Delete(root);
     cJSON *o = cJSON_CreateObject();
     cJSON *arr = cJSON_AddArrayToObject(o, "tokens");
@@ -146,6 +165,11 @@ void capmoe_api_route_tokenize(capmoe_api *api, capmoe_http_req *req) {
     cJSON_AddNumberToObject(o, "max_model_len", capmoe_sched_context(api->sched));
     free(ids);
     capmoe_api_send_json(api, req, "/tokenize", 200, o, NULL);
+    return;
+fail:
+    free(rendered);
+    cJSON_Delete(root);
+    capmoe_api_send_error(api, req, "/tokenize", &e);
 }
 
 void capmoe_api_route_detokenize(capmoe_api *api, capmoe_http_req *req) {

@@ -8,6 +8,7 @@
 
 #include "capmoe/api_error.h"
 #include "capmoe/chat.h"
+#include "capmoe/logitproc.h"
 #include "capmoe/sample.h"
 #include "capmoe/sched.h"
 
@@ -58,6 +59,9 @@ typedef struct capmoe_api_request {
     int skip_special;              /* extension skip_special_tokens, default 1 */
     int add_special;               /* extension add_special_tokens (completions), default 1 */
     char *user;
+    capmoe_penalties penalties;    /* presence_penalty, frequency_penalty, repetition_penalty */
+    capmoe_logit_bias *logit_bias; /* logit_bias (malloc'd), ids checked against lim->vocab */
+    int n_logit_bias;
 } capmoe_api_request;
 
 /* Parse + validate a body of /v1/completions or /v1/chat/completions.
