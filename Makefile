@@ -9,6 +9,7 @@
 #   make fuzz       libFuzzer harnesses of tests/fuzz/ (clang, ASan + UBSan, in
 #                   build-fuzz/), each run FUZZ_SECONDS (default 30) from its seeds
 #   make fuzz-long  the same for FUZZ_SECONDS=600 each (or as given)
+#   make soak       the server soak of make test for SOAK_SECONDS (default 300)
 #   make bench      a short benchmark (capmoe bench) printing its table
 #   make install    binaries, default configuration, default model, systemd
 #                   unit, license (PREFIX=/usr/local, DESTDIR= for staging)
@@ -30,8 +31,11 @@ CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
 CFLAGS  := -std=c11 -D_GNU_SOURCE -Wall -Wextra $(WERROR) -Iinclude $(PKG_CFLAGS) -MMD -MP
 LDLIBS  := $(PKG_LIBS) -ldnnl -lgomp -lpthread -lm
 ifeq ($(SAN),1)
-CFLAGS  += -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
-LDFLAGS += -fsanitize=address,undefined
+# float-cast-overflow: not part of gcc's "undefined" (a double past int
+# converted to int, e.g. "best_of": 6666666666 once did)
+CFLAGS  += -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined,float-cast-overflow \
+           -fno-sanitize-recover=undefined,float-cast-overflow
+LDFLAGS += -fsanitize=address,undefined,float-cast-overflow
 else ifeq ($(SAN),fuzz)
 CFLAGS  += -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined \
            -fno-sanitize-recover=undefined
@@ -49,7 +53,7 @@ TEST_BIN   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 LIB        := $(BUILD)/libcapmoe.a
 SRVLIB     := $(BUILD)/libcapmoe-server.a
 
-.PHONY: all deps test-deps run test asan tests bench clean install uninstall fuzz fuzz-long fuzzers FORCE
+.PHONY: all deps test-deps run test asan tests bench clean install uninstall fuzz fuzz-long fuzzers soak FORCE
 all: $(BUILD)/capmoe $(BUILD)/capmoe-server
 
 deps:
@@ -130,6 +134,10 @@ fuzz-long:
 	$(MAKE) fuzz FUZZ_SECONDS=$(if $(filter command line,$(origin FUZZ_SECONDS)),$(FUZZ_SECONDS),600)
 
 tests: all $(TEST_BIN) $(REPLAY_BIN)
+
+SOAK_SECONDS ?= 300
+soak: all
+	SOAK_SECONDS=$(SOAK_SECONDS) sh tests/t_server_soak.sh
 
 asan:
 	$(MAKE) -j2 BUILD=build-asan SAN=1 tests
