@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """make_seeds.py - writes the seed corpora of tests/fuzz/corpus/NAME/ from
 files already in the repository (fixtures, chat templates, Jinja snippets,
-configurations) plus a few hand-written edge cases. Deterministic; run from
-the repository root:  python3 tests/fuzz/make_seeds.py
-The seeds are committed; rerun only to change them."""
-import glob, json, os, shutil, struct
+configurations) plus a few hand-written edge cases, as files 000, 001, ...
+Deterministic; run from the repository root:  python3 tests/fuzz/make_seeds.py
+The other files of those directories (named by their SHA-1) are inputs
+libFuzzer found that add coverage, kept by
+  build-fuzz/fuzz/fuzz_NAME -merge=1 tests/fuzz/corpus/NAME build-fuzz/fuzz-corpus/NAME
+(only small ones); this script leaves them alone."""
+import glob, json, os, struct
 
 OUT = 'tests/fuzz/corpus'
 
@@ -19,7 +22,11 @@ def put(name, idx, data):
 
 
 def seeds(name, items):
-    shutil.rmtree(os.path.join(OUT, name), ignore_errors=True)
+    d = os.path.join(OUT, name)
+    if os.path.isdir(d):
+        for f in os.listdir(d):
+            if len(f) == 3 and f.isdigit():
+                os.remove(os.path.join(d, f))
     for i, it in enumerate(items):
         put(name, i, it)
 

@@ -30,7 +30,7 @@ for n in $names; do
   if "$B/fuzz/fuzz_$n" "$B/fuzz-corpus/$n" "$seeds" $reg $dict -max_total_time="$SECS" \
        -max_len=65536 -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 \
        -artifact_prefix="$B/fuzz-crashes/$n-" > "$B/fuzz-logs/$n.log" 2>&1; then
-    grep -E "^stat::number_of_executed_runs|^#[0-9]+ *DONE" "$B/fuzz-logs/$n.log" | tail -n 2 | sed 's/^/  /'
+    grep -E "^stat::number_of_executed_units|^#[0-9]+ *DONE" "$B/fuzz-logs/$n.log" | tail -n 2 | sed 's/^/  /'
   else
     failed="$failed $n"
     echo "fuzz: $n FAILED (log $B/fuzz-logs/$n.log):"
