@@ -10,6 +10,8 @@
 #                   build-fuzz/), each run FUZZ_SECONDS (default 30) from its seeds
 #   make fuzz-long  the same for FUZZ_SECONDS=600 each (or as given)
 #   make soak       the server soak of make test for SOAK_SECONDS (default 300)
+#   make clang-checks  every Check suite built by clang with ASan + UBSan (clang's
+#                   UBSan checks more than gcc's: pointer-overflow, ...), in build-fuzz/
 #   make bench      a short benchmark (capmoe bench) printing its table
 #   make install    binaries, default configuration, default model, systemd
 #                   unit, license (PREFIX=/usr/local, DESTDIR= for staging)
@@ -53,7 +55,7 @@ TEST_BIN   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 LIB        := $(BUILD)/libcapmoe.a
 SRVLIB     := $(BUILD)/libcapmoe-server.a
 
-.PHONY: all deps test-deps run test asan tests bench clean install uninstall fuzz fuzz-long fuzzers soak FORCE
+.PHONY: all deps test-deps run test asan tests bench clean install uninstall fuzz fuzz-long fuzzers soak clang-checks FORCE
 all: $(BUILD)/capmoe $(BUILD)/capmoe-server
 
 deps:
@@ -127,8 +129,16 @@ fuzzers: $(FUZZ_BIN)
 .SECONDARY: $(FUZZ_NAMES:%=$(BUILD)/obj/tests/fuzz/fuzz_%.o) $(BUILD)/obj/tests/fuzz/replay_main.o
 
 fuzz:
+	@command -v clang >/dev/null 2>&1 || { echo "make fuzz needs clang with libFuzzer (Debian: apt-get install clang)"; exit 1; }
 	$(MAKE) -j2 BUILD=build-fuzz CC=clang SAN=fuzz WERROR= fuzzers
 	sh tests/fuzz/run.sh build-fuzz $(FUZZ_SECONDS)
+
+clang-checks:
+	@command -v clang >/dev/null 2>&1 || { echo "make clang-checks needs clang"; exit 1; }
+	$(MAKE) -j2 BUILD=build-fuzz CC=clang SAN=fuzz WERROR= $(TEST_SRC:tests/%.c=build-fuzz/tests/%)
+	@fail=0; for t in $(TEST_SRC:tests/%.c=build-fuzz/tests/%); do \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ./$$t > $$t.log 2>&1 && echo "PASS $$t" || \
+	  { echo "FAIL $$t (log $$t.log)"; tail -n 20 $$t.log; fail=1; }; done; exit $$fail
 
 fuzz-long:
 	$(MAKE) fuzz FUZZ_SECONDS=$(if $(filter command line,$(origin FUZZ_SECONDS)),$(FUZZ_SECONDS),600)
