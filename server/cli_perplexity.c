@@ -119,7 +119,8 @@ int capmoe_cmd_perplexity(int argc, char **argv) {
     text = capmoe_read_file(file, &len, &err);
     capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks, .comm = comm};
     int ok = text && capmoe_tokenizer_load(&tok, dir, &err) == 0 &&
-             capmoe_model_load(&m, dir, &mo, &err) == 0;
+             capmoe_model_load(&m, dir, &mo, &err) == 0 &&
+             capmoe_cli_regime(m, &cfg, NULL, &err) == 0;
     if (!capmoe_cli_check_load(comm, dir, ok, &err)) goto end; /* every rank leaves together */
     const capmoe_hfconfig *c = capmoe_model_config(m);
     if (c->n_moe_layers > 0 && capmoe_dispatch_cfg_check(&cfg, c->n_experts, &err)) goto end;
