@@ -1,10 +1,12 @@
 /* cli_args.c - option parsing shared by the capmoe subcommands. */
 #include <errno.h>
+#include <stdio.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "capmoe/cli.h"
+#include "capmoe/par.h"
 
 int capmoe_cli_parse(capmoe_cli_args *a, int argc, char **argv, const char *const *switches,
                      capmoe_error *err) {
@@ -277,8 +279,19 @@ int capmoe_cli_regime(capmoe_model *m, capmoe_dispatch_cfg *cfg, capmoe_regime_p
     if (!cfg->regime_auto) return 0;
     capmoe_regime_probe local;
     capmoe_regime_probe *p = probe ? probe : &local;
-    if (capmoe_model_regime_probe(m, 256, 3, p, err))
-        return capmoe_set_error(err, "--regime-tokens auto: %s (give a number instead)", err->msg);
+    if (capmoe_model_regime_probe(m, 256, 3, p, err)) {
+        char why[sizeof err->msg];
+        snprintf(why, sizeof why, "%s", err->msg);
+        return capmoe_set_error(err, "--regime-tokens auto: %s (give a number instead)", why);
+    }
     cfg->regime_tokens = p->crossover;
+    return 0;
+}
+
+int capmoe_cli_engine(capmoe_cli_args *a, capmoe_model_opts *o, capmoe_error *err) {
+    memset(o, 0, sizeof *o);
+    long t;
+    if (capmoe_cli_int(a, "threads", 0, CAPMOE_PAR_MAX_THREADS, 0, &t, err)) return -1;
+    o->threads = (int)t;
     return 0;
 }

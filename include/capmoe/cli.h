@@ -39,6 +39,12 @@ int capmoe_cli_parse_ids(const char *s, int32_t **ids, int *n, capmoe_error *err
  * --decode-policy P --regime-tokens N|auto (auto sets cfg->regime_auto;
  * the command resolves it once the model is loaded: capmoe_cli_regime). */
 int capmoe_cli_dispatch(capmoe_cli_args *a, capmoe_dispatch_cfg *cfg, capmoe_error *err);
+/* The engine options every model-loading command takes: --threads N (0 or
+ * absent: one per usable CPU) into o (other fields zeroed). */
+int capmoe_cli_engine(capmoe_cli_args *a, capmoe_model_opts *o, capmoe_error *err);
+#define CAPMOE_CLI_ENGINE_HELP \
+    "engine options:\n" \
+    "  --threads N                engine threads (default 0: one per CPU this process may use)\n"
 
 /* --regime-tokens auto: measures the crossover on the loaded model
  * (capmoe_model_regime_probe, T up to 256, best of 3) and sets
