@@ -54,6 +54,10 @@ size_t capmoe_model_mapped_bytes(const capmoe_model *m);
 /* Bytes of weights read per token: attention, router, top-k experts, shared
  * expert, lm_head, each at its stored element size. */
 size_t capmoe_model_active_bytes_per_token(const capmoe_model *m);
+/* Bytes of one routed expert's weights (gate, up, down) as the engine reads
+ * them: what a dispatch streams per activated expert and MoE layer (0 for a
+ * dense model). */
+size_t capmoe_model_expert_bytes(const capmoe_model *m);
 
 /* KV cache bytes per token of a sequence, all layers: what the cache holds
  * (latent attention: the kv_lora_rank latent and the rope key, float32), or
