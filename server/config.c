@@ -128,7 +128,7 @@ static const opt k_opts[] = {
      "label expert-token counters by {layer,expert} (layers x experts series) instead of {expert}",
      OPT_RESTART},
     {"threads", OPT_INT, OFF(threads), 0, 64, "0", "N",
-     "engine threads for matrix products and attention (0: one per core)",
+     "engine threads for matrix products and attention (0: one per CPU this process may use)",
      OPT_RESTART},
     {"log_level", OPT_CHOICE, OFF(log_level), 0, 0, "info", CAPMOE_LOG_LEVELS,
      "least severe log records written (the access log is at info)", OPT_LIVE},

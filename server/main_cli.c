@@ -13,6 +13,7 @@
 #include "capmoe/cli.h"
 #include "capmoe/model.h"
 #include "capmoe/sample.h"
+#include "capmoe/sysinfo.h"
 #include "capmoe/tokenizer.h"
 #include "capmoe/version.h"
 
@@ -36,6 +37,7 @@ static const char *USAGE =
     "  --renormalize              rescale each token's kept weights to sum to 1\n"
     "  --min-tokens N             no limit below N tokens per dispatch (default 16, 0 = off)\n"
     "  --drop-budget B            auto: largest dropped routing mass allowed (default 0.01)\n"
+    CAPMOE_CLI_ENGINE_HELP
     "latent attention (DeepSeek), logits and generate:\n"
     "  --mla-form auto|expanded|absorbed   how to attend (default auto: the cheaper per\n"
     "                             sequence and step; the others force one form)\n";
@@ -214,6 +216,8 @@ static int cmd_logits(int argc, char **argv) {
     if (capmoe_cli_dispatch(&a, &cfg, &err)) return usage_fail("logits", &err);
     capmoe_mla_form form;
     if (mla_form_opt(&a, &form, &err)) return usage_fail("logits", &err);
+    capmoe_model_opts mo;
+    if (capmoe_cli_engine(&a, &mo, &err)) return usage_fail("logits", &err);
     const char *out = capmoe_cli_get(&a, "out");
     if (!out || !*out) {
         capmoe_set_error(&err, "--out FILE is required");
@@ -275,7 +279,9 @@ static int cmd_logits(int argc, char **argv) {
             goto done;
         }
     }
-    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks, .comm = comm, .mla_form = form};
+    mo.max_ranks = cfg.ep_ranks;
+    mo.comm = comm;
+    mo.mla_form = form;
     int ok = capmoe_model_load(&m, dir, &mo, &err) == 0;
     if (ok && capmoe_dispatch_cfg_check(&cfg, capmoe_model_config(m)->n_experts, &err)) ok = 0;
     if (!capmoe_cli_check_load(comm, dir, ok, &err)) {
@@ -434,6 +440,8 @@ static int cmd_generate(int argc, char **argv) {
     }
     capmoe_mla_form form;
     if (mla_form_opt(&a, &form, &err)) return usage_fail("generate", &err);
+    capmoe_model_opts mo;
+    if (capmoe_cli_engine(&a, &mo, &err)) return usage_fail("generate", &err);
     const char *ids_s = capmoe_cli_get(&a, "ids");
     const char *prompt = capmoe_cli_get(&a, "prompt");
     int stop_eos = capmoe_cli_has(&a, "stop-at-eos");
@@ -456,7 +464,9 @@ static int cmd_generate(int argc, char **argv) {
     capmoe_comm *comm = NULL;
     if (capmoe_cli_ep(&a, &cfg, &comm, &err)) goto end;
     int me = capmoe_comm_rank(comm);
-    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks, .comm = comm, .mla_form = form};
+    mo.max_ranks = cfg.ep_ranks;
+    mo.comm = comm;
+    mo.mla_form = form;
     int ok = capmoe_tokenizer_load(&tok, dir, &err) == 0 && capmoe_model_load(&m, dir, &mo, &err) == 0;
     if (ok && prompt && capmoe_tokenizer_encode(tok, prompt, strlen(prompt), 1, &ids, &n, &err))
         ok = 0;
@@ -548,13 +558,19 @@ int main(int argc, char **argv) {
     }
     if (strcmp(argv[1], "--version") == 0) {
         printf("capmoe %s (revision %s)\n", CAPMOE_VERSION, capmoe_revision());
+        capmoe_sysinfo si;
+        capmoe_sysinfo_get(&si);
+        capmoe_sysinfo_print(stdout, &si, 0);
         return 0;
     }
     const char *cmd = argv[1];
     for (size_t i = 0; i < sizeof HELP / sizeof HELP[0]; i++)
         if (strcmp(cmd, HELP[i].cmd) == 0 && wants_help(argc - 2, argv + 2)) {
             fputs(HELP[i].text, stdout);
-            if (strcmp(cmd, "logits") == 0 || strcmp(cmd, "generate") == 0) fputs(DISPATCH_HELP, stdout);
+            if (strcmp(cmd, "logits") == 0 || strcmp(cmd, "generate") == 0) {
+                fputs(DISPATCH_HELP, stdout);
+                fputs(CAPMOE_CLI_ENGINE_HELP, stdout);
+            }
             return 0;
         }
     if (strcmp(cmd, "logits") == 0) return cmd_logits(argc - 2, argv + 2);
