@@ -489,6 +489,7 @@ static void generate(capmoe_api *api, capmoe_http_req *req, capmoe_api_kind kind
         gp.penalties = c->rq.penalties;
         gp.logit_bias = c->rq.logit_bias;
         gp.n_logit_bias = c->rq.n_logit_bias;
+        gp.grammar = c->rq.grammar;
         gp.bypass_queue_limit = i > 0; /* the request as a whole was admitted */
         gp.user = c;
         capmoe_error err;

@@ -1,5 +1,6 @@
-// responses_client.mjs - POST /v1/responses and the chat path through the
-// clients people use: the official `openai` SDK (responses.create /
+// responses_client.mjs - POST /v1/responses, the chat path and structured
+// outputs (response_format json_schema / json_object, decoded under a
+// grammar so the output always validates) through the clients people use: the official `openai` SDK (responses.create /
 // responses.stream), the Vercel AI SDK (`ai` + `@ai-sdk/openai`: the default
 // provider call openai(model) uses /v1/responses; openai.chat(model) the chat
 // API) and LangChain (`@langchain/openai` ChatOpenAI, with useResponsesApi
@@ -10,7 +11,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
-import { generateText, streamText } from 'ai';
+import { generateText, streamText, generateObject, Output } from 'ai';
+import { z } from 'zod';
 import { createOpenAI } from '@ai-sdk/openai';
 import { ChatOpenAI } from '@langchain/openai';
 
@@ -157,5 +159,80 @@ test('LangChain ChatOpenAI: chat completions and useResponsesApi, invoke and str
     for await (const chunk of await llm.stream([['system', INSTR], ['human', QUESTION]]))
       streamed += chunk.text;
     assert.equal(streamed, msg.text, `stream, useResponsesApi ${useResponsesApi}`);
+  }
+});
+
+// ---- structured outputs: the model is random, the grammar makes it valid ----
+
+const Person = z.object({
+  name: z.string(),
+  age: z.number().int(),
+  tags: z.array(z.string()).max(3),
+  role: z.enum(['admin', 'user']),
+  nick: z.string().nullable(),
+}).strict();
+const personSchema = z.toJSONSchema(Person);
+
+test('openai SDK: response_format json_schema validates for every seed; json_object parses', async () => {
+  for (let seed = 0; seed < 6; seed++) {
+    const r = await client.chat.completions.create({ model: MODEL, seed, temperature: 1, max_tokens: 120,
+      messages: [{ role: 'user', content: 'Describe a person.' }],
+      response_format: { type: 'json_schema', json_schema: { name: 'person', strict: true, schema: personSchema } } });
+    const text = r.choices[0].message.content;
+    const parsed = Person.safeParse(JSON.parse(text));
+    assert.ok(parsed.success, `seed ${seed}: ${text}`);
+  }
+  for (let seed = 0; seed < 4; seed++) {
+    const r = await client.chat.completions.create({ model: MODEL, seed, max_tokens: 60,
+      messages: [{ role: 'user', content: 'JSON please' }], response_format: { type: 'json_object' } });
+    const v = JSON.parse(r.choices[0].message.content);
+    assert.equal(typeof v, 'object');
+    assert.ok(v !== null && !Array.isArray(v));
+  }
+  // a streamed constrained answer is the same document
+  const body = { model: MODEL, seed: 3, temperature: 1, max_tokens: 120,
+    messages: [{ role: 'user', content: 'Describe a person.' }],
+    response_format: { type: 'json_schema', json_schema: { name: 'person', schema: personSchema } } };
+  const whole = (await client.chat.completions.create(body)).choices[0].message.content;
+  let streamed = '';
+  for await (const ch of await client.chat.completions.create({ ...body, stream: true }))
+    streamed += ch.choices[0]?.delta?.content ?? '';
+  assert.equal(streamed, whole);
+  // unsupported schema keywords are 400s naming them
+  await assert.rejects(client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'x' }],
+    response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'string', format: 'email' } } } }),
+  (e) => e instanceof OpenAI.BadRequestError && e.param === 'response_format' && /'format'/.test(e.message));
+});
+
+test('openai SDK: responses.create with text.format json_schema', async () => {
+  for (let seed = 0; seed < 3; seed++) {
+    const r = await client.responses.create({ model: MODEL, input: 'Describe a person.', max_output_tokens: 120,
+      seed, text: { format: { type: 'json_schema', name: 'person', strict: true, schema: personSchema } } });
+    assert.ok(Person.safeParse(JSON.parse(r.output_text)).success, r.output_text);
+  }
+});
+
+test('AI SDK: generateObject and Output.object on the default provider path and the chat path', async () => {
+  for (const model of [provider(MODEL), provider.chat(MODEL)]) {
+    for (let seed = 0; seed < 3; seed++) {
+      const { object } = await generateObject({ model, schema: Person, prompt: 'Describe a person.',
+        maxOutputTokens: 120, seed, temperature: 1 });
+      assert.ok(Person.safeParse(object).success, JSON.stringify(object));
+    }
+  }
+  const { output } = await generateText({ model: provider(MODEL), prompt: 'Describe a person.',
+    output: Output.object({ schema: Person }), maxOutputTokens: 120, seed: 5 });
+  assert.ok(Person.safeParse(output).success, JSON.stringify(output));
+});
+
+test('LangChain: withStructuredOutput (json_schema), with and without useResponsesApi', async () => {
+  for (const useResponsesApi of [false, true]) {
+    const llm = new ChatOpenAI({ model: MODEL, apiKey: KEY, configuration: { baseURL: `${URL}/v1` },
+      temperature: 1, maxTokens: 120, useResponsesApi, maxRetries: 0 });
+    const structured = llm.withStructuredOutput(Person, { name: 'person', method: 'jsonSchema', strict: true });
+    for (let i = 0; i < 2; i++) {
+      const v = await structured.invoke('Describe a person.');
+      assert.ok(Person.safeParse(v).success, `useResponsesApi ${useResponsesApi}: ${JSON.stringify(v)}`);
+    }
   }
 });
