@@ -49,6 +49,7 @@
 
 #include "capmoe/common.h"
 #include "capmoe/dispatch.h"
+#include "capmoe/grammar.h"
 #include "capmoe/logitproc.h"
 #include "capmoe/engine.h"
 #include "capmoe/hfconfig.h"
@@ -200,6 +201,8 @@ typedef struct capmoe_gen_params {
     capmoe_penalties penalties;  /* presence / frequency / repetition (logitproc.h); zeros: off */
     const capmoe_logit_bias *logit_bias; /* n_logit_bias entries (copied), ids < vocab */
     int n_logit_bias;
+    const capmoe_grammar *grammar; /* NULL, or every choice is constrained to it (grammar.h);
+                                     borrowed until FINISHED */
     int bypass_queue_limit;      /* 1: never EFULL (the 2nd.. prompts of one admitted
                                     HTTP request must not be refused half-way) */
     void *user;                  /* handed back in every event */
