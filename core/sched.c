@@ -383,10 +383,14 @@ static void load_generation_eos(capmoe_sched *s) {
     cJSON *root = cJSON_ParseWithLength(text, len);
     free(text);
     const cJSON *e = root ? cJSON_GetObjectItemCaseSensitive(root, "eos_token_id") : NULL;
-    if (cJSON_IsNumber(e)) add_eos(s, (int)e->valuedouble);
+    /* ids outside 0..vocab-1 are ignored (add_eos); checked before the
+     * conversion, which is undefined for doubles past int */
+    if (cJSON_IsNumber(e) && e->valuedouble >= 0 && e->valuedouble < s->vocab)
+        add_eos(s, (int)e->valuedouble);
     else if (cJSON_IsArray(e))
         for (const cJSON *it = e->child; it; it = it->next)
-            if (cJSON_IsNumber(it)) add_eos(s, (int)it->valuedouble);
+            if (cJSON_IsNumber(it) && it->valuedouble >= 0 && it->valuedouble < s->vocab)
+                add_eos(s, (int)it->valuedouble);
     cJSON_Delete(root);
 }
 
