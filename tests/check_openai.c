@@ -402,7 +402,32 @@ START_TEST(test_chat) {
     expect_400(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"tools\":[{\"type\":\"function\"}]}",
                "tools", "not supported");
     expect_400(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
-                  "\"response_format\":{\"type\":\"json_object\"}}", "response_format", "json_object");
+                  "\"response_format\":{\"type\":\"xml\"}}", "response_format", "json_schema");
+    expect_400(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+                  "\"response_format\":{\"type\":\"json_schema\"}}", "response_format", "json_schema");
+    expect_400(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+                  "\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"x\","
+                  "\"schema\":{\"type\":\"string\",\"pattern\":\"^a\"}}}}", "response_format", "'pattern'");
+    expect_400(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+                  "\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"x\","
+                  "\"schema\":{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\","
+                  "\"minimum\":3}}}}}}", "response_format", "'minimum'");
+    /* json_object and a supported schema compile into a grammar */
+    ck_assert_int_eq(parse(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+                              "\"response_format\":{\"type\":\"json_object\"}}", &r, &e), 0);
+    ck_assert_ptr_nonnull(r.grammar);
+    capmoe_api_request_free(&r);
+    ck_assert_int_eq(parse(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+                              "\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{"
+                              "\"name\":\"p\",\"strict\":true,\"schema\":{\"type\":\"object\","
+                              "\"properties\":{\"n\":{\"type\":\"string\"}},\"required\":[\"n\"],"
+                              "\"additionalProperties\":false}}}}", &r, &e), 0);
+    ck_assert_ptr_nonnull(r.grammar);
+    capmoe_api_request_free(&r);
+    ck_assert_int_eq(parse(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+                              "\"response_format\":{\"type\":\"text\"}}", &r, &e), 0);
+    ck_assert_ptr_null(r.grammar);
+    capmoe_api_request_free(&r);
 }
 END_TEST
 
