@@ -590,7 +590,16 @@ static int grammar_mask(capmoe_sched *s, seq *q, int new_tokens) {
     int left = rq->max_tokens - q->n_gen;
     int ctx_left = s->context - (q->kv_len + new_tokens);
     if (ctx_left < left) left = ctx_left;
-    capmoe_grammar_mask(q->gs, s->gvocab, ends, ne, left, q->allow);
+    if (capmoe_grammar_mask(q->gs, s->gvocab, ends, ne, left, q->allow) == 0) {
+        /* no token continues the document (a const / enum string holding a
+         * character that no token of this vocabulary spells whole): an
+         * error, never a sample from an empty mask (found by fuzz_grammar) */
+        seq_finish(s, q, CAPMOE_FINISH_ERROR,
+                   "the response format cannot be continued with this model's vocabulary (no "
+                   "token fits the schema here: a const or enum string may hold a character no "
+                   "token spells whole)");
+        return -1;
+    }
     capmoe_logitproc_set_allow(q->lp, q->allow, (capmoe_grammar_vocab_size(s->gvocab) + 7) / 8);
     return 0;
 }

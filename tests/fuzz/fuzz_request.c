@@ -1,11 +1,15 @@
 /* fuzz_request.c - the request body parser of the HTTP API
  * (capmoe_api_parse_request, server/openai.c; with it capmoe_json_find_nul,
- * server/json.c) and the UTF-8 helpers.
+ * server/json.c), the translation of a /v1/responses body into a chat one
+ * (capmoe_api_responses_translate, server/api_responses.c) and the UTF-8
+ * helpers.
  * Input: byte 0 selects /v1/completions (even) or /v1/chat/completions
- * (odd) and whether limits are given; the rest is the body.
+ * (odd), whether limits are given (bit 1), and /v1/responses (bit 2: the
+ * body is translated, then parsed as a chat body); the rest is the body.
  * Invariants: success fills a request whose numbers are inside the documented
  * ranges; failure is a 400 with a message. */
 #include "capmoe/json.h"
+#include "api_internal.h"
 #include "capmoe/openai.h"
 #include "fuzz.h"
 
@@ -19,7 +23,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     capmoe_api_error e;
     memset(&r, 0, sizeof r);
     memset(&e, 0, sizeof e);
+    char *chat_body = NULL, *instructions = NULL;
+    if (data[0] & 4) {
+        if (capmoe_api_responses_translate(body, len, &chat_body, &instructions, &e) != 0) {
+            FUZZ_CHECK(e.status >= 400 && e.status < 600 && e.message[0], "responses error");
+            return 0;
+        }
+        FUZZ_CHECK(chat_body != NULL, "no chat body");
+        kind = CAPMOE_API_CHAT;
+        body = chat_body;
+        len = strlen(chat_body);
+    }
     int rc = capmoe_api_parse_request(kind, body, len, (data[0] & 2) ? NULL : &lim, &r, &e);
+    if (rc != 0 && chat_body) capmoe_api_responses_param(&e);
     if (rc == 0) {
         FUZZ_CHECK(r.n >= 1, "n = %d", r.n);
         FUZZ_CHECK(r.n_stop >= 0 && r.n_stop <= CAPMOE_API_MAX_STOP, "n_stop %d", r.n_stop);
@@ -53,5 +69,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     size_t c = capmoe_utf8_complete(body, len);
     FUZZ_CHECK(c <= len, "complete %zu > %zu", c, len);
     if (valid) FUZZ_CHECK(c == len, "valid text cut at %zu of %zu", c, len);
+    free(chat_body);
+    free(instructions);
     return 0;
 }

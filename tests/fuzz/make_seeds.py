@@ -64,6 +64,14 @@ reqs += [b'\x01' + json.dumps(c).encode() for c in chat]
 reqs += [b'\x02' + json.dumps(comp[0]).encode(), b'\x03' + json.dumps(chat[0]).encode(),
          b'\x00{"prompt":"\xff\xfe"}', b'\x00' + b'[' * 2000, b'\x00{"prompt":"x"} trailing',
          b'\x01{"messages":[{"role":"user","content":"\\ud800"}]}']
+resp = [{"input": "Hello", "max_output_tokens": 8},
+        {"input": [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}],
+         "instructions": "Be brief.", "temperature": 0.5},
+        {"input": "x", "text": {"format": {"type": "json_schema", "name": "o", "schema":
+         {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}}},
+        {"input": "x", "reasoning": {"effort": "high"}},
+        {"input": "x", "max_output_tokens": 6666666666, "stream": True}]
+reqs += [b'\x05' + json.dumps(c).encode() for c in resp]
 seeds('request', reqs)
 
 # ---- tokenizer_load: whole tokenizer.json files (the small ones) ----
@@ -169,4 +177,28 @@ ch.append(bytes([1]) + json.dumps(convs[0]).encode() + b'\x00' + json.dumps(tool
 ch.append(bytes([2]) + b'[{"role":"user","content":"\\ud800"}]')
 ch.append(bytes([3]) + b'[{"role":5,"content":{"a":[1,2]}}]')
 seeds('chat', ch)
+# ---- grammar: schema, NUL, driver (byte 0 even: text; odd: token walk) ----
+schemas = [
+    None,
+    {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
+     "age": {"type": "integer"}, "ok": {"type": "boolean"}}, "required": ["name"],
+     "additionalProperties": False},
+    {"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": 3},
+    {"enum": ["red", "green", 3, None]},
+    {"anyOf": [{"type": "string"}, {"type": "null"}]},
+    {"$defs": {"p": {"type": "object", "properties": {"x": {"type": "integer", "minimum": 0}}}},
+     "type": "object", "properties": {"a": {"$ref": "#/$defs/p"}, "b": {"const": "k"}}},
+    {"type": ["string", "integer"], "minLength": 2},
+]
+docs = ['{"k":[1,2.5e3,"x",null,true]}', '{"name":"Bob","age":42}', '[1,-2.5]', '"green"', 'null',
+        '{"a":{"x":7},"b":"k"}', '"ab"']
+gr = []
+for sc, doc in zip(schemas, docs):
+    st = (json.dumps(sc) if sc is not None else '').encode()
+    gr.append(st + b'\x00' + b'\x02' + doc.encode())
+    gr.append(st + b'\x00' + b'\x01' + bytes(range(7, 7 + 48)))
+    gr.append(st + b'\x00' + b'\x03' + bytes([0] * 48))
+gr.append(b'{"type":"string","pattern":"a+"}\x00\x00"a"')
+gr.append(b'{"$ref":"#/$defs/a","$defs":{"a":{"$ref":"#/$defs/a"}}}\x00\x01\x01')
+seeds('grammar', gr)
 print('seeds written to', OUT)

@@ -215,6 +215,19 @@ test('numeric edge values in every numeric field: 200 or 400 naming it, never a 
   assert.equal((await get('/health')).status, 200);
 });
 
+test('a schema the vocabulary cannot spell: an error naming it, never unconstrained text', async () => {
+  // U+1D538: no token of the tiny vocabulary spells it whole (found by fuzz_grammar)
+  const body = { messages: [{ role: 'user', content: 'x' }], max_tokens: 8,
+    response_format: { type: 'json_schema', json_schema: { name: 'a', schema: { const: '\u{1D538}' } } } };
+  const r = await post('/v1/chat/completions', body);
+  assert.equal(r.status, 500, r.text);
+  assert.match(r.json.error.message, /cannot be continued with this model's vocabulary/);
+  const ok = await post('/v1/chat/completions', { ...body, response_format: { type: 'json_schema',
+    json_schema: { name: 'a', schema: { const: 'ab' } } } });
+  assert.equal(ok.status, 200, ok.text);
+  assert.equal(ok.json.choices[0].message.content, '"ab"');
+});
+
 test('the server still works: a stream to the end', async () => {
   const r = await post('/v1/completions', { prompt: 'after', max_tokens: 3, ignore_eos: true, stream: true });
   assert.equal(r.status, 200);
