@@ -62,8 +62,9 @@ char *capmoe_read_file_max(const char *path, size_t *len, size_t max, capmoe_err
     }
     int fl = fcntl(fd, F_GETFL);
     if (fl >= 0) (void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
-    /* st_size is a hint (files in /proc say 0); the loop enforces max. */
-    size_t cap = (size_t)sb.st_size + 1 > 4096 ? (size_t)sb.st_size + 1 : 4096, n = 0;
+    /* st_size is a hint (files in /proc say 0); the loop enforces max. Room
+     * for the NUL and one more byte, so that the end is seen without growing. */
+    size_t cap = (size_t)sb.st_size + 2 > 4096 ? (size_t)sb.st_size + 2 : 4096, n = 0;
     char *buf = malloc(cap);
     if (!buf) {
         close(fd);
