@@ -3,6 +3,7 @@
  * lookups, !r !s !a conversions, the format-spec mini-language for str,
  * int, bool and float) and printf-style % (the format filter too). A Markup
  * string escapes the plain strings formatted into it. */
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,14 +50,21 @@ static void parse_spec(jj_rt *rt, const jj_node *at, const char *s, size_t n, sp
     }
     if (i < n && s[i] >= '0' && s[i] <= '9') {
         sp->width = 0;
-        while (i < n && s[i] >= '0' && s[i] <= '9') sp->width = sp->width * 10 + (s[i++] - '0');
+        while (i < n && s[i] >= '0' && s[i] <= '9') {
+            /* Python: ValueError past sys.maxsize (found by fuzz_jinja) */
+            if (sp->width > (LONG_MAX - 9) / 10) jj_fail(rt, at, "Too many decimal digits in format string");
+            sp->width = sp->width * 10 + (s[i++] - '0');
+        }
     }
     if (i < n && (s[i] == ',' || s[i] == '_')) sp->group = s[i++];
     if (i < n && s[i] == '.') {
         i++;
         if (i >= n || s[i] < '0' || s[i] > '9') jj_fail(rt, at, "Format specifier missing precision");
         sp->prec = 0;
-        while (i < n && s[i] >= '0' && s[i] <= '9') sp->prec = sp->prec * 10 + (s[i++] - '0');
+        while (i < n && s[i] >= '0' && s[i] <= '9') {
+            if (sp->prec > (LONG_MAX - 9) / 10) jj_fail(rt, at, "Too many decimal digits in format string");
+            sp->prec = sp->prec * 10 + (s[i++] - '0');
+        }
     }
     if (i < n) sp->type = s[i++];
     if (i < n) jj_fail(rt, at, "Invalid format specifier '%.*s'", (int)n, s);
@@ -424,12 +432,18 @@ jj_val jj_percent_format(jj_rt *rt, const jj_node *at, jj_val fmt, jj_val args) 
         long width = -1, prec = -1;
         if (i < n && p[i] >= '0' && p[i] <= '9') {
             width = 0;
-            while (i < n && p[i] >= '0' && p[i] <= '9') width = width * 10 + (p[i++] - '0');
+            while (i < n && p[i] >= '0' && p[i] <= '9') {
+                if (width > (LONG_MAX - 9) / 10) jj_fail(rt, at, "width too big");
+                width = width * 10 + (p[i++] - '0');
+            }
         }
         if (i < n && p[i] == '.') {
             i++;
             prec = 0;
-            while (i < n && p[i] >= '0' && p[i] <= '9') prec = prec * 10 + (p[i++] - '0');
+            while (i < n && p[i] >= '0' && p[i] <= '9') {
+                if (prec > (LONG_MAX - 9) / 10) jj_fail(rt, at, "precision too big");
+                prec = prec * 10 + (p[i++] - '0');
+            }
         }
         while (i < n && strchr("hlL", p[i])) i++;
         if (i >= n) jj_fail(rt, at, "incomplete format");
