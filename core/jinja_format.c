@@ -11,6 +11,11 @@
 
 #include "jinja_internal.h"
 
+/* Floats are formatted into 512-byte buffers: up to 309 integer digits
+ * (1e308 with 'f') and this many after the point. Python formats any
+ * precision; capmoe refuses more than this (no template needs it). */
+#define JJ_MAX_FLOAT_PREC 150
+
 /* ---- str.format ----------------------------------------------------------------------------------------- */
 
 typedef struct spec {
@@ -130,12 +135,12 @@ static void fmt_float(double x, const spec *sp, char *out, size_t cap) {
     }
     /* g, G, n, or none with a precision */
     long p = prec < 0 ? 6 : prec == 0 ? 1 : prec;
-    char e[64];
+    char e[512]; /* p <= JJ_MAX_FLOAT_PREC: the 'e' is never cut off */
     snprintf(e, sizeof e, "%.*e", (int)(p - 1), fabs(x));
     int exp10 = atoi(strchr(e, 'e') + 1);
     /* no type: like g, but scientific from exp >= p - 1 and at least one decimal */
     int sci = exp10 < -4 || exp10 >= (t == 0 ? p - 1 : p);
-    char buf[128];
+    char buf[512];
     if (sci) {
         snprintf(buf, sizeof buf, (t == 'G') ? "%.*E" : "%.*e", (int)(p - 1), fabs(x));
         if (!sp->alt) { /* strip zeros in the mantissa */
@@ -223,6 +228,9 @@ static jj_val format_value(jj_rt *rt, const jj_node *at, jj_val v, const char *s
     if (v.t == JT_FLOAT) {
         if (sp.type && !strchr("eEfFgGn%", sp.type))
             jj_fail(rt, at, "Unknown format code '%c' for object of type 'float'", sp.type);
+        /* num holds 309 integer digits of 1e308 plus the precision */
+        if (sp.prec > JJ_MAX_FLOAT_PREC)
+            jj_fail(rt, at, "a float precision above %d is not supported", JJ_MAX_FLOAT_PREC);
         char num[512];
         fmt_float(v.u.f, &sp, num, sizeof num);
         jj_buf body = {0};
@@ -489,7 +497,11 @@ jj_val jj_percent_format(jj_rt *rt, const jj_node *at, jj_val fmt, jj_val args) 
                 x = (int64_t)v.u.f;
             } else jj_fail(rt, at, "%%%c format: a%s number is required, not %s", t, t == 'd' || t == 'i' || t == 'u' ? " real" : "n integer", jj_type_name(v));
             uint64_t u = x < 0 ? (uint64_t)0 - (uint64_t)x : (uint64_t)x;
-            char buf[80];
+            /* the precision pads with zeros: '%.200d' % 5 is 200 digits (a
+             * fixed buffer overflowed here; found by fuzzing) */
+            if (prec > (long)rt->max_output)
+                jj_fail(rt, at, "the output exceeds %zu bytes (the limit of one render)", rt->max_output);
+            char *buf = jj_alloc(rt, (size_t)(prec > 0 ? prec : 0) + 80);
             int base = t == 'o' ? 8 : (t == 'x' || t == 'X') ? 16 : 10;
             size_t nd = 0;
             char tmp[80];
@@ -514,6 +526,8 @@ jj_val jj_percent_format(jj_rt *rt, const jj_node *at, jj_val fmt, jj_val args) 
             if (v.t == JT_FLOAT) x = v.u.f;
             else if (v.t == JT_INT || v.t == JT_BOOL) x = (double)v.u.i;
             else jj_fail(rt, at, "must be real number, not %s", jj_type_name(v));
+            if (prec > JJ_MAX_FLOAT_PREC)
+                jj_fail(rt, at, "a float precision above %d is not supported", JJ_MAX_FLOAT_PREC);
             char f[48], buf[512];
             snprintf(f, sizeof f, "%%%s.%ld%c", alt ? "#" : "", prec < 0 ? 6 : prec, t);
             snprintf(buf, sizeof buf, f, fabs(x));
