@@ -102,6 +102,7 @@ struct capmoe_sched {
     int ready;             /* 1 loaded, -1 failed, 0 loading */
     capmoe_dispatch_cfg pending_dispatch; /* capmoe_sched_set_dispatch, taken before a step */
     int has_pending_dispatch;
+    int regime_crossover;  /* regime_tokens under "auto": measured at load (READY on) */
 
     /* scheduler thread (read-only for others after READY: tok, hc, context, vocab) */
     capmoe_model *model;
@@ -382,15 +383,21 @@ static void load_generation_eos(capmoe_sched *s) {
     cJSON *root = cJSON_ParseWithLength(text, len);
     free(text);
     const cJSON *e = root ? cJSON_GetObjectItemCaseSensitive(root, "eos_token_id") : NULL;
-    if (cJSON_IsNumber(e)) add_eos(s, (int)e->valuedouble);
+    /* ids outside 0..vocab-1 are ignored (add_eos); checked before the
+     * conversion, which is undefined for doubles past int */
+    if (cJSON_IsNumber(e) && e->valuedouble >= 0 && e->valuedouble < s->vocab)
+        add_eos(s, (int)e->valuedouble);
     else if (cJSON_IsArray(e))
         for (const cJSON *it = e->child; it; it = it->next)
-            if (cJSON_IsNumber(it)) add_eos(s, (int)it->valuedouble);
+            if (cJSON_IsNumber(it) && it->valuedouble >= 0 && it->valuedouble < s->vocab)
+                add_eos(s, (int)it->valuedouble);
     cJSON_Delete(root);
 }
 
 static int load(capmoe_sched *s, capmoe_error *err) {
     capmoe_model_opts mo = {.max_ranks = s->o.dispatch.ep_ranks, .threads = s->o.threads,
+                            .compute = (capmoe_compute)s->o.compute,
+                            .kv_dtype = (capmoe_kv_dtype)s->o.kv_dtype,
                             .comm = s->o.comm};
     capmoe_error lerr;
     int lrc = capmoe_model_load(&s->model, s->model_dir, &mo, &lerr);
@@ -406,6 +413,18 @@ static int load(capmoe_sched *s, capmoe_error *err) {
     if (s->hc->n_moe_layers > 0 &&
         capmoe_dispatch_cfg_check(&s->o.dispatch, s->hc->n_experts, err) != 0)
         return -1;
+    /* regime_tokens auto: where a dispatch stops being memory-bound, measured
+     * once on this machine and model (capmoe_model_regime_probe). Under --ep
+     * mpi, whose experts live in other processes, every decode step counts as
+     * memory-bound: max_running + 1 tokens. */
+    capmoe_regime_probe probe;
+    capmoe_error perr;
+    if (s->hc->n_moe_layers > 0 && !s->o.comm &&
+        capmoe_model_regime_probe(s->model, 256, 3, &probe, &perr) == 0)
+        s->regime_crossover = probe.crossover;
+    else
+        s->regime_crossover = s->o.max_running + 1;
+    if (s->o.dispatch.regime_auto) s->o.dispatch.regime_tokens = s->regime_crossover;
     if (capmoe_tokenizer_load(&s->tok, s->model_dir, err) != 0) return -1;
     s->vocab = s->hc->vocab_size;
     int maxpos = s->hc->max_position_embeddings;
@@ -828,6 +847,7 @@ static void *thread_main(void *arg) {
         s->n_cancel -= nc;
         if (s->has_pending_dispatch) { /* between two forwards: no batch sees two settings */
             s->o.dispatch = s->pending_dispatch;
+            if (s->o.dispatch.regime_auto) s->o.dispatch.regime_tokens = s->regime_crossover;
             s->has_pending_dispatch = 0;
         }
         int all = s->cancel_all || s->stop;
@@ -1229,4 +1249,11 @@ int capmoe_sched_context(const capmoe_sched *s) { return s->context; }
 int capmoe_sched_vocab(const capmoe_sched *s) { return s->vocab; }
 size_t capmoe_sched_weight_bytes(const capmoe_sched *s) {
     return s->model ? capmoe_model_alloc_bytes(s->model) + capmoe_model_mapped_bytes(s->model) : 0;
+}
+
+int capmoe_sched_regime_tokens(capmoe_sched *s) {
+    pthread_mutex_lock(&s->mu);
+    int ready = s->ready;
+    pthread_mutex_unlock(&s->mu);
+    return ready == 1 ? s->regime_crossover : 0;
 }

@@ -204,10 +204,15 @@ static void handle_event(capmoe_api *api, capmoe_sched_event *ev) {
     if (ev->type == CAPMOE_EV_READY) {
         api->loaded = 1;
         if (api->state == CAPMOE_API_LOADING) api->state = CAPMOE_API_READY;
+        int crossover = capmoe_sched_regime_tokens(api->sched);
+        capmoe_metrics_set_regime_crossover(api->metrics, crossover);
         capmoe_log_field f[] = {CAPMOE_LOG_STR("model", api->model_id),
                                 CAPMOE_LOG_INT("context", capmoe_sched_context(api->sched)),
-                                CAPMOE_LOG_STR("chat_template", capmoe_chat_source(api->chat))};
-        capmoe_log_fields(api->log, CAPMOE_LOG_INFO, f, 3, "model loaded; ready");
+                                CAPMOE_LOG_STR("chat_template", capmoe_chat_source(api->chat)),
+                                CAPMOE_LOG_INT("regime_crossover_tokens", crossover)};
+        capmoe_log_fields(api->log, CAPMOE_LOG_INFO, f, 4,
+                          "model loaded; ready (memory/compute crossover: %d tokens per dispatch)",
+                          crossover);
         return;
     }
     if (ev->type == CAPMOE_EV_FATAL) {

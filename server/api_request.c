@@ -242,7 +242,7 @@ static int check_unsupported(const cJSON *root, capmoe_api_request *r, capmoe_ap
     f = capmoe_api_field(root, "best_of");
     if (f) {
         if (!capmoe_api_is_integer(f)) return E400(e, "best_of", "'best_of' must be an integer");
-        if ((int)f->valuedouble != r->n)
+        if (f->valuedouble != (double)r->n) /* compared as doubles: 6666666666 is no int */
             return E400(e, "best_of", "'best_of' is not supported (only equal to n)");
     }
     f = capmoe_api_field(root, "suffix");

@@ -264,6 +264,18 @@ START_TEST(test_completion_refusals) {
     expect_400(C, "{\"prompt\":\"x\",\"logit_bias\":{\"1.5\":1}}", "logit_bias", "token ids");
     expect_400(C, "{\"prompt\":\"x\",\"logit_bias\":3}", "logit_bias", NULL);
     expect_400(C, "{\"prompt\":\"x\",\"best_of\":2}", "best_of", NULL);
+    /* issue 17: numbers past int are range-checked before any conversion
+     * (the ASan build traps float-cast-overflow) */
+    expect_400(C, "{\"prompt\":\"x\",\"best_of\":6666666666}", "best_of", "not supported");
+    expect_400(C, "{\"prompt\":\"x\",\"best_of\":-1e300}", "best_of", "not supported");
+    expect_400(C, "{\"prompt\":\"x\",\"n\":6666666666}", "n", NULL);
+    expect_400(C, "{\"prompt\":\"x\",\"max_tokens\":1e300}", "max_tokens", NULL);
+    expect_400(C, "{\"prompt\":\"x\",\"top_k\":-2147483649}", "top_k", NULL);
+    expect_400(C, "{\"prompt\":\"x\",\"seed\":1e19}", "seed", NULL);
+    expect_400(C, "{\"prompt\":\"x\",\"logprobs\":4294967297}", "logprobs", NULL);
+    expect_400(C, "{\"prompt\":[4294967296]}", "prompt", NULL);
+    expect_400(C, "{\"prompt\":\"x\",\"stop_token_ids\":[1e20]}", "stop_token_ids", NULL);
+    expect_400(C, "{\"prompt\":\"x\",\"logit_bias\":{\"99999999999999999999\":1}}", "logit_bias", NULL);
     expect_400(C, "{\"prompt\":\"x\",\"suffix\":\"end\"}", "suffix", "not supported");
     expect_400(C, "{\"prompt\":\"x\",\"stop_token_ids\":[600]}", "stop_token_ids", NULL);
     expect_400(C, "{\"prompt\":\"x\",\"ignore_eos\":\"no\"}", "ignore_eos", NULL);

@@ -171,6 +171,8 @@ typedef struct capmoe_sched_opts {
     capmoe_dispatch_cfg dispatch;
     int collect_stats;           /* 1: pass capmoe_forward_stats to the forward */
     int threads;                 /* engine threads (capmoe_model_opts); 0 = one per core */
+    int compute;                 /* capmoe_model_opts.compute */
+    int kv_dtype;                /* capmoe_model_opts.kv_dtype */
     capmoe_comm *comm;           /* --ep mpi (borrowed): this is rank 0; the other ranks run
                                     capmoe_engine_serve; dispatch.ep_ranks must be the size.
                                     New sequences go to the rank with the fewest live tokens. */
@@ -234,6 +236,11 @@ void capmoe_sched_cancel(capmoe_sched *s, uint64_t id);
  * is loaded the configuration is checked against it (-1 with err, nothing
  * changed). Thread-safe. */
 int capmoe_sched_set_dispatch(capmoe_sched *s, const capmoe_dispatch_cfg *d, capmoe_error *err);
+/* The memory/compute crossover measured when the model loaded, which
+ * dispatch.regime_auto ("regime_tokens": "auto") uses as regime_tokens
+ * (capmoe_model_regime_probe; max_running + 1 under --ep mpi); 0 before the
+ * model is ready. Thread-safe. */
+int capmoe_sched_regime_tokens(capmoe_sched *s);
 /* Stops admitting new requests (submit returns EDRAINING); queued and running
  * requests go on. Thread-safe. */
 void capmoe_sched_drain(capmoe_sched *s);
