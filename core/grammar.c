@@ -19,7 +19,7 @@
 #define MAX_EXP_DIGITS 2
 #define ANY_DEPTH 6          /* nesting of free-form (json_object) values */
 
-enum { G_ANY, G_OBJECT, G_ARRAY, G_STRING, G_NUMBER, G_INTEGER, G_LIT, G_ANYOF };
+enum { G_ANY, G_OBJECT, G_ARRAY, G_STRING, G_NUMBER, G_INTEGER, G_LIT, G_ANYOF, G_CALLS };
 
 typedef struct gnode {
     int kind;
@@ -42,6 +42,10 @@ typedef struct gnode {
     /* anyOf */
     int n_alts;
     struct gnode **alts;
+    /* calls: n_lits prefixes (lits), the argument schema of each (alts), the
+     * suffix, min_items: several calls allowed */
+    char *suffix;
+    size_t suffix_len;
     struct gnode *next_alloc;  /* every node of a grammar, for freeing */
 } gnode;
 
@@ -90,6 +94,7 @@ static void node_free(gnode *n) {
     free(n->lits);
     free(n->lit_len);
     free(n->alts);
+    free(n->suffix);
     free(n);
 }
 
@@ -362,6 +367,7 @@ int capmoe__grammar_starts(const gnode *n, int b) {
         for (int i = 0; i < n->n_alts; i++)
             if (capmoe__grammar_starts(n->alts[i], b)) return 1;
         return 0;
+    case G_CALLS: return (unsigned char)n->lits[0][0] == b;
     }
     return 0;
 }
@@ -393,6 +399,35 @@ int capmoe_grammar_compile(capmoe_grammar **out, const cJSON *schema, capmoe_err
             return -1;
         }
     }
+    *out = g;
+    return 0;
+}
+
+int capmoe_grammar_compile_calls(capmoe_grammar **out, const char *const *prefixes,
+                                 const cJSON *const *schemas, int n, const char *suffix,
+                                 int several, capmoe_error *err) {
+    *out = NULL;
+    if (n < 1 || n > MAX_CAND) return capmoe_set_error(err, "1 to 64 tools");
+    capmoe_grammar *g = NULL;
+    if (capmoe_grammar_compile(&g, NULL, err) != 0) return -1;
+    gnode *calls = node_new(g, G_CALLS);
+    if (!calls || !(calls->alts = calloc((size_t)n, sizeof *calls->alts)) ||
+        !(calls->suffix = strdup(suffix))) {
+        capmoe_grammar_free(g);
+        return capmoe_set_error(err, "out of memory");
+    }
+    calls->suffix_len = strlen(suffix);
+    calls->min_items = several;
+    for (int i = 0; i < n; i++) {
+        compiler c = {g, schemas[i], err, 0};
+        gnode *a = schemas[i] ? compile(&c, schemas[i], "parameters", 0) : g->any_obj;
+        if (!a || add_lit(calls, prefixes[i]) != 0) {
+            capmoe_grammar_free(g);
+            return a ? capmoe_set_error(err, "out of memory") : -1;
+        }
+        calls->alts[calls->n_alts++] = a;
+    }
+    g->root = calls;
     *out = g;
     return 0;
 }
@@ -440,6 +475,7 @@ static int lit_can_end(const gframe *f) {
 static int frame_can_end(const gframe *f) {
     if (f->n->kind == G_NUMBER || f->n->kind == G_INTEGER) return num_accepting(f->ph);
     if (f->n->kind == G_LIT) return f->ph == 1 && lit_can_end(f);
+    if (f->n->kind == G_CALLS) return f->ph == 3;
     return 0;
 }
 
@@ -676,6 +712,48 @@ static int feed_byte(capmoe_grammar_state *s, int c) {
                 }
                 return -1;
             }
+        case G_CALLS:
+            /* phases: 0 a prefix (cand / pos), 1 the arguments (child), 2 the
+             * suffix (pos), 3 after a call (separator "\n" or the end) */
+            if (f->ph == 3) {
+                if (c != '\n' || !n->min_items) return -1;
+                f->ph = 0;
+                f->pos = 0;
+                f->cand = n->n_lits >= 64 ? ~0ull : ((1ull << n->n_lits) - 1);
+                return 0;
+            }
+            if (f->ph == 0) {
+                if (f->pos == 0 && f->cand == 0)
+                    f->cand = n->n_lits >= 64 ? ~0ull : ((1ull << n->n_lits) - 1);
+                uint64_t nc = 0;
+                int hit = -1;
+                for (int i = 0; i < n->n_lits; i++)
+                    if ((f->cand >> i & 1) && n->lit_len[i] > f->pos &&
+                        (unsigned char)n->lits[i][f->pos] == c) {
+                        nc |= 1ull << i;
+                        if (n->lit_len[i] == (size_t)f->pos + 1) hit = i;
+                    }
+                if (!nc) return -1;
+                f->cand = nc;
+                f->pos++;
+                if (hit >= 0) { /* prefixes end with the tool's name: unique */
+                    f->count = (uint16_t)hit;
+                    f->ph = 4;
+                }
+                return 0;
+            }
+            if (f->ph == 4) { /* the arguments' first byte */
+                const gnode *a = resolve(g, n->alts[f->count], c, 0);
+                if (!a) return -1;
+                f->ph = 2;
+                f->pos = 0;
+                if (push(s, a, a == g->any_obj || a == g->any_arr) != 0) return -1;
+                continue;
+            }
+            /* 2: the suffix */
+            if ((unsigned char)n->suffix[f->pos] != c) return -1;
+            if (++f->pos == n->suffix_len) f->ph = 3;
+            return 0;
         default:
             return -1;
         }
@@ -692,6 +770,14 @@ int capmoe_grammar_feed(capmoe_grammar_state *s, const char *text, size_t len) {
 
 int capmoe_grammar_complete(const capmoe_grammar_state *s) {
     return s->done || (s->depth == 1 && frame_can_end(&s->st[0]));
+}
+
+int capmoe_grammar_can_continue(const capmoe_grammar_state *s) {
+    for (int c = 0; c < 256; c++) {
+        capmoe_grammar_state t = *s;
+        if (feed_byte(&t, c) == 0) return 1;
+    }
+    return 0;
 }
 
 /* ---- the shortest completion (for the end of the budget) ------------------------------------ */
@@ -734,6 +820,11 @@ static void min_value(const capmoe_grammar *g, const gnode *n, sbuf *b, int dept
         break;
     }
     case G_ANYOF: min_value(g, n->alts[0], b, depth + 1); break;
+    case G_CALLS:
+        sput(b, n->lits[0], n->lit_len[0]);
+        min_value(g, n->alts[0], b, depth + 1);
+        sput(b, n->suffix, n->suffix_len);
+        break;
     case G_ARRAY:
         sputs(b, "[");
         for (int i = 0; i < n->min_items; i++) {
@@ -868,6 +959,23 @@ static void completion(const capmoe_grammar_state *s, sbuf *b) {
             else close_object(g, n, seen, b);
             break;
         }
+        case G_CALLS:
+            if (f->ph == 0) {
+                int best = -1;
+                for (int i = 0; i < n->n_lits; i++)
+                    if ((f->cand == 0 || (f->cand >> i & 1)) &&
+                        (best < 0 || n->lit_len[i] < n->lit_len[best]))
+                        best = i;
+                sput(b, n->lits[best] + f->pos, n->lit_len[best] - f->pos);
+                min_value(g, n->alts[best], b, 1);
+                sput(b, n->suffix, n->suffix_len);
+            } else if (f->ph == 4) {
+                min_value(g, n->alts[f->count], b, 1);
+                sput(b, n->suffix, n->suffix_len);
+            } else if (f->ph == 2) {
+                sput(b, n->suffix + f->pos, n->suffix_len - f->pos);
+            }
+            break;
         default:
             break;
         }
@@ -985,6 +1093,9 @@ int capmoe_grammar_mask(const capmoe_grammar_state *s, const capmoe_grammar_voca
     sbuf comp = {.n = 0};
     completion(s, &comp);
     int closing = !comp.over && left <= (int)comp.n + 1;
+    /* near the end of the budget each token is checked to leave a document
+     * that can still close (a ',' or another call would need more) */
+    int near_end = !comp.over && left <= (int)comp.n + 64;
     /* bytes that can come first */
     uint8_t first[256];
     for (int c = 0; c < 256; c++) {
@@ -993,29 +1104,39 @@ int capmoe_grammar_mask(const capmoe_grammar_state *s, const capmoe_grammar_voca
     }
     const gframe *top = s->depth ? &s->st[s->depth - 1] : NULL;
     int plain_string = top && top->n->kind == G_STRING && top->ph == 1 && top->n->max_len < 0;
-    for (int id = 0; id < V; id++) {
-        int L = v->len[id];
-        if (L <= 0) continue;
-        const unsigned char *p = (const unsigned char *)v->bytes + v->off[id];
-        if (!first[p[0]]) continue;
-        if (closing) {
-            if ((size_t)L > comp.n || memcmp(p, comp.p, (size_t)L) != 0) continue;
-        } else if (plain_string) { /* fast path: text without quote, backslash or control */
-            int simple = 1;
-            for (int k = 0; k < L && simple; k++) simple = p[k] >= 0x20 && p[k] != '"' && p[k] != '\\';
-            if (simple) {
+    for (int attempt = 0; attempt < 2; attempt++) {
+        for (int id = 0; id < V; id++) {
+            int L = v->len[id];
+            if (L <= 0) continue;
+            const unsigned char *p = (const unsigned char *)v->bytes + v->off[id];
+            if (!first[p[0]]) continue;
+            if (closing) {
+                if ((size_t)L > comp.n || memcmp(p, comp.p, (size_t)L) != 0) continue;
+            } else if (plain_string && !near_end) { /* fast path: no quote, backslash or control */
+                int simple = 1;
+                for (int k = 0; k < L && simple; k++) simple = p[k] >= 0x20 && p[k] != '"' && p[k] != '\\';
+                if (simple) {
+                    allow[id / 8] |= (uint8_t)(1u << (id % 8));
+                    count++;
+                    continue;
+                }
+            }
+            capmoe_grammar_state t = *s;
+            int ok = 1;
+            for (int k = 0; k < L && ok; k++) ok = feed_byte(&t, p[k]) == 0;
+            if (ok && near_end) { /* the document must still close in what is left */
+                sbuf after = {.n = 0};
+                completion(&t, &after);
+                ok = !after.over && (int)after.n <= left - 1;
+            }
+            if (ok) {
                 allow[id / 8] |= (uint8_t)(1u << (id % 8));
                 count++;
-                continue;
             }
         }
-        capmoe_grammar_state t = *s;
-        int ok = 1;
-        for (int k = 0; k < L && ok; k++) ok = feed_byte(&t, p[k]) == 0;
-        if (ok) {
-            allow[id / 8] |= (uint8_t)(1u << (id % 8));
-            count++;
-        }
+        if (count > 0 || !near_end) break;
+        near_end = 0; /* no token can close in time: the best effort is to go on */
+        closing = 0;
     }
     return count;
 }

@@ -517,6 +517,11 @@ static void accept_token(capmoe_sched *s, seq *q, const capmoe_step_out *o) {
     if (fin == CAPMOE_FINISH_NONE) {
         if (q->n_gen >= rq->max_tokens) fin = CAPMOE_FINISH_LENGTH;
         else if (q->kv_len + 1 > s->context) fin = CAPMOE_FINISH_LENGTH;
+        /* a constrained document completed by the last token allowed: only
+         * an end token could follow, so it ended as it would have */
+        if (fin == CAPMOE_FINISH_LENGTH && q->gs && capmoe_grammar_complete(q->gs) &&
+            !capmoe_grammar_can_continue(q->gs))
+            fin = CAPMOE_FINISH_STOP;
     }
     if (stop_string) seq_finish_ex(s, q, fin, 0, NULL);
     else if (fin != CAPMOE_FINISH_NONE) seq_finish(s, q, fin, NULL);

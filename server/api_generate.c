@@ -350,7 +350,28 @@ static int build_prompts(capmoe_api *api, gen_call *c, capmoe_api_error *e) {
     for (int i = 0; i < n_sub; i++) {
         if (r->kind == CAPMOE_API_CHAT) {
             char *text = NULL;
-            if (capmoe_chat_apply_msgs(api->chat, r->messages, r->n_messages, 1, &text, &err) != 0)
+            const char *tools = r->tool_choice == CAPMOE_TOOLS_NONE ? NULL : r->tools_json;
+            int arc;
+            if (r->messages_json || tools) {
+                char *mj = r->messages_json;
+                if (!mj) { /* plain messages, rendered with the tools */
+                    cJSON *arr = cJSON_CreateArray();
+                    for (int k = 0; k < r->n_messages; k++) {
+                        cJSON *m = cJSON_CreateObject();
+                        cJSON_AddStringToObject(m, "role", r->messages[k].role);
+                        cJSON_AddStringToObject(m, "content", r->messages[k].content);
+                        cJSON_AddItemToArray(arr, m);
+                    }
+                    mj = cJSON_PrintUnformatted(arr);
+                    cJSON_Delete(arr);
+                    if (!mj) return capmoe_api_fail(e, 500, "server_error", NULL, NULL, "out of memory");
+                }
+                arc = capmoe_chat_apply(api->chat, mj, tools, 1, NULL, &text, &err);
+                if (mj != r->messages_json) free(mj);
+            } else {
+                arc = capmoe_chat_apply_msgs(api->chat, r->messages, r->n_messages, 1, &text, &err);
+            }
+            if (arc != 0)
                 return E400(e, "messages", "cannot apply the chat template: %s", err.msg);
             /* the template writes its special tokens (bos) as text */
             int rc = capmoe_tokenizer_encode(tok, text, strlen(text), 0, &c->sub_ids[i], &c->sub_n[i],
@@ -455,6 +476,14 @@ static void generate(capmoe_api *api, capmoe_http_req *req, capmoe_api_kind kind
         capmoe_api_fail(&e, 404, "invalid_request_error", "model_not_found", "model",
                         "The model '%s' does not exist (this server serves '%s')", c->rq.model,
                         api->model_id);
+        goto fail;
+    }
+    if ((c->rq.tool_choice == CAPMOE_TOOLS_REQUIRED || c->rq.tool_choice == CAPMOE_TOOLS_NAMED) &&
+        !capmoe_api_tools_hermes(api)) {
+        E400(&e, "tool_choice",
+             "'tool_choice' required / a named function is enforced only for chat templates that "
+             "write tool calls as <tool_call> JSON (Hermes, Qwen); this model's template does not");
+        if (responses) capmoe_api_responses_param(&e);
         goto fail;
     }
     if (c->rq.n > api->cfg->max_running) {

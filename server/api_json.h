@@ -36,4 +36,18 @@ int capmoe_api_parse_ids(const cJSON *arr, const char *param, const capmoe_api_l
  * {role, content}) into r->messages / r->n_messages. */
 int capmoe_api_parse_messages(const cJSON *root, capmoe_api_request *r, capmoe_api_error *e);
 
+/* api_tools.c: checks the tool parts of message idx (role "tool":
+ * tool_call_id; assistant: tool_calls) and adds them to out, the message
+ * as the template gets it. */
+int capmoe_api_tool_message(const cJSON *it, int idx, const char *role, cJSON *out,
+                            capmoe_api_error *e);
+/* api_tools.c: tools, tool_choice, parallel_tool_calls into r (after
+ * response_format: a required / named choice sets r->grammar). */
+int capmoe_api_parse_tools(const cJSON *root, capmoe_api_request *r, capmoe_api_error *e);
+/* api_tools.c: the tool calls in generated text, as OpenAI's message.tool_calls
+ * (ids call_<id_base>_<k>), or NULL when there are none; *content: the text
+ * around them (malloc'd, NULL when empty). */
+cJSON *capmoe_api_tool_calls(const capmoe_api_request *r, const char *text, const char *id_base,
+                             char **content);
+
 #endif

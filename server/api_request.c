@@ -101,36 +101,72 @@ int capmoe_api_parse_messages(const cJSON *root, capmoe_api_request *r, capmoe_a
     if (n == 0) return E400(e, "messages", "'messages' must not be empty");
     r->messages = calloc((size_t)n, sizeof *r->messages);
     if (!r->messages) return capmoe_api_fail(e, 500, "server_error", NULL, NULL, "out of memory");
+    /* the messages as the template gets them (kept when a tool conversation
+     * needs more than role / content) */
+    cJSON *arr = cJSON_CreateArray();
+    int tool_parts = 0;
     int i = 0;
     for (const cJSON *it = m->child; it; it = it->next, i++) {
         char param[48];
         snprintf(param, sizeof param, "messages[%d]", i);
-        if (!cJSON_IsObject(it)) return E400(e, param, "'%s' must be an object", param);
+        if (!cJSON_IsObject(it)) {
+            cJSON_Delete(arr);
+            return E400(e, param, "'%s' must be an object", param);
+        }
         const cJSON *role = capmoe_api_field(it, "role");
-        if (!role || !cJSON_IsString(role))
+        if (!role || !cJSON_IsString(role)) {
+            cJSON_Delete(arr);
             return E400(e, param, "'%s.role' must be a string", param);
+        }
         const char *rs = role->valuestring;
         if (strcmp(rs, "developer") == 0) rs = "system";
-        if (strcmp(rs, "system") != 0 && strcmp(rs, "user") != 0 && strcmp(rs, "assistant") != 0)
-            return E400(e, param, "'%s.role' must be system, developer, user or assistant, got '%s'",
+        if (strcmp(rs, "system") != 0 && strcmp(rs, "user") != 0 && strcmp(rs, "assistant") != 0 &&
+            strcmp(rs, "tool") != 0) {
+            cJSON_Delete(arr);
+            return E400(e, param,
+                        "'%s.role' must be system, developer, user, assistant or tool, got '%s'",
                         param, role->valuestring);
+        }
         char *role_s = strdup(rs);
-        if (!role_s) return capmoe_api_fail(e, 500, "server_error", NULL, NULL, "out of memory");
+        if (!role_s) goto oom;
         r->messages[i].role = role_s;
         r->n_messages = i + 1;
         const cJSON *content = capmoe_api_field(it, "content");
+        int has_calls = capmoe_api_field(it, "tool_calls") != NULL;
         char *text = NULL;
         if (!content) {
-            if (strcmp(rs, "assistant") != 0)
+            if (strcmp(rs, "assistant") != 0) {
+                cJSON_Delete(arr);
                 return E400(e, param, "'%s.content' is required", param);
+            }
             text = strdup("");
-            if (!text) return capmoe_api_fail(e, 500, "server_error", NULL, NULL, "out of memory");
+            if (!text) goto oom;
         } else if (parse_content(content, i, &text, e) != 0) {
+            cJSON_Delete(arr);
             return -1;
         }
         r->messages[i].content = text;
+        cJSON *m2 = cJSON_CreateObject();
+        cJSON_AddStringToObject(m2, "role", rs);
+        cJSON_AddStringToObject(m2, "content", text);
+        cJSON_AddItemToArray(arr, m2);
+        if (strcmp(rs, "tool") == 0 || has_calls) {
+            tool_parts = 1;
+            if (capmoe_api_tool_message(it, i, rs, m2, e) != 0) {
+                cJSON_Delete(arr);
+                return -1;
+            }
+        }
     }
+    if (tool_parts) {
+        r->messages_json = cJSON_PrintUnformatted(arr);
+        if (!r->messages_json) goto oom;
+    }
+    cJSON_Delete(arr);
     return 0;
+oom:
+    cJSON_Delete(arr);
+    return capmoe_api_fail(e, 500, "server_error", NULL, NULL, "out of memory");
 }
 
 static int parse_stop(const cJSON *root, capmoe_api_request *r, capmoe_api_error *e) {
@@ -214,14 +250,6 @@ static int check_unsupported(const cJSON *root, capmoe_api_request *r, capmoe_ap
         if (!cJSON_IsString(f)) return E400(e, "suffix", "'suffix' must be a string");
         if (f->valuestring[0]) return E400(e, "suffix", "'suffix' is not supported");
     }
-    f = capmoe_api_field(root, "tools");
-    if (f) {
-        if (!cJSON_IsArray(f)) return E400(e, "tools", "'tools' must be a list");
-        if (f->child) return E400(e, "tools", "'tools' (function calling) is not supported");
-    }
-    f = capmoe_api_field(root, "functions");
-    if (f && cJSON_IsArray(f) && f->child)
-        return E400(e, "functions", "'functions' (function calling) is not supported");
     return 0;
 }
 
@@ -351,6 +379,14 @@ int capmoe_api_parse_request(capmoe_api_kind kind, const char *body, size_t len,
     if (parse_penalties(root, lim, r, e) != 0) goto out;
     if (check_unsupported(root, r, e) != 0) goto out;
     if (parse_response_format(root, r, e) != 0) goto out;
+    if (kind == CAPMOE_API_CHAT && capmoe_api_parse_tools(root, r, e) != 0) goto out;
+    if (kind == CAPMOE_API_COMPLETIONS) {
+        const cJSON *t = capmoe_api_field(root, "tools");
+        if (t && (!cJSON_IsArray(t) || t->child)) {
+            E400(e, "tools", "'tools' (function calling) is available on /v1/chat/completions");
+            goto out;
+        }
+    }
     rc = 0;
 out:
     cJSON_Delete(root);
@@ -373,6 +409,9 @@ void capmoe_api_request_free(capmoe_api_request *r) {
     }
     free(r->messages);
     free(r->logit_bias);
+    free(r->messages_json);
+    free(r->tools_json);
+    free(r->tool_name);
     capmoe_grammar_free(r->grammar);
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
     memset(r, 0, sizeof *r);

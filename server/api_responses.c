@@ -144,6 +144,9 @@ static int translate_tools(const cJSON *root, cJSON *out, capmoe_api_error *e) {
             if (!type || !cJSON_IsString(type) || strcmp(type->valuestring, "function") != 0)
                 return E400(e, param, "'%s': only function tools are supported (no hosted tools "
                                       "such as web search or file search)", param);
+            return E400(e, "tools", "'tools' on /v1/responses are not supported yet (function_call "
+                                    "output items are not produced): use /v1/chat/completions for "
+                                    "function calling");
             cJSON *x = cJSON_CreateObject();
             cJSON_AddStringToObject(x, "type", "function");
             cJSON *fn = cJSON_AddObjectToObject(x, "function");

@@ -3,6 +3,7 @@
  * objects, finish reasons, usage). */
 #include "capmoe/utf8.h"
 #include "api_internal.h"
+#include "api_json.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -147,11 +148,23 @@ void capmoe_api_respond_final(gen_call *c) {
         choice_st *ch = &c->ch[i];
         int sub = i / c->rq.n;
         cJSON *x = cJSON_CreateObject();
+        int tool_calls = 0;
         cJSON_AddNumberToObject(x, "index", i);
         if (chat) {
             cJSON *msg = cJSON_AddObjectToObject(x, "message");
             cJSON_AddStringToObject(msg, "role", "assistant");
-            cJSON_AddStringToObject(msg, "content", ch->text.p ? ch->text.p : "");
+            char idb[64], *content = NULL;
+            snprintf(idb, sizeof idb, "%s_%d", c->id, i);
+            cJSON *calls = capmoe_api_tool_calls(&c->rq, ch->text.p ? ch->text.p : "", idb, &content);
+            if (calls) {
+                if (content) cJSON_AddStringToObject(msg, "content", content);
+                else cJSON_AddNullToObject(msg, "content");
+                cJSON_AddItemToObject(msg, "tool_calls", calls);
+                tool_calls = 1;
+                free(content);
+            } else {
+                cJSON_AddStringToObject(msg, "content", ch->text.p ? ch->text.p : "");
+            }
             if (c->rq.logprobs >= 0)
                 cJSON_AddItemToObject(x, "logprobs", capmoe_api_chat_logprobs(c, ch->toks, ch->n_toks));
             else
@@ -172,7 +185,7 @@ void capmoe_api_respond_final(gen_call *c) {
                 cJSON_AddNullToObject(x, "logprobs");
             }
         }
-        const char *fr = capmoe_api_finish_reason(ch->finish);
+        const char *fr = tool_calls ? "tool_calls" : capmoe_api_finish_reason(ch->finish);
         if (fr) cJSON_AddStringToObject(x, "finish_reason", fr);
         else cJSON_AddStringToObject(x, "finish_reason", "stop");
         cJSON_AddItemToArray(choices, x);

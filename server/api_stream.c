@@ -3,6 +3,7 @@
 #include "capmoe/sse.h"
 #include "capmoe/utf8.h"
 #include "api_internal.h"
+#include "api_json.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +55,44 @@ void capmoe_api_stream_choice(gen_call *c, int idx, const char *text, size_t tle
             buf_add(&c->ch[idx].text, text, tlen);
             capmoe_api_response_stream_delta(c, text, tlen);
         }
+        return;
+    }
+    if (!role && c->rq.kind == CAPMOE_API_CHAT && c->rq.tools_json &&
+        c->rq.tool_choice != CAPMOE_TOOLS_NONE) {
+        /* with tools, a choice's text is held until it ends: then it is
+         * either tool calls or content (sent as one delta) */
+        cJSON_Delete(logprobs);
+        if (tlen > 0) buf_add(&c->ch[idx].text, text, tlen);
+        if (!finish) return;
+        choice_st *cs = &c->ch[idx];
+        char idb[64], *content = NULL;
+        snprintf(idb, sizeof idb, "%s_%d", c->id, idx);
+        cJSON *calls = capmoe_api_tool_calls(&c->rq, cs->text.p ? cs->text.p : "", idb, &content);
+        cJSON *o = capmoe_api_chunk_base(c);
+        cJSON *ch = cJSON_CreateObject();
+        cJSON_AddNumberToObject(ch, "index", idx);
+        cJSON *delta = cJSON_AddObjectToObject(ch, "delta");
+        if (calls) {
+            if (content) cJSON_AddStringToObject(delta, "content", content);
+            int k = 0;
+            for (cJSON *x = calls->child; x; x = x->next) cJSON_AddNumberToObject(x, "index", k++);
+            cJSON_AddItemToObject(delta, "tool_calls", calls);
+        } else {
+            cJSON_AddStringToObject(delta, "content", cs->text.p ? cs->text.p : "");
+        }
+        free(content);
+        cJSON_AddNullToObject(ch, "logprobs");
+        cJSON_AddNullToObject(ch, "finish_reason");
+        cJSON_AddItemToArray(cJSON_AddArrayToObject(o, "choices"), ch);
+        capmoe_api_stream_send(c, o);
+        o = capmoe_api_chunk_base(c);
+        ch = cJSON_CreateObject();
+        cJSON_AddNumberToObject(ch, "index", idx);
+        cJSON_AddObjectToObject(ch, "delta");
+        cJSON_AddNullToObject(ch, "logprobs");
+        cJSON_AddStringToObject(ch, "finish_reason", calls ? "tool_calls" : finish);
+        cJSON_AddItemToArray(cJSON_AddArrayToObject(o, "choices"), ch);
+        capmoe_api_stream_send(c, o);
         return;
     }
     cJSON *o = capmoe_api_chunk_base(c);

@@ -110,6 +110,25 @@ START_TEST(test_documents) {
     ck_assert_msg(g, "%s", err.msg);
     ck_assert(accepts(g, "5") && !accepts(g, "-5"));
     capmoe_grammar_free(g);
+    /* tool calls: a prefix naming the tool, its arguments, the suffix */
+    cJSON *w = cJSON_Parse("{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\"}},"
+                           "\"required\":[\"city\"],\"additionalProperties\":false}");
+    const char *pre[2] = {"<c>{\"name\": \"get\", \"arguments\": ", "<c>{\"name\": \"get_all\", \"arguments\": "};
+    const cJSON *sch[2] = {w, NULL};
+    ck_assert_int_eq(capmoe_grammar_compile_calls(&g, pre, sch, 2, "}</c>", 1, &err), 0);
+    ck_assert(accepts(g, "<c>{\"name\": \"get\", \"arguments\": {\"city\":\"Oslo\"}}</c>"));
+    ck_assert(accepts(g, "<c>{\"name\": \"get_all\", \"arguments\": {}}</c>\n"
+                         "<c>{\"name\": \"get\", \"arguments\": {\"city\":\"\"}}</c>"));
+    ck_assert(!accepts(g, "<c>{\"name\": \"get\", \"arguments\": {}}</c>"));      /* required */
+    ck_assert(!accepts(g, "<c>{\"name\": \"other\", \"arguments\": {}}</c>"));    /* unknown */
+    ck_assert(!accepts(g, "<c>{\"name\": \"get\", \"arguments\": {\"city\":\"x\"}}"));
+    ck_assert(!accepts(g, "hello"));
+    capmoe_grammar_free(g);
+    ck_assert_int_eq(capmoe_grammar_compile_calls(&g, pre, sch, 2, "}</c>", 0, &err), 0);
+    ck_assert(!accepts(g, "<c>{\"name\": \"get_all\", \"arguments\": {}}</c>\n"
+                          "<c>{\"name\": \"get_all\", \"arguments\": {}}</c>"));  /* one call */
+    capmoe_grammar_free(g);
+    cJSON_Delete(w);
 }
 END_TEST
 

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "capmoe/openai.h"
+#include "api_json.h"
 
 static const capmoe_api_limits k_lim = {512, 576, 16};
 
@@ -399,8 +400,26 @@ START_TEST(test_chat) {
                "boolean");
     expect_400(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"max_completion_tokens\":0}",
                "max_completion_tokens", NULL);
-    expect_400(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"tools\":[{\"type\":\"function\"}]}",
-               "tools", "not supported");
+    /* function calling: tools, tool_choice, tool messages */
+    expect_400(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"tools\":[{\"type\":\"function\"}]}", "tools[0]", "name");
+    expect_400(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"tools\":[{\"type\":\"web_search\"}]}", "tools[0]", "function");
+    expect_400(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"tools\":{}}", "tools", "list");
+    expect_400(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":{\"type\":\"object\",\"properties\":{\"x\":{\"type\":\"integer\"}}}}}],\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"g\"}}}",
+               "tool_choice", "'g'");
+    expect_400(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":{\"type\":\"object\",\"properties\":{\"x\":{\"type\":\"integer\"}}}}}],\"tool_choice\":\"always\"}", "tool_choice", NULL);
+    expect_400(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"tool_choice\":\"required\"}", "tool_choice", "needs 'tools'");
+    expect_400(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":{\"type\":\"object\",\"properties\":{\"x\":{\"type\":\"integer\"}}}}}],\"tool_choice\":\"required\",\"response_format\":{\"type\":\"json_object\"}}",
+               "tool_choice", "response_format");
+    expect_400(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"functions\":[{\"name\":\"f\"}]}", "functions", NULL);
+    expect_400(H, "{\"messages\":[{\"role\":\"tool\",\"content\":\"1\"}]}",
+               "messages[0].tool_call_id", "tool_call_id");
+    expect_400(H, "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"id\":\"c\",\"function\":{"
+                  "\"name\":\"f\",\"arguments\":\"{nope\"}}]}]}", "messages[0].tool_calls[0]", "valid JSON");
+    expect_400(H, "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"name\":\"f\"}}]}]}",
+               "messages[0].tool_calls[0]", NULL);
+    expect_400(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\",\"tool_calls\":[]}]}",
+               "messages[0].tool_calls", "assistant");
+    expect_400(CAPMOE_API_COMPLETIONS, "{\"prompt\":\"x\",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":{\"type\":\"object\",\"properties\":{\"x\":{\"type\":\"integer\"}}}}}]}", "tools", "chat");
     expect_400(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
                   "\"response_format\":{\"type\":\"xml\"}}", "response_format", "json_schema");
     expect_400(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
@@ -427,6 +446,36 @@ START_TEST(test_chat) {
     ck_assert_int_eq(parse(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
                               "\"response_format\":{\"type\":\"text\"}}", &r, &e), 0);
     ck_assert_ptr_null(r.grammar);
+    capmoe_api_request_free(&r);
+    /* a tool conversation: kept for the template with arguments as objects */
+    ck_assert_int_eq(parse(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"},"
+                              "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"c1\","
+                              "\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"x\\\":1}\"}}]},"
+                              "{\"role\":\"tool\",\"tool_call_id\":\"c1\",\"content\":\"2\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":{\"type\":\"object\",\"properties\":{\"x\":{\"type\":\"integer\"}}}}}],"
+                              "\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"f\"}},"
+                              "\"parallel_tool_calls\":false}", &r, &e), 0);
+    ck_assert_int_eq(r.n_tools, 1);
+    ck_assert_int_eq(r.tool_choice, CAPMOE_TOOLS_NAMED);
+    ck_assert_str_eq(r.tool_name, "f");
+    ck_assert_int_eq(r.parallel_tool_calls, 0);
+    ck_assert_ptr_nonnull(r.grammar); /* the named call is constrained */
+    ck_assert_ptr_nonnull(r.messages_json);
+    ck_assert_msg(strstr(r.messages_json, "\"arguments\":{\"x\":1}"), "%s", r.messages_json);
+    ck_assert_msg(strstr(r.messages_json, "\"tool_call_id\":\"c1\""), "%s", r.messages_json);
+    /* tool calls read back from text */
+    char *content = NULL;
+    cJSON *calls = capmoe_api_tool_calls(&r, "hi <tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\":3}}\n</tool_call>"
+                                            "<tool_call>{\"name\": \"zz\", \"arguments\": {}}</tool_call>", "id", &content);
+    ck_assert_ptr_nonnull(calls);
+    ck_assert_int_eq(cJSON_GetArraySize(calls), 1);
+    cJSON *fn = cJSON_GetObjectItem(cJSON_GetArrayItem(calls, 0), "function");
+    ck_assert_str_eq(cJSON_GetObjectItem(fn, "name")->valuestring, "f");
+    ck_assert_str_eq(cJSON_GetObjectItem(fn, "arguments")->valuestring, "{\"x\":3}");
+    /* an undeclared tool's block stays in the content */
+    ck_assert_msg(content && strstr(content, "hi") && strstr(content, "zz"), "%s", content ? content : "(null)");
+    free(content);
+    cJSON_Delete(calls);
+    ck_assert_ptr_null(capmoe_api_tool_calls(&r, "no calls here", "id", &content));
     capmoe_api_request_free(&r);
 }
 END_TEST

@@ -3,7 +3,8 @@
 # 127.0.0.1 (tests/client/responses_client.mjs): the official openai SDK's
 # Responses API (create, stream, errors), the Vercel AI SDK's default
 # provider path (/v1/responses) and chat path, LangChain's ChatOpenAI with and
-# without useResponsesApi. Packages pinned in tests/client/package.json.
+# without useResponsesApi; structured outputs through each; function calling
+# (tests/client/tools_client.mjs). Packages pinned in tests/client/package.json.
 set -u
 cd "$(dirname "$0")/.."
 . tests/client/server.sh
@@ -24,5 +25,15 @@ if [ "$src" != 0 ]; then
 fi
 if [ "$rc" != 0 ]; then
   echo "t_client_matrix: client tests failed; server log:"; tail -n 30 "$tmp/server.log"; exit 1
+fi
+# function calling: the default model with a template that writes <tool_call>
+# JSON (the real Qwen3 template)
+start_server "$BUILD/capmoe-server" "$tmp/tools.log" --model config/model --api-key "$key" \
+  --chat-template tests/jinja/templates/npm_qwen3.jinja || exit 1
+CAPMOE_TOOLS_URL="$SERVER_URL" CAPMOE_API_KEY="$key" \
+  node --test-reporter=spec tests/client/tools_client.mjs || rc=$?
+stop_server; src=$?
+if [ "$src" != 0 ] || [ "$rc" != 0 ]; then
+  echo "t_client_matrix: tool tests failed (rc $rc, server $src); server log:"; tail -n 30 "$tmp/tools.log"; exit 1
 fi
 echo "t_client_matrix: ok"

@@ -27,6 +27,13 @@ typedef struct capmoe_api_prompt {
     int n_ids;
 } capmoe_api_prompt;
 
+typedef enum capmoe_api_tool_choice {
+    CAPMOE_TOOLS_AUTO = 0,         /* the model decides (the default with tools) */
+    CAPMOE_TOOLS_NONE,             /* no tool calls: the tools are not shown to the model */
+    CAPMOE_TOOLS_REQUIRED,         /* at least one call (constrained decoding) */
+    CAPMOE_TOOLS_NAMED             /* one call of tool_name (constrained decoding) */
+} capmoe_api_tool_choice;
+
 typedef enum capmoe_api_kind {
     CAPMOE_API_COMPLETIONS = 0,
     CAPMOE_API_CHAT
@@ -63,7 +70,16 @@ typedef struct capmoe_api_request {
     capmoe_penalties penalties;    /* presence_penalty, frequency_penalty, repetition_penalty */
     capmoe_logit_bias *logit_bias; /* logit_bias (malloc'd), ids checked against lim->vocab */
     int n_logit_bias;
-    capmoe_grammar *grammar;       /* response_format json_object / json_schema (owned) */
+    capmoe_grammar *grammar;       /* response_format json_object / json_schema, or the
+                                      required / named tool call (owned) */
+    /* function calling (api_tools.c) */
+    char *messages_json;           /* the messages for the template when they hold tool
+                                      calls / results (malloc'd), else NULL */
+    char *tools_json;              /* tools as sent (malloc'd), NULL: none */
+    int n_tools;
+    capmoe_api_tool_choice tool_choice;
+    char *tool_name;               /* tool_choice naming a function (malloc'd) */
+    int parallel_tool_calls;       /* default 1 */
 } capmoe_api_request;
 
 /* Parse + validate a body of /v1/completions or /v1/chat/completions.

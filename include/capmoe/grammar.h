@@ -42,6 +42,14 @@ typedef struct capmoe_grammar capmoe_grammar;
  * its path. */
 int capmoe_grammar_compile(capmoe_grammar **out, const cJSON *schema, capmoe_error *err);
 void capmoe_grammar_free(capmoe_grammar *g);
+/* Tool calls: one of n calls, each prefixes[i] (its text up to the
+ * arguments, e.g. "<tool_call>\n{\"name\": \"f\", \"arguments\": "; the
+ * prefixes must differ before their ends), then a JSON value of schemas[i]
+ * (NULL: any object), then suffix; several: more calls may follow, each
+ * after a "\n". Errors as capmoe_grammar_compile. */
+int capmoe_grammar_compile_calls(capmoe_grammar **out, const char *const *prefixes,
+                                 const cJSON *const *schemas, int n, const char *suffix,
+                                 int several, capmoe_error *err);
 
 /* The bytes of every token of a vocabulary (as it reads after another
  * token): built once per tokenizer. Tokens whose bytes are not complete
@@ -74,5 +82,8 @@ int capmoe_grammar_accept(capmoe_grammar_state *s, const capmoe_grammar_vocab *v
 int capmoe_grammar_feed(capmoe_grammar_state *s, const char *text, size_t len);
 /* 1 when the text so far is a complete document. */
 int capmoe_grammar_complete(const capmoe_grammar_state *s);
+/* 1 when some byte could still extend the text (a number's digits, another
+ * tool call); 0 when only the end can follow. */
+int capmoe_grammar_can_continue(const capmoe_grammar_state *s);
 
 #endif
