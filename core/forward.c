@@ -207,7 +207,12 @@ static void attention(struct capmoe_model *m, const struct capmoe_layer *L, int 
     const float *h = m->h.p;
     /* q, k and v in one product (their weights stacked), then apart */
     int qkvd = qd + 2 * kd;
-    capmoe_linear(m->par, m->tmp.p, h, L->wqkv, NULL, T, qkvd, H);
+    /* --compute bf16: a prompt's projections through oneDNN */
+    int bf = m->dnnl && L->bf_q && L->bf_k && L->bf_v && L->bf_o && T >= m->bf16_min_rows;
+    struct capmoe_dnnl_mat *qkv[3] = {L->bf_q, L->bf_k, L->bf_v};
+    int qkv0[3] = {0, qd, qd + kd};
+    if (!bf || capmoe_bf16_linear(m, m->tmp.p, qkvd, h, H, T, H, qkv, qkv0, 3) != 0)
+        capmoe_linear(m->par, m->tmp.p, h, L->wqkv, NULL, T, qkvd, H);
     for (int t = 0; t < T; t++) {
         const float *r = m->tmp.p + (size_t)t * qkvd;
         float *q = m->q.p + (size_t)t * qd, *k = m->k.p + (size_t)t * kd;
@@ -253,7 +258,14 @@ static void attention(struct capmoe_model *m, const struct capmoe_layer *L, int 
     struct attn_job aj = {.m = m, .seqs = seqs, .l = l, .items = m->attn_items,
                           .scratch = scratch, .kv_scratch = 2 * (size_t)m->kvf_ctx * kd};
     capmoe_par_for(m->par, n_items, attn_item, &aj);
-    capmoe_linear(m->par, m->tmp.p, m->att.p, L->wo, L->bo, T, H, qd);
+    int o0 = 0;
+    if (bf && capmoe_bf16_linear(m, m->tmp.p, H, m->att.p, qd, T, qd, &L->bf_o, &o0, 1) == 0) {
+        if (L->bo)
+            for (int t = 0; t < T; t++)
+                for (int i = 0; i < H; i++) m->tmp.p[(size_t)t * H + i] += L->bo[i];
+    } else {
+        capmoe_linear(m->par, m->tmp.p, m->att.p, L->wo, L->bo, T, H, qd);
+    }
 }
 
 static int forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_seqs,
@@ -419,6 +431,7 @@ static int forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_seqs,
             for (size_t i = 0; i < (size_t)T * H; i++) x[i] += m->tmp.p[i];
         if (stats) stats->moe_time += capmoe_now() - tm;
     }
+    if (rc == 0 && capmoe_dnnl_failed(m->dnnl, err)) rc = -1; /* a --compute bf16 product */
     if (rc != 0) return rc;
     for (int s = 0; s < n_seqs; s++) seqs[s].kv->len += seqs[s].n_tokens;
 
