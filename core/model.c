@@ -774,3 +774,12 @@ int capmoe_kv_reserve(capmoe_kv *kv, int n) {
     kv->cap = nc;
     return 0;
 }
+
+size_t capmoe_model_expert_bytes(const capmoe_model *m) {
+    const capmoe_hfconfig *c = &m->cfg;
+    for (int l = 0; l < c->n_layers; l++)
+        if (c->layer_is_moe[l])
+            return 3 * (size_t)c->hidden_size * (size_t)c->moe_intermediate_size *
+                   capmoe_dtype_size(m->layers[l].w_gate[m->e0].dtype);
+    return 0;
+}

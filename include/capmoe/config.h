@@ -16,7 +16,7 @@
  *   port                      int 0..65535    8080           TCP port (0 = any free port, logged at start)
  *   api_key                   string          ""             when set, the /v1 routes, /tokenize, /detokenize need
  *                                                            "Authorization: Bearer <key>"
- *   policy                    enum            none           none|drop|reroute|expanded|rank_drop
+ *   policy                    enum            none           none|drop|reroute|expanded|rank_drop|piggyback
  *   capacity_factor           number|"auto"   1.0            gamma, or "auto" (per-dispatch tuning)
  *   ep_ranks                  int 1..64       1              expert-parallel ranks (worker threads)
  *   ep                        threads|mpi     threads        mpi: the ranks are the processes of mpirun
@@ -24,6 +24,11 @@
  *   renormalize               bool            false          rescale kept top-k weights after a policy
  *   min_tokens                int >= 0        16             no capacity limit below this many tokens
  *   drop_budget               number 0..1     0.01           dropped routing mass allowed under auto
+ *   piggyback_k0              int 0..64       0              piggyback: experts of its own a token keeps
+ *                                                            (0 = max(1, k/2))
+ *   decode_policy             off|policy      off            policy of dispatches below regime_tokens
+ *   regime_tokens             int|"auto"      auto           below it a dispatch is memory-bound (auto:
+ *                                                            measured when the model loads)
  *   max_batch_tokens          int             512            token budget of one scheduler step
  *   max_running               int             16             sequences decoded together
  *   max_queue                 int             256            requests waiting for a slot (then 429)
@@ -50,7 +55,8 @@
  *
  * Live options (the OPT_LIVE column of the table in server/config.c; SIGHUP
  * applies them without a restart): api_key, policy, capacity_factor,
- * renormalize, min_tokens, drop_budget, log_level, access_log, cors_origins.
+ * renormalize, min_tokens, drop_budget, piggyback_k0, decode_policy,
+ * regime_tokens, log_level, access_log, cors_origins.
  *
  * Flag-only: --config FILE, --help, --version, --healthcheck (GET /health on
  * host:port; exit 0 when it answers 200, else 1). */
@@ -79,6 +85,10 @@ typedef struct capmoe_config {
     int renormalize;
     int min_tokens;
     double drop_budget;
+    int piggyback_k0;            /* 0: max(1, k/2) */
+    int decode_policy;           /* OPT_CHOICE index: 0 off, else capmoe_policy + 1 */
+    int regime_tokens;           /* when !regime_auto */
+    int regime_auto;             /* 1: "auto" (the crossover measured at load) */
     int max_batch_tokens;
     int max_running;
     int max_queue;

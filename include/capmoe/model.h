@@ -76,6 +76,10 @@ size_t capmoe_model_mapped_bytes(const capmoe_model *m);
 /* Bytes of weights read per token: attention, router, top-k experts, shared
  * expert, lm_head, each at its stored element size. */
 size_t capmoe_model_active_bytes_per_token(const capmoe_model *m);
+/* Bytes of one routed expert's weights (gate, up, down) as the engine reads
+ * them: what a dispatch streams per activated expert and MoE layer (0 for a
+ * dense model). */
+size_t capmoe_model_expert_bytes(const capmoe_model *m);
 
 /* KV cache bytes per token of a sequence, all layers: what the cache holds
  * (latent attention: the kv_lora_rank latent and the rope key, float32), or
@@ -116,6 +120,35 @@ typedef struct capmoe_batch_seq {
 int capmoe_model_forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_seqs,
                          const capmoe_dispatch_cfg *cfg, float *logits,
                          capmoe_forward_stats *stats, capmoe_error *err);
+
+/* Where a dispatch stops being memory-bound, measured on this machine
+ * (dispatch-spec.md section 1 "Memory-bound dispatch", --regime-tokens auto).
+ * Every MoE layer's block runs on T random hidden states (policy none;
+ * T = 1, 2, 4, ... up to max_tokens), best of `reps` passes. With every
+ * expert activated (the smallest T where the mean activated experts per
+ * layer reaches E, and above), a pass costs reading every expert once plus
+ * work proportional to T: a least-squares fit t(T) = a + b*T over those
+ * points gives the crossover T* = a / b, where the per-token work equals the
+ * cost of reading the experts. Below T* a dispatch is memory-bound (its time
+ * follows the experts it activates); above it, compute-bound (its time
+ * follows the largest load). crossover = round(T*), clamped to
+ * [1, max_tokens]; max_tokens when the time does not grow with T (b <= 0)
+ * or fewer than two points have every expert activated (then the fit uses
+ * the last two points). Not available under --ep mpi (experts live on other
+ * processes). Uses the model's scratch: call it where a forward could run. */
+#define CAPMOE_PROBE_MAX 16
+typedef struct capmoe_regime_probe {
+    int n;                               /* points measured */
+    int tokens[CAPMOE_PROBE_MAX];        /* T of each point */
+    double seconds[CAPMOE_PROBE_MAX];    /* best time of one pass over every MoE layer */
+    double activated[CAPMOE_PROBE_MAX];  /* mean experts activated per MoE layer */
+    int n_experts, moe_layers;
+    double fixed_seconds;                /* a of the fit */
+    double per_token_seconds;            /* b of the fit */
+    int crossover;                       /* regime_tokens to use */
+} capmoe_regime_probe;
+int capmoe_model_regime_probe(capmoe_model *m, int max_tokens, int reps, capmoe_regime_probe *out,
+                              capmoe_error *err);
 
 /* --ep mpi. This rank cannot run the step it was asked to (an unreadable
  * plan, no memory): it tells the others at the first MoE layer's exchange,
