@@ -162,7 +162,8 @@ struct capmoe_model {
     int kv_bf16;             /* --kv-dtype bf16: new caches store BF16 */
     struct capmoe_buf kvf;   /* per thread: a BF16 cache's K and V rows as float32 */
     int kvf_ctx;             /* positions per thread in kvf this forward */
-    int *attn_items;         /* (sequence, head range) triples of the attention pass */
+    int *attn_items;         /* attention items (forward.c: sequence, head range, query rows) */
+    size_t cap_attn_items;
     size_t cap_seq;
     /* latent attention scratch (mla.c) */
     struct capmoe_buf mla_a, mla_q, mla_qa, mla_lat, mla_ctx, mla_att, mla_out, mla_kv, mla_k;
