@@ -69,6 +69,7 @@ FORCE:
 # The kernels' a*b+c must become fused multiply-adds (ISO C mode forbids
 # contraction by default).
 $(BUILD)/obj/core/kern.o $(BUILD)/obj/core/panel.o: CFLAGS += -ffp-contract=fast -Wno-psabi
+$(BUILD)/obj/core/quant.o: CFLAGS += -Wno-psabi
 
 $(LIB): $(CORE_OBJ)
 	@mkdir -p $(dir $@)

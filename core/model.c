@@ -3,6 +3,7 @@
 #include "capmoe/kern.h"
 #include "capmoe/ops.h"
 #include "capmoe/panel.h"
+#include "capmoe/quant.h"
 #include "capmoe/rope.h"
 #include "model_internal.h"
 
@@ -286,9 +287,32 @@ static void pack_transposed(struct pack_job *j) {
     free(tmp);
 }
 
+/* A job quantized at load (--weights q8|q4): its one source converted to
+ * float32 a panel (16 rows) at a time, then quantized into the panel. */
+static void pack_quantized(struct pack_job *j) {
+    size_t K = (size_t)j->K, pb = capmoe_panel_bytes(j->dtype, j->K);
+    size_t es = capmoe_dtype_size(j->src[0].dtype);
+    float *tmp = capmoe_malloc_array((size_t)CAPMOE_PANEL_COLS * K, sizeof(float));
+    if (!tmp) {
+        j->failed = 1;
+        return;
+    }
+    for (int p = 0; p * CAPMOE_PANEL_COLS < j->N; p++) {
+        int n0 = p * CAPMOE_PANEL_COLS, rows = j->N - n0 < CAPMOE_PANEL_COLS ? j->N - n0 : CAPMOE_PANEL_COLS;
+        capmoe_kern_to_f32(tmp, (const char *)j->src[0].p + (size_t)n0 * K * es, j->src[0].dtype,
+                           (size_t)rows * K);
+        capmoe_quant_pack((char *)j->dst + (size_t)p * pb, j->dtype, tmp, K, rows, j->K);
+    }
+    free(tmp);
+}
+
 static void pack_one(void *arg, int item, int slot) {
     (void)slot;
     struct pack_job *j = (struct pack_job *)arg + item;
+    if (capmoe_dtype_is_q(j->dtype)) {
+        pack_quantized(j);
+        return;
+    }
     memset(j->dst, 0, capmoe_panel_matrix_bytes(j->dtype, j->N, j->K));
     if (j->transposed) {
         pack_transposed(j);
@@ -405,6 +429,20 @@ static int pack_weights(struct capmoe_model *m, capmoe_error *err) {
     int I = c->moe_intermediate_size, Is = c->shared_expert_intermediate_size;
     int Id = c->intermediate_size;
     size_t cap = (size_t)c->n_layers * (7 + 3 * (size_t)c->n_experts + 3 + 2 * (size_t)c->n_heads) + 1;
+    capmoe_dtype qt = m->weights == CAPMOE_WEIGHTS_Q8   ? CAPMOE_DTYPE_Q8
+                      : m->weights == CAPMOE_WEIGHTS_Q4 ? CAPMOE_DTYPE_Q4
+                                                        : CAPMOE_DTYPE_OTHER;
+    if (qt != CAPMOE_DTYPE_OTHER && c->n_moe_layers > 0 && (H % CAPMOE_QBLOCK || I % CAPMOE_QBLOCK)) {
+        int l0 = 0;
+        while (l0 < c->n_layers && !m->layers[l0].is_moe) l0++;
+        return capmoe_set_error(err,
+                                "--weights %s: layer %d expert %d's %s has %d inputs, not a multiple "
+                                "of the quantization block (%d): hidden_size %d, "
+                                "moe_intermediate_size %d",
+                                capmoe_weights_name(m->weights), l0, m->e0,
+                                H % CAPMOE_QBLOCK ? "gate/up projection" : "down projection",
+                                H % CAPMOE_QBLOCK ? H : I, CAPMOE_QBLOCK, H, I);
+    }
     struct pack_job *jobs = calloc(cap, sizeof *jobs);
     if (!jobs) return capmoe_set_error(err, "out of memory");
     int n = 0;
@@ -420,9 +458,12 @@ static int pack_weights(struct capmoe_model *m, capmoe_error *err) {
         }
         if (L->is_moe) {
             for (int e = m->e0; e < m->e1; e++) {
+                int first = n;
                 add_one(jobs, &n, &L->w_gate[e], I, H);
                 add_one(jobs, &n, &L->w_up[e], I, H);
                 add_one(jobs, &n, &L->w_down[e], H, I);
+                if (qt != CAPMOE_DTYPE_OTHER) /* --weights q8|q4 */
+                    for (int i = first; i < n; i++) jobs[i].dtype = qt;
             }
             add_one(jobs, &n, &L->sh_gate, Is, H);
             add_one(jobs, &n, &L->sh_up, Is, H);
@@ -458,7 +499,9 @@ static int pack_weights(struct capmoe_model *m, capmoe_error *err) {
         }
     }
     for (int i = 0; i < n; i++) jobs[i].dst = arena + jobs[i].off;
+    double t0 = capmoe_now();
     capmoe_par_for(m->par, n, pack_one, jobs);
+    m->pack_seconds = capmoe_now() - t0;
     int nr = capmoe_st_count(m->st);
     struct range *mapped = calloc((size_t)(nr > 0 ? nr : 1), sizeof *mapped);
     if (!mapped) {
@@ -533,6 +576,7 @@ int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_op
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     m->inv_freq = calloc((size_t)(c->head_dim / 2 + 1), sizeof(float));
     m->mla_form = opts ? opts->mla_form : CAPMOE_MLA_AUTO;
+    m->weights = opts ? opts->weights : CAPMOE_WEIGHTS_STORED;
     if (!m->layers || !m->inv_freq) {
         capmoe_set_error(err, "out of memory");
         goto fail;
@@ -614,7 +658,7 @@ void capmoe_model_free(capmoe_model *m) {
                                  &m->tmp,    &m->scores, &m->router, &m->xe,
                                  &m->ge,     &m->ue,     &m->ye, &m->sh1, &m->sh2, &m->rope,
                                  &m->mla_a,  &m->mla_q,  &m->mla_qa, &m->mla_lat, &m->mla_ctx,
-                                 &m->mla_att, &m->mla_out, &m->mla_kv, &m->mla_k};
+                                 &m->mla_att, &m->mla_out, &m->mla_kv, &m->mla_k, &m->qx, &m->qg};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) capmoe_buf_free(bufs[i]);
     free(m->tok_rank);
     free(m->tok_pos);
@@ -632,6 +676,8 @@ void capmoe_model_free(capmoe_model *m) {
 const capmoe_hfconfig *capmoe_model_config(const capmoe_model *m) { return &m->cfg; }
 size_t capmoe_model_alloc_bytes(const capmoe_model *m) { return m->alloc_bytes; }
 size_t capmoe_model_mapped_bytes(const capmoe_model *m) { return m->mapped_bytes; }
+capmoe_weights capmoe_model_weights(const capmoe_model *m) { return m->weights; }
+double capmoe_model_pack_seconds(const capmoe_model *m) { return m->pack_seconds; }
 
 size_t capmoe_model_active_bytes_per_token(const capmoe_model *m) {
     const capmoe_hfconfig *c = &m->cfg;
@@ -656,8 +702,13 @@ size_t capmoe_model_active_bytes_per_token(const capmoe_model *m) {
         }
         if (c->layer_is_moe[l]) {
             bytes += (size_t)c->n_experts * H * sizeof(float); /* router */
-            bytes += (size_t)c->top_k * 3 * H * (size_t)c->moe_intermediate_size *
-                     capmoe_dtype_size(L->w_gate[m->e0].dtype); /* k experts */
+            capmoe_dtype et = L->w_gate[m->e0].dtype;
+            int I = c->moe_intermediate_size;
+            if (capmoe_dtype_is_q(et)) /* k experts, scales included */
+                bytes += (size_t)c->top_k * (2 * capmoe_panel_matrix_bytes(et, I, (int)H) +
+                                             capmoe_panel_matrix_bytes(et, (int)H, I));
+            else
+                bytes += (size_t)c->top_k * 3 * H * (size_t)I * capmoe_dtype_size(et); /* k experts */
             if (c->shared_expert_intermediate_size > 0)
                 bytes += 3 * H * (size_t)c->shared_expert_intermediate_size *
                          capmoe_dtype_size(L->sh_gate.dtype);

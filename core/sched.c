@@ -376,7 +376,7 @@ static void load_generation_eos(capmoe_sched *s) {
 
 static int load(capmoe_sched *s, capmoe_error *err) {
     capmoe_model_opts mo = {.max_ranks = s->o.dispatch.ep_ranks, .threads = s->o.threads,
-                            .comm = s->o.comm};
+                            .comm = s->o.comm, .weights = (capmoe_weights)s->o.weights};
     capmoe_error lerr;
     int lrc = capmoe_model_load(&s->model, s->model_dir, &mo, &lerr);
     if (lrc == 0) {

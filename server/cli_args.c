@@ -139,6 +139,18 @@ int capmoe_cli_parse_ids(const char *s, int32_t **ids, int *n, capmoe_error *err
     return 0;
 }
 
+int capmoe_cli_weights(capmoe_cli_args *a, capmoe_weights *w, capmoe_error *err) {
+    const char *v = capmoe_cli_get(a, "weights"), *what = "--weights";
+    if (!v) {
+        v = getenv("CAPMOE_WEIGHTS");
+        what = "CAPMOE_WEIGHTS";
+    }
+    *w = CAPMOE_WEIGHTS_STORED;
+    if (v && capmoe_weights_parse(v, w) != 0)
+        return capmoe_set_error(err, "%s: '%s' is not one of bf16, q8, q4", what, v);
+    return 0;
+}
+
 int capmoe_cli_dispatch(capmoe_cli_args *a, capmoe_dispatch_cfg *cfg, capmoe_error *err) {
     capmoe_dispatch_cfg_default(cfg);
     const char *pol = capmoe_cli_get(a, "policy");

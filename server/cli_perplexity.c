@@ -25,6 +25,7 @@
  *  - NLL of a scored token = logsumexp(row) - row[target], in double over the
  *    float32 logits. perplexity = exp(total NLL / scored tokens).
  *
+ * --weights q8|q4 quantizes the experts at load (quant.h).
  * Output: {"perplexity", "nll" (mean per scored token, nats), "tokens" (scored),
  *  "text_tokens", "windows", "forwards", "context", "stride", "batch", "policy",
  *  "capacity_factor" (number, "auto", or null for policy none), "ep_ranks",
@@ -49,6 +50,7 @@ static const char *PPL_USAGE =
     "  --context N      window length in tokens (default 256)\n"
     "  --stride N       window step (default context / 2); each window scores its new tokens\n"
     "  --batch B        windows per forward pass (default 8)\n"
+    "  --weights W      bf16 (as stored), q8 or q4: experts quantized at load\n"
     "  --max-tokens N   use only the first N tokens of the text\n"
     "  dispatch options: --policy --capacity-factor G|auto --ep-ranks R --renormalize\n"
     "                    --min-tokens N --drop-budget B --ep threads|mpi (as for `capmoe logits`)\n";
@@ -89,7 +91,8 @@ int capmoe_cmd_perplexity(int argc, char **argv) {
     }
     capmoe_dispatch_cfg cfg;
     long ctx, stride, batch, max_tokens;
-    if (capmoe_cli_dispatch(&a, &cfg, &err) ||
+    capmoe_weights wts;
+    if (capmoe_cli_dispatch(&a, &cfg, &err) || capmoe_cli_weights(&a, &wts, &err) ||
         capmoe_cli_int(&a, "context", 2, 1L << 20, 256, &ctx, &err) ||
         capmoe_cli_int(&a, "stride", 1, 1L << 20, ctx / 2 > 0 ? ctx / 2 : 1, &stride, &err) ||
         capmoe_cli_int(&a, "batch", 1, 4096, 8, &batch, &err) ||
@@ -117,7 +120,7 @@ int capmoe_cmd_perplexity(int argc, char **argv) {
     if (capmoe_cli_ep(&a, &cfg, &comm, &err)) goto end;
     int R = capmoe_comm_size(comm), me = capmoe_comm_rank(comm);
     text = capmoe_read_file(file, &len, &err);
-    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks, .comm = comm};
+    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks, .comm = comm, .weights = wts};
     int ok = text && capmoe_tokenizer_load(&tok, dir, &err) == 0 &&
              capmoe_model_load(&m, dir, &mo, &err) == 0;
     if (!capmoe_cli_check_load(comm, dir, ok, &err)) goto end; /* every rank leaves together */
@@ -251,6 +254,8 @@ int capmoe_cmd_perplexity(int argc, char **argv) {
     cJSON_AddNumberToObject(o, "context", (double)ctx);
     cJSON_AddNumberToObject(o, "stride", (double)stride);
     cJSON_AddNumberToObject(o, "batch", (double)batch);
+    cJSON_AddStringToObject(o, "weights", capmoe_weights_name(capmoe_model_weights(m)));
+    cJSON_AddNumberToObject(o, "pack_s", capmoe_model_pack_seconds(m));
     cJSON_AddStringToObject(o, "policy", capmoe_policy_name(cfg.policy));
     if (cfg.policy == CAPMOE_POLICY_NONE) cJSON_AddNullToObject(o, "capacity_factor");
     else if (cfg.auto_gamma) cJSON_AddStringToObject(o, "capacity_factor", "auto");

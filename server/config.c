@@ -130,6 +130,10 @@ static const opt k_opts[] = {
     {"threads", OPT_INT, OFF(threads), 0, 64, "0", "N",
      "engine threads for matrix products and attention (0: one per core)",
      OPT_RESTART},
+    {"weights", OPT_CHOICE, OFF(weights), 0, 0, "bf16", "bf16|q8|q4",
+     "expert weights: bf16 keeps the checkpoint's dtype; q8 (int8 blocks of 32 with a scale) or "
+     "q4 (4-bit blocks of 32 with a scale and a minimum) quantizes the experts at load",
+     OPT_RESTART},
     {"log_level", OPT_CHOICE, OFF(log_level), 0, 0, "info", CAPMOE_LOG_LEVELS,
      "least severe log records written (the access log is at info)", OPT_LIVE},
     {"log_format", OPT_CHOICE, OFF(log_format), 0, 0, "text", CAPMOE_LOG_FORMATS,

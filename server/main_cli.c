@@ -36,6 +36,9 @@ static const char *USAGE =
     "  --renormalize              rescale each token's kept weights to sum to 1\n"
     "  --min-tokens N             no limit below N tokens per dispatch (default 16, 0 = off)\n"
     "  --drop-budget B            auto: largest dropped routing mass allowed (default 0.01)\n"
+    "weights (logits, generate, perplexity, bench; default $CAPMOE_WEIGHTS, else bf16):\n"
+    "  --weights bf16|q8|q4       quantize the experts' matrices at load (q8: int8 blocks of\n"
+    "                             32 with a scale; q4: 4-bit blocks of 32, scale and minimum)\n"
     "latent attention (DeepSeek), logits and generate:\n"
     "  --mla-form auto|expanded|absorbed   how to attend (default auto: the cheaper per\n"
     "                             sequence and step; the others force one form)\n";
@@ -108,6 +111,13 @@ static int mla_form_opt(capmoe_cli_args *a, capmoe_mla_form *f, capmoe_error *er
     else if (strcmp(v, "absorbed") == 0) *f = CAPMOE_MLA_ABSORBED;
     else return capmoe_set_error(err, "--mla-form: '%s' is not one of auto, expanded, absorbed", v);
     return 0;
+}
+
+/* --weights q8|q4: how long the load spent quantizing (stderr). */
+static void report_weights(const capmoe_model *m) {
+    if (capmoe_model_weights(m) != CAPMOE_WEIGHTS_STORED)
+        fprintf(stderr, "capmoe: experts quantized to %s at load: weights repacked in %.3f s\n",
+                capmoe_weights_name(capmoe_model_weights(m)), capmoe_model_pack_seconds(m));
 }
 
 static const char *need_model(capmoe_cli_args *a, capmoe_error *err) {
@@ -214,6 +224,8 @@ static int cmd_logits(int argc, char **argv) {
     if (capmoe_cli_dispatch(&a, &cfg, &err)) return usage_fail("logits", &err);
     capmoe_mla_form form;
     if (mla_form_opt(&a, &form, &err)) return usage_fail("logits", &err);
+    capmoe_weights wts;
+    if (capmoe_cli_weights(&a, &wts, &err)) return usage_fail("logits", &err);
     const char *out = capmoe_cli_get(&a, "out");
     if (!out || !*out) {
         capmoe_set_error(&err, "--out FILE is required");
@@ -275,8 +287,10 @@ static int cmd_logits(int argc, char **argv) {
             goto done;
         }
     }
-    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks, .comm = comm, .mla_form = form};
+    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks, .comm = comm, .mla_form = form,
+                            .weights = wts};
     int ok = capmoe_model_load(&m, dir, &mo, &err) == 0;
+    if (ok) report_weights(m);
     if (ok && capmoe_dispatch_cfg_check(&cfg, capmoe_model_config(m)->n_experts, &err)) ok = 0;
     if (!capmoe_cli_check_load(comm, dir, ok, &err)) {
         capmoe_cli_fail_rank(comm, "logits", &err);
@@ -434,6 +448,8 @@ static int cmd_generate(int argc, char **argv) {
     }
     capmoe_mla_form form;
     if (mla_form_opt(&a, &form, &err)) return usage_fail("generate", &err);
+    capmoe_weights wts;
+    if (capmoe_cli_weights(&a, &wts, &err)) return usage_fail("generate", &err);
     const char *ids_s = capmoe_cli_get(&a, "ids");
     const char *prompt = capmoe_cli_get(&a, "prompt");
     int stop_eos = capmoe_cli_has(&a, "stop-at-eos");
@@ -456,8 +472,10 @@ static int cmd_generate(int argc, char **argv) {
     capmoe_comm *comm = NULL;
     if (capmoe_cli_ep(&a, &cfg, &comm, &err)) goto end;
     int me = capmoe_comm_rank(comm);
-    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks, .comm = comm, .mla_form = form};
+    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks, .comm = comm, .mla_form = form,
+                            .weights = wts};
     int ok = capmoe_tokenizer_load(&tok, dir, &err) == 0 && capmoe_model_load(&m, dir, &mo, &err) == 0;
+    if (ok) report_weights(m);
     if (ok && prompt && capmoe_tokenizer_encode(tok, prompt, strlen(prompt), 1, &ids, &n, &err))
         ok = 0;
     if (ok && n == 0) {

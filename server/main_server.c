@@ -314,7 +314,8 @@ static int worker_main(const capmoe_config *cfg, capmoe_comm *comm, capmoe_log *
     int me = capmoe_comm_rank(comm);
     capmoe_model *m = NULL;
     capmoe_error err, lerr;
-    capmoe_model_opts mo = {.max_ranks = 1, .threads = cfg->threads, .comm = comm};
+    capmoe_model_opts mo = {.max_ranks = 1, .threads = cfg->threads, .comm = comm,
+                            .weights = (capmoe_weights)cfg->weights};
     int lrc = capmoe_model_load(&m, cfg->model, &mo, &lerr);
     int context = cfg->context;
     if (lrc == 0 && context <= 0) context = capmoe_model_config(m)->max_position_embeddings;

@@ -1784,6 +1784,7 @@ int capmoe_api_new(capmoe_api **out, const capmoe_config *cfg, capmoe_metrics *m
     so.max_batch_tokens = cfg->max_batch_tokens;
     so.max_running = cfg->max_running;
     so.threads = cfg->threads;
+    so.weights = cfg->weights;
     so.max_queue = cfg->max_queue;
     so.request_timeout_s = cfg->request_timeout_s;
     capmoe_config_dispatch(cfg, &so.dispatch);

@@ -6,6 +6,7 @@
 
 #include "capmoe/comm.h"
 #include "capmoe/dispatch.h"
+#include "capmoe/quant.h"
 #include "capmoe/stats.h"
 
 /* A parsed command line: --name value pairs and --flag switches, in order. */
@@ -36,6 +37,9 @@ int capmoe_cli_parse_ids(const char *s, int32_t **ids, int *n, capmoe_error *err
 /* The dispatch options: --policy --capacity-factor G|auto --ep-ranks
  * --renormalize --min-tokens --drop-budget. */
 int capmoe_cli_dispatch(capmoe_cli_args *a, capmoe_dispatch_cfg *cfg, capmoe_error *err);
+/* --weights bf16|q8|q4 (capmoe_model_opts.weights; default: the environment's
+ * CAPMOE_WEIGHTS, else bf16 = as stored). */
+int capmoe_cli_weights(capmoe_cli_args *a, capmoe_weights *w, capmoe_error *err);
 
 /* "1.0,1.5,2.0" into out[0..*n) (at most max values in [lo, hi]; "" gives
  * none); errors name --name. */

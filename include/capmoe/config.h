@@ -40,6 +40,7 @@
  *                                                            (0 = no per-address limit)
  *   metrics_per_layer_expert  bool            false          expert-token counters per {layer,expert}
  *   threads                   int 0..64       0              engine threads (0 = one per core)
+ *   weights                   enum            bf16           bf16|q8|q4: experts quantized at load
  *   log_level                 enum            info           debug|info|warn|error
  *   log_format                enum            text           text|json
  *   access_log                bool            true           one info record per HTTP request
@@ -90,6 +91,7 @@ typedef struct capmoe_config {
     int max_connections_per_ip;
     int metrics_per_layer_expert;
     int threads;
+    int weights;                 /* capmoe_weights */
     int log_level;               /* capmoe_log_level */
     int log_format;              /* capmoe_log_format */
     int access_log;

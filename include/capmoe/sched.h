@@ -169,6 +169,7 @@ typedef struct capmoe_sched_opts {
     capmoe_dispatch_cfg dispatch;
     int collect_stats;           /* 1: pass capmoe_forward_stats to the forward */
     int threads;                 /* engine threads (capmoe_model_opts); 0 = one per core */
+    int weights;                 /* capmoe_weights: experts quantized at load (quant.h) */
     capmoe_comm *comm;           /* --ep mpi (borrowed): this is rank 0; the other ranks run
                                     capmoe_engine_serve; dispatch.ep_ranks must be the size.
                                     New sequences go to the rank with the fewest live tokens. */
