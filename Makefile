@@ -25,7 +25,7 @@ CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
 
 CFLAGS  := -std=c11 -D_GNU_SOURCE -Wall -Wextra $(WERROR) -Iinclude $(PKG_CFLAGS) -MMD -MP
-LDLIBS  := $(PKG_LIBS) -lpthread -lm
+LDLIBS  := $(PKG_LIBS) -ldnnl -lgomp -lpthread -lm
 ifeq ($(SAN),1)
 CFLAGS  += -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 LDFLAGS += -fsanitize=address,undefined
@@ -60,7 +60,8 @@ $(BUILD)/obj/%.o: %.c
 # REVISION=... from outside (the Docker build has no .git). Only version.o
 # is rebuilt when it changes (the stamp is rewritten only then).
 REVISION ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
-$(BUILD)/obj/core/version.o: CFLAGS += -DCAPMOE_REVISION='"$(REVISION)"'
+$(BUILD)/obj/core/version.o: CFLAGS += -DCAPMOE_REVISION='"$(REVISION)"' \
+  -DCAPMOE_BUILD_FLAGS='"$(if $(filter 1,$(SAN)),-O1 ASan+UBSan,$(OPT))"'
 $(BUILD)/obj/core/version.o: $(BUILD)/revision.stamp
 $(BUILD)/revision.stamp: FORCE
 	@mkdir -p $(dir $@); echo '$(REVISION)' | cmp -s - $@ || echo '$(REVISION)' > $@

@@ -215,6 +215,7 @@ static int run_local(capmoe_engine *e, const capmoe_step_seq *seqs, const int *i
         }
         if (q->sample || q->n_score > 0) {
             if (q->sample) {
+                if (q->adj) capmoe_logit_adj_apply(q->adj, (float *)row, V);
                 o->token = capmoe_sample(row, V, &q->sampling, &o->rng, e->sample_scratch);
                 if (q->logprobs >= 0)
                     tok_info(e, row, o->token, q->kv_len + q->n_tokens, q->logprobs, &o->info);
@@ -288,7 +289,8 @@ typedef struct plan_head {
 
 typedef struct seq_head {
     uint64_t id;
-    int rank, n_tokens, kv_len, n_score, score_k, sample, logprobs, pad;
+    int rank, n_tokens, kv_len, n_score, score_k, sample, logprobs;
+    int n_adj, allow_bytes, has_adj; /* q->adj: n_adj entries, then the mask (padded to 4) */
     capmoe_sampling sampling;
     capmoe_rng rng;
 } seq_head;
@@ -369,8 +371,9 @@ static int plan_run(capmoe_engine *e, capmoe_error *err) {
     int n = h.n_seqs;
     capmoe_step_seq *seqs = calloc((size_t)(n > 0 ? n : 1), sizeof *seqs);
     capmoe_step_out *outs = calloc((size_t)(n > 0 ? n : 1), sizeof *outs);
+    capmoe_logit_adj *adjs = calloc((size_t)(n > 0 ? n : 1), sizeof *adjs);
     int rc = 0;
-    if (!seqs || !outs || ensure_local(e, n) != 0) {
+    if (!seqs || !outs || !adjs || ensure_local(e, n) != 0) {
         rc = capmoe_set_error(err, "rank %d: out of memory for a step plan", e->me);
     }
     int nl = 0;
@@ -385,6 +388,21 @@ static int plan_run(capmoe_engine *e, capmoe_error *err) {
         if (sh.n_tokens < 0 || sh.n_score < 0 || sh.n_score > sh.n_tokens) b->bad = 1;
         seqs[i].tokens = get_ptr(b, (size_t)(sh.n_tokens > 0 ? sh.n_tokens : 0) * sizeof(int32_t));
         seqs[i].score = get_ptr(b, (size_t)(sh.n_score > 0 ? sh.n_score : 0) * sizeof(int32_t));
+        if (sh.has_adj) {
+            if (sh.n_adj < 0 || sh.allow_bytes < 0) b->bad = 1;
+            size_t na = (size_t)(sh.n_adj > 0 ? sh.n_adj : 0);
+            size_t ab = (size_t)(sh.allow_bytes > 0 ? sh.allow_bytes : 0);
+            capmoe_logit_adj *a = &adjs[i];
+            a->n = (int)na;
+            a->ids = get_ptr(b, na * sizeof(int32_t));
+            a->bias = get_ptr(b, na * sizeof(float));
+            a->scale = get_ptr(b, na * sizeof(float));
+            a->sub = get_ptr(b, na * sizeof(float));
+            a->allow = ab ? get_ptr(b, ab) : NULL;
+            a->allow_bytes = (int)ab;
+            get_ptr(b, (4 - ab % 4) % 4);
+            seqs[i].adj = a;
+        }
         if (b->bad) rc = capmoe_set_error(err, "rank %d: truncated step plan", e->me);
         if (sh.rank == e->me) e->local[nl++] = i;
     }
@@ -417,6 +435,7 @@ static int plan_run(capmoe_engine *e, capmoe_error *err) {
     }
     free(seqs);
     free(outs);
+    free(adjs);
     if (r->bad) return capmoe_set_error(err, "rank %d: out of memory for the results", e->me), -1;
     return PLAN_STEP;
 }
@@ -434,11 +453,23 @@ static int step_mpi(capmoe_engine *e, const capmoe_step_seq *seqs, int n,
     plan_begin(e, PLAN_STEP, n, cfg, stats != NULL);
     for (int i = 0; i < n; i++) {
         const capmoe_step_seq *q = &seqs[i];
-        seq_head sh = {q->id,     q->rank,     q->n_tokens, q->kv_len, q->n_score, q->score_k,
-                       q->sample, q->logprobs, 0,           q->sampling, q->rng};
+        const capmoe_logit_adj *a = q->adj;
+        int n_adj = a ? a->n : 0, ab = a && a->allow ? a->allow_bytes : 0;
+        seq_head sh = {q->id,       q->rank,     q->n_tokens, q->kv_len,  q->n_score,
+                       q->score_k,  q->sample,   q->logprobs, n_adj,      ab,
+                       a ? 1 : 0,   q->sampling, q->rng};
         PUT(&e->plan, sh);
         put(&e->plan, q->tokens, (size_t)q->n_tokens * sizeof(int32_t));
         put(&e->plan, q->score, (size_t)(q->n_score > 0 ? q->n_score : 0) * sizeof(int32_t));
+        if (a) {
+            put(&e->plan, a->ids, (size_t)n_adj * sizeof(int32_t));
+            put(&e->plan, a->bias, (size_t)n_adj * sizeof(float));
+            put(&e->plan, a->scale, (size_t)n_adj * sizeof(float));
+            put(&e->plan, a->sub, (size_t)n_adj * sizeof(float));
+            static const uint8_t zero[4] = {0};
+            put(&e->plan, a->allow, (size_t)ab);
+            put(&e->plan, zero, (size_t)((4 - ab % 4) % 4));
+        }
     }
     if (e->plan.bad) return capmoe_set_error(err, "out of memory for the step plan");
     if (plan_bcast(e, 0, err) != 0) return fault(e, err, "sending the step plan");

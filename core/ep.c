@@ -1,5 +1,6 @@
 /* ep.c - rank worker threads for expert-parallel execution. */
 #include "capmoe/ep.h"
+#include "capmoe/cpu_features.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -114,7 +115,4 @@ void capmoe_ep_run(capmoe_ep_pool *p, int R, capmoe_ep_fn fn, void *arg) {
     pthread_mutex_unlock(&p->mu);
 }
 
-int capmoe_ep_cores(void) {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 ? (int)n : 1;
-}
+int capmoe_ep_cores(void) { return capmoe_cpu_count(); }

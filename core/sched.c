@@ -39,6 +39,7 @@ typedef struct seq {
     int detok_init;
     char *held;            /* decoded text not yet released (stop-string hold-back) */
     size_t held_len, held_cap;
+    capmoe_logitproc *lp;  /* logit_bias / penalties; NULL when the request has none */
 } seq;
 
 typedef struct sreq {
@@ -59,6 +60,9 @@ typedef struct sreq {
     int logprobs;
     int prompt_logprobs;
     int skip_special;
+    capmoe_penalties penalties;
+    capmoe_logit_bias *logit_bias;
+    int n_logit_bias;
     seq *seqs;             /* n */
     int n_admitted, n_done;
     int n_generated_total;
@@ -190,6 +194,8 @@ static void seq_release(capmoe_sched *s, seq *q) {
     free(q->held);
     q->held = NULL;
     q->held_len = q->held_cap = 0;
+    capmoe_logitproc_free(q->lp);
+    q->lp = NULL;
 }
 
 static void req_free(capmoe_sched *s, sreq *rq) {
@@ -197,6 +203,7 @@ static void req_free(capmoe_sched *s, sreq *rq) {
     for (int i = 0; rq->seqs && i < rq->n; i++) seq_release(s, &rq->seqs[i]);
     free(rq->seqs);
     free(rq->prompt);
+    free(rq->logit_bias);
     for (int i = 0; i < rq->n_stop; i++) free(rq->stop[i]);
     free(rq->error);
     free(rq);
@@ -439,6 +446,7 @@ static void accept_token(capmoe_sched *s, seq *q, const capmoe_step_out *o) {
     double now = capmoe_now();
     q->rng = o->rng;
     q->n_gen++;
+    if (q->lp) capmoe_logitproc_accept(q->lp, tok);
     rq->n_generated_total++;
     if (rq->t_first == 0) rq->t_first = now;
     capmoe_sched_event *ev = ev_new(CAPMOE_EV_TOKEN, rq, q->choice);
@@ -536,7 +544,8 @@ static int step(capmoe_sched *s) {
         s->batch[nb] = (capmoe_step_seq){.id = q->sid, .rank = q->rank, .tokens = &q->next_tok,
                                          .n_tokens = 1, .kv_len = q->kv_len, .sample = 1,
                                          .sampling = rq->sampling, .rng = q->rng,
-                                         .logprobs = rq->logprobs};
+                                         .logprobs = rq->logprobs,
+                                         .adj = capmoe_logitproc_adj(q->lp)};
         s->batch_seq[nb] = q;
         s->batch_kind[nb] = ENT_DECODE;
         nb++;
@@ -561,7 +570,8 @@ static int step(capmoe_sched *s) {
         *b = (capmoe_step_seq){.id = q->sid, .rank = q->rank, .tokens = rq->prompt + q->pos,
                                .n_tokens = chunk, .kv_len = q->kv_len, .sample = last,
                                .sampling = rq->sampling, .rng = q->rng,
-                               .logprobs = rq->logprobs};
+                               .logprobs = rq->logprobs,
+                               .adj = last ? capmoe_logitproc_adj(q->lp) : NULL};
         if (rq->prompt_logprobs) { /* prompt tokens this chunk's rows predict */
             int n_lp = 0;
             for (int j = 0; j < chunk; j++)
@@ -971,6 +981,24 @@ static capmoe_sched_rc validate(const capmoe_sched *s, const capmoe_gen_params *
         capmoe_set_error(err, "at most %d stop token ids", CAPMOE_SCHED_MAX_STOP_IDS);
         return CAPMOE_SCHED_EINVAL;
     }
+    const capmoe_penalties *pe = &p->penalties;
+    if (!(pe->presence >= -2 && pe->presence <= 2) || !(pe->frequency >= -2 && pe->frequency <= 2) ||
+        !(pe->repetition >= 0 && pe->repetition <= 2)) {
+        capmoe_set_error(err, "penalties out of range (presence, frequency -2..2; repetition "
+                              "(0, 2])");
+        return CAPMOE_SCHED_EINVAL;
+    }
+    if (p->n_logit_bias < 0 || (p->n_logit_bias && !p->logit_bias)) {
+        capmoe_set_error(err, "logit_bias: bad list");
+        return CAPMOE_SCHED_EINVAL;
+    }
+    for (int i = 0; i < p->n_logit_bias; i++)
+        if (p->logit_bias[i].id < 0 || p->logit_bias[i].id >= s->vocab ||
+            !(p->logit_bias[i].bias >= -100 && p->logit_bias[i].bias <= 100)) {
+            capmoe_set_error(err, "logit_bias: token %d must be in 0..%d with a bias in -100..100",
+                             p->logit_bias[i].id, s->vocab - 1);
+            return CAPMOE_SCHED_EINVAL;
+        }
     if (p->logprobs > CAPMOE_SCHED_MAX_TOP) {
         capmoe_set_error(err, "logprobs must be at most %d", CAPMOE_SCHED_MAX_TOP);
         return CAPMOE_SCHED_EINVAL;
@@ -1022,6 +1050,20 @@ capmoe_sched_rc capmoe_sched_submit(capmoe_sched *s, const capmoe_gen_params *p,
     rq->logprobs = p->logprobs < 0 ? -1 : p->logprobs;
     rq->prompt_logprobs = p->prompt_logprobs;
     rq->skip_special = p->skip_special;
+    rq->penalties = p->penalties;
+    if (p->n_logit_bias) {
+        rq->logit_bias = capmoe_malloc_array((size_t)p->n_logit_bias, sizeof *rq->logit_bias);
+        if (!rq->logit_bias) goto oom;
+        memcpy(rq->logit_bias, p->logit_bias, sizeof *rq->logit_bias * (size_t)p->n_logit_bias);
+        rq->n_logit_bias = p->n_logit_bias;
+    }
+    if (p->n_logit_bias || !capmoe_penalties_off(&p->penalties))
+        for (int c = 0; c < p->n; c++)
+            if (capmoe_logitproc_new(&rq->seqs[c].lp, s->vocab, &rq->penalties, rq->logit_bias,
+                                     rq->n_logit_bias, rq->prompt, rq->n_prompt, err) != 0) {
+                req_free(s, rq);
+                return CAPMOE_SCHED_ENOMEM;
+            }
     rq->t_submit = capmoe_now();
     /* Without a seed every request draws its own from the kernel, so
      * identical requests sample independently; with one, output repeats. */

@@ -11,8 +11,8 @@
 # Installs only what is missing; needs root (or sudo) when something is.
 set -eu
 
-BUILD_PKGS="gcc make pkg-config libc6-dev libopenblas-dev libcjson-dev libmicrohttpd-dev libuv1-dev libpcre2-dev libutf8proc-dev libopenmpi-dev openmpi-bin libgnutls28-dev"
-RUNTIME_PKGS="libopenblas0-pthread libcjson1 libmicrohttpd12 libuv1 libpcre2-8-0 libutf8proc2 libopenmpi3 openmpi-bin libgnutls30 tini"
+BUILD_PKGS="gcc make pkg-config libc6-dev libopenblas-dev libcjson-dev libmicrohttpd-dev libuv1-dev libpcre2-dev libutf8proc-dev libopenmpi-dev openmpi-bin libgnutls28-dev libdnnl-dev"
+RUNTIME_PKGS="libopenblas0-pthread libcjson1 libmicrohttpd12 libuv1 libpcre2-8-0 libutf8proc2 libopenmpi3 openmpi-bin libgnutls30 libdnnl2 libgomp1 tini"
 TEST_PKGS="check prometheus wrk nodejs npm python3 python3-jinja2 curl docker-compose iproute2 openssl chromium systemd"
 
 list=0

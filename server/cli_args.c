@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "capmoe/cli.h"
+#include "capmoe/par.h"
 
 int capmoe_cli_parse(capmoe_cli_args *a, int argc, char **argv, const char *const *switches,
                      capmoe_error *err) {
@@ -252,4 +253,12 @@ int capmoe_cli_configs(const char *policies, const double *gammas, int n_gam,
         }
     }
     return 0;
+}
+
+int capmoe_cli_engine(capmoe_cli_args *a, capmoe_model_opts *o, capmoe_error *err) {
+    memset(o, 0, sizeof *o);
+    long t;
+    if (capmoe_cli_int(a, "threads", 0, CAPMOE_PAR_MAX_THREADS, 0, &t, err)) return -1;
+    o->threads = (int)t;
+    return capmoe_cli_weights(a, &o->weights, err);
 }

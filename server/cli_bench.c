@@ -59,11 +59,13 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "capmoe/ceiling.h"
 #include "capmoe/cli.h"
 #include "capmoe/ep.h"
 #include "capmoe/model.h"
 #include "capmoe/ops.h"
 #include "capmoe/stats.h"
+#include "capmoe/sysinfo.h"
 #include "capmoe/tokenizer.h"
 
 static const char *BENCH_USAGE =
@@ -80,7 +82,8 @@ static const char *BENCH_USAGE =
     "  --weights bf16|q8|q4 experts quantized at load (default $CAPMOE_WEIGHTS, else bf16)\n"
     "  --format json|table (json)  --seq-len N (512)  --decode-context N (64)\n"
     "  --decode-steps N (8)  --min-tokens N (16)  --renormalize\n"
-    "  --sgemm-size N (2048)  --copy-mib N (256)\n";
+    "  --sgemm-size N (2048)  --copy-mib N (256)\n"
+    "  --threads N          engine threads (default 0: one per CPU this process may use)\n";
 
 #define MAX_LIST 32
 
@@ -614,6 +617,14 @@ static void print_table(const cJSON *o) {
            num(ma, "cores"), num(ma, "ep_ranks"), num(ma, "experts_per_rank"),
            num(ma, "threads"), num(ma, "sgemm_size"), num(ma, "sgemm_size"),
            num(ma, "sgemm_gflops"), num(ma, "bandwidth_gbs"), num(ma, "memcpy_gbs_1thread"));
+    const cJSON *core = cJSON_GetObjectItemCaseSensitive(ma, "sgemm_blas_core");
+    printf("Ceilings of the hardware (hand-written loops): FP32 FMA %.0f GFLOP/s, BF16 dot %.0f, "
+           "AMX-BF16 %.0f, triad %.1f GB/s (nan: the CPU lacks it); sgemm through OpenBLAS core %s.\n\n",
+           num(ma, "peak_fp32_gflops"), num(ma, "peak_bf16_dot_gflops"),
+           num(ma, "peak_amx_bf16_gflops"), num(ma, "triad_gbs"),
+           cJSON_IsString(core) ? core->valuestring : "?");
+    const cJSON *warn = cJSON_GetObjectItemCaseSensitive(ma, "sgemm_warning");
+    if (cJSON_IsString(warn)) printf("**Warning:** %s\n\n", warn->valuestring);
     const cJSON *note = cJSON_GetObjectItemCaseSensitive(ma, "note");
     if (cJSON_IsString(note)) printf("**Note:** %s\n\n", note->valuestring);
     const cJSON *pre = cJSON_GetObjectItemCaseSensitive(o, "prefill");
@@ -700,6 +711,8 @@ int capmoe_cmd_bench(int argc, char **argv) {
         capmoe_cli_int(&a, "sgemm-size", 16, 16384, 2048, &sg_n, &err) ||
         capmoe_cli_int(&a, "copy-mib", 1, 8192, 256, &copy_mib, &err))
         goto usage_err;
+    capmoe_model_opts eng;
+    if (capmoe_cli_engine(&a, &eng, &err)) goto usage_err;
     base.min_tokens = (int)min_tokens;
     base.renormalize = capmoe_cli_has(&a, "renormalize");
     double gammas[MAX_LIST];
@@ -712,8 +725,6 @@ int capmoe_cmd_bench(int argc, char **argv) {
     if (capmoe_cli_configs(pol_s, gammas, n_gam, cl.pol, cl.gamma, &cl.n,
                            (int)(sizeof cl.pol / sizeof cl.pol[0]), &err))
         goto usage_err;
-    capmoe_weights wts;
-    if (capmoe_cli_weights(&a, &wts, &err)) goto usage_err;
     if (capmoe_cli_check_unused(&a, &err)) goto usage_err;
 
     usage = 0;
@@ -742,7 +753,8 @@ int capmoe_cmd_bench(int argc, char **argv) {
             capmoe_set_error(&err, "%s: the model has no MoE layer", dir);
             goto end;
         }
-        capmoe_model_opts mo = {.max_ranks = R, .weights = wts};
+        capmoe_model_opts mo = eng;
+        mo.max_ranks = R;
         if (capmoe_model_load(&b.m, dir, &mo, &err)) goto end;
         b.c = capmoe_model_config(b.m);
         b.R = R;
@@ -795,10 +807,15 @@ int capmoe_cmd_bench(int argc, char **argv) {
 
         /* Ceilings, measured before and after the runs; the best counts, so
          * that load from other processes at one moment does not lower them. */
-        int cores = b.cores;
+        int cores = b.cores, threads = eng.threads > 0 ? eng.threads : cores;
         size_t bytes = (size_t)copy_mib << 20;
         ceilings c0, c1;
-        if (measure_ceilings((int)sg_n, bytes, cores, &c0, &err)) goto end;
+        if (measure_ceilings((int)sg_n, bytes, threads, &c0, &err)) goto end;
+        /* The BLAS's kernels against the CPU's: a slow library must not set
+         * the sgemm ceiling silently. */
+        capmoe_sysinfo si;
+        capmoe_sysinfo_get(&si);
+        if (si.warning[0]) fprintf(stderr, "capmoe bench: warning: %s\n", si.warning);
 
         out = cJSON_CreateObject();
         cJSON *mo_j = cJSON_AddObjectToObject(out, "model");
@@ -837,7 +854,8 @@ int capmoe_cmd_bench(int argc, char **argv) {
         } else {
             cJSON_AddNullToObject(ma, "note");
         }
-        cJSON_AddNumberToObject(ma, "threads", capmoe_ep_cores());
+        cJSON_AddNumberToObject(ma, "threads", threads);
+        cJSON_AddItemToObject(ma, "system", capmoe_sysinfo_json(&si, threads));
 
         cJSON *se = cJSON_AddObjectToObject(out, "settings");
         cJSON *pl = cJSON_AddArrayToObject(se, "policies");
@@ -880,11 +898,25 @@ int capmoe_cmd_bench(int argc, char **argv) {
             if (decode[i] == 1) dec_time = st;
         }
 
-        if (measure_ceilings((int)sg_n, bytes, cores, &c1, &err)) goto end;
+        if (measure_ceilings((int)sg_n, bytes, threads, &c1, &err)) goto end;
+        /* the hardware's own ceilings: hand-written loops, not the library */
+        double pk32 = capmoe_peak_fp32_gflops(threads), pkbf = capmoe_peak_bf16_dot_gflops(threads);
+        double pkamx = capmoe_peak_amx_bf16_gflops(threads);
+        double triad = capmoe_stream_triad_gbs(threads, bytes);
         double sg = fmax(c0.sgemm, c1.sgemm), bw1 = fmax(c0.bw1, c1.bw1);
         double bwn = fmax(c0.bwn, c1.bwn), bw = fmax(bw1, bwn);
         cJSON_AddNumberToObject(ma, "sgemm_size", (double)sg_n);
         cJSON_AddNumberToObject(ma, "sgemm_gflops", sg);
+        cJSON_AddStringToObject(ma, "sgemm_blas_core", si.blas.core);
+        cJSON_AddBoolToObject(ma, "sgemm_blas_slow", si.blas.weak);
+        if (si.warning[0]) cJSON_AddStringToObject(ma, "sgemm_warning", si.warning);
+        else cJSON_AddNullToObject(ma, "sgemm_warning");
+#define ADD_PEAK(k, v) ((v) > 0 ? cJSON_AddNumberToObject(ma, k, v) : cJSON_AddNullToObject(ma, k))
+        ADD_PEAK("peak_fp32_gflops", pk32);
+        ADD_PEAK("peak_bf16_dot_gflops", pkbf);
+        ADD_PEAK("peak_amx_bf16_gflops", pkamx);
+        ADD_PEAK("triad_gbs", triad);
+#undef ADD_PEAK
         cJSON *sr = cJSON_AddArrayToObject(ma, "sgemm_gflops_start_end");
         cJSON_AddItemToArray(sr, cJSON_CreateNumber(c0.sgemm));
         cJSON_AddItemToArray(sr, cJSON_CreateNumber(c1.sgemm));
@@ -902,6 +934,8 @@ int capmoe_cmd_bench(int argc, char **argv) {
             cJSON_AddNumberToObject(ra, "prefill_gflops", pre_gflops);
             cJSON_AddNumberToObject(ra, "prefill_fraction_of_sgemm", pre_gflops / sg);
             cJSON_AddBoolToObject(ra, "prefill_target_met", pre_gflops / sg >= 0.5);
+            if (pk32 > 0) cJSON_AddNumberToObject(ra, "prefill_fraction_of_fp32_peak", pre_gflops / pk32);
+            else cJSON_AddNullToObject(ra, "prefill_fraction_of_fp32_peak");
         } else {
             cJSON_AddNullToObject(ra, "prefill_tokens");
             cJSON_AddNullToObject(ra, "prefill_gflops");
@@ -931,6 +965,14 @@ int capmoe_cmd_bench(int argc, char **argv) {
                          "running single-threaded OpenBLAS cblas_sgemm on its columns) on N x N "
                          "float32, 2 N^3 flops, best of 5; measured before and after the runs, "
                          "the larger counts");
+        cJSON_AddStringToObject(
+            df, "peaks",
+            "hand-written loops on every engine thread, best of 3: peak_fp32_gflops = 12 "
+            "independent FMA chains (AVX-512, else AVX2), peak_bf16_dot_gflops = VDPBF16PS "
+            "(AVX512-BF16), peak_amx_bf16_gflops = TDPBF16PS tiles (AMX), triad_gbs = a = b + s c "
+            "over copy_mib-sized float arrays, 3 x bytes / s; null where the CPU lacks them. "
+            "sgemm_blas_core names the BLAS kernels behind sgemm_gflops; sgemm_warning is set "
+            "when they are weaker than the CPU");
         cJSON_AddStringToObject(df, "bandwidth",
                                 "memcpy of memcpy_bytes: (bytes read + bytes written) / s, best "
                                 "of 3; with 1 thread and one thread per core, before and after "

@@ -91,13 +91,14 @@ int capmoe_cmd_perplexity(int argc, char **argv) {
     }
     capmoe_dispatch_cfg cfg;
     long ctx, stride, batch, max_tokens;
-    capmoe_weights wts;
-    if (capmoe_cli_dispatch(&a, &cfg, &err) || capmoe_cli_weights(&a, &wts, &err) ||
+    if (capmoe_cli_dispatch(&a, &cfg, &err) ||
         capmoe_cli_int(&a, "context", 2, 1L << 20, 256, &ctx, &err) ||
         capmoe_cli_int(&a, "stride", 1, 1L << 20, ctx / 2 > 0 ? ctx / 2 : 1, &stride, &err) ||
         capmoe_cli_int(&a, "batch", 1, 4096, 8, &batch, &err) ||
         capmoe_cli_int(&a, "max-tokens", 2, INT32_MAX, INT32_MAX, &max_tokens, &err))
         goto usage;
+    capmoe_model_opts mo;
+    if (capmoe_cli_engine(&a, &mo, &err)) goto usage;
     if (stride > ctx) {
         capmoe_set_error(&err, "--stride %ld exceeds --context %ld (tokens would be skipped)",
                          stride, ctx);
@@ -120,7 +121,8 @@ int capmoe_cmd_perplexity(int argc, char **argv) {
     if (capmoe_cli_ep(&a, &cfg, &comm, &err)) goto end;
     int R = capmoe_comm_size(comm), me = capmoe_comm_rank(comm);
     text = capmoe_read_file(file, &len, &err);
-    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks, .comm = comm, .weights = wts};
+    mo.max_ranks = cfg.ep_ranks;
+    mo.comm = comm;
     int ok = text && capmoe_tokenizer_load(&tok, dir, &err) == 0 &&
              capmoe_model_load(&m, dir, &mo, &err) == 0;
     if (!capmoe_cli_check_load(comm, dir, ok, &err)) goto end; /* every rank leaves together */

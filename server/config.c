@@ -128,7 +128,7 @@ static const opt k_opts[] = {
      "label expert-token counters by {layer,expert} (layers x experts series) instead of {expert}",
      OPT_RESTART},
     {"threads", OPT_INT, OFF(threads), 0, 64, "0", "N",
-     "engine threads for matrix products and attention (0: one per core)",
+     "engine threads for matrix products and attention (0: one per CPU this process may use)",
      OPT_RESTART},
     {"weights", OPT_CHOICE, OFF(weights), 0, 0, "bf16", "bf16|q8|q4",
      "expert weights: bf16 keeps the checkpoint's dtype; q8 (int8 blocks of 32 with a scale) or "

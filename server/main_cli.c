@@ -13,6 +13,7 @@
 #include "capmoe/cli.h"
 #include "capmoe/model.h"
 #include "capmoe/sample.h"
+#include "capmoe/sysinfo.h"
 #include "capmoe/tokenizer.h"
 #include "capmoe/version.h"
 
@@ -36,9 +37,7 @@ static const char *USAGE =
     "  --renormalize              rescale each token's kept weights to sum to 1\n"
     "  --min-tokens N             no limit below N tokens per dispatch (default 16, 0 = off)\n"
     "  --drop-budget B            auto: largest dropped routing mass allowed (default 0.01)\n"
-    "weights (logits, generate, perplexity, bench; default $CAPMOE_WEIGHTS, else bf16):\n"
-    "  --weights bf16|q8|q4       quantize the experts' matrices at load (q8: int8 blocks of\n"
-    "                             32 with a scale; q4: 4-bit blocks of 32, scale and minimum)\n"
+    CAPMOE_CLI_ENGINE_HELP
     "latent attention (DeepSeek), logits and generate:\n"
     "  --mla-form auto|expanded|absorbed   how to attend (default auto: the cheaper per\n"
     "                             sequence and step; the others force one form)\n";
@@ -224,8 +223,8 @@ static int cmd_logits(int argc, char **argv) {
     if (capmoe_cli_dispatch(&a, &cfg, &err)) return usage_fail("logits", &err);
     capmoe_mla_form form;
     if (mla_form_opt(&a, &form, &err)) return usage_fail("logits", &err);
-    capmoe_weights wts;
-    if (capmoe_cli_weights(&a, &wts, &err)) return usage_fail("logits", &err);
+    capmoe_model_opts mo;
+    if (capmoe_cli_engine(&a, &mo, &err)) return usage_fail("logits", &err);
     const char *out = capmoe_cli_get(&a, "out");
     if (!out || !*out) {
         capmoe_set_error(&err, "--out FILE is required");
@@ -287,8 +286,9 @@ static int cmd_logits(int argc, char **argv) {
             goto done;
         }
     }
-    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks, .comm = comm, .mla_form = form,
-                            .weights = wts};
+    mo.max_ranks = cfg.ep_ranks;
+    mo.comm = comm;
+    mo.mla_form = form;
     int ok = capmoe_model_load(&m, dir, &mo, &err) == 0;
     if (ok) report_weights(m);
     if (ok && capmoe_dispatch_cfg_check(&cfg, capmoe_model_config(m)->n_experts, &err)) ok = 0;
@@ -448,8 +448,8 @@ static int cmd_generate(int argc, char **argv) {
     }
     capmoe_mla_form form;
     if (mla_form_opt(&a, &form, &err)) return usage_fail("generate", &err);
-    capmoe_weights wts;
-    if (capmoe_cli_weights(&a, &wts, &err)) return usage_fail("generate", &err);
+    capmoe_model_opts mo;
+    if (capmoe_cli_engine(&a, &mo, &err)) return usage_fail("generate", &err);
     const char *ids_s = capmoe_cli_get(&a, "ids");
     const char *prompt = capmoe_cli_get(&a, "prompt");
     int stop_eos = capmoe_cli_has(&a, "stop-at-eos");
@@ -472,8 +472,9 @@ static int cmd_generate(int argc, char **argv) {
     capmoe_comm *comm = NULL;
     if (capmoe_cli_ep(&a, &cfg, &comm, &err)) goto end;
     int me = capmoe_comm_rank(comm);
-    capmoe_model_opts mo = {.max_ranks = cfg.ep_ranks, .comm = comm, .mla_form = form,
-                            .weights = wts};
+    mo.max_ranks = cfg.ep_ranks;
+    mo.comm = comm;
+    mo.mla_form = form;
     int ok = capmoe_tokenizer_load(&tok, dir, &err) == 0 && capmoe_model_load(&m, dir, &mo, &err) == 0;
     if (ok) report_weights(m);
     if (ok && prompt && capmoe_tokenizer_encode(tok, prompt, strlen(prompt), 1, &ids, &n, &err))
@@ -566,13 +567,19 @@ int main(int argc, char **argv) {
     }
     if (strcmp(argv[1], "--version") == 0) {
         printf("capmoe %s (revision %s)\n", CAPMOE_VERSION, capmoe_revision());
+        capmoe_sysinfo si;
+        capmoe_sysinfo_get(&si);
+        capmoe_sysinfo_print(stdout, &si, 0);
         return 0;
     }
     const char *cmd = argv[1];
     for (size_t i = 0; i < sizeof HELP / sizeof HELP[0]; i++)
         if (strcmp(cmd, HELP[i].cmd) == 0 && wants_help(argc - 2, argv + 2)) {
             fputs(HELP[i].text, stdout);
-            if (strcmp(cmd, "logits") == 0 || strcmp(cmd, "generate") == 0) fputs(DISPATCH_HELP, stdout);
+            if (strcmp(cmd, "logits") == 0 || strcmp(cmd, "generate") == 0) {
+                fputs(DISPATCH_HELP, stdout);
+                fputs(CAPMOE_CLI_ENGINE_HELP, stdout);
+            }
             return 0;
         }
     if (strcmp(cmd, "logits") == 0) return cmd_logits(argc - 2, argv + 2);

@@ -44,6 +44,7 @@
 #include "capmoe/log.h"
 #include "capmoe/metrics.h"
 #include "capmoe/openai.h"
+#include "capmoe/sysinfo.h"
 #include "capmoe/version.h"
 
 extern char **environ;
@@ -382,7 +383,15 @@ static int run(server *s) {
         return 1;
     }
     char *model_id = capmoe_config_model_id(cfg);
-    const char *build[] = {"version", CAPMOE_VERSION, "revision", capmoe_revision(), NULL};
+    capmoe_sysinfo si;
+    capmoe_sysinfo_get(&si);
+    char threads[16];
+    snprintf(threads, sizeof threads, "%d", cfg->threads > 0 ? cfg->threads : si.cpus);
+    const char *build[] = {"version", CAPMOE_VERSION, "revision", capmoe_revision(),
+                           "cpu_features", si.features, "blas", si.blas.name,
+                           "blas_version", si.blas.version, "blas_core", si.blas.core,
+                           "blas_slow", si.blas.weak ? "1" : "0", "onednn", si.dnnl,
+                           "threads", threads, NULL};
     capmoe_metrics_opts mo = {
         .model_name = model_id ? model_id : "model",
         .n_layers = s->hc.n_layers,
@@ -444,6 +453,15 @@ static int run(server *s) {
     capmoe_log_fields(s->log, CAPMOE_LOG_INFO, f, 3,
                       "capmoe-server %s: listening on %s://%s (model %s as '%s', loading)",
                       CAPMOE_VERSION, scheme, hp, cfg->model, model_id ? model_id : "model");
+    capmoe_log_field sf[] = {CAPMOE_LOG_STR("cpu_features", si.features),
+                             CAPMOE_LOG_STR("blas_core", si.blas.core),
+                             CAPMOE_LOG_STR("blas_config", si.blas.config),
+                             CAPMOE_LOG_STR("onednn", si.dnnl),
+                             CAPMOE_LOG_STR("threads", threads)};
+    capmoe_log_fields(s->log, CAPMOE_LOG_INFO, sf, 5, "%s %s (%s kernels), %s threads, CPU %s",
+                      si.blas.name, si.blas.version, si.blas.core, threads,
+                      si.cpu.brand[0] ? si.cpu.brand : "unknown");
+    if (si.warning[0]) capmoe_log_warn(s->log, "%s", si.warning);
     if (s->comm) {
         capmoe_api_set_comm(s->api, s->comm);
         capmoe_log_info(s->log, "--ep mpi: %d ranks; rank 0 on %s serves HTTP",
@@ -493,6 +511,9 @@ int main(int argc, char **argv) {
     }
     if (action == CAPMOE_CONFIG_VERSION) {
         printf("capmoe-server %s (revision %s)\n", CAPMOE_VERSION, capmoe_revision());
+        capmoe_sysinfo si;
+        capmoe_sysinfo_get(&si);
+        capmoe_sysinfo_print(stdout, &si, cfg.threads);
         capmoe_config_free(&cfg);
         return 0;
     }

@@ -1,4 +1,5 @@
-/* check_openai.c - tests of the pure parts of server/openai.c: UTF-8
+/* check_openai.c - tests of the pure parts of the HTTP API (api_request.c,
+ * api_error.c, utf8.c, api_stream.c): UTF-8
  * validation, SSE framing, the OpenAI error body, and request parsing /
  * validation of /v1/completions and /v1/chat/completions (types, ranges,
  * limits, unsupported fields, unknown fields ignored, nesting limit). The
@@ -179,6 +180,23 @@ START_TEST(test_completion_fields) {
     ck_assert_str_eq(r.user, "u1");
     ck_assert_int_eq(r.ignore_eos, 1);
     ck_assert_int_eq(r.n_stop_ids, 2);
+    ck_assert(r.penalties.presence == 0 && r.penalties.frequency == 0);
+    ck_assert(r.penalties.repetition == 1.0f);
+    ck_assert_int_eq(r.n_logit_bias, 0);
+    capmoe_api_request_free(&r);
+
+    /* penalties and logit_bias are read into the request */
+    ck_assert_int_eq(parse(CAPMOE_API_COMPLETIONS,
+                           "{\"prompt\":\"x\",\"presence_penalty\":0.5,\"frequency_penalty\":-1.25,"
+                           "\"repetition_penalty\":1.3,\"logit_bias\":{\"5\":10,\"575\":-100}}",
+                           &r, &e), 0);
+    ck_assert(r.penalties.presence == 0.5f && r.penalties.frequency == -1.25f);
+    ck_assert(r.penalties.repetition == 1.3f);
+    ck_assert_int_eq(r.n_logit_bias, 2);
+    ck_assert_int_eq(r.logit_bias[0].id, 5);
+    ck_assert(r.logit_bias[0].bias == 10.0f);
+    ck_assert_int_eq(r.logit_bias[1].id, 575);
+    ck_assert(r.logit_bias[1].bias == -100.0f);
     capmoe_api_request_free(&r);
 
     ck_assert_int_eq(parse(CAPMOE_API_COMPLETIONS, "{\"prompt\":\"x\",\"stop\":\"END\",\"top_k\":-1}", &r, &e), 0);
@@ -232,9 +250,17 @@ START_TEST(test_completion_refusals) {
     expect_400(C, "{\"prompt\":\"x\",\"stop\":7}", "stop", NULL);
     expect_400(C, "{\"prompt\":\"x\",\"model\":7}", "model", "string");
     expect_400(C, "{\"prompt\":\"x\",\"user\":[]}", "user", "string");
-    expect_400(C, "{\"prompt\":\"x\",\"presence_penalty\":0.5}", "presence_penalty", "not supported");
+    expect_400(C, "{\"prompt\":\"x\",\"presence_penalty\":2.5}", "presence_penalty", NULL);
     expect_400(C, "{\"prompt\":\"x\",\"frequency_penalty\":3}", "frequency_penalty", NULL);
-    expect_400(C, "{\"prompt\":\"x\",\"logit_bias\":{\"5\":10}}", "logit_bias", "not supported");
+    expect_400(C, "{\"prompt\":\"x\",\"frequency_penalty\":\"1\"}", "frequency_penalty", NULL);
+    expect_400(C, "{\"prompt\":\"x\",\"repetition_penalty\":0}", "repetition_penalty", NULL);
+    expect_400(C, "{\"prompt\":\"x\",\"repetition_penalty\":2.5}", "repetition_penalty", NULL);
+    expect_400(C, "{\"prompt\":\"x\",\"logit_bias\":{\"5\":101}}", "logit_bias", "-100..100");
+    expect_400(C, "{\"prompt\":\"x\",\"logit_bias\":{\"5\":\"1\"}}", "logit_bias", "-100..100");
+    expect_400(C, "{\"prompt\":\"x\",\"logit_bias\":{\"576\":1}}", "logit_bias", "0..575");
+    expect_400(C, "{\"prompt\":\"x\",\"logit_bias\":{\"-1\":1}}", "logit_bias", "token ids");
+    expect_400(C, "{\"prompt\":\"x\",\"logit_bias\":{\"a\":1}}", "logit_bias", "token ids");
+    expect_400(C, "{\"prompt\":\"x\",\"logit_bias\":{\"1.5\":1}}", "logit_bias", "token ids");
     expect_400(C, "{\"prompt\":\"x\",\"logit_bias\":3}", "logit_bias", NULL);
     expect_400(C, "{\"prompt\":\"x\",\"best_of\":2}", "best_of", NULL);
     expect_400(C, "{\"prompt\":\"x\",\"suffix\":\"end\"}", "suffix", "not supported");

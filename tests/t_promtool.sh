@@ -56,7 +56,9 @@ node -e '
     "process_resident_memory_bytes 1 MB..8 GB": v("process_resident_memory_bytes") > 1e6 && v("process_resident_memory_bytes") < 8e9,
     "process_cpu_seconds_total > 0": v("process_cpu_seconds_total") > 0,
     "process_open_fds in 4..max": v("process_open_fds") >= 4 && v("process_open_fds") <= v("process_max_fds"),
-    "capmoe_build_info of this build": v(`capmoe_build_info{version="${process.argv[2]}",revision="${process.argv[3]}"}`) === 1,
+    "capmoe_build_info of this build (version, revision, then the machine report)": t.split("\n").some((l) =>
+      l.startsWith(`capmoe_build_info{version="${process.argv[2]}",revision="${process.argv[3]}",`) &&
+      /,blas_core="[^"]+",/.test(l) && l.endsWith("} 1")),
     "2 finished sequences of reason length": v(`capmoe_request_success_total{finished_reason="length"}`) === 2,
     "generation token histogram": v("capmoe_request_generation_tokens_sum") === 8,
     "no 0-1 fraction without _ratio": !/^# TYPE capmoe_moe_dropped_mass /m.test(t),

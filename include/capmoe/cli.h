@@ -7,6 +7,7 @@
 #include "capmoe/comm.h"
 #include "capmoe/dispatch.h"
 #include "capmoe/quant.h"
+#include "capmoe/model.h"
 #include "capmoe/stats.h"
 
 /* A parsed command line: --name value pairs and --flag switches, in order. */
@@ -37,9 +38,17 @@ int capmoe_cli_parse_ids(const char *s, int32_t **ids, int *n, capmoe_error *err
 /* The dispatch options: --policy --capacity-factor G|auto --ep-ranks
  * --renormalize --min-tokens --drop-budget. */
 int capmoe_cli_dispatch(capmoe_cli_args *a, capmoe_dispatch_cfg *cfg, capmoe_error *err);
-/* --weights bf16|q8|q4 (capmoe_model_opts.weights; default: the environment's
- * CAPMOE_WEIGHTS, else bf16 = as stored). */
-int capmoe_cli_weights(capmoe_cli_args *a, capmoe_weights *w, capmoe_error *err);
+/* The engine options every model-loading command takes: --threads N (0 or
+ * absent: one per usable CPU) and --weights bf16|q8|q4 (default: the
+ * environment's CAPMOE_WEIGHTS, else bf16 = as stored) into o (other fields
+ * zeroed). */
+int capmoe_cli_engine(capmoe_cli_args *a, capmoe_model_opts *o, capmoe_error *err);
+#define CAPMOE_CLI_ENGINE_HELP \
+    "engine options:\n" \
+    "  --threads N                engine threads (default 0: one per CPU this process may use)\n" \
+    "  --weights bf16|q8|q4       quantize the experts' matrices at load (q8: int8 blocks of\n" \
+    "                             32 with a scale; q4: 4-bit blocks of 32, scale and minimum;\n" \
+    "                             default $CAPMOE_WEIGHTS, else bf16: as stored)\n"
 
 /* "1.0,1.5,2.0" into out[0..*n) (at most max values in [lo, hi]; "" gives
  * none); errors name --name. */

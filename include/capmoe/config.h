@@ -39,7 +39,7 @@
  *   max_connections_per_ip    int             0              concurrent connections per client address
  *                                                            (0 = no per-address limit)
  *   metrics_per_layer_expert  bool            false          expert-token counters per {layer,expert}
- *   threads                   int 0..64       0              engine threads (0 = one per core)
+ *   threads                   int 0..64       0              engine threads (0 = one per usable CPU)
  *   weights                   enum            bf16           bf16|q8|q4: experts quantized at load
  *   log_level                 enum            info           debug|info|warn|error
  *   log_format                enum            text           text|json

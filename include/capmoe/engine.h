@@ -27,6 +27,7 @@
 
 #include "capmoe/comm.h"
 #include "capmoe/dispatch.h"
+#include "capmoe/logitproc.h"
 #include "capmoe/model.h"
 #include "capmoe/sample.h"
 #include "capmoe/stats.h"
@@ -61,6 +62,8 @@ typedef struct capmoe_step_seq {
     capmoe_sampling sampling;
     capmoe_rng rng;           /* the sequence's RNG state before sampling */
     int logprobs;             /* -1: none; k >= 0: info of the sampled token with top k */
+    const capmoe_logit_adj *adj; /* NULL, or applied to the sampled row first (logit_bias,
+                                    penalties, a grammar's mask); logprobs see the result */
 } capmoe_step_seq;
 
 /* What a step gave one sequence. */

@@ -19,7 +19,8 @@ void capmoe_ep_free(capmoe_ep_pool *p);
 int capmoe_ep_max_ranks(const capmoe_ep_pool *p);
 /* Runs fn on R ranks (1 <= R <= max_ranks) and waits for all of them. */
 void capmoe_ep_run(capmoe_ep_pool *p, int R, capmoe_ep_fn fn, void *arg);
-/* Number of online CPU cores (to tell when R ranks share fewer cores). */
+/* CPUs this process may use (capmoe_cpu_count: affinity mask and cgroup
+ * quota), to tell when R ranks share fewer cores. */
 int capmoe_ep_cores(void);
 
 #endif

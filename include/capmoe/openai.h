@@ -18,6 +18,10 @@
  * With an api_key, /v1/..., /tokenize and /detokenize need the bearer token;
  * /health and /metrics stay public (as in vLLM).
  *
+ * Request parsing: api_request.h; errors: api_error.h; SSE framing: sse.h;
+ * UTF-8 checks: utf8.h (all included here). Server-side modules: see the
+ * map at the top of server/openai.c.
+ *
  * Threads: everything runs on the loop thread except capmoe_api_sched_event /
  * capmoe_api_sched_step, which the scheduler thread calls; they only queue and
  * wake the loop (capmoe_http_wake). */
@@ -26,6 +30,8 @@
 
 #include <stddef.h>
 
+#include "capmoe/api_error.h"
+#include "capmoe/api_request.h"
 #include "capmoe/chat.h"
 #include "capmoe/common.h"
 #include "capmoe/config.h"
@@ -34,95 +40,8 @@
 #include "capmoe/metrics.h"
 #include "capmoe/sample.h"
 #include "capmoe/sched.h"
-
-/* ---- errors ------------------------------------------------------------------ */
-
-typedef struct capmoe_api_error {
-    int status;            /* HTTP status */
-    const char *type;      /* static: "invalid_request_error", "server_error", ... */
-    const char *code;      /* static, NULL = JSON null */
-    char param[64];        /* "" = JSON null */
-    char message[768];
-} capmoe_api_error;
-
-/* Fills e and returns -1. */
-int capmoe_api_fail(capmoe_api_error *e, int status, const char *type, const char *code,
-                    const char *param, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 6, 7)))
-#endif
-    ;
-/* {"error":{"message","type","param","code"}}; malloc'd, *len optional. */
-char *capmoe_api_error_json(const capmoe_api_error *e, size_t *len);
-
-/* ---- requests ------------------------------------------------------------------ */
-
-/* Limits the parser checks against; 0 = unknown (that check is skipped). */
-typedef struct capmoe_api_limits {
-    int context;     /* max_tokens <= context */
-    int vocab;       /* token ids in [0, vocab) */
-    int max_n;       /* n <= max_n (16 by default) */
-} capmoe_api_limits;
-
-typedef struct capmoe_api_prompt {
-    char *text;      /* a text prompt (malloc'd, NUL-terminated), or NULL */
-    size_t text_len;
-    int32_t *ids;    /* a token-id prompt (malloc'd), or NULL */
-    int n_ids;
-} capmoe_api_prompt;
-
-typedef enum capmoe_api_kind {
-    CAPMOE_API_COMPLETIONS = 0,
-    CAPMOE_API_CHAT
-} capmoe_api_kind;
-
-#define CAPMOE_API_MAX_STOP 4
-#define CAPMOE_API_MAX_PROMPTS 64
-
-typedef struct capmoe_api_request {
-    capmoe_api_kind kind;
-    char *model;                   /* NULL when omitted */
-    capmoe_api_prompt *prompts;    /* completions: 1..CAPMOE_API_MAX_PROMPTS */
-    int n_prompts;
-    capmoe_chat_msg *messages;     /* chat: role / content malloc'd */
-    int n_messages;
-    int max_tokens;                /* -1 when not given */
-    capmoe_sampling sampling;
-    int has_seed;
-    uint64_t seed;
-    char *stop[CAPMOE_API_MAX_STOP];
-    int n_stop;
-    int32_t stop_ids[CAPMOE_SCHED_MAX_STOP_IDS]; /* extension: stop_token_ids */
-    int n_stop_ids;
-    int n;
-    int logprobs;                  /* -1: none; else top alternatives (completions 0..5,
-                                      chat top_logprobs 0..20 with logprobs true) */
-    int echo;                      /* completions */
-    int stream;
-    int include_usage;             /* stream_options.include_usage */
-    int ignore_eos;                /* extension (vLLM) */
-    int skip_special;              /* extension skip_special_tokens, default 1 */
-    int add_special;               /* extension add_special_tokens (completions), default 1 */
-    char *user;
-} capmoe_api_request;
-
-/* Parse + validate a body of /v1/completions or /v1/chat/completions.
- * Checks UTF-8 (whole body), JSON syntax (cJSON's nesting limit refuses deep
- * documents), types, ranges and the limits given (lim may be NULL). Unknown
- * fields are ignored. On error returns -1 with e filled (400, param set). */
-int capmoe_api_parse_request(capmoe_api_kind kind, const char *body, size_t len,
-                             const capmoe_api_limits *lim, capmoe_api_request *out,
-                             capmoe_api_error *e);
-void capmoe_api_request_free(capmoe_api_request *r);
-
-/* 1 when s[0..len) is valid UTF-8 (no overlongs, surrogates or > U+10FFFF). */
-int capmoe_utf8_valid(const char *s, size_t len);
-/* Length of the longest prefix of s[0..len) that ends on a character
- * boundary (drops a trailing incomplete sequence). */
-size_t capmoe_utf8_complete(const char *s, size_t len);
-
-/* "data: <json>\n\n" (malloc'd). */
-char *capmoe_sse_frame(const char *json, size_t *len);
+#include "capmoe/sse.h"
+#include "capmoe/utf8.h"
 
 /* ---- the API object ---------------------------------------------------------------- */
 

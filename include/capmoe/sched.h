@@ -49,6 +49,7 @@
 
 #include "capmoe/common.h"
 #include "capmoe/dispatch.h"
+#include "capmoe/logitproc.h"
 #include "capmoe/engine.h"
 #include "capmoe/hfconfig.h"
 #include "capmoe/sample.h"
@@ -197,6 +198,9 @@ typedef struct capmoe_gen_params {
     int logprobs;                /* -1: none; k >= 0: logprob + top k of each token */
     int prompt_logprobs;         /* 1: PROMPT_LOGPROBS events (every choice), k = max(logprobs,0) */
     int skip_special;            /* 1: special tokens add no text (HF skip_special_tokens) */
+    capmoe_penalties penalties;  /* presence / frequency / repetition (logitproc.h); zeros: off */
+    const capmoe_logit_bias *logit_bias; /* n_logit_bias entries (copied), ids < vocab */
+    int n_logit_bias;
     int bypass_queue_limit;      /* 1: never EFULL (the 2nd.. prompts of one admitted
                                     HTTP request must not be refused half-way) */
     void *user;                  /* handed back in every event */

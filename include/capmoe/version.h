@@ -7,5 +7,7 @@
 /* The git commit the binaries were built from (make REVISION=...; the
  * Makefile asks git), or "unknown". */
 const char *capmoe_revision(void);
+/* The compiler and the flags the build used ("gcc 12.2.0, C11, -O2"). */
+const char *capmoe_build_flags(void);
 
 #endif

@@ -282,6 +282,23 @@ test('chat stream: role first, content deltas, finish, usage', async () => {
   );
 });
 
+test('logit_bias and penalties (n=4: the choices spread over the ranks under --ep mpi)', async () => {
+  const [id] = await tokenize(' the', false);
+  const r = await client.completions.create({
+    model: MODEL, prompt: PROMPT, max_tokens: 5, n: 4, seed: 3, temperature: 1,
+    logit_bias: { [id]: 100 }, ignore_eos: true,
+  });
+  const want = (await post('/detokenize', { tokens: Array(5).fill(id) })).body.text;
+  for (const c of r.choices) assert.equal(c.text, want);
+  // penalties go through the SDK (and the step plan of --ep mpi)
+  const p = await client.chat.completions.create({
+    model: MODEL, messages: [{ role: 'user', content: 'hi' }], max_tokens: 6, n: 2, seed: 1,
+    presence_penalty: 2, frequency_penalty: 2, repetition_penalty: 1.5, ignore_eos: true,
+  });
+  assert.equal(p.choices.length, 2);
+  assert.equal(p.usage.completion_tokens, 12);
+});
+
 test('errors: 400 BadRequestError with param', async () => {
   const bad = [
     [{ temperature: 5 }, 'temperature'],
@@ -289,6 +306,8 @@ test('errors: 400 BadRequestError with param', async () => {
     [{ top_p: 1.5 }, 'top_p'],
     [{ logprobs: 42 }, 'logprobs'],
     [{ n: 0 }, 'n'],
+    [{ presence_penalty: 3 }, 'presence_penalty'],
+    [{ logit_bias: { 5: 101 } }, 'logit_bias'],
   ];
   for (const [extra, param] of bad) {
     await assert.rejects(

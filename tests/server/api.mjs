@@ -113,8 +113,9 @@ test('400: wrong types, out-of-range and huge values name the param', async () =
     [{ prompt: 'x', echo: 'yes' }, 'echo'], [{ prompt: 'x', stream: 1 }, 'stream'],
     [{ prompt: 'x', seed: 0.5 }, 'seed'], [{ prompt: 'x', seed: 1e300 }, 'seed'],
     [{ prompt: 'x', stop: ['a', 'b', 'c', 'd', 'e'] }, 'stop'], [{ prompt: 'x', stop: [3] }, 'stop'],
-    [{ prompt: 'x', model: 42 }, 'model'], [{ prompt: 'x', presence_penalty: 1 }, 'presence_penalty'],
-    [{ prompt: 'x', logit_bias: { 5: 100 } }, 'logit_bias'], [{ prompt: 'x', suffix: 'tail' }, 'suffix'],
+    [{ prompt: 'x', model: 42 }, 'model'], [{ prompt: 'x', presence_penalty: 2.5 }, 'presence_penalty'],
+    [{ prompt: 'x', logit_bias: { 5: 200 } }, 'logit_bias'], [{ prompt: 'x', logit_bias: { 999999: 1 } }, 'logit_bias'],
+    [{ prompt: 'x', repetition_penalty: 0 }, 'repetition_penalty'], [{ prompt: 'x', suffix: 'tail' }, 'suffix'],
   ];
   for (const [body, param] of cases) {
     const r = await gen(body);
@@ -313,6 +314,49 @@ test('tokenize / detokenize round trip and their errors', async () => {
   assertError(await post('/detokenize', { tokens: [1e9] }, { headers: auth }), 400, { param: 'tokens' });
   assertError(await post('/detokenize', { tokens: 'abc' }, { headers: auth }), 400, { param: 'tokens' });
   assertError(await post('/detokenize', '{', { headers: auth }), 400);
+});
+
+test('tokenize accepts chat messages (rendered by the chat template, like vLLM)', async () => {
+  const messages = [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Hello there' }];
+  const t = await post('/tokenize', { messages }, { headers: auth });
+  assert.equal(t.status, 200);
+  // the chat endpoint counts the same prompt
+  const c = await chat({ messages, max_tokens: 1 });
+  assert.equal(c.status, 200);
+  assert.equal(t.json.count, c.json.usage.prompt_tokens);
+  assert.equal(t.json.tokens.length, t.json.count);
+  const noGen = await post('/tokenize', { messages, add_generation_prompt: false }, { headers: auth });
+  assert.equal(noGen.status, 200);
+  assert.ok(noGen.json.count < t.json.count);
+  assert.deepEqual(noGen.json.tokens, t.json.tokens.slice(0, noGen.json.count));
+  assertError(await post('/tokenize', { messages: [] }, { headers: auth }), 400, { param: 'messages' });
+  assertError(await post('/tokenize', { messages: [{ role: 'robot', content: 'x' }] }, { headers: auth }),
+    400, { param: 'messages[0]' });
+  assertError(await post('/tokenize', { messages, prompt: 'x' }, { headers: auth }), 400, { param: 'messages' });
+});
+
+test('logit_bias: +100 on a token makes greedy decoding emit only that token', async () => {
+  const id = 100;
+  const r = await gen({ prompt: 'Once upon a time', max_tokens: 6, temperature: 0, ignore_eos: true,
+    logit_bias: { [id]: 100 } });
+  assert.equal(r.status, 200);
+  const d = await post('/detokenize', { tokens: Array(6).fill(id) }, { headers: auth });
+  assert.equal(r.json.choices[0].text, d.json.text);
+  // a -100 bias on the greedy first token changes it
+  const base = await gen({ prompt: 'Once upon a time', max_tokens: 1, temperature: 0, ignore_eos: true,
+    logprobs: 1 });
+  const first = base.json.choices[0].text;
+  const firstId = (await post('/tokenize', { text: first, add_special_tokens: false }, { headers: auth })).json.tokens;
+  if (firstId.length === 1) {
+    const r2 = await gen({ prompt: 'Once upon a time', max_tokens: 1, temperature: 0, ignore_eos: true,
+      logit_bias: { [firstId[0]]: -100 } });
+    assert.notEqual(r2.json.choices[0].text, first);
+  }
+  // penalties are accepted and the request completes
+  const p = await gen({ prompt: 'Once upon a time', max_tokens: 8, temperature: 0, ignore_eos: true,
+    presence_penalty: 1.5, frequency_penalty: 1, repetition_penalty: 1.3 });
+  assert.equal(p.status, 200);
+  assert.equal(p.json.usage.completion_tokens, 8);
 });
 
 test('metrics counted the errors by endpoint and status', async () => {

@@ -1,0 +1,39 @@
+/* api_json.h - typed readers of request JSON fields: each checks type and
+ * range and fills an OpenAI-shaped 400 naming the field on failure. */
+#ifndef CAPMOE_API_JSON_H
+#define CAPMOE_API_JSON_H
+
+#include <cjson/cJSON.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "capmoe/api_error.h"
+#include "capmoe/api_request.h"
+
+#define E400(e, param, ...) \
+    capmoe_api_fail(e, 400, "invalid_request_error", NULL, param, __VA_ARGS__)
+
+/* cJSON over a length-delimited buffer, refusing trailing non-space bytes
+ * and strings that hold an escaped NUL. NULL (e filled) on error. */
+cJSON *capmoe_api_json_parse(const char *body, size_t len, capmoe_api_error *e);
+/* The field, or NULL when absent or JSON null. */
+const cJSON *capmoe_api_field(const cJSON *o, const char *name);
+int capmoe_api_is_integer(const cJSON *f);
+/* Optional integer in [lo, hi]; *out unchanged when absent. */
+int capmoe_api_get_int(const cJSON *o, const char *name, double lo, double hi, int *out,
+                       capmoe_api_error *e);
+/* Optional number in [lo, hi] (lo_open: lo excluded). */
+int capmoe_api_get_num(const cJSON *o, const char *name, double lo, int lo_open, double hi,
+                       float *out, capmoe_api_error *e);
+int capmoe_api_get_bool(const cJSON *o, const char *name, int *out, capmoe_api_error *e);
+/* Optional string, strdup'd into *out (freeing what was there). */
+int capmoe_api_get_str(const cJSON *o, const char *name, char **out, capmoe_api_error *e);
+/* A non-empty array of token ids (checked against lim->vocab), malloc'd. */
+int capmoe_api_parse_ids(const cJSON *arr, const char *param, const capmoe_api_limits *lim,
+                         int32_t **ids, int *n_ids, capmoe_api_error *e);
+
+/* api_request.c: root's "messages" (required, a non-empty list of
+ * {role, content}) into r->messages / r->n_messages. */
+int capmoe_api_parse_messages(const cJSON *root, capmoe_api_request *r, capmoe_api_error *e);
+
+#endif
