@@ -51,6 +51,52 @@ static int own(struct capmoe_model *m, void *buf, size_t bytes, const char *name
     return 0;
 }
 
+/* An F8_E4M3 matrix of a checkpoint with quantization_config fp8: kept as
+ * stored (1 byte per weight; the panels copy the bytes), with its
+ * NAME_scale_inv block scales checked: present, F32, [ceil(N/bn), ceil(K/bk)]. */
+static int get_f8(struct capmoe_model *m, capmoe_wmat *w, const capmoe_st_tensor *t, int ndim,
+                  const int64_t *shape, capmoe_error *err) {
+    const capmoe_hfconfig *c = &m->cfg;
+    if (!c->fp8)
+        return capmoe_set_error(err, "%s: tensor %s is F8_E4M3 but config.json has no "
+                                "quantization_config with quant_method fp8", t->file, t->name);
+    if (ndim != 2)
+        return capmoe_set_error(err, "%s: tensor %s: F8_E4M3 is supported for 2-D matrices only "
+                                "(fused 3-D expert tensors are not)", t->file, t->name);
+    if (t->ndim != 2 || t->shape[0] != shape[0] || t->shape[1] != shape[1])
+        return capmoe_set_error(err, "%s: tensor %s has shape [%lld, %lld], expected [%lld, %lld]",
+                                t->file, t->name, (long long)t->shape[0],
+                                (long long)(t->ndim > 1 ? t->shape[1] : 0), (long long)shape[0],
+                                (long long)shape[1]);
+    char sname[300];
+    snprintf(sname, sizeof sname, "%s_scale_inv", t->name);
+    const capmoe_st_tensor *s = capmoe_st_find(m->st, sname);
+    int64_t sn = (shape[0] + c->fp8_block_n - 1) / c->fp8_block_n;
+    int64_t sk = (shape[1] + c->fp8_block_k - 1) / c->fp8_block_k;
+    if (!s)
+        return capmoe_set_error(err, "%s: tensor %s is F8_E4M3 but its block scales %s are missing",
+                                t->file, t->name, sname);
+    if (s->dtype != CAPMOE_DTYPE_F32 || s->ndim != 2 || s->shape[0] != sn || s->shape[1] != sk)
+        return capmoe_set_error(err, "%s: tensor %s (the block scales of %s) must be F32 of shape "
+                                "[%lld, %lld] (blocks of %d x %d), found %s of %d dims [%lld, %lld]",
+                                s->file, sname, t->name, (long long)sn, (long long)sk,
+                                c->fp8_block_n, c->fp8_block_k, s->dtype_name, s->ndim,
+                                (long long)s->shape[0], (long long)(s->ndim > 1 ? s->shape[1] : 0));
+    w->dtype = CAPMOE_DTYPE_F8E4M3;
+    w->p = t->data;
+    w->panels = 0;
+    w->scale = s->data;
+    m->mapped_bytes += t->nbytes;
+    if (((uintptr_t)s->data & 3u) != 0) { /* unaligned scales: copied */
+        float *copy = malloc(s->nbytes ? s->nbytes : 1);
+        if (!copy) return capmoe_set_error(err, "out of memory");
+        memcpy(copy, s->data, s->nbytes);
+        w->scale = copy;
+        if (own(m, copy, s->nbytes, sname, err) != 0) return -1;
+    }
+    return 0;
+}
+
 /* Fetches tensor NAME with the given shape, into exactly one of:
  *  - *f32: a float32 view, for the small tensors (norms, biases, routers);
  *    converted buffers are recorded in m->owned;
@@ -74,10 +120,12 @@ static int get_weight(struct capmoe_model *m, const float **f32, capmoe_wmat *w,
         if (!owned) m->mapped_bytes += bytes;
         return owned ? own(m, owned, bytes, name, err) : 0;
     }
-    const capmoe_st_tensor *t;
+    const capmoe_st_tensor *t = capmoe_st_find(m->st, name);
+    if (t && t->dtype == CAPMOE_DTYPE_F8E4M3) return get_f8(m, w, t, ndim, shape, err);
     if (capmoe_st_get_float(m->st, name, ndim, shape, &t, err) != 0) return -1;
     w->dtype = t->dtype;
     w->p = t->data;
+    w->scale = NULL;
     if (((uintptr_t)t->data & (capmoe_dtype_size(t->dtype) - 1)) == 0) {
         m->mapped_bytes += t->nbytes;
         return 0;
@@ -269,7 +317,20 @@ struct pack_job {
     int transposed;                /* the one source is W^T: K rows of N (ld N) */
     int part_of;                   /* the source is part of a matrix another job packs
                                     * whole: that job accounts for its pages */
+    int bn, bk;                    /* F8E4M3 sources: their scale blocks */
 };
+
+/* Rows [n0, n0 + rows) of source s of job j as float32 into dst (exact for
+ * F32/BF16/F16; F8E4M3 times its block scale). */
+static void source_f32(const struct pack_job *j, int s, float *dst, int n0, int rows) {
+    const capmoe_wmat *w = &j->src[s];
+    size_t K = (size_t)j->K;
+    if (w->dtype == CAPMOE_DTYPE_F8E4M3)
+        capmoe_f8_dequant(dst, w->p, K, w->scale, j->bn, j->bk, n0, rows, j->K);
+    else
+        capmoe_kern_to_f32(dst, (const char *)w->p + (size_t)n0 * K * capmoe_dtype_size(w->dtype),
+                           w->dtype, (size_t)rows * K);
+}
 
 /* A job whose one source is stored transposed: W^T copied to W (elements
  * moved, never converted), then packed. */
@@ -291,7 +352,6 @@ static void pack_transposed(struct pack_job *j) {
  * float32 a panel (16 rows) at a time, then quantized into the panel. */
 static void pack_quantized(struct pack_job *j) {
     size_t K = (size_t)j->K, pb = capmoe_panel_bytes(j->dtype, j->K);
-    size_t es = capmoe_dtype_size(j->src[0].dtype);
     float *tmp = capmoe_malloc_array((size_t)CAPMOE_PANEL_COLS * K, sizeof(float));
     if (!tmp) {
         j->failed = 1;
@@ -299,8 +359,7 @@ static void pack_quantized(struct pack_job *j) {
     }
     for (int p = 0; p * CAPMOE_PANEL_COLS < j->N; p++) {
         int n0 = p * CAPMOE_PANEL_COLS, rows = j->N - n0 < CAPMOE_PANEL_COLS ? j->N - n0 : CAPMOE_PANEL_COLS;
-        capmoe_kern_to_f32(tmp, (const char *)j->src[0].p + (size_t)n0 * K * es, j->src[0].dtype,
-                           (size_t)rows * K);
+        source_f32(j, 0, tmp, n0, rows);
         capmoe_quant_pack((char *)j->dst + (size_t)p * pb, j->dtype, tmp, K, rows, j->K);
     }
     free(tmp);
@@ -311,6 +370,13 @@ static void pack_one(void *arg, int item, int slot) {
     struct pack_job *j = (struct pack_job *)arg + item;
     if (capmoe_dtype_is_q(j->dtype)) {
         pack_quantized(j);
+        return;
+    }
+    if (j->dtype == CAPMOE_DTYPE_F8E4M3) { /* bytes copied; sources start on whole panels */
+        size_t pb = capmoe_panel_bytes(j->dtype, j->K);
+        for (int s = 0, n0 = 0; s < j->n_src; n0 += j->rows[s++])
+            capmoe_f8_pack((char *)j->dst + (size_t)(n0 / CAPMOE_PANEL_COLS) * pb, j->src[s].p,
+                           (size_t)j->K, j->src[s].scale, j->bn, j->bk, j->rows[s], j->K);
         return;
     }
     memset(j->dst, 0, capmoe_panel_matrix_bytes(j->dtype, j->N, j->K));
@@ -331,7 +397,7 @@ static void pack_one(void *arg, int item, int slot) {
             j->failed = 1;
             return;
         }
-        capmoe_kern_to_f32(tmp, w->p, w->dtype, elems);
+        source_f32(j, s, tmp, 0, j->rows[s]);
         capmoe_panel_pack_rows(j->dst, j->dtype, j->K, n0, tmp, (size_t)j->K, j->rows[s]);
         free(tmp);
     }
@@ -372,28 +438,30 @@ static void drop_pages(const void *p, size_t bytes) {
 /* A job packing `n_src` matrices of K inputs (w[0] .. w[n_src-1], with
  * rows[i] rows each), stacked, into *dst. */
 static void add_job(struct pack_job *jobs, int *n, capmoe_wmat *dst, int n_src,
-                    capmoe_wmat *const *w, const int *rows, int K) {
-    struct pack_job j = {.w = dst, .n_src = n_src, .K = K, .dtype = w[0]->dtype};
+                    capmoe_wmat *const *w, const int *rows, int K, int bn, int bk) {
+    struct pack_job j = {.w = dst, .n_src = n_src, .K = K, .dtype = w[0]->dtype, .bn = bn, .bk = bk};
     for (int s = 0; s < n_src; s++) {
         if (!w[s]->p || w[s]->panels) return;
         j.src[s] = *w[s];
         j.srcw[s] = w[s];
         j.rows[s] = rows[s];
-        j.N += rows[s];
         if (w[s]->dtype != j.dtype) j.dtype = CAPMOE_DTYPE_F32;
+        /* F8E4M3 sources stack as F8E4M3 when each starts on a whole panel */
+        if (j.dtype == CAPMOE_DTYPE_F8E4M3 && j.N % CAPMOE_PANEL_COLS) j.dtype = CAPMOE_DTYPE_F32;
+        j.N += rows[s];
     }
     jobs[(*n)++] = j;
 }
 
 static void add_one(struct pack_job *jobs, int *n, capmoe_wmat *w, int N, int K) {
-    add_job(jobs, n, w, 1, &w, &N, K);
+    add_job(jobs, n, w, 1, &w, &N, K, 0, 0);
 }
 
 /* A job for a view into a matrix that is also packed whole (*w: rows of
  * it, or with transposed its K x N block transposed). */
 static void add_part(struct pack_job *jobs, int *n, capmoe_wmat *w, int N, int K, int transposed) {
     int before = *n;
-    add_job(jobs, n, w, 1, &w, &N, K);
+    add_job(jobs, n, w, 1, &w, &N, K, 0, 0);
     if (*n > before) {
         jobs[*n - 1].transposed = transposed;
         jobs[*n - 1].part_of = 1;
@@ -410,7 +478,7 @@ static void add_mla_jobs(const capmoe_hfconfig *c, struct capmoe_layer *L, struc
     int dv = c->v_head_dim, kvl = c->kv_lora_rank, ql = c->q_lora_rank, qd = nH * (dn + dr);
     capmoe_wmat *qkv[2] = {ql > 0 ? &L->wq_a : &L->wq, &L->wkv_a};
     int rows[2] = {ql > 0 ? ql : qd, kvl + dr};
-    add_job(jobs, n, &L->wqkv, 2, qkv, rows, H);
+    add_job(jobs, n, &L->wqkv, 2, qkv, rows, H, c->fp8_block_n, c->fp8_block_k);
     if (ql > 0) add_one(jobs, n, &L->wq_b, qd, ql);
     add_one(jobs, n, &L->wkv_b, nH * (dn + dv), kvl);
     for (int hh = 0; hh < nH; hh++) {
@@ -453,7 +521,7 @@ static int pack_weights(struct capmoe_model *m, capmoe_error *err) {
         } else {
             capmoe_wmat *qkv[3] = {&L->wq, &L->wk, &L->wv};
             int qkv_rows[3] = {qd, kd, kd};
-            add_job(jobs, &n, &L->wqkv, 3, qkv, qkv_rows, H);
+            add_job(jobs, &n, &L->wqkv, 3, qkv, qkv_rows, H, c->fp8_block_n, c->fp8_block_k);
             add_one(jobs, &n, &L->wo, H, qd);
         }
         if (L->is_moe) {
@@ -498,7 +566,11 @@ static int pack_weights(struct capmoe_model *m, capmoe_error *err) {
             return -1;
         }
     }
-    for (int i = 0; i < n; i++) jobs[i].dst = arena + jobs[i].off;
+    for (int i = 0; i < n; i++) {
+        jobs[i].dst = arena + jobs[i].off;
+        jobs[i].bn = c->fp8_block_n;
+        jobs[i].bk = c->fp8_block_k;
+    }
     double t0 = capmoe_now();
     capmoe_par_for(m->par, n, pack_one, jobs);
     m->pack_seconds = capmoe_now() - t0;
@@ -526,7 +598,7 @@ static int pack_weights(struct capmoe_model *m, capmoe_error *err) {
             }
             if (j->n_src > 1) j->srcw[s]->p = NULL;
         }
-        *j->w = (capmoe_wmat){j->dst, j->dtype, 1};
+        *j->w = (capmoe_wmat){j->dst, j->dtype, 1, NULL};
     }
     free(mapped);
     free(jobs);
@@ -585,6 +657,16 @@ int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_op
                    "model.embed_tokens.weight") ||
         get_weight(m, &m->final_norm, NULL, err, 1, c->hidden_size, 0, 0, "model.norm.weight"))
         goto fail;
+    if (m->embed.dtype == CAPMOE_DTYPE_F8E4M3) {
+        capmoe_set_error(err, "%s: model.embed_tokens.weight is F8_E4M3: FP8 embeddings are not "
+                         "supported (published FP8 checkpoints keep them in BF16)", dir);
+        goto fail;
+    }
+    if (c->fp8 && c->kv_lora_rank > 0) {
+        capmoe_set_error(err, "%s: FP8 checkpoints of latent-attention models (DeepSeek-V2/V3) are "
+                         "not supported yet (their kv_b_proj is read per head)", dir);
+        goto fail;
+    }
     if (capmoe_st_find(m->st, "lm_head.weight")) {
         if (get_weight(m, NULL, &m->lm_head, err, 2, c->vocab_size, c->hidden_size, 0,
                        "lm_head.weight"))

@@ -132,12 +132,14 @@ void capmoe_f8_pack(void *dst, const uint8_t *W, size_t ldw, const float *S, int
 }
 
 void capmoe_f8_dequant(float *dst, const uint8_t *W, size_t ldw, const float *S, int bn, int bk,
-                       int N, int K) {
+                       int row0, int N, int K) {
     int kbs = (K + bk - 1) / bk;
-    for (int i = 0; i < N; i++)
+    for (int i = 0; i < N; i++) {
+        int r = row0 + i;
         for (int k = 0; k < K; k++)
             dst[(size_t)i * K + k] =
-                capmoe_f8_to_f32(W[(size_t)i * ldw + k]) * S[(size_t)(i / bn) * kbs + k / bk];
+                capmoe_f8_to_f32(W[(size_t)r * ldw + k]) * S[(size_t)(r / bn) * kbs + k / bk];
+    }
 }
 
 /* The F16 bits of an e4m3 byte, worth 2^-8 of it. */

@@ -83,10 +83,11 @@ void capmoe_f8_pack(void *dst, const uint8_t *W, size_t ldw, const float *S, int
 /* The float32 value of an e4m3 byte (exact; 0x7f and 0xff, NaN in e4m3fn,
  * give NaN). */
 float capmoe_f8_to_f32(uint8_t b);
-/* dst[i*K + k] = W[i][k] * S[i/bn][k/bk] (float32, one rounding) for rows
- * [0, N): a dequantized copy, for the paths that need float32 rows. */
+/* dst[i*K + k] = W[row0 + i][k] * S[(row0 + i)/bn][k/bk] (float32, one
+ * rounding) for i < N, W and S being the whole matrix's: a dequantized copy
+ * of rows [row0, row0 + N), for the paths that need float32 rows. */
 void capmoe_f8_dequant(float *dst, const uint8_t *W, size_t ldw, const float *S, int bn, int bk,
-                       int N, int K);
+                       int row0, int N, int K);
 
 /* Activations of an int8 product: M rows of K (a multiple of 32) quantized
  * per block. Buffer of capmoe_qact_bytes(M, K) bytes (caller-owned, 64-byte
