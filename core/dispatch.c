@@ -42,10 +42,24 @@ void capmoe_dispatch_cfg_default(capmoe_dispatch_cfg *cfg) {
     cfg->drop_budget = 0.01;
     cfg->n_grid = (int)(sizeof default_grid / sizeof default_grid[0]);
     for (int i = 0; i < cfg->n_grid; i++) cfg->grid[i] = default_grid[i];
+    cfg->piggyback_k0 = 0;
+    cfg->decode_policy = -1;
+    cfg->regime_tokens = 0;
 }
 
-static const char *const policy_names[] = {"none", "drop", "reroute", "expanded",
-                                           "rank_drop"};
+capmoe_policy capmoe_dispatch_policy_for(const capmoe_dispatch_cfg *cfg, int T, int *regime) {
+    int dec = cfg->decode_policy >= 0 && T < cfg->regime_tokens;
+    if (regime) *regime = dec;
+    return dec ? (capmoe_policy)cfg->decode_policy : cfg->policy;
+}
+
+int capmoe_dispatch_k0(const capmoe_dispatch_cfg *cfg, int k) {
+    if (cfg->piggyback_k0 > 0) return cfg->piggyback_k0;
+    return k / 2 > 1 ? k / 2 : 1;
+}
+
+static const char *const policy_names[] = {"none",     "drop",      "reroute",
+                                           "expanded", "rank_drop", "piggyback"};
 #define N_POLICIES ((int)(sizeof policy_names / sizeof policy_names[0]))
 
 int capmoe_policy_parse(const char *s) {
@@ -65,17 +79,28 @@ int capmoe_dispatch_cfg_check(const capmoe_dispatch_cfg *cfg, int n_experts,
     if (!cfg) return capmoe_set_error(err, "dispatch: no configuration");
     if ((int)cfg->policy < 0 || (int)cfg->policy >= N_POLICIES)
         return capmoe_set_error(err, "dispatch: unknown policy %d", (int)cfg->policy);
-    const char *pn = policy_names[cfg->policy];
+    if (cfg->decode_policy < -1 || cfg->decode_policy >= N_POLICIES)
+        return capmoe_set_error(err, "dispatch: unknown decode policy %d", cfg->decode_policy);
+    if (cfg->regime_tokens < 0)
+        return capmoe_set_error(err, "dispatch: regime_tokens %d must be >= 0",
+                                cfg->regime_tokens);
+    if (cfg->piggyback_k0 < 0)
+        return capmoe_set_error(err, "dispatch: piggyback k0 %d must be >= 1 (0: default k/2)",
+                                cfg->piggyback_k0);
     if (n_experts < 1)
         return capmoe_set_error(err, "dispatch: n_experts E=%d must be >= 1", n_experts);
     if (cfg->ep_ranks < 1)
         return capmoe_set_error(err, "dispatch: ep_ranks R=%d must be >= 1", cfg->ep_ranks);
-    if ((cfg->policy == CAPMOE_POLICY_EXPANDED || cfg->policy == CAPMOE_POLICY_RANK_DROP) &&
-        n_experts % cfg->ep_ranks != 0)
-        return capmoe_set_error(err,
-                                "dispatch: policy %s needs the number of experts E=%d to be "
-                                "divisible by the number of ep ranks R=%d",
-                                pn, n_experts, cfg->ep_ranks);
+    for (int which = 0; which < 2; which++) {
+        int pol = which ? cfg->decode_policy : (int)cfg->policy;
+        if ((pol == CAPMOE_POLICY_EXPANDED || pol == CAPMOE_POLICY_RANK_DROP) &&
+            n_experts % cfg->ep_ranks != 0)
+            return capmoe_set_error(err,
+                                    "dispatch: %spolicy %s needs the number of experts E=%d to "
+                                    "be divisible by the number of ep ranks R=%d",
+                                    which ? "decode " : "", policy_names[pol], n_experts,
+                                    cfg->ep_ranks);
+    }
     if (cfg->min_tokens < 0)
         return capmoe_set_error(err, "dispatch: min_tokens %d must be >= 0 (0 disables it)",
                                 cfg->min_tokens);
@@ -563,6 +588,63 @@ static void expanded(ctx *c, int C, const int *token_rank) {
     keep_from_thr(c, 1);
 }
 
+/* Policy piggyback (spec §1 "Memory-bound dispatch"): B_t = the first k0
+ * slots of S_t, A = their union; each token keeps B_t and fills up to k
+ * experts from A \ B_t in its selection order (largest s, ties to the lower
+ * expert; kept groups only). A chosen expert of S_t keeps its slot; one
+ * outside S_t rides in a slot of S_t that is not used (s->sub), so the
+ * CSR and the report treat it like a substitute. */
+static void piggyback(ctx *c, int k0) {
+    scratch *s = c->s;
+    int T = c->T, E = c->E, k = c->k;
+    int *inA = s->stamp; /* E: 1 when in A */
+    for (int e = 0; e < E; e++) inA[e] = 0;
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < k0; j++) inA[s->topk[(size_t)t * k + j]] = 1;
+    for (int t = 0; t < T; t++) {
+        const int *st = s->topk + (size_t)t * k;
+        unsigned char *keep = s->keep + (size_t)t * k;
+        int *sub = s->sub + (size_t)t * k;
+        for (int j = k0; j < k; j++) keep[j] = 0;
+        /* the (k - k0) best experts of A \ B_t, best first */
+        const float *sct = c->sc + (size_t)t * E;
+        int best[CAPMOE_TOPK_MAX];
+        float bv[CAPMOE_TOPK_MAX];
+        int n = 0, want = k - k0;
+        for (int e = 0; e < E && want > 0; e++) {
+            if (!inA[e] || !allowed(c, t, e)) continue;
+            int inB = 0;
+            for (int j = 0; j < k0; j++) inB |= st[j] == e;
+            if (inB) continue;
+            float v = sct[e];
+            if (n == want && !(v > bv[want - 1])) continue;
+            int pos = n < want ? n : want - 1;
+            while (pos > 0 && v > bv[pos - 1]) { /* strict >: ties to the lower index */
+                best[pos] = best[pos - 1];
+                bv[pos] = bv[pos - 1];
+                pos--;
+            }
+            best[pos] = e;
+            bv[pos] = v;
+            if (n < want) n++;
+        }
+        /* experts of S_t keep their slot; the others go to free slots */
+        for (int i = 0; i < n; i++)
+            for (int j = k0; j < k; j++)
+                if (st[j] == best[i]) {
+                    keep[j] = 1;
+                    best[i] = -1;
+                    break;
+                }
+        int j = k0;
+        for (int i = 0; i < n; i++) {
+            if (best[i] < 0) continue;
+            while (keep[j] || sub[j] >= 0) j++;
+            sub[j] = best[i];
+        }
+    }
+}
+
 /* The kept groups of every token (s->okgrp) and the selection scores
  * (s->score when the router has a bias). */
 static int route_groups(ctx *c) {
@@ -609,10 +691,16 @@ static int route_groups(ctx *c) {
     return 0;
 }
 
-static int core(capmoe_dispatch_plan *plan, const capmoe_dispatch_cfg *cfg,
+static int core(capmoe_dispatch_plan *plan, const capmoe_dispatch_cfg *cfg_in,
                 const capmoe_router *router, const float *p, int T, int E, int k,
                 const int *token_rank, capmoe_error *err) {
     scratch *s = plan->scratch;
+    /* the regime: the policy this dispatch runs (cfg_in->decode_policy for
+     * T < regime_tokens), in a copy every step below reads */
+    capmoe_dispatch_cfg ecfg = *cfg_in;
+    int regime = 0;
+    ecfg.policy = capmoe_dispatch_policy_for(cfg_in, T, &regime);
+    const capmoe_dispatch_cfg *cfg = &ecfg;
     ctx c = {plan, cfg, s, p, T, E, k, router, p};
     size_t Tk = (size_t)T * (size_t)k;
     int norm_topk = router->norm_topk;
@@ -665,7 +753,9 @@ static int core(capmoe_dispatch_plan *plan, const capmoe_dispatch_cfg *cfg,
 
     /* limit? */
     double gamma = 0.0;
-    int limited = !(cfg->policy == CAPMOE_POLICY_NONE || T <= 1 ||
+    int pig = cfg->policy == CAPMOE_POLICY_PIGGYBACK && T >= 2;
+    int limited = !(cfg->policy == CAPMOE_POLICY_NONE ||
+                    cfg->policy == CAPMOE_POLICY_PIGGYBACK || T <= 1 ||
                     (cfg->min_tokens > 0 && T < cfg->min_tokens));
     size_t need_keys = Tk;
     if (limited && cfg->policy == CAPMOE_POLICY_EXPANDED)
@@ -689,7 +779,10 @@ static int core(capmoe_dispatch_plan *plan, const capmoe_dispatch_cfg *cfg,
         GROW(plan->weight, s->c_weight, need_pairs))
         goto oom;
 
-    if (!limited) {
+    if (pig) {
+        piggyback(&c, capmoe_dispatch_k0(cfg, k));
+        csr_from_slots(&c);
+    } else if (!limited) {
         csr_from_slots(&c);
     } else {
         switch (cfg->policy) {
@@ -723,7 +816,8 @@ static int core(capmoe_dispatch_plan *plan, const capmoe_dispatch_cfg *cfg,
     }
 
     /* weights */
-    if (limited && cfg->renormalize) {
+    int applied = limited || pig;
+    if (applied && cfg->renormalize) {
         for (int t = 0; t < T; t++) s->ksum[t] = 0.0f;
         for (int e = 0; e < E; e++)
             for (int i = plan->expert_off[e]; i < plan->expert_off[e + 1]; i++)
@@ -747,7 +841,7 @@ static int core(capmoe_dispatch_plan *plan, const capmoe_dispatch_cfg *cfg,
     plan->limited = limited;
     plan->capacity = C;
     plan->gamma = limited ? gamma : 0.0;
-    int dropped = 0, rerouted = 0, kept_topk = 0;
+    int dropped = 0, rerouted = 0, kept_topk = 0, piggybacked = 0;
     double dmass = 0, tmass = 0;
     for (int t = 0; t < T; t++)
         for (int j = 0; j < k; j++) {
@@ -756,15 +850,26 @@ static int core(capmoe_dispatch_plan *plan, const capmoe_dispatch_cfg *cfg,
             tmass += w;
             if (s->keep[slot]) {
                 kept_topk++;
-            } else if (s->sub[slot] >= 0) {
-                rerouted++;
-            } else {
-                dropped++;
-                dmass += w;
+                continue;
             }
+            if (s->sub[slot] >= 0) {
+                if (!pig) {
+                    rerouted++;
+                    continue;
+                }
+                piggybacked++; /* a pair outside S_t rides in this slot */
+            }
+            dropped++; /* piggyback: every S_t pair not used */
+            dmass += w;
         }
     plan->dropped = dropped;
     plan->rerouted = rerouted;
+    plan->piggybacked = piggybacked;
+    plan->policy = (int)cfg->policy;
+    plan->regime = regime;
+    plan->applied = applied;
+    plan->activated = 0;
+    for (int e = 0; e < E; e++) plan->activated += plan->loads[e] > 0;
     plan->extra = plan->n_pairs - kept_topk;
     plan->dropped_mass = tmass > 0 ? dmass / tmass : 0.0;
     return 0;
@@ -789,7 +894,13 @@ static int prepare(capmoe_dispatch_plan *plan, const capmoe_dispatch_cfg *cfg,
         return capmoe_set_error(err, "dispatch: batch too large (T=%d tokens x E=%d experts)",
                                 T, E);
     if (T > 0 && !in) return capmoe_set_error(err, "dispatch: no router scores");
-    if (token_rank && cfg->policy == CAPMOE_POLICY_EXPANDED)
+    capmoe_policy pol = capmoe_dispatch_policy_for(cfg, T, NULL);
+    if (pol == CAPMOE_POLICY_PIGGYBACK && capmoe_dispatch_k0(cfg, k) > k)
+        return capmoe_set_error(err,
+                                "dispatch: piggyback k0=%d must be at most the model's k=%d "
+                                "experts per token",
+                                capmoe_dispatch_k0(cfg, k), k);
+    if (token_rank && pol == CAPMOE_POLICY_EXPANDED)
         for (int t = 0; t < T; t++)
             if (token_rank[t] < 0 || token_rank[t] >= cfg->ep_ranks)
                 return capmoe_set_error(err,

@@ -14,10 +14,12 @@
  * Both fill m->ye with one output row per pair of the plan, in plan order;
  * the combine below does not know which ran. */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "capmoe/dnnl_matmul.h"
 #include "capmoe/ops.h"
 #include "capmoe/quant.h"
 #include "model_internal.h"
@@ -172,6 +174,11 @@ void capmoe_moe_run_set(struct capmoe_model *m, const capmoe_expert_set *s, capm
             order[i] = e;
         }
     }
+    /* --compute bf16: the whole set through oneDNN once an expert has enough
+     * rows (decode-sized sets keep the float32 small-M kernels) */
+    if (m->dnnl && n_active > 0 && rows_of(s, order[0]) >= m->bf16_min_rows &&
+        capmoe_moe_run_set_bf16(m, s, order, n_active) == 0)
+        return;
     if (!big && n_active > 1 && capmoe_par_threads(par) > 1) {
         const capmoe_hfconfig *c = &m->cfg;
         struct items_job j = {m, s, order, s->L->w_gate[order[0]].dtype, NULL, NULL};
@@ -226,11 +233,11 @@ static void run_rank(void *arg, int r) {
 static int threads_run(struct capmoe_model *m, const struct capmoe_layer *L, const float *h,
                        const capmoe_dispatch_cfg *cfg, capmoe_layer_stats *ls,
                        capmoe_error *err) {
-    (void)err;
     const capmoe_dispatch_plan *P = &m->plan;
     int E = m->cfg.n_experts, R = cfg->ep_ranks > 0 ? cfg->ep_ranks : 1;
     struct rank_job job = {.m = m, .L = L, .h = h, .R = R};
     capmoe_ep_run(m->ep, R, run_rank, &job);
+    if (capmoe_dnnl_failed(m->dnnl, err)) return -1;
     if (ls) {
         ls->n_ranks = R < CAPMOE_MAX_RANKS ? R : CAPMOE_MAX_RANKS;
         for (int r = 0; r < ls->n_ranks; r++) {
@@ -304,6 +311,10 @@ int capmoe_moe_forward(struct capmoe_model *m, const struct capmoe_layer *L, int
         ls->dropped = P->dropped;
         ls->rerouted = P->rerouted;
         ls->dropped_mass = P->dropped_mass;
+        ls->piggybacked = P->piggybacked;
+        ls->activated = P->activated;
+        ls->policy = P->policy;
+        ls->regime = P->regime;
     }
 
     m->cur_layer = layer_idx;
@@ -327,6 +338,91 @@ int capmoe_moe_forward(struct capmoe_model *m, const struct capmoe_layer *L, int
         ls->router_time = t1 - t0;
         ls->expert_time = t2 - t1;
         ls->layer_time = capmoe_now() - t0;
+    }
+    return 0;
+}
+
+/* ---- where a dispatch stops being memory-bound (model.h) ------------------------ */
+
+int capmoe_model_regime_probe(capmoe_model *m, int max_tokens, int reps, capmoe_regime_probe *out,
+                              capmoe_error *err) {
+    memset(out, 0, sizeof *out);
+    if (m->comm) return capmoe_set_error(err, "regime probe: not available under --ep mpi");
+    if (max_tokens < 2 || reps < 1)
+        return capmoe_set_error(err, "regime probe: max_tokens %d must be >= 2, reps %d >= 1",
+                                max_tokens, reps);
+    const capmoe_hfconfig *c = &m->cfg;
+    int H = c->hidden_size, E = c->n_experts;
+    out->n_experts = E;
+    for (int l = 0; l < c->n_layers; l++) out->moe_layers += m->layers[l].is_moe;
+    if (out->moe_layers == 0) return capmoe_set_error(err, "regime probe: the model has no MoE layer");
+    float *h = malloc((size_t)max_tokens * H * sizeof(float));
+    float *y = malloc((size_t)max_tokens * H * sizeof(float));
+    if (!h || !y) {
+        free(h);
+        free(y);
+        return capmoe_set_error(err, "regime probe: out of memory");
+    }
+    /* hidden states of unit RMS from a fixed LCG: routes spread as real ones do */
+    uint64_t st = 0x9e3779b97f4a7c15ull;
+    for (size_t i = 0; i < (size_t)max_tokens * H; i++) {
+        st = st * 6364136223846793005ull + 1442695040888963407ull;
+        h[i] = ((float)(st >> 40) / 16777216.0f * 2.0f - 1.0f) * 1.7320508f;
+    }
+    capmoe_dispatch_cfg cfg;
+    capmoe_dispatch_cfg_default(&cfg);
+    capmoe_layer_stats ls;
+    int rc = 0;
+    for (int T = 1; T <= max_tokens && out->n < CAPMOE_PROBE_MAX; T *= 2) {
+        double best = -1, act = 0;
+        for (int r = 0; r < reps && rc == 0; r++) {
+            double t0 = capmoe_now();
+            int na = 0;
+            for (int l = 0; l < c->n_layers && rc == 0; l++) {
+                if (!m->layers[l].is_moe) continue;
+                rc = capmoe_moe_forward(m, &m->layers[l], l, h, y, T, &cfg, NULL, &ls, err);
+                na += ls.activated;
+            }
+            double dt = capmoe_now() - t0;
+            if (best < 0 || dt < best) best = dt;
+            act = (double)na / out->moe_layers;
+        }
+        if (rc) break;
+        out->tokens[out->n] = T;
+        out->seconds[out->n] = best;
+        out->activated[out->n] = act;
+        out->n++;
+    }
+    free(h);
+    free(y);
+    if (rc) return -1;
+    /* the fit over the points with every expert activated (at least the last two) */
+    int first = out->n - 2;
+    for (int i = 0; i < out->n; i++)
+        if (out->activated[i] >= E - 1e-9) {
+            if (i < first) first = i;
+            break;
+        }
+    double sx = 0, sy = 0, sxx = 0, sxy = 0;
+    int np = out->n - first;
+    for (int i = first; i < out->n; i++) {
+        double x = out->tokens[i], yv = out->seconds[i];
+        sx += x;
+        sy += yv;
+        sxx += x * x;
+        sxy += x * yv;
+    }
+    double den = np * sxx - sx * sx;
+    double b = den > 0 ? (np * sxy - sx * sy) / den : 0.0;
+    double a = (sy - b * sx) / np;
+    out->fixed_seconds = a;
+    out->per_token_seconds = b;
+    int last = out->tokens[out->n - 1];
+    if (!(b > 0) || !(a > 0)) {
+        out->crossover = !(b > 0) ? last : 1;
+    } else {
+        double x = a / b;
+        out->crossover = x >= last ? last : x < 1 ? 1 : (int)lround(x);
     }
     return 0;
 }

@@ -169,6 +169,8 @@ static int mpi_run(struct capmoe_model *m, const struct capmoe_layer *L, const f
         ls->src_capacity[me] = ls->capacity;
         ls->src_gamma[me] = ls->gamma;
         ls->src_dropped_mass[me] = ls->dropped_mass;
+        ls->src_activated[me] = ls->activated;
+        ls->src_regime[me] = ls->regime;
         ls->rank_load[me] = (int)nrecv;
         ls->rank_time[me] = t_exp;
         ls->rank_cpu_time[me] = c_exp;

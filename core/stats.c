@@ -50,7 +50,7 @@ void capmoe_layer_stats_merge_ranks(capmoe_layer_stats *dst, const capmoe_layer_
                                     int R) {
     R = clamp_n(R, CAPMOE_MAX_RANKS);
     capmoe_layer_stats out = per_rank[0];
-    out.tokens = out.dropped = out.rerouted = 0;
+    out.tokens = out.dropped = out.rerouted = out.piggybacked = out.activated = 0;
     for (int e = 0; e < CAPMOE_MAX_EXPERTS; e++) out.loads[e] = 0;
     double mass = 0.0;
     out.router_time = out.expert_time = out.layer_time = 0.0;
@@ -60,7 +60,11 @@ void capmoe_layer_stats_merge_ranks(capmoe_layer_stats *dst, const capmoe_layer_
         out.tokens += s->tokens;
         out.dropped += s->dropped;
         out.rerouted += s->rerouted;
+        out.piggybacked += s->piggybacked;
         out.limited |= s->limited;
+        out.regime |= s->regime;
+        out.src_activated[r] = s->src_activated[r];
+        out.src_regime[r] = s->src_regime[r];
         mass += s->dropped_mass * s->tokens;
         int n = clamp_n(s->n_experts, CAPMOE_MAX_EXPERTS);
         for (int e = 0; e < n; e++) out.loads[e] += s->loads[e];
@@ -83,6 +87,7 @@ void capmoe_layer_stats_merge_ranks(capmoe_layer_stats *dst, const capmoe_layer_
         if (s->layer_time > out.layer_time) out.layer_time = s->layer_time;
     }
     out.dropped_mass = out.tokens > 0 ? mass / out.tokens : 0.0;
+    for (int e = 0; e < CAPMOE_MAX_EXPERTS; e++) out.activated += out.loads[e] > 0;
     /* one capacity for the layer when every source had the same one */
     out.capacity = out.src_capacity[0];
     out.gamma = out.src_gamma[0];

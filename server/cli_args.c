@@ -1,5 +1,6 @@
 /* cli_args.c - option parsing shared by the capmoe subcommands. */
 #include <errno.h>
+#include <stdio.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -159,10 +160,40 @@ int capmoe_cli_dispatch(capmoe_cli_args *a, capmoe_dispatch_cfg *cfg, capmoe_err
         int p = capmoe_policy_parse(pol);
         if (p < 0)
             return capmoe_set_error(
-                err, "--policy: unknown policy '%s' (none, drop, reroute, expanded, rank_drop)",
+                err,
+                "--policy: unknown policy '%s' (none, drop, reroute, expanded, rank_drop, "
+                "piggyback)",
                 pol);
         cfg->policy = (capmoe_policy)p;
     }
+    const char *dp = capmoe_cli_get(a, "decode-policy");
+    const char *rt = capmoe_cli_get(a, "regime-tokens");
+    if (dp) {
+        int p = capmoe_policy_parse(dp);
+        if (p < 0)
+            return capmoe_set_error(err,
+                                    "--decode-policy: unknown policy '%s' (none, drop, reroute, "
+                                    "expanded, rank_drop, piggyback)",
+                                    dp);
+        if (!rt)
+            return capmoe_set_error(err, "--decode-policy needs --regime-tokens N|auto (the "
+                                         "dispatches of fewer than N tokens use it)");
+        cfg->decode_policy = p;
+    }
+    if (rt) {
+        long n;
+        if (strcmp(rt, "auto") == 0) {
+            cfg->regime_auto = 1;
+        } else if (capmoe_cli_int(a, "regime-tokens", 0, 1L << 30, 0, &n, err) != 0) {
+            return capmoe_set_error(err, "--regime-tokens: '%s' is not an integer >= 0 or 'auto'",
+                                    rt);
+        } else {
+            cfg->regime_tokens = (int)n;
+        }
+    }
+    long k0;
+    if (capmoe_cli_int(a, "piggyback-k0", 1, CAPMOE_TOPK_MAX, 0, &k0, err)) return -1;
+    cfg->piggyback_k0 = (int)k0;
     const char *cf = capmoe_cli_get(a, "capacity-factor");
     if (cf) {
         if (strcmp(cf, "auto") == 0) {
@@ -241,7 +272,7 @@ int capmoe_cli_configs(const char *policies, const double *gammas, int n_gam,
         int p = capmoe_policy_parse(tok);
         if (p < 0 || p >= (int)sizeof seen)
             return capmoe_set_error(err, "--policies: unknown policy '%s' (none, drop, reroute, "
-                                         "expanded, rank_drop)", tok);
+                                         "expanded, rank_drop, piggyback)", tok);
         if (seen[p]++ || p == CAPMOE_POLICY_NONE) continue;
         if (n_gam == 0)
             return capmoe_set_error(err, "--gammas: empty list, but policy %s needs one", tok);
@@ -255,10 +286,40 @@ int capmoe_cli_configs(const char *policies, const double *gammas, int n_gam,
     return 0;
 }
 
+int capmoe_cli_regime(capmoe_model *m, capmoe_dispatch_cfg *cfg, capmoe_regime_probe *probe,
+                      capmoe_error *err) {
+    if (!cfg->regime_auto) return 0;
+    capmoe_regime_probe local;
+    capmoe_regime_probe *p = probe ? probe : &local;
+    if (capmoe_model_regime_probe(m, 256, 3, p, err)) {
+        char why[sizeof err->msg];
+        snprintf(why, sizeof why, "%s", err->msg);
+        return capmoe_set_error(err, "--regime-tokens auto: %s (give a number instead)", why);
+    }
+    cfg->regime_tokens = p->crossover;
+    return 0;
+}
+
 int capmoe_cli_engine(capmoe_cli_args *a, capmoe_model_opts *o, capmoe_error *err) {
     memset(o, 0, sizeof *o);
     long t;
     if (capmoe_cli_int(a, "threads", 0, CAPMOE_PAR_MAX_THREADS, 0, &t, err)) return -1;
     o->threads = (int)t;
+    const char *c = capmoe_cli_get(a, "compute");
+    if (!c) c = getenv("CAPMOE_COMPUTE");
+    if (c) {
+        int v = capmoe_compute_parse(c);
+        if (v < 0) return capmoe_set_error(err, "--compute: '%s' is neither f32 nor bf16", c);
+        o->compute = (capmoe_compute)v;
+    }
+    const char *kd = capmoe_cli_get(a, "kv-dtype");
+    if (!kd) kd = getenv("CAPMOE_KV_DTYPE");
+    if (kd) {
+        int v = capmoe_compute_parse(kd); /* the same two names */
+        if (v < 0) return capmoe_set_error(err, "--kv-dtype: '%s' is neither f32 nor bf16", kd);
+        o->kv_dtype = (capmoe_kv_dtype)v;
+    }
+    if (capmoe_cli_int(a, "bf16-min-rows", 1, 1L << 20, 0, &t, err)) return -1;
+    o->bf16_min_rows = (int)t;
     return capmoe_cli_weights(a, &o->weights, err);
 }

@@ -70,8 +70,11 @@
 
 static const char *BENCH_USAGE =
     "usage: capmoe bench --model DIR [options]\n"
-    "  --policies LIST      none,drop,reroute,expanded,rank_drop (default\n"
+    "  --policies LIST      none,drop,reroute,expanded,rank_drop,piggyback (default\n"
     "                       none,drop,reroute,expanded; none is always run)\n"
+    "  --piggyback-k0s LIST piggyback runs, one per k0 (default 1,k/4,k/2 of the model)\n"
+    "  --regime-max N       the memory/compute crossover probe: T = 1, 2, 4, ... N (256;\n"
+    "                       0 skips it)\n"
     "  --gammas LIST        capacity factors (default 1.0,1.5,2.0)\n"
     "  --ep-ranks R         expert-parallel ranks (default: number of experts, or its\n"
     "                       largest divisor <= 64)\n"
@@ -83,7 +86,10 @@ static const char *BENCH_USAGE =
     "  --format json|table (json)  --seq-len N (512)  --decode-context N (64)\n"
     "  --decode-steps N (8)  --min-tokens N (16)  --renormalize\n"
     "  --sgemm-size N (2048)  --copy-mib N (256)\n"
-    "  --threads N          engine threads (default 0: one per CPU this process may use)\n";
+    "  --threads N          engine threads (default 0: one per CPU this process may use)\n"
+    "  --compute f32|bf16   experts' large products in float32 (default) or BF16 (oneDNN)\n"
+    "  --bf16-min-rows N    bf16: from this many rows per expert (16)\n"
+    "  --kv-dtype f32|bf16  KV cache elements (default f32)\n";
 
 #define MAX_LIST 32
 
@@ -211,7 +217,8 @@ typedef struct agg {
     double imbalance, max_load, mean_load, max_rank_load, straggler, dropped_mass;
     double rank_time_sum;  /* sum of rank busy times */
     double rank_cpu_sum;   /* sum of rank thread CPU times */
-    long routed, computed, dropped, rerouted;
+    long routed, computed, dropped, rerouted, piggybacked;
+    double activated;      /* experts with a load, summed over observations */
     int capacity;          /* C of the last limited layer (-1: never limited) */
     int limited, unlimited; /* layer observations with / without a limit */
     double flops;          /* per forward */
@@ -228,6 +235,7 @@ typedef struct bench {
     uint64_t rng;
     capmoe_layer_stats *ls;
     int n_ls;
+    double expert_bytes;   /* capmoe_model_expert_bytes */
 } bench;
 
 static void fill_ids(bench *b, int32_t *ids, int n) {
@@ -302,6 +310,8 @@ static void add_stats(agg *a, const capmoe_forward_stats *st, int k) {
         a->computed += sum;
         a->dropped += ls->dropped;
         a->rerouted += ls->rerouted;
+        a->piggybacked += ls->piggybacked;
+        for (int e = 0; e < ls->n_experts; e++) a->activated += ls->loads[e] > 0;
         if (ls->limited) {
             a->limited++;
             a->capacity = ls->capacity;
@@ -324,13 +334,16 @@ static double modelled(const agg *a, double c) {
     return a->obs > 0 ? a->max_rank_load / a->obs * c : 0.0;
 }
 
-static cJSON *run_json(const agg *a, capmoe_policy pol, double gamma, int auto_g,
-                       const agg *none, double c, int tokens_per_forward, int decode) {
+static cJSON *run_json(const agg *a, capmoe_policy pol, double gamma, int auto_g, int k0,
+                       const agg *none, double c, int tokens_per_forward, int decode,
+                       double expert_bytes) {
     cJSON *o = cJSON_CreateObject();
     double n = a->obs > 0 ? a->obs : 1;
     double nf = a->forwards > 0 ? a->forwards : 1;
     cJSON_AddStringToObject(o, "policy", capmoe_policy_name(pol));
-    if (pol == CAPMOE_POLICY_NONE) cJSON_AddNullToObject(o, "capacity_factor");
+    if (pol == CAPMOE_POLICY_PIGGYBACK) cJSON_AddNumberToObject(o, "piggyback_k0", k0);
+    if (pol == CAPMOE_POLICY_NONE || pol == CAPMOE_POLICY_PIGGYBACK)
+        cJSON_AddNullToObject(o, "capacity_factor");
     else if (auto_g) cJSON_AddStringToObject(o, "capacity_factor", "auto");
     else cJSON_AddNumberToObject(o, "capacity_factor", gamma);
     if (a->limited > 0 && a->unlimited == 0) cJSON_AddNumberToObject(o, "capacity", a->capacity);
@@ -354,6 +367,10 @@ static cJSON *run_json(const agg *a, capmoe_policy pol, double gamma, int auto_g
     cJSON_AddNumberToObject(o, "rerouted_pairs", (double)a->rerouted);
     cJSON_AddNumberToObject(o, "dropped_fraction",
                             a->routed > 0 ? (double)a->dropped / (double)a->routed : 0.0);
+    cJSON_AddNumberToObject(o, "piggybacked_pairs", (double)a->piggybacked);
+    /* what a memory-bound step reads: every activated expert of every MoE layer */
+    cJSON_AddNumberToObject(o, "activated_experts", a->activated / n);
+    cJSON_AddNumberToObject(o, "expert_bytes_per_forward", a->activated / nf * expert_bytes);
     double mt = modelled(a, c), mn = modelled(none, c);
     cJSON_AddNumberToObject(o, "modelled_ep_layer_time_s", mt);
     cJSON_AddNumberToObject(o, "gflops", a->time > 0 ? a->flops / a->time / 1e9 : 0);
@@ -371,7 +388,17 @@ typedef struct cfg_list {
     int n;
     capmoe_policy pol[MAX_LIST * MAX_LIST + 1];
     double gamma[MAX_LIST * MAX_LIST + 1];
+    int k0[MAX_LIST * MAX_LIST + 1]; /* piggyback's k0 (0 for the other policies) */
 } cfg_list;
+
+/* The dispatch configuration of run i of the list. */
+static capmoe_dispatch_cfg run_cfg(const bench *b, const cfg_list *cl, int i) {
+    capmoe_dispatch_cfg cfg = b->base;
+    cfg.policy = cl->pol[i];
+    cfg.capacity_factor = cl->gamma[i] > 0 ? cl->gamma[i] : 1.0;
+    cfg.piggyback_k0 = cl->k0[i];
+    return cfg;
+}
 
 static int run_prefill(bench *b, int T, const cfg_list *cl, int repeat, cJSON *out_arr,
                        double *none_gflops, capmoe_error *err) {
@@ -413,9 +440,7 @@ static int run_prefill(bench *b, int T, const cfg_list *cl, int repeat, cJSON *o
     for (int i = 0; i < cl->n; i++) res[i].time = -1;
     for (int r = 0; r < repeat; r++) {
         for (int i = 0; i < cl->n; i++) {
-            cfg = b->base;
-            cfg.policy = cl->pol[i];
-            cfg.capacity_factor = cl->gamma[i] > 0 ? cl->gamma[i] : 1.0;
+            cfg = run_cfg(b, cl, i);
             for (int s = 0; s < n_seqs; s++) capmoe_kv_clear(seqs[s].kv);
             if (isatty(2))
                 fprintf(stderr, "\rbench: prefill T=%d %s %g run %d/%d   ", T,
@@ -439,8 +464,8 @@ static int run_prefill(bench *b, int T, const cfg_list *cl, int repeat, cJSON *o
     cJSON_AddNumberToObject(o, "per_pair_cost_s", cost);
     cJSON *runs = cJSON_AddArrayToObject(o, "runs");
     for (int i = 0; i < cl->n; i++)
-        cJSON_AddItemToArray(runs, run_json(&res[i], cl->pol[i], cl->gamma[i], 0, &res[0], cost,
-                                            T, 0));
+        cJSON_AddItemToArray(runs, run_json(&res[i], cl->pol[i], cl->gamma[i], 0, cl->k0[i],
+                                            &res[0], cost, T, 0, b->expert_bytes));
     cJSON_AddItemToArray(out_arr, o);
     *none_gflops = res[0].time > 0 ? res[0].flops / res[0].time / 1e9 : 0;
     rc = 0;
@@ -495,8 +520,7 @@ static int run_decode(bench *b, int B, int ctx, int steps, const cfg_list *cl, i
                                              .rank = s % b->R};
             if (capmoe_model_forward(b->m, seqs, B, &cfg, NULL, &st, err)) goto end;
         }
-        cfg.policy = cl->pol[i];
-        cfg.capacity_factor = cl->gamma[i] > 0 ? cl->gamma[i] : 1.0;
+        cfg = run_cfg(b, cl, i);
         for (int s = 0; s < B; s++)
             seqs[s] = (capmoe_batch_seq){.kv = kv[i * B + s], .tokens = step_ids + s,
                                          .n_tokens = 1, .want = CAPMOE_LOGITS_LAST,
@@ -506,9 +530,7 @@ static int run_decode(bench *b, int B, int ctx, int steps, const cfg_list *cl, i
     /* Timed steps, round-robin over the configurations (--decode-steps each). */
     for (int r = 0; r < repeat; r++) {
         for (int i = 0; i < nc; i++) {
-            capmoe_dispatch_cfg cfg = b->base;
-            cfg.policy = cl->pol[i];
-            cfg.capacity_factor = cl->gamma[i] > 0 ? cl->gamma[i] : 1.0;
+            capmoe_dispatch_cfg cfg = run_cfg(b, cl, i);
             for (int k = 0; k < steps; k++) {
                 int step = r * steps + k;
                 double attended = 0.0;
@@ -546,8 +568,8 @@ static int run_decode(bench *b, int B, int ctx, int steps, const cfg_list *cl, i
     cJSON_AddNumberToObject(o, "per_pair_cost_s", cost);
     cJSON *runs = cJSON_AddArrayToObject(o, "runs");
     for (int i = 0; i < nc; i++)
-        cJSON_AddItemToArray(runs, run_json(&res[i], cl->pol[i], cl->gamma[i], 0, &res[0], cost,
-                                            B, 1));
+        cJSON_AddItemToArray(runs, run_json(&res[i], cl->pol[i], cl->gamma[i], 0, cl->k0[i],
+                                            &res[0], cost, B, 1, b->expert_bytes));
     cJSON_AddItemToArray(out_arr, o);
     *none_step_time = res[0].time;
     rc = 0;
@@ -571,11 +593,11 @@ static double num(const cJSON *o, const char *k) {
 
 static void print_runs(const cJSON *groups, const char *size_key, const char *size_label,
                        int decode) {
-    printf("| %s | policy | gamma | %s | MoE ms/layer | max/mean load | max rank load | "
-           "straggler | dropped mass | dropped | rerouted | modelled EP ms/layer | "
+    printf("| %s | policy | gamma/k0 | %s | MoE ms/layer | activated | max/mean load | max rank load | "
+           "straggler | dropped mass | dropped | rerouted | piggybacked | modelled EP ms/layer | "
            "speedup wall | speedup modelled |\n",
            size_label, decode ? "tok/s (median step)" : "tok/s");
-    printf("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    printf("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     const cJSON *g;
     cJSON_ArrayForEach(g, groups) {
         const cJSON *r;
@@ -584,12 +606,15 @@ static void print_runs(const cJSON *groups, const char *size_key, const char *si
             const cJSON *gm = cJSON_GetObjectItemCaseSensitive(r, "capacity_factor");
             char gs[32] = "-";
             if (cJSON_IsNumber(gm)) snprintf(gs, sizeof gs, "%g", gm->valuedouble);
-            printf("| %.0f | %s | %s | %.0f | %.3f | %.2f | %.1f | %.2f | %.4f | %.0f | %.0f | "
-                   "%.3f | %.2fx | %.2fx |\n",
+            const cJSON *k0 = cJSON_GetObjectItemCaseSensitive(r, "piggyback_k0");
+            if (cJSON_IsNumber(k0)) snprintf(gs, sizeof gs, "k0=%g", k0->valuedouble);
+            printf("| %.0f | %s | %s | %.0f | %.3f | %.1f | %.2f | %.1f | %.2f | %.4f | %.0f | %.0f | "
+                   "%.0f | %.3f | %.2fx | %.2fx |\n",
                    num(g, size_key), pol->valuestring, gs, num(r, "tokens_per_s"),
-                   num(r, "moe_layer_time_s") * 1e3, num(r, "max_mean_load"),
+                   num(r, "moe_layer_time_s") * 1e3, num(r, "activated_experts"),
+                   num(r, "max_mean_load"),
                    num(r, "max_rank_load"), num(r, "straggler_ratio"), num(r, "dropped_mass"),
-                   num(r, "dropped_pairs"), num(r, "rerouted_pairs"),
+                   num(r, "dropped_pairs"), num(r, "rerouted_pairs"), num(r, "piggybacked_pairs"),
                    num(r, "modelled_ep_layer_time_s") * 1e3, num(r, "speedup_wall"),
                    num(r, "speedup_modelled"));
         }
@@ -639,6 +664,12 @@ static void print_table(const cJSON *o) {
         print_runs(dec, "batch", "B", 1);
         printf("\n");
     }
+    const cJSON *rg = cJSON_GetObjectItemCaseSensitive(o, "regime");
+    if (rg)
+        printf("Memory/compute crossover: %.0f tokens per dispatch (fixed %.3f ms + %.4f ms per "
+               "token over all MoE layers).\n\n",
+               num(rg, "crossover_tokens"), num(rg, "fixed_seconds") * 1e3,
+               num(rg, "per_token_seconds") * 1e3);
     printf("### Ratios\n\n");
     double pf = num(ra, "prefill_fraction_of_sgemm");
     if (!isnan(pf))
@@ -680,6 +711,8 @@ int capmoe_cmd_bench(int argc, char **argv) {
     const char *dec_s = capmoe_cli_get(&a, "decode");
     const char *text = capmoe_cli_get(&a, "text");
     const char *fmt = capmoe_cli_get(&a, "format");
+    const char *k0_s = capmoe_cli_get(&a, "piggyback-k0s");
+    long regime_max;
     long R_opt, repeat, seed, seq_len, dctx, dsteps, min_tokens, sg_n, copy_mib;
     int usage = 1;
     if (!dir || !*dir) {
@@ -709,7 +742,12 @@ int capmoe_cmd_bench(int argc, char **argv) {
         capmoe_cli_int(&a, "decode-steps", 1, 100000, 8, &dsteps, &err) ||
         capmoe_cli_int(&a, "min-tokens", 0, 1L << 30, base.min_tokens, &min_tokens, &err) ||
         capmoe_cli_int(&a, "sgemm-size", 16, 16384, 2048, &sg_n, &err) ||
-        capmoe_cli_int(&a, "copy-mib", 1, 8192, 256, &copy_mib, &err))
+        capmoe_cli_int(&a, "copy-mib", 1, 8192, 256, &copy_mib, &err) ||
+        capmoe_cli_int(&a, "regime-max", 0, 1 << 16, 256, &regime_max, &err))
+        goto usage_err;
+    int k0s[MAX_LIST], n_k0 = 0;
+    if (k0_s && capmoe_cli_list_i("piggyback-k0s", k0_s, 1, CAPMOE_TOPK_MAX, k0s, &n_k0, MAX_LIST,
+                                  &err))
         goto usage_err;
     capmoe_model_opts eng;
     if (capmoe_cli_engine(&a, &eng, &err)) goto usage_err;
@@ -770,10 +808,37 @@ int capmoe_cmd_bench(int argc, char **argv) {
                              dir);
             goto end;
         }
+        b.expert_bytes = (double)capmoe_model_expert_bytes(b.m);
+        { /* piggyback has no gamma: one run per k0 instead (1, k/4, k/2 by default) */
+            int k = b.c->top_k, want = 0, n = 0;
+            for (int i = 0; i < cl.n; i++) {
+                if (cl.pol[i] == CAPMOE_POLICY_PIGGYBACK) {
+                    want = 1;
+                    continue;
+                }
+                cl.pol[n] = cl.pol[i];
+                cl.gamma[n] = cl.gamma[i];
+                cl.k0[n++] = 0;
+            }
+            if (want && n_k0 == 0) {
+                int d[3] = {1, k / 4 > 1 ? k / 4 : 1, k / 2 > 1 ? k / 2 : 1};
+                for (int j = 0; j < 3; j++)
+                    if (n_k0 == 0 || d[j] != k0s[n_k0 - 1]) k0s[n_k0++] = d[j];
+            }
+            for (int j = 0; want && j < n_k0; j++) {
+                if (k0s[j] > k) {
+                    capmoe_set_error(&err, "--piggyback-k0s: %d exceeds the model's k=%d", k0s[j],
+                                     k);
+                    goto end;
+                }
+                cl.pol[n] = CAPMOE_POLICY_PIGGYBACK;
+                cl.gamma[n] = 0;
+                cl.k0[n++] = k0s[j];
+            }
+            cl.n = n;
+        }
         for (int i = 0; i < cl.n; i++) {
-            capmoe_dispatch_cfg t = b.base;
-            t.policy = cl.pol[i];
-            t.capacity_factor = cl.gamma[i] > 0 ? cl.gamma[i] : 1.0;
+            capmoe_dispatch_cfg t = run_cfg(&b, &cl, i);
             if (capmoe_dispatch_cfg_check(&t, b.c->n_experts, &err)) goto end;
         }
         b.n_ls = b.c->n_moe_layers;
@@ -855,6 +920,9 @@ int capmoe_cmd_bench(int argc, char **argv) {
             cJSON_AddNullToObject(ma, "note");
         }
         cJSON_AddNumberToObject(ma, "threads", threads);
+        cJSON_AddStringToObject(ma, "compute", capmoe_compute_name(capmoe_model_compute(b.m)));
+        cJSON_AddStringToObject(ma, "kv_dtype",
+                                capmoe_model_kv_dtype(b.m) == CAPMOE_KV_BF16 ? "bf16" : "f32");
         cJSON_AddItemToObject(ma, "system", capmoe_sysinfo_json(&si, threads));
 
         cJSON *se = cJSON_AddObjectToObject(out, "settings");
@@ -896,6 +964,69 @@ int capmoe_cmd_bench(int argc, char **argv) {
                            &err))
                 goto end;
             if (decode[i] == 1) dec_time = st;
+        }
+        /* Decode step time against the experts it reads: a least-squares line
+         * over every decode run (all B, all policies). */
+        {
+            double sx = 0, sy = 0, sxx = 0, sxy = 0;
+            int np = 0;
+            cJSON *pts = cJSON_CreateArray();
+            const cJSON *g, *r;
+            cJSON_ArrayForEach(g, dec) {
+                cJSON_ArrayForEach(r, cJSON_GetObjectItemCaseSensitive(g, "runs")) {
+                    double x = cJSON_GetObjectItemCaseSensitive(r, "activated_experts")->valuedouble;
+                    double y = cJSON_GetObjectItemCaseSensitive(r, "time_s")->valuedouble;
+                    double ye = cJSON_GetObjectItemCaseSensitive(r, "expert_time_s")->valuedouble;
+                    cJSON *p = cJSON_CreateObject();
+                    cJSON_AddNumberToObject(p, "batch",
+                                            cJSON_GetObjectItemCaseSensitive(g, "batch")->valuedouble);
+                    cJSON_AddItemToObject(p, "policy", cJSON_Duplicate(
+                                                           cJSON_GetObjectItemCaseSensitive(r, "policy"), 1));
+                    const cJSON *k0j = cJSON_GetObjectItemCaseSensitive(r, "piggyback_k0");
+                    if (k0j) cJSON_AddNumberToObject(p, "piggyback_k0", k0j->valuedouble);
+                    const cJSON *gj = cJSON_GetObjectItemCaseSensitive(r, "capacity_factor");
+                    cJSON_AddItemToObject(p, "capacity_factor", cJSON_Duplicate(gj, 1));
+                    cJSON_AddNumberToObject(p, "activated_experts", x);
+                    cJSON_AddNumberToObject(p, "step_time_s", y);
+                    cJSON_AddNumberToObject(p, "expert_time_s_per_layer", ye);
+                    cJSON_AddItemToArray(pts, p);
+                    sx += x;
+                    sy += y;
+                    sxx += x * x;
+                    sxy += x * y;
+                    np++;
+                }
+            }
+            cJSON *dv = cJSON_AddObjectToObject(out, "decode_time_vs_activated");
+            cJSON_AddItemToObject(dv, "points", pts);
+            double den = np * sxx - sx * sx;
+            if (np >= 2 && den > 0) {
+                double slope = (np * sxy - sx * sy) / den;
+                cJSON_AddNumberToObject(dv, "seconds_per_activated_expert", slope);
+                cJSON_AddNumberToObject(dv, "intercept_s", (sy - slope * sx) / np);
+            } else {
+                cJSON_AddNullToObject(dv, "seconds_per_activated_expert");
+                cJSON_AddNullToObject(dv, "intercept_s");
+            }
+            cJSON_AddNumberToObject(dv, "expert_bytes", b.expert_bytes);
+        }
+        /* Where a dispatch stops being memory-bound (--regime-tokens auto) */
+        if (regime_max >= 2) {
+            capmoe_regime_probe pr;
+            if (capmoe_model_regime_probe(b.m, (int)regime_max, (int)repeat + 1, &pr, &err)) goto end;
+            cJSON *rg = cJSON_AddObjectToObject(out, "regime");
+            cJSON *tt = cJSON_AddArrayToObject(rg, "tokens"), *ts = cJSON_AddArrayToObject(rg, "seconds");
+            cJSON *ta = cJSON_AddArrayToObject(rg, "activated_experts");
+            for (int i = 0; i < pr.n; i++) {
+                cJSON_AddItemToArray(tt, cJSON_CreateNumber(pr.tokens[i]));
+                cJSON_AddItemToArray(ts, cJSON_CreateNumber(pr.seconds[i]));
+                cJSON_AddItemToArray(ta, cJSON_CreateNumber(pr.activated[i]));
+            }
+            cJSON_AddNumberToObject(rg, "fixed_seconds", pr.fixed_seconds);
+            cJSON_AddNumberToObject(rg, "per_token_seconds", pr.per_token_seconds);
+            cJSON_AddNumberToObject(rg, "crossover_tokens", pr.crossover);
+            fprintf(stderr, "capmoe bench: memory/compute crossover: %d tokens per dispatch "
+                    "(--regime-tokens %d)\n", pr.crossover, pr.crossover);
         }
 
         if (measure_ceilings((int)sg_n, bytes, threads, &c1, &err)) goto end;
@@ -1004,6 +1135,17 @@ int capmoe_cmd_bench(int argc, char **argv) {
                                 "none / policy, same T or B, same run: speedup_wall = forward "
                                 "time, speedup_moe_wall = MoE block time, speedup_modelled = "
                                 "modelled EP layer time");
+        cJSON_AddStringToObject(df, "regime",
+                                "capmoe_model_regime_probe: every MoE layer's block on T random "
+                                "tokens (policy none), best of repeat+1; over the points with "
+                                "every expert activated, t(T) = fixed + per_token x T; "
+                                "crossover = fixed / per_token (what --regime-tokens auto uses)");
+        cJSON_AddStringToObject(df, "activated",
+                                "activated_experts = experts with a load per MoE layer dispatch "
+                                "(mean); expert_bytes_per_forward = activated experts over all "
+                                "MoE layers x the bytes of one expert; decode_time_vs_activated = "
+                                "every decode run's median step time against its activated "
+                                "experts, with a least-squares line");
         cJSON_AddStringToObject(df, "loads",
                                 "per MoE layer then averaged over layers (and decode steps): "
                                 "max_mean_load = max expert load / mean expert load; "

@@ -22,6 +22,12 @@
  *    cache (window i of a forward lives on rank i mod R), so each dispatch sees
  *    T = the batch's total tokens. Logits of every position are computed
  *    (batch x context x vocab floats of memory).
+ *  - --decode: the windows of a batch run as decode does, one position at a
+ *    time (each step one token of every window with its KV cache), so every
+ *    dispatch sees as many tokens as windows in the batch (B): the quality of
+ *    a policy in the memory-bound regime (--decode-policy, piggyback). The
+ *    scores are the same positions as without --decode; under policy none
+ *    the perplexity is the same up to float rounding.
  *  - NLL of a scored token = logsumexp(row) - row[target], in double over the
  *    float32 logits. perplexity = exp(total NLL / scored tokens).
  *
@@ -31,7 +37,9 @@
  *  "capacity_factor" (number, "auto", or null for policy none), "ep_ranks",
  *  "renormalize", "min_tokens", "dispatches", "limited_dispatches",
  *  "mean_gamma" (over limited dispatches, null if none), "routed_pairs",
- *  "dropped_pairs", "rerouted_pairs", "dropped_fraction" (dropped pairs /
+ *  "dropped_pairs", "rerouted_pairs", "piggybacked_pairs", "activated_experts"
+ *  (mean per dispatch), "decode" (bool), "decode_policy", "regime_tokens",
+ *  "piggyback_k0", "dropped_fraction" (dropped pairs /
  *  routed pairs, routed = T x k per dispatch), "dropped_mass" (mean over
  *  dispatches), "rerouted_fraction" (rerouted pairs / routed pairs), "time_s"}. */
 #include <cjson/cJSON.h>
@@ -52,8 +60,12 @@ static const char *PPL_USAGE =
     "  --batch B        windows per forward pass (default 8)\n"
     "  --weights W      bf16 (as stored), q8 or q4: experts quantized at load\n"
     "  --max-tokens N   use only the first N tokens of the text\n"
+    "  --decode         run each batch of windows one position at a time, as decode steps\n"
+    "                   (every dispatch sees B tokens)\n"
     "  dispatch options: --policy --capacity-factor G|auto --ep-ranks R --renormalize\n"
-    "                    --min-tokens N --drop-budget B --ep threads|mpi (as for `capmoe logits`)\n";
+    "                    --min-tokens N --drop-budget B --piggyback-k0 N --decode-policy P\n"
+    "                    --regime-tokens N|auto --ep threads|mpi (as for `capmoe logits`)\n"
+    CAPMOE_CLI_ENGINE_HELP;
 
 typedef struct window {
     int begin, end, score_from;
@@ -71,7 +83,7 @@ static double logsumexp(const float *row, int n) {
 }
 
 int capmoe_cmd_perplexity(int argc, char **argv) {
-    static const char *const SW[] = {"renormalize", "help", NULL};
+    static const char *const SW[] = {"renormalize", "decode", "help", NULL};
     capmoe_error err = {{0}};
     capmoe_cli_args a;
     if (capmoe_cli_parse(&a, argc, argv, SW, &err)) goto usage;
@@ -104,6 +116,7 @@ int capmoe_cmd_perplexity(int argc, char **argv) {
                          stride, ctx);
         goto usage;
     }
+    int decode = capmoe_cli_has(&a, "decode");
     if (capmoe_cli_check_unused(&a, &err)) goto usage;
 
     int rc = 1;
@@ -114,6 +127,7 @@ int capmoe_cmd_perplexity(int argc, char **argv) {
     int32_t *ids = NULL;
     window *win = NULL;
     capmoe_batch_seq *seqs = NULL;
+    capmoe_kv **kvs = NULL;
     float *logits = NULL;
     capmoe_layer_stats *ls = NULL;
     int n_ids = 0, n_win = 0, B = (int)batch;
@@ -124,7 +138,8 @@ int capmoe_cmd_perplexity(int argc, char **argv) {
     mo.max_ranks = cfg.ep_ranks;
     mo.comm = comm;
     int ok = text && capmoe_tokenizer_load(&tok, dir, &err) == 0 &&
-             capmoe_model_load(&m, dir, &mo, &err) == 0;
+             capmoe_model_load(&m, dir, &mo, &err) == 0 &&
+             capmoe_cli_regime(m, &cfg, NULL, &err) == 0;
     if (!capmoe_cli_check_load(comm, dir, ok, &err)) goto end; /* every rank leaves together */
     const capmoe_hfconfig *c = capmoe_model_config(m);
     if (c->n_moe_layers > 0 && capmoe_dispatch_cfg_check(&cfg, c->n_experts, &err)) goto end;
@@ -169,30 +184,39 @@ int capmoe_cmd_perplexity(int argc, char **argv) {
                          c->vocab_size);
         goto end;
     }
-    for (int s = 0; s < B; s++) {
-        seqs[s].kv = capmoe_kv_new(m, (int)ctx);
-        if (!seqs[s].kv) {
-            capmoe_set_error(&err, "out of memory for KV caches");
-            goto end;
-        }
-        seqs[s].want = CAPMOE_LOGITS_ALL;
+    kvs = calloc((size_t)B, sizeof *kvs); /* window s of a batch: cache kvs[s] */
+    for (int s = 0; kvs && s < B; s++) {
+        kvs[s] = capmoe_kv_new(m, (int)ctx);
+        if (!kvs[s]) break;
+    }
+    if (!kvs || !kvs[B - 1]) {
+        capmoe_set_error(&err, "out of memory for KV caches");
+        goto end;
     }
     capmoe_forward_stats st = {.layers = ls, .cap_layers = c->n_moe_layers};
-    double nll = 0.0, gamma_sum = 0.0, mass_sum = 0.0, t0 = capmoe_now();
+    double nll = 0.0, gamma_sum = 0.0, mass_sum = 0.0, act_sum = 0.0, t0 = capmoe_now();
     long scored = 0, routed = 0, dropped = 0, rerouted = 0, dispatches = 0, limited = 0;
+    long piggybacked = 0;
     int forwards = 0;
     for (int w0 = 0; w0 < n_win; w0 += B) {
         int nb = n_win - w0 < B ? n_win - w0 : B;
         /* window w0 + s lives on rank s mod R (under --ep mpi, this rank runs
          * its own windows; every rank takes part in every forward) */
+        int longest = 0; /* steps of this batch under --decode (every rank alike) */
+        for (int s = 0; s < nb; s++)
+            if (win[w0 + s].end - win[w0 + s].begin > longest)
+                longest = win[w0 + s].end - win[w0 + s].begin;
+        for (int s = 0; s < nb; s++) capmoe_kv_clear(kvs[s]);
+        for (int p = 0; p < (decode ? longest : 1); p++) { /* --decode: position p */
         int nl = 0, mine[4096];
         for (int s = 0; s < nb; s++) {
             if (comm && s % R != me) continue;
             const window *w = &win[w0 + s];
-            capmoe_kv_clear(seqs[nl].kv);
-            seqs[nl].tokens = ids + w->begin;
-            seqs[nl].n_tokens = w->end - w->begin;
-            seqs[nl].rank = s % cfg.ep_ranks;
+            int n = w->end - w->begin;
+            if (decode && p >= n) continue; /* this window is done */
+            seqs[nl] = (capmoe_batch_seq){.kv = kvs[s], .tokens = ids + w->begin + (decode ? p : 0),
+                                          .n_tokens = decode ? 1 : n, .want = CAPMOE_LOGITS_ALL,
+                                          .rank = s % cfg.ep_ranks};
             mine[nl++] = s;
         }
         ok = capmoe_model_forward(m, seqs, nl, &cfg, logits, &st, &err) == 0;
@@ -202,18 +226,22 @@ int capmoe_cmd_perplexity(int argc, char **argv) {
         size_t row = 0;
         for (int i = 0; i < nl; i++) {
             const window *w = &win[w0 + mine[i]];
-            for (int j = w->begin + 1; j < w->end; j++) {
+            /* logits rows: every position of the window, or (--decode) position p */
+            int j0 = w->begin + 1 + (decode ? p : 0);
+            int j1 = decode ? j0 + 1 : w->end;
+            if (j1 > w->end) j1 = w->end;
+            for (int j = j0; j < j1; j++) {
                 if (j >= w->score_from) {
-                    const float *r = logits + (row + (size_t)(j - 1 - w->begin)) *
-                                                  (size_t)c->vocab_size;
+                    const float *r = logits + (row + (size_t)(j - j0)) * (size_t)c->vocab_size;
                     double lse = logsumexp(r, c->vocab_size);
                     nll += lse - (double)r[ids[j]];
                     scored++;
                 }
             }
-            row += (size_t)(w->end - w->begin);
+            row += decode ? 1 : (size_t)(w->end - w->begin);
         }
         for (int l = 0; l < st.n_moe && me == 0; l++) {
+            piggybacked += ls[l].piggybacked;
             routed += (long)ls[l].tokens * c->top_k;
             dropped += ls[l].dropped;
             rerouted += ls[l].rerouted;
@@ -227,7 +255,9 @@ int capmoe_cmd_perplexity(int argc, char **argv) {
                     limited++;
                     gamma_sum += ls[l].n_src > 0 ? ls[l].src_gamma[r] : ls[l].gamma;
                 }
+                act_sum += ls[l].n_src > 0 ? ls[l].src_activated[r] : ls[l].activated;
             }
+        }
         }
     }
     if (comm) { /* every rank scored its own windows */
@@ -252,6 +282,8 @@ int capmoe_cmd_perplexity(int argc, char **argv) {
     cJSON_AddNumberToObject(o, "tokens", (double)scored);
     cJSON_AddNumberToObject(o, "text_tokens", n_ids);
     cJSON_AddNumberToObject(o, "windows", n_win);
+    cJSON_AddStringToObject(o, "compute", capmoe_compute_name(capmoe_model_compute(m)));
+    cJSON_AddStringToObject(o, "kv_dtype", capmoe_model_kv_dtype(m) == CAPMOE_KV_BF16 ? "bf16" : "f32");
     cJSON_AddNumberToObject(o, "forwards", forwards);
     cJSON_AddNumberToObject(o, "context", (double)ctx);
     cJSON_AddNumberToObject(o, "stride", (double)stride);
@@ -259,7 +291,8 @@ int capmoe_cmd_perplexity(int argc, char **argv) {
     cJSON_AddStringToObject(o, "weights", capmoe_weights_name(capmoe_model_weights(m)));
     cJSON_AddNumberToObject(o, "pack_s", capmoe_model_pack_seconds(m));
     cJSON_AddStringToObject(o, "policy", capmoe_policy_name(cfg.policy));
-    if (cfg.policy == CAPMOE_POLICY_NONE) cJSON_AddNullToObject(o, "capacity_factor");
+    if (cfg.policy == CAPMOE_POLICY_NONE || cfg.policy == CAPMOE_POLICY_PIGGYBACK)
+        cJSON_AddNullToObject(o, "capacity_factor");
     else if (cfg.auto_gamma) cJSON_AddStringToObject(o, "capacity_factor", "auto");
     else cJSON_AddNumberToObject(o, "capacity_factor", cfg.capacity_factor);
     cJSON_AddNumberToObject(o, "ep_ranks", cfg.ep_ranks);
@@ -275,6 +308,18 @@ int capmoe_cmd_perplexity(int argc, char **argv) {
     cJSON_AddNumberToObject(o, "dropped_fraction", routed ? (double)dropped / routed : 0.0);
     cJSON_AddNumberToObject(o, "dropped_mass", dispatches ? mass_sum / (double)dispatches : 0.0);
     cJSON_AddNumberToObject(o, "rerouted_fraction", routed ? (double)rerouted / routed : 0.0);
+    cJSON_AddNumberToObject(o, "piggybacked_pairs", (double)piggybacked);
+    cJSON_AddNumberToObject(o, "activated_experts", dispatches ? act_sum / (double)dispatches : 0.0);
+    cJSON_AddBoolToObject(o, "decode", decode);
+    if (cfg.decode_policy >= 0) {
+        cJSON_AddStringToObject(o, "decode_policy",
+                                capmoe_policy_name((capmoe_policy)cfg.decode_policy));
+        cJSON_AddNumberToObject(o, "regime_tokens", cfg.regime_tokens);
+    } else {
+        cJSON_AddNullToObject(o, "decode_policy");
+        cJSON_AddNullToObject(o, "regime_tokens");
+    }
+    cJSON_AddNumberToObject(o, "piggyback_k0", capmoe_dispatch_k0(&cfg, c->top_k));
     cJSON_AddNumberToObject(o, "time_s", elapsed);
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
@@ -287,7 +332,8 @@ int capmoe_cmd_perplexity(int argc, char **argv) {
     rc = 0;
 end:
     if (rc) capmoe_cli_fail_rank(comm, "perplexity", &err);
-    for (int s = 0; seqs && s < B; s++) capmoe_kv_free(seqs[s].kv);
+    for (int s = 0; kvs && s < B; s++) capmoe_kv_free(kvs[s]);
+    free(kvs);
     free(seqs);
     free(logits);
     free(ls);

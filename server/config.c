@@ -22,7 +22,8 @@ typedef enum opt_type {
     OPT_BOOL,         /* int 0/1 */
     OPT_POLICY,       /* int capmoe_policy */
     OPT_GAMMA,        /* double capacity_factor + int capacity_auto */
-    OPT_CHOICE        /* int: index of the value in meta ("a|b|c") */
+    OPT_CHOICE,       /* int: index of the value in meta ("a|b|c") */
+    OPT_REGIME        /* int regime_tokens + int regime_auto */
 } opt_type;
 
 /* Flags (the last column of the table). */
@@ -64,7 +65,7 @@ static const opt k_opts[] = {
      "require \"Authorization: Bearer KEY\" on /v1/..., /tokenize, /detokenize (empty: off)",
      OPT_LIVE | OPT_SECRET},
     {"policy", OPT_POLICY, OFF(policy), 0, 0, "none", "P",
-     "capacity-aware dispatch policy: none, drop, reroute, expanded, rank_drop",
+     "dispatch policy: none, drop, reroute, expanded, rank_drop, piggyback",
      OPT_LIVE},
     {"capacity_factor", OPT_GAMMA, OFF(capacity_factor), 1e-6, 1e6, "1.0", "G|auto",
      "capacity factor gamma (> 0), or auto (smallest grid gamma within the drop budget)",
@@ -88,6 +89,17 @@ static const opt k_opts[] = {
      OPT_LIVE},
     {"drop_budget", OPT_DOUBLE, OFF(drop_budget), 0, 1, "0.01", "B",
      "dropped routing mass allowed per dispatch under capacity_factor auto",
+     OPT_LIVE},
+    {"piggyback_k0", OPT_INT, OFF(piggyback_k0), 0, 64, "0", "N",
+     "policy piggyback: experts of its own each token keeps (0: max(1, k/2))",
+     OPT_LIVE},
+    {"decode_policy", OPT_CHOICE, OFF(decode_policy), 0, 0, "off",
+     "off|none|drop|reroute|expanded|rank_drop|piggyback",
+     "policy of dispatches of fewer than regime_tokens tokens (off: policy everywhere)",
+     OPT_LIVE},
+    {"regime_tokens", OPT_REGIME, OFF(regime_tokens), 0, 1 << 30, "auto", "N|auto",
+     "dispatches below this many tokens are memory-bound and use decode_policy (auto: the "
+     "crossover measured when the model loads)",
      OPT_LIVE},
     {"max_batch_tokens", OPT_INT, OFF(max_batch_tokens), 1, 1 << 20, "512", "N",
      "token budget of one scheduler step (decode tokens + prompt chunks)",
@@ -133,6 +145,14 @@ static const opt k_opts[] = {
     {"weights", OPT_CHOICE, OFF(weights), 0, 0, "bf16", "bf16|q8|q4",
      "expert weights: bf16 keeps the checkpoint's dtype; q8 (int8 blocks of 32 with a scale) or "
      "q4 (4-bit blocks of 32 with a scale and a minimum) quantizes the experts at load",
+     OPT_RESTART},
+    {"compute", OPT_CHOICE, OFF(compute), 0, 0, "f32", "f32|bf16",
+     "precision of the experts' prefill-sized products: f32 (exact, the default) or bf16 "
+     "(BF16 operands through oneDNN, AMX / AVX512-BF16, float32 accumulation)",
+     OPT_RESTART},
+    {"kv_dtype", OPT_CHOICE, OFF(kv_dtype), 0, 0, "f32", "f32|bf16",
+     "element type of the KV cache: f32 (exact, the default) or bf16 (half the memory; not for "
+     "latent attention)",
      OPT_RESTART},
     {"log_level", OPT_CHOICE, OFF(log_level), 0, 0, "info", CAPMOE_LOG_LEVELS,
      "least severe log records written (the access log is at info)", OPT_LIVE},
@@ -283,7 +303,7 @@ int capmoe_config_set(capmoe_config *cfg, const char *name, const char *value,
         int p = capmoe_policy_parse(value);
         if (p < 0)
             return capmoe_set_error(
-                err, "%s: unknown policy '%s' (none, drop, reroute, expanded, rank_drop)", what,
+                err, "%s: unknown policy '%s' (none, drop, reroute, expanded, rank_drop, piggyback)", what,
                 value);
         *(int *)f = p;
         return 0;
@@ -301,6 +321,22 @@ int capmoe_config_set(capmoe_config *cfg, const char *name, const char *value,
                                     hi);
         cfg->capacity_factor = d;
         cfg->capacity_auto = 0;
+        return 0;
+    }
+    case OPT_REGIME: {
+        if (strcmp(value, "auto") == 0) {
+            cfg->regime_auto = 1;
+            return 0;
+        }
+        long long v;
+        char *end;
+        errno = 0;
+        v = strtoll(value, &end, 10);
+        if (errno || end == value || *end || v < o->min || v > o->max)
+            return capmoe_set_error(err, "%s: '%s' is neither an integer in %s..%s nor \"auto\"",
+                                    what, value, lo, hi);
+        cfg->regime_tokens = (int)v;
+        cfg->regime_auto = 0;
         return 0;
     }
     case OPT_CHOICE: {
@@ -407,6 +443,7 @@ int capmoe_config_apply_json(capmoe_config *cfg, const char *json, size_t len, c
             }
             val = cJSON_IsTrue(it) ? "true" : "false";
             break;
+        case OPT_REGIME:
         case OPT_GAMMA:
             if (cJSON_IsNumber(it)) {
                 snprintf(buf, sizeof buf, "%.17g", it->valuedouble);
@@ -448,6 +485,10 @@ char *capmoe_config_to_json(const capmoe_config *cfg) {
             if (cfg->capacity_auto) cJSON_AddStringToObject(o, op->name, "auto");
             else cJSON_AddNumberToObject(o, op->name, cfg->capacity_factor);
             break;
+        case OPT_REGIME:
+            if (cfg->regime_auto) cJSON_AddStringToObject(o, op->name, "auto");
+            else cJSON_AddNumberToObject(o, op->name, cfg->regime_tokens);
+            break;
         case OPT_CHOICE: {
             char v[64];
             cJSON_AddStringToObject(o, op->name, choice_name(op->meta, *(const int *)f, v, sizeof v));
@@ -475,6 +516,10 @@ static void opt_text(const capmoe_config *cfg, const opt *o, char *out, size_t n
     case OPT_GAMMA:
         if (cfg->capacity_auto) snprintf(out, n, "auto");
         else snprintf(out, n, "%.17g", cfg->capacity_factor);
+        break;
+    case OPT_REGIME:
+        if (cfg->regime_auto) snprintf(out, n, "auto");
+        else snprintf(out, n, "%d", cfg->regime_tokens);
         break;
     case OPT_CHOICE: choice_name(o->meta, *(const int *)f, out, n); break;
     }
@@ -538,6 +583,10 @@ int capmoe_config_copy_option(capmoe_config *dst, const capmoe_config *src, cons
     case OPT_GAMMA:
         dst->capacity_factor = src->capacity_factor;
         dst->capacity_auto = src->capacity_auto;
+        return 0;
+    case OPT_REGIME:
+        dst->regime_tokens = src->regime_tokens;
+        dst->regime_auto = src->regime_auto;
         return 0;
     case OPT_INT:
     case OPT_BOOL:
@@ -725,6 +774,10 @@ void capmoe_config_dispatch(const capmoe_config *cfg, capmoe_dispatch_cfg *out) 
     out->renormalize = cfg->renormalize;
     out->min_tokens = cfg->min_tokens;
     out->drop_budget = cfg->drop_budget;
+    out->piggyback_k0 = cfg->piggyback_k0;
+    out->decode_policy = cfg->decode_policy - 1; /* 0 = off -> -1 */
+    out->regime_tokens = cfg->regime_tokens;
+    out->regime_auto = cfg->regime_auto;
 }
 
 char *capmoe_config_model_id(const capmoe_config *cfg) {
@@ -758,6 +811,11 @@ int capmoe_config_check_model(const capmoe_config *cfg, const capmoe_hfconfig *h
         capmoe_config_dispatch(cfg, &d);
         capmoe_error e;
         if (capmoe_dispatch_cfg_check(&d, E, &e) != 0) return capmoe_set_error(err, "%s", e.msg);
+        if ((d.policy == CAPMOE_POLICY_PIGGYBACK || d.decode_policy == CAPMOE_POLICY_PIGGYBACK) &&
+            capmoe_dispatch_k0(&d, hc->top_k) > hc->top_k)
+            return capmoe_set_error(err,
+                                    "piggyback_k0: %d exceeds the model's %d experts per token",
+                                    d.piggyback_k0, hc->top_k);
     }
     int maxpos = hc->max_position_embeddings;
     if (cfg->context > 0 && maxpos > 0 && cfg->context > maxpos)

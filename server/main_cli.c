@@ -30,13 +30,17 @@ static const char *USAGE =
     "  synth       see `capmoe synth --help`\n"
     "every command takes --help; capmoe --version prints the version\n"
     "dispatch options:\n"
-    "  --policy none|drop|reroute|expanded|rank_drop   (default none)\n"
+    "  --policy none|drop|reroute|expanded|rank_drop|piggyback   (default none)\n"
     "  --capacity-factor G|auto   capacity factor gamma, or per-dispatch tuning (default 1.0)\n"
     "  --ep-ranks R               expert-parallel ranks (rank threads; default 1)\n"
     "  --ep threads|mpi           mpi: the ranks are the MPI processes of mpirun -np R\n"
     "  --renormalize              rescale each token's kept weights to sum to 1\n"
     "  --min-tokens N             no limit below N tokens per dispatch (default 16, 0 = off)\n"
     "  --drop-budget B            auto: largest dropped routing mass allowed (default 0.01)\n"
+    "  --piggyback-k0 N           piggyback: experts of its own each token keeps (default k/2)\n"
+    "  --decode-policy P          policy of dispatches below --regime-tokens (default: none set)\n"
+    "  --regime-tokens N|auto     dispatches of fewer than N tokens use --decode-policy; auto:\n"
+    "                             the memory/compute crossover measured at start\n"
     CAPMOE_CLI_ENGINE_HELP
     "latent attention (DeepSeek), logits and generate:\n"
     "  --mla-form auto|expanded|absorbed   how to attend (default auto: the cheaper per\n"
@@ -53,7 +57,8 @@ static const struct {
      "Runs every --ids sequence as ONE batch (one dispatch per MoE layer over all their\n"
      "tokens), writes the logits of every token as float32 to FILE (tokens x vocab, row\n"
      "major) and prints per MoE layer the capacity, the capacity factor applied, the\n"
-     "expert loads and the dropped / rerouted pair counts.\n"},
+     "expert loads and the activated experts, and the dropped / rerouted / piggybacked\n"
+     "pair counts.\n"},
     {"tokenize", "usage: capmoe tokenize --model DIR --text STR\n"
                  "Prints the token ids of STR (with the BOS the tokenizer adds): {\"ids\": [...]}.\n"},
     {"detokenize", "usage: capmoe detokenize --model DIR --ids 1,2,3\n"
@@ -67,12 +72,16 @@ static const struct {
 
 static const char *DISPATCH_HELP =
     "dispatch options:\n"
-    "  --policy none|drop|reroute|expanded|rank_drop   (default none)\n"
+    "  --policy none|drop|reroute|expanded|rank_drop|piggyback   (default none)\n"
     "  --capacity-factor G|auto   capacity factor gamma, or per-dispatch tuning (default 1.0)\n"
     "  --ep-ranks R               expert-parallel ranks (default 1)\n"
     "  --renormalize              rescale each token's kept weights to sum to 1\n"
     "  --min-tokens N             no limit below N tokens per dispatch (default 16, 0 = off)\n"
-    "  --drop-budget B            auto: largest dropped routing mass allowed (default 0.01)\n";
+    "  --drop-budget B            auto: largest dropped routing mass allowed (default 0.01)\n"
+    "  --piggyback-k0 N           piggyback: experts of its own each token keeps (default k/2)\n"
+    "  --decode-policy P          policy of dispatches below --regime-tokens (default: none set)\n"
+    "  --regime-tokens N|auto     dispatches of fewer than N tokens use --decode-policy; auto:\n"
+    "                             the memory/compute crossover measured at start\n";
 
 /* 1 when argv asks for help (--help or -h anywhere). */
 static int wants_help(int argc, char **argv) {
@@ -137,20 +146,25 @@ static cJSON *logits_report(const capmoe_forward_stats *st, int T, int mpi) {
     cJSON *cap = cJSON_AddArrayToObject(o, "capacity");
     cJSON *gam = cJSON_AddArrayToObject(o, "capacity_factor");
     cJSON *loads = cJSON_AddArrayToObject(o, "loads");
-    long dropped = 0, rerouted = 0;
+    cJSON *act = cJSON_CreateArray();
+    long dropped = 0, rerouted = 0, piggybacked = 0;
     for (int l = 0; l < st->n_moe; l++) {
+        piggybacked += ls[l].piggybacked;
         if (mpi) {
-            cJSON *cl = cJSON_CreateArray(), *gl = cJSON_CreateArray();
+            cJSON *cl = cJSON_CreateArray(), *gl = cJSON_CreateArray(), *al = cJSON_CreateArray();
             for (int r = 0; r < ls[l].n_src; r++) {
                 int lim = ls[l].src_limited[r];
                 cJSON_AddItemToArray(cl, lim ? cJSON_CreateNumber(ls[l].src_capacity[r])
                                              : cJSON_CreateNull());
                 cJSON_AddItemToArray(gl, lim ? cJSON_CreateNumber(ls[l].src_gamma[r])
                                              : cJSON_CreateNull());
+                cJSON_AddItemToArray(al, cJSON_CreateNumber(ls[l].src_activated[r]));
             }
             cJSON_AddItemToArray(cap, cl);
             cJSON_AddItemToArray(gam, gl);
+            cJSON_AddItemToArray(act, al);
         } else {
+            cJSON_AddItemToArray(act, cJSON_CreateNumber(ls[l].activated));
             cJSON_AddItemToArray(cap, ls[l].limited ? cJSON_CreateNumber(ls[l].capacity)
                                                     : cJSON_CreateNull());
             cJSON_AddItemToArray(gam, ls[l].limited ? cJSON_CreateNumber(ls[l].gamma)
@@ -165,6 +179,8 @@ static cJSON *logits_report(const capmoe_forward_stats *st, int T, int mpi) {
     }
     cJSON_AddNumberToObject(o, "dropped", (double)dropped);
     cJSON_AddNumberToObject(o, "rerouted", (double)rerouted);
+    cJSON_AddNumberToObject(o, "piggybacked", (double)piggybacked);
+    cJSON_AddItemToObject(o, "activated", act);
     return o;
 }
 
@@ -292,6 +308,7 @@ static int cmd_logits(int argc, char **argv) {
     int ok = capmoe_model_load(&m, dir, &mo, &err) == 0;
     if (ok) report_weights(m);
     if (ok && capmoe_dispatch_cfg_check(&cfg, capmoe_model_config(m)->n_experts, &err)) ok = 0;
+    if (ok && capmoe_cli_regime(m, &cfg, NULL, &err)) ok = 0;
     if (!capmoe_cli_check_load(comm, dir, ok, &err)) {
         capmoe_cli_fail_rank(comm, "logits", &err);
         goto done;
@@ -483,6 +500,7 @@ static int cmd_generate(int argc, char **argv) {
         capmoe_set_error(&err, "the prompt has no tokens");
         ok = 0;
     }
+    if (ok && capmoe_cli_regime(m, &cfg, NULL, &err)) ok = 0;
     if (!capmoe_cli_check_load(comm, dir, ok, &err)) goto end;
     const capmoe_hfconfig *c = capmoe_model_config(m);
     kv = capmoe_kv_new(m, 0);

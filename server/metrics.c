@@ -52,6 +52,7 @@ static const double B_STEP[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
 static const double B_IMBAL[] = {1, 1.1, 1.25, 1.5, 1.75, 2, 2.5, 3, 4, 5, 6, 8, 12, 16, 32, 64, 128, 256};
 /* slowest / mean rank time: 1 = no straggler, R = one rank did everything. */
 static const double B_STRAG[] = {1, 1.05, 1.1, 1.2, 1.3, 1.5, 1.75, 2, 2.5, 3, 4, 6, 8, 16, 32, 64};
+static const double B_ACTIVE[] = {1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256};
 static const double B_GAMMA[] = {0.25, 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2, 2.5, 3, 4, 6, 8, 16};
 static const double B_LAYER[] = {0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
                                  0.005,   0.01,     0.025,   0.05,   0.1,     0.25,   0.5,   1,
@@ -119,7 +120,10 @@ typedef struct metrics_state {
     int min_tokens;       /* live: capmoe_metrics_set_min_tokens */
     char policy[32];      /* live: capmoe_metrics_set_policy */
     unsigned long long dropped, rerouted, routed;
-    unsigned long long dispatches_limited, dispatches_unlimited;
+    unsigned long long dispatches[2][2]; /* [limited][regime: 0 main policy, 1 decode policy] */
+    unsigned long long piggybacked;
+    hist activated;                      /* experts with a load per dispatch */
+    int regime_crossover;                /* capmoe_metrics_set_regime_crossover */
     /* --ep mpi: per rank (as the source of its tokens and the host of its experts) */
     int ep_ranks;                                    /* R; 0 without MPI */
     hist ep_wait_dispatch[CAPMOE_MAX_RANKS], ep_wait_combine[CAPMOE_MAX_RANKS];
@@ -212,6 +216,7 @@ capmoe_metrics *capmoe_metrics_new(const capmoe_metrics_opts *opts) {
     snprintf(s->policy, sizeof s->policy, "%s", opts->policy ? opts->policy : "none");
     hist_init(&s->straggler, B_STRAG, NB(B_STRAG));
     hist_init(&s->gamma, B_GAMMA, NB(B_GAMMA));
+    hist_init(&s->activated, B_ACTIVE, NB(B_ACTIVE));
     hist_init(&s->layer_seconds, B_LAYER, NB(B_LAYER));
     hist_init(&s->dropped_mass, B_MASS, NB(B_MASS));
     for (int r = 0; r < CAPMOE_MAX_RANKS; r++) {
@@ -262,6 +267,13 @@ void capmoe_metrics_request_finished(capmoe_metrics *m, const char *reason, long
     hist_observe(&m->st.req_prompt_tokens, (double)(prompt_tokens > 0 ? prompt_tokens : 0));
     hist_observe(&m->st.req_generation_tokens,
                  (double)(generation_tokens > 0 ? generation_tokens : 0));
+    pthread_mutex_unlock(&m->mu);
+}
+
+void capmoe_metrics_set_regime_crossover(capmoe_metrics *m, int tokens) {
+    if (!m) return;
+    pthread_mutex_lock(&m->mu);
+    m->st.regime_crossover = tokens > 0 ? tokens : 0;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -420,6 +432,7 @@ void capmoe_metrics_batch(capmoe_metrics *m, int batch_tokens, const capmoe_forw
         int rerouted = ls->rerouted > 0 ? ls->rerouted : 0;
         s->dropped += (unsigned long long)dropped;
         s->rerouted += (unsigned long long)rerouted;
+        s->piggybacked += (unsigned long long)(ls->piggybacked > 0 ? ls->piggybacked : 0);
         /* Routed pairs = the T*k top-k pairs; without k, every policy but
          * "expanded" computes T*k - dropped pairs. */
         if (m->top_k > 0)
@@ -431,12 +444,11 @@ void capmoe_metrics_batch(capmoe_metrics *m, int batch_tokens, const capmoe_forw
             int R = ls->n_src > CAPMOE_MAX_RANKS ? CAPMOE_MAX_RANKS : ls->n_src;
             s->ep_ranks = R;
             for (int r = 0; r < R; r++) {
+                s->dispatches[ls->src_limited[r] != 0][ls->src_regime[r] != 0]++;
+                if (ls->src_tokens[r] > 0) hist_observe(&s->activated, ls->src_activated[r]);
                 if (ls->src_limited[r]) {
-                    s->dispatches_limited++;
                     if (ls->src_gamma[r] > 0) hist_observe(&s->gamma, ls->src_gamma[r]);
                     hist_observe(&s->dropped_mass, ls->src_dropped_mass[r]);
-                } else {
-                    s->dispatches_unlimited++;
                 }
                 hist_observe(&s->ep_wait_dispatch[r], ls->rank_wait_dispatch[r]);
                 hist_observe(&s->ep_wait_combine[r], ls->rank_wait_combine[r]);
@@ -446,12 +458,15 @@ void capmoe_metrics_batch(capmoe_metrics *m, int batch_tokens, const capmoe_forw
                 s->ep_pairs[r] += (unsigned long long)(ls->rank_load[r] > 0 ? ls->rank_load[r] : 0);
                 s->ep_tokens[r] += (unsigned long long)(ls->src_tokens[r] > 0 ? ls->src_tokens[r] : 0);
             }
-        } else if (ls->limited) {
-            s->dispatches_limited++;
-            if (ls->gamma > 0) hist_observe(&s->gamma, ls->gamma);
-            hist_observe(&s->dropped_mass, ls->dropped_mass);
         } else {
-            s->dispatches_unlimited++;
+            s->dispatches[ls->limited != 0][ls->regime != 0]++;
+            int act = 0; /* the experts this dispatch read */
+            for (int e = 0; e < ne; e++) act += ls->loads[e] > 0;
+            if (ls->tokens > 0) hist_observe(&s->activated, act);
+            if (ls->limited) {
+                if (ls->gamma > 0) hist_observe(&s->gamma, ls->gamma);
+                hist_observe(&s->dropped_mass, ls->dropped_mass);
+            }
         }
         if (ls->layer_time > 0) hist_observe(&s->layer_seconds, ls->layer_time);
     }
@@ -816,10 +831,25 @@ char *capmoe_metrics_render(capmoe_metrics *m, size_t *len) {
             s->dropped);
     counter(&b, "capmoe_moe_rerouted_pairs_total",
             "Substitute pairs computed on another expert for pairs over capacity.", s->rerouted);
+    counter(&b, "capmoe_moe_piggybacked_pairs_total",
+            "Pairs computed on an expert outside the token's top-k because the batch activated it "
+            "anyway (policy piggyback).",
+            s->piggybacked);
+    gauge(&b, "capmoe_moe_regime_crossover_tokens",
+          "Dispatch size (tokens) where an MoE layer stops being memory-bound, measured when the "
+          "model loaded; regime_tokens \"auto\" uses it (0: not measured yet).",
+          (double)s->regime_crossover);
+    histogram(&b, "capmoe_moe_activated_experts",
+              "Experts with at least one token per MoE layer dispatch: what a memory-bound "
+              "(decode) dispatch reads.",
+              &s->activated);
     family(&b, "capmoe_moe_dispatches_total", "counter",
-           "MoE layer dispatches, by whether a capacity limit was applied.");
-    sb_printf(&b, "capmoe_moe_dispatches_total{limited=\"false\"} %llu\n", s->dispatches_unlimited);
-    sb_printf(&b, "capmoe_moe_dispatches_total{limited=\"true\"} %llu\n", s->dispatches_limited);
+           "MoE layer dispatches, by whether a capacity limit was applied and by regime: "
+           "decode = the decode_policy ran (fewer than regime_tokens tokens), main = the policy.");
+    for (int lim = 0; lim < 2; lim++)
+        for (int reg = 0; reg < 2; reg++)
+            sb_printf(&b, "capmoe_moe_dispatches_total{limited=\"%s\",regime=\"%s\"} %llu\n",
+                      lim ? "true" : "false", reg ? "decode" : "main", s->dispatches[lim][reg]);
     histogram(&b, "capmoe_moe_capacity_factor",
               "Capacity factor gamma applied per limited MoE layer dispatch.", &s->gamma);
     histogram(&b, "capmoe_moe_dropped_mass_ratio",

@@ -212,6 +212,10 @@ START_TEST(test_refusals) {
     expect_error(NULL, "--renormalize: 'maybe' is not a boolean", "--renormalize=maybe", NULL);
     expect_error(NULL, "--drop-budget: 2 is out of range", "--drop-budget", "2", NULL);
     expect_error(NULL, "--ep-ranks: 0 is out of range", "--ep-ranks", "0", NULL);
+    expect_error(NULL, "--max-running: '99999999999999999999' is not an integer", "--max-running",
+                 "99999999999999999999", NULL);
+    expect_error(NULL, "--max-running: 4294967296 is out of range", "--max-running", "4294967296",
+                 NULL);
     expect_error(NULL, "--grace-period-s: 'nan' is not a finite number", "--grace-period-s",
                  "nan", NULL);
     expect_error(NULL, "max_batch_tokens (8) must be at least max_running (16)",
@@ -235,6 +239,11 @@ START_TEST(test_refusals) {
         {"[1, 2]", "the top level must be a JSON object"},
         {"{\"port\": 1,", "invalid JSON"},
         {"{\"max_body_bytes\": 1e12}", "\"max_body_bytes\": 1000000000000 is out of range"},
+        /* issue 17: range before conversion, for every size of number */
+        {"{\"threads\": 6666666666}", "\"threads\": 6666666666 is out of range"},
+        {"{\"max_connections\": 1e300}", "\"max_connections\": '1.0000000000000001e+300' is not an integer"},
+        {"{\"port\": -9223372036854775809}", "\"port\": '-9.2233720368547758e+18' is not an integer"},
+        {"{\"grace_period_s\": 1e309}", "\"grace_period_s\": 'inf' is not a finite number"},
         {"{\"model\": \"config/model\\u0000/x\"}", "model: a string holds a NUL character"},
     };
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
@@ -481,6 +490,66 @@ START_TEST(test_check_model) {
 }
 END_TEST
 
+/* The memory-bound dispatch options: flags, environment, file; live on SIGHUP. */
+START_TEST(test_regime_options) {
+    capmoe_config c;
+    capmoe_config_action act;
+    capmoe_error e;
+    capmoe_dispatch_cfg d;
+    ck_assert_int_eq(load(&c, NULL, &act, &e, NULL), 0);
+    capmoe_config_dispatch(&c, &d);
+    ck_assert_int_eq(d.decode_policy, -1); /* default: off */
+    ck_assert_int_eq(d.regime_auto, 1);
+    ck_assert_int_eq(d.piggyback_k0, 0);
+    capmoe_config_free(&c);
+    char *env[] = {"CAPMOE_DECODE_POLICY=piggyback", "CAPMOE_PIGGYBACK_K0=3", NULL};
+    int rc = load(&c, env, &act, &e, "--policy", "drop", "--regime-tokens", "24", NULL);
+    ck_assert_msg(rc == 0, "%s", e.msg);
+    capmoe_config_dispatch(&c, &d);
+    ck_assert_int_eq(d.policy, CAPMOE_POLICY_DROP);
+    ck_assert_int_eq(d.decode_policy, CAPMOE_POLICY_PIGGYBACK);
+    ck_assert_int_eq(d.regime_tokens, 24);
+    ck_assert_int_eq(d.regime_auto, 0);
+    ck_assert_int_eq(d.piggyback_k0, 3);
+    capmoe_config_free(&c);
+    char *path = write_tmp("{\"decode_policy\": \"none\", \"regime_tokens\": 8, \"policy\": \"piggyback\"}");
+    rc = load(&c, NULL, &act, &e, "--config", path, NULL);
+    ck_assert_msg(rc == 0, "%s", e.msg);
+    capmoe_config_dispatch(&c, &d);
+    ck_assert_int_eq(d.decode_policy, CAPMOE_POLICY_NONE);
+    ck_assert_int_eq(d.policy, CAPMOE_POLICY_PIGGYBACK);
+    ck_assert_int_eq(d.regime_tokens, 8);
+    char *js = capmoe_config_to_json(&c);
+    ck_assert_ptr_nonnull(strstr(js, "\"regime_tokens\":\t8"));
+    free(js);
+    capmoe_config_free(&c);
+    unlink(path);
+    free(path);
+    expect_error(NULL, "--regime-tokens", "--regime-tokens", "-1", NULL);
+    expect_error(NULL, "--regime-tokens", "--regime-tokens", "often", NULL);
+    expect_error(NULL, "--decode-policy", "--decode-policy", "fast", NULL);
+    expect_error(NULL, "--piggyback-k0", "--piggyback-k0", "65", NULL);
+    ck_assert(capmoe_config_is_live("decode_policy"));
+    ck_assert(capmoe_config_is_live("regime_tokens"));
+    ck_assert(capmoe_config_is_live("piggyback_k0"));
+    /* against the model: k0 above its k */
+    capmoe_hfconfig hc;
+    memset(&hc, 0, sizeof hc);
+    hc.n_experts = 8;
+    hc.n_moe_layers = 2;
+    hc.top_k = 2;
+    hc.max_position_embeddings = 512;
+    capmoe_config_defaults(&c);
+    c.decode_policy = 1 + CAPMOE_POLICY_PIGGYBACK;
+    c.piggyback_k0 = 2;
+    ck_assert_int_eq(capmoe_config_check_model(&c, &hc, &e), 0);
+    c.piggyback_k0 = 3;
+    ck_assert_int_eq(capmoe_config_check_model(&c, &hc, &e), -1);
+    ck_assert_ptr_nonnull(strstr(e.msg, "piggyback_k0: 3"));
+    capmoe_config_free(&c);
+}
+END_TEST
+
 static Suite *config_suite(void) {
     Suite *s = suite_create("config");
     TCase *tc = tcase_create("config");
@@ -496,6 +565,7 @@ static Suite *config_suite(void) {
     tcase_add_test(tc, test_cors_policy);
     tcase_add_test(tc, test_reload_diff);
     tcase_add_test(tc, test_check_model);
+    tcase_add_test(tc, test_regime_options);
     tcase_set_timeout(tc, 30);
     suite_add_tcase(s, tc);
     return s;

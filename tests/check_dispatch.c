@@ -9,6 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+#include <stdio.h>
+
 #include "capmoe/dispatch.h"
 
 #define NA (-1.0f) /* "pair not computed" in expected tables */
@@ -703,8 +706,10 @@ START_TEST(test_cfg_and_names) {
     ck_assert_int_eq(c.n_grid, 5);
     const double g[] = {1.0, 1.25, 1.5, 2.0, 3.0};
     for (int i = 0; i < 5; i++) ck_assert(c.grid[i] == g[i]);
-    const char *names[] = {"none", "drop", "reroute", "expanded", "rank_drop"};
-    for (int i = 0; i < 5; i++) {
+    ck_assert_int_eq(c.piggyback_k0, 0);
+    ck_assert_int_eq(c.decode_policy, -1);
+    const char *names[] = {"none", "drop", "reroute", "expanded", "rank_drop", "piggyback"};
+    for (int i = 0; i < 6; i++) {
         ck_assert_int_eq(capmoe_policy_parse(names[i]), i);
         ck_assert_str_eq(capmoe_policy_name((capmoe_policy)i), names[i]);
     }
@@ -1340,6 +1345,302 @@ START_TEST(test_router_errors) {
 }
 END_TEST
 
+
+/* ---- piggyback and the regime split (spec §1 "Memory-bound dispatch") ---- */
+
+/* The worked example under piggyback, k0 = 1, worked by hand:
+ * B = t0{0} t1{0} t2{0} t3{1} t4{0} t5{3}, A = {0, 1, 3}.
+ * t0, t1, t2: A \ B = {1, 3}, p .30/.25/.35 on 1 beats 3 -> their S_t.
+ * t3: A \ B = {0, 3}, p .10 > .05 -> {1, 0}: expert 2 (in S_t) not used, 0 rides.
+ * t4: A \ B = {1, 3}, p .05 < .10 -> {0, 3}: expert 2 not used, 3 rides.
+ * t5: A \ B = {0, 1} -> 0 (.35): its S_t. Weights p / Z_t of the baseline. */
+START_TEST(test_piggyback_example) {
+    capmoe_dispatch_plan pl;
+    capmoe_dispatch_plan_init(&pl);
+    capmoe_dispatch_cfg c = cfg_of(CAPMOE_POLICY_PIGGYBACK, 1.0, 1);
+    c.piggyback_k0 = 1;
+    c.min_tokens = 16; /* does not apply to piggyback */
+    run_probs(&pl, &c, EX, 6, 4, 2, 1, NULL);
+    const float want[] = {W00, W01, NA, NA,         W10, W11, NA, NA, W20, W21, NA, NA,
+                          .10f / .85f, W31, NA, NA, W40, NA, NA, .10f / .85f,
+                          W50, NA, NA, W53};
+    expect_plan(&pl, want, (const int[]){6, 4, 0, 2}, 6, 4);
+    ck_assert_int_eq(pl.activated, 3);
+    ck_assert_int_eq(pl.dropped, 2);
+    ck_assert_int_eq(pl.piggybacked, 2);
+    ck_assert_int_eq(pl.rerouted, 0);
+    ck_assert_int_eq(pl.limited, 0);
+    ck_assert_int_eq(pl.capacity, 0);
+    ck_assert_int_eq(pl.applied, 1);
+    ck_assert_int_eq(pl.policy, CAPMOE_POLICY_PIGGYBACK);
+    ck_assert(fabs(pl.dropped_mass - (.40 / .85 + .30 / .85) / 6.0) < 1e-6);
+    /* renormalize: t3 {1: .45/.55, 0: .10/.55}, t4 {0: .55/.65, 3: .10/.65} */
+    c.renormalize = 1;
+    run_probs(&pl, &c, EX, 6, 4, 2, 1, NULL);
+    ck_assert(fabsf(wt(&pl, 3, 1) - .45f / .55f) < 1e-5f);
+    ck_assert(fabsf(wt(&pl, 3, 0) - .10f / .55f) < 1e-5f);
+    ck_assert(fabsf(wt(&pl, 4, 3) - .10f / .65f) < 1e-5f);
+    ck_assert(fabsf(wt(&pl, 0, 0) - W00) < 1e-5f);
+    /* default k0 = max(1, k/2) = 1 for k = 2: the same plan */
+    c.renormalize = 0;
+    c.piggyback_k0 = 0;
+    run_probs(&pl, &c, EX, 6, 4, 2, 1, NULL);
+    expect_plan(&pl, want, (const int[]){6, 4, 0, 2}, 6, 4);
+    /* k0 = k: every token keeps S_t, the baseline (4 experts activated) */
+    c.piggyback_k0 = 2;
+    run_probs(&pl, &c, EX, 6, 4, 2, 1, NULL);
+    const float base[] = {W00, W01, NA, NA, W10, W11, NA, NA, W20, W21, NA, NA,
+                          NA, W31, W32, NA, W40, NA, W42, NA, W50, NA, NA, W53};
+    expect_plan(&pl, base, (const int[]){5, 4, 2, 1}, 6, 4);
+    ck_assert_int_eq(pl.activated, 4);
+    ck_assert_int_eq(pl.dropped + pl.piggybacked, 0);
+    /* k0 > k fails, naming both */
+    c.piggyback_k0 = 3;
+    capmoe_error err = {{0}};
+    ck_assert_int_eq(capmoe_dispatch_compute_probs(&pl, &c, EX, 6, 4, 2, 1, NULL, &err), -1);
+    ck_assert_ptr_nonnull(strstr(err.msg, "k0=3"));
+    /* a lone token has no one to ride with: the baseline, renormalize off */
+    c.piggyback_k0 = 1;
+    c.renormalize = 1;
+    run_probs(&pl, &c, EX + 8, 1, 4, 2, 1, NULL);
+    ck_assert_int_eq(pl.applied, 0);
+    ck_assert_int_eq(pl.activated, 2);
+    ck_assert(fabsf(wt(&pl, 0, 0) - W20) < 1e-6f);
+    ck_assert(fabsf(wt(&pl, 0, 1) - W21) < 1e-6f);
+    /* policy none reports its activated experts too */
+    c = cfg_of(CAPMOE_POLICY_NONE, 1.0, 1);
+    run_probs(&pl, &c, EX, 6, 4, 2, 1, NULL);
+    ck_assert_int_eq(pl.activated, 4);
+    ck_assert_int_eq(pl.piggybacked, 0);
+    capmoe_dispatch_plan_free(&pl);
+}
+END_TEST
+
+/* Ties: candidates of A \ B_t with equal p go to the lower expert index, and
+ * a token fills from A only (it may end with fewer than k experts). E = 4,
+ * k = 3, k0 = 1. t0 p .4 .2 .2 .2: B {0}; t1 p .1 .1 .1 .7: B {3}; A = {0, 3}.
+ * t0 uses {0, 3} (only two experts: A has two), t1 {3, 0}. */
+START_TEST(test_piggyback_ties) {
+    static const float P[2 * 4] = {.4f, .2f, .2f, .2f, .1f, .1f, .1f, .7f};
+    capmoe_dispatch_plan pl;
+    capmoe_dispatch_plan_init(&pl);
+    capmoe_dispatch_cfg c = cfg_of(CAPMOE_POLICY_PIGGYBACK, 1.0, 1);
+    c.piggyback_k0 = 1;
+    run_probs(&pl, &c, P, 2, 4, 3, 0, NULL);
+    const float want[] = {.4f, NA, NA, .2f, .1f, NA, NA, .7f};
+    expect_plan(&pl, want, (const int[]){2, 0, 0, 2}, 2, 4);
+    /* S_t: t0 {0,1,2} (ties to the lower), t1 {3,0,1}: t0 keeps 0, 3 rides,
+     * 1 and 2 unused; t1 keeps 3 and 0, 1 unused */
+    ck_assert_int_eq(pl.dropped, 3);
+    ck_assert_int_eq(pl.piggybacked, 1);
+    ck_assert_int_eq(pl.activated, 2);
+    /* three tokens whose B_t cover {0, 1, 2}: t0's tie between 1 and 2 (both
+     * .2, both in A) goes to 1; t1 (B {1}) takes 2 (.2) over 0 (.1), t2
+     * (B {2}) takes 1 */
+    static const float Q[3 * 4] = {.4f, .2f, .2f, .2f, .1f, .6f, .2f, .1f, .1f, .2f, .6f, .1f};
+    c.piggyback_k0 = 1;
+    run_probs(&pl, &c, Q, 3, 4, 2, 0, NULL);
+    const float want2[] = {.4f, .2f, NA, NA, NA, .6f, .2f, NA, NA, .2f, .6f, NA};
+    expect_plan(&pl, want2, (const int[]){1, 3, 2, 0}, 3, 4);
+    capmoe_dispatch_plan_free(&pl);
+}
+END_TEST
+
+/* Grouped sigmoid router (V3 layout, V3G above: groups {0,1,2} {3,4,5}, one
+ * kept, bias .5 on expert 5), k = 2, k0 = 1. S: t0 [0,1], t1 [0,1], t2 [3,5];
+ * B: {0}, {0}, {3}; A = {0, 3}. Only the token's kept group qualifies: t0
+ * and t1 cannot take 3, t2 cannot take 0, so each keeps B_t alone. Without
+ * groups all three take the other expert of A. */
+START_TEST(test_piggyback_router_groups) {
+    capmoe_dispatch_plan pl;
+    capmoe_dispatch_plan_init(&pl);
+    capmoe_router r = v3_router();
+    capmoe_dispatch_cfg c = cfg_of(CAPMOE_POLICY_PIGGYBACK, 1.0, 1);
+    c.piggyback_k0 = 1;
+    run_router(&pl, &c, &r, V3G, 3, 6, 2);
+    const float want[] = {.9f / 1.7f * 2.5f, NA, NA, NA, NA, NA,
+                          .85f / 1.55f * 2.5f, NA, NA, NA, NA, NA,
+                          NA, NA, NA, .6f / .65f * 2.5f, NA, NA};
+    expect_plan(&pl, want, (const int[]){2, 0, 0, 1, 0, 0}, 3, 6);
+    ck_assert_int_eq(pl.dropped, 3);
+    ck_assert_int_eq(pl.piggybacked, 0);
+    ck_assert_int_eq(pl.activated, 2);
+    r.n_group = r.topk_group = 1;
+    run_router(&pl, &c, &r, V3G, 3, 6, 2);
+    const float want2[] = {.9f / 1.7f * 2.5f, NA, NA, .2f / 1.7f * 2.5f, NA, NA,
+                           .85f / 1.55f * 2.5f, NA, NA, .1f / 1.55f * 2.5f, NA, NA,
+                           .2f / .65f * 2.5f, NA, NA, .6f / .65f * 2.5f, NA, NA};
+    expect_plan(&pl, want2, (const int[]){3, 0, 0, 3, 0, 0}, 3, 6);
+    ck_assert_int_eq(pl.piggybacked, 3);
+    capmoe_dispatch_plan_free(&pl);
+}
+END_TEST
+
+/* The fill follows the selection score s = p + bias, not p: bias .5 on
+ * expert 3. t0 p .9 .1 .3 .2 (s .9 .1 .3 .7), t1 p .1 .2 .9 .1, t2 p .1 .1
+ * .1 .9; B {0} {2} {3}, A = {0, 2, 3}. t0 takes 3 (s .7) over 2 (p .3). */
+START_TEST(test_piggyback_selection_order) {
+    static const float P[3 * 4] = {.9f, .1f, .3f, .2f, .1f, .2f, .9f, .1f, .1f, .1f, .1f, .9f};
+    static const float B[4] = {0, 0, 0, .5f};
+    capmoe_dispatch_plan pl;
+    capmoe_dispatch_plan_init(&pl);
+    capmoe_router r;
+    capmoe_router_default(&r, 1);
+    r.sigmoid = 1;
+    r.bias = B;
+    capmoe_dispatch_cfg c = cfg_of(CAPMOE_POLICY_PIGGYBACK, 1.0, 1);
+    c.piggyback_k0 = 1;
+    run_router(&pl, &c, &r, P, 3, 4, 2);
+    ck_assert(wt(&pl, 0, 3) != NA && wt(&pl, 0, 2) == NA);
+    ck_assert(fabsf(wt(&pl, 0, 3) - .2f / 1.1f) < 1e-5f);
+    r.bias = NULL; /* by p: 2 */
+    run_router(&pl, &c, &r, P, 3, 4, 2);
+    ck_assert(wt(&pl, 0, 2) != NA && wt(&pl, 0, 3) == NA);
+    capmoe_dispatch_plan_free(&pl);
+}
+END_TEST
+
+/* --decode-policy P --regime-tokens N: P below N tokens, --policy from N on. */
+START_TEST(test_regime_split) {
+    capmoe_dispatch_plan pl;
+    capmoe_dispatch_plan_init(&pl);
+    capmoe_dispatch_cfg c = cfg_of(CAPMOE_POLICY_DROP, 1.0, 1);
+    c.decode_policy = CAPMOE_POLICY_PIGGYBACK;
+    c.piggyback_k0 = 1;
+    c.regime_tokens = 7; /* T = 6 < 7: piggyback */
+    run_probs(&pl, &c, EX, 6, 4, 2, 1, NULL);
+    ck_assert_int_eq(pl.regime, 1);
+    ck_assert_int_eq(pl.policy, CAPMOE_POLICY_PIGGYBACK);
+    ck_assert_int_eq(pl.loads[0], 6);
+    ck_assert_int_eq(pl.activated, 3);
+    c.regime_tokens = 6; /* T = 6 is not below 6: drop, the spec's loads */
+    run_probs(&pl, &c, EX, 6, 4, 2, 1, NULL);
+    ck_assert_int_eq(pl.regime, 0);
+    ck_assert_int_eq(pl.policy, CAPMOE_POLICY_DROP);
+    ck_assert_int_eq(pl.capacity, 3);
+    const int dl[] = {3, 3, 2, 1};
+    for (int e = 0; e < 4; e++) ck_assert_int_eq(pl.loads[e], dl[e]);
+    /* no decode policy: regime_tokens alone changes nothing */
+    c.decode_policy = -1;
+    c.regime_tokens = 100;
+    run_probs(&pl, &c, EX, 6, 4, 2, 1, NULL);
+    ck_assert_int_eq(pl.regime, 0);
+    ck_assert_int_eq(pl.capacity, 3);
+    /* a decode policy needing E % R: checked like the main one */
+    c.decode_policy = CAPMOE_POLICY_RANK_DROP;
+    c.ep_ranks = 3;
+    capmoe_error err = {{0}};
+    ck_assert_int_eq(capmoe_dispatch_cfg_check(&c, 4, &err), -1);
+    ck_assert_ptr_nonnull(strstr(err.msg, "decode policy rank_drop"));
+    c.ep_ranks = 1;
+    c.decode_policy = 6;
+    ck_assert_int_eq(capmoe_dispatch_cfg_check(&c, 4, &err), -1);
+    c.decode_policy = -1;
+    c.regime_tokens = -1;
+    ck_assert_int_eq(capmoe_dispatch_cfg_check(&c, 4, &err), -1);
+    capmoe_dispatch_plan_free(&pl);
+}
+END_TEST
+
+/* Random routing answered by the independent Python reference
+ * (tests/fixtures/gen/piggyback_cases.py over dispatch_ref.py): softmax and
+ * grouped / biased routers, every k0, renormalize, T = 1, and the regime
+ * split over policy drop. Expert sets, weights, loads and counts. */
+static char *slurp(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)n + 1);
+    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
+        free(b);
+        b = NULL;
+    }
+    if (b) b[n] = '\0';
+    fclose(f);
+    return b;
+}
+
+START_TEST(test_piggyback_reference) {
+    char *txt = slurp("tests/data/piggyback_cases.json");
+    ck_assert_msg(txt != NULL, "tests/data/piggyback_cases.json: cannot read (run from the repo root)");
+    cJSON *root = cJSON_Parse(txt);
+    free(txt);
+    ck_assert_ptr_nonnull(root);
+    cJSON *cases = cJSON_GetObjectItem(root, "cases"), *cs;
+    int n = 0;
+    capmoe_dispatch_plan pl;
+    capmoe_dispatch_plan_init(&pl);
+    cJSON_ArrayForEach(cs, cases) {
+        const char *name = cJSON_GetObjectItem(cs, "name")->valuestring;
+        int T = cJSON_GetObjectItem(cs, "T")->valueint, E = cJSON_GetObjectItem(cs, "E")->valueint;
+        int k = cJSON_GetObjectItem(cs, "k")->valueint;
+        capmoe_dispatch_cfg c = cfg_of(
+            (capmoe_policy)capmoe_policy_parse(cJSON_GetObjectItem(cs, "policy")->valuestring), 1.0, 1);
+        c.piggyback_k0 = cJSON_GetObjectItem(cs, "k0")->valueint;
+        c.renormalize = cJSON_GetObjectItem(cs, "renormalize")->valueint;
+        cJSON *dp = cJSON_GetObjectItem(cs, "decode_policy");
+        if (cJSON_IsString(dp)) c.decode_policy = capmoe_policy_parse(dp->valuestring);
+        c.regime_tokens = cJSON_GetObjectItem(cs, "regime_tokens")->valueint;
+        cJSON *rj = cJSON_GetObjectItem(cs, "router");
+        capmoe_router r;
+        capmoe_router_default(&r, cJSON_GetObjectItem(rj, "norm")->valueint);
+        r.sigmoid = cJSON_GetObjectItem(rj, "sigmoid")->valueint;
+        r.n_group = cJSON_GetObjectItem(rj, "groups")->valueint;
+        r.topk_group = cJSON_GetObjectItem(rj, "topk_group")->valueint;
+        r.group_top2 = cJSON_GetObjectItem(rj, "top2")->valueint;
+        r.group_exclusive = cJSON_GetObjectItem(rj, "exclusive")->valueint;
+        r.scale = (float)cJSON_GetObjectItem(rj, "scale")->valuedouble;
+        if (r.sigmoid) r.norm_eps = 1e-20f;
+        float bias[64], probs[13 * 64];
+        cJSON *bj = cJSON_GetObjectItem(rj, "bias");
+        if (cJSON_IsArray(bj)) {
+            for (int e = 0; e < E; e++) bias[e] = (float)cJSON_GetArrayItem(bj, e)->valuedouble;
+            r.bias = bias;
+        }
+        ck_assert(T <= 13 && E <= 64);
+        cJSON *pj = cJSON_GetObjectItem(cs, "probs");
+        for (int t = 0; t < T; t++)
+            for (int e = 0; e < E; e++)
+                probs[t * E + e] =
+                    (float)cJSON_GetArrayItem(cJSON_GetArrayItem(pj, t), e)->valuedouble;
+        run_router(&pl, &c, &r, probs, T, E, k);
+        check_structure(&pl, T, E);
+        cJSON *prs = cJSON_GetObjectItem(cs, "pairs");
+        int want_pairs = 0;
+        for (int t = 0; t < T; t++) {
+            cJSON *row = cJSON_GetArrayItem(prs, t), *pr;
+            cJSON_ArrayForEach(pr, row) {
+                int e = cJSON_GetArrayItem(pr, 0)->valueint;
+                double w = cJSON_GetArrayItem(pr, 1)->valuedouble;
+                float got = wt(&pl, t, e);
+                ck_assert_msg(got != NA, "%s: t%d e%d not computed", name, t, e);
+                ck_assert_msg(fabs(got - w) <= 1e-5 * fmax(1.0, fabs(w)), "%s: t%d e%d %g vs %g",
+                              name, t, e, (double)got, w);
+                want_pairs++;
+            }
+        }
+        ck_assert_msg(pl.n_pairs == want_pairs, "%s: %d pairs, reference %d", name, pl.n_pairs,
+                      want_pairs);
+        cJSON *lj = cJSON_GetObjectItem(cs, "loads");
+        for (int e = 0; e < E; e++)
+            ck_assert_msg(pl.loads[e] == cJSON_GetArrayItem(lj, e)->valueint, "%s: load %d", name, e);
+        ck_assert_msg(pl.dropped == cJSON_GetObjectItem(cs, "dropped")->valueint, "%s dropped", name);
+        ck_assert_msg(pl.piggybacked == cJSON_GetObjectItem(cs, "piggybacked")->valueint,
+                      "%s piggybacked", name);
+        ck_assert_msg(pl.activated == cJSON_GetObjectItem(cs, "activated")->valueint, "%s activated",
+                      name);
+        ck_assert_str_eq(capmoe_policy_name((capmoe_policy)pl.policy),
+                         cJSON_GetObjectItem(cs, "ran")->valuestring);
+        n++;
+    }
+    ck_assert_int_ge(n, 100);
+    capmoe_dispatch_plan_free(&pl);
+    cJSON_Delete(root);
+}
+END_TEST
+
 static Suite *dispatch_suite(void) {
     Suite *s = suite_create("dispatch");
     TCase *tc = tcase_create("example");
@@ -1383,6 +1684,14 @@ static Suite *dispatch_suite(void) {
     tcase_add_test(tc, test_router_group_exclusive);
     tcase_add_test(tc, test_router_logits);
     tcase_add_test(tc, test_router_errors);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("piggyback");
+    tcase_add_test(tc, test_piggyback_example);
+    tcase_add_test(tc, test_piggyback_ties);
+    tcase_add_test(tc, test_piggyback_router_groups);
+    tcase_add_test(tc, test_piggyback_selection_order);
+    tcase_add_test(tc, test_regime_split);
+    tcase_add_test(tc, test_piggyback_reference);
     suite_add_tcase(s, tc);
     tc = tcase_create("api");
     tcase_add_test(tc, test_cfg_and_names);

@@ -432,6 +432,9 @@ static const struct {
     {"capmoe_moe_routed_pairs_total", "counter"},
     {"capmoe_moe_dropped_pairs_total", "counter"},
     {"capmoe_moe_rerouted_pairs_total", "counter"},
+    {"capmoe_moe_piggybacked_pairs_total", "counter"},
+    {"capmoe_moe_regime_crossover_tokens", "gauge"},
+    {"capmoe_moe_activated_experts", "histogram"},
     {"capmoe_moe_dispatches_total", "counter"},
     {"capmoe_moe_capacity_factor", "histogram"},
     {"capmoe_moe_dropped_mass_ratio", "histogram"},
@@ -542,8 +545,16 @@ START_TEST(test_values_after_updates) {
     ck_assert(val(p, "capmoe_moe_routed_pairs_total") == 32);
     ck_assert(val(p, "capmoe_moe_dropped_pairs_total") == 2);
     ck_assert(val(p, "capmoe_moe_rerouted_pairs_total") == 0);
-    ck_assert(val(p, "capmoe_moe_dispatches_total{limited=\"true\"}") == 2);
-    ck_assert(val(p, "capmoe_moe_dispatches_total{limited=\"false\"}") == 2);
+    ck_assert(val(p, "capmoe_moe_dispatches_total{limited=\"true\",regime=\"main\"}") == 2);
+    ck_assert(val(p, "capmoe_moe_dispatches_total{limited=\"false\",regime=\"main\"}") == 2);
+    ck_assert(val(p, "capmoe_moe_dispatches_total{limited=\"true\",regime=\"decode\"}") == 0);
+    ck_assert(val(p, "capmoe_moe_dispatches_total{limited=\"false\",regime=\"decode\"}") == 0);
+    /* Activated experts per dispatch: loads (3,1,2,1) -> 4 and (4,4,0,0) -> 2, twice. */
+    ck_assert(val(p, "capmoe_moe_activated_experts_count") == 4);
+    ck_assert(val(p, "capmoe_moe_activated_experts_bucket{le=\"2\"}") == 2);
+    ck_assert(val(p, "capmoe_moe_activated_experts_bucket{le=\"4\"}") == 4);
+    ck_assert(val(p, "capmoe_moe_activated_experts_sum") == 12);
+    ck_assert(val(p, "capmoe_moe_piggybacked_pairs_total") == 0);
     ck_assert(val(p, "capmoe_moe_capacity_factor_count") == 2);
     ck_assert(val(p, "capmoe_moe_capacity_factor_bucket{le=\"1\"}") == 0);
     ck_assert(val(p, "capmoe_moe_capacity_factor_bucket{le=\"1.25\"}") == 2);

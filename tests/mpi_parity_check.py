@@ -6,7 +6,8 @@ runs of the same CLI (dispatch-spec.md, "Distributed expert parallelism"):
   single-process logits of the whole batch (relative error < 1e-5), loads
   equal; also with fewer sequences than ranks (a rank without tokens takes
   part in every exchange with nothing to send);
-- every capacity policy (drop, reroute, expanded, rank_drop, auto): the rows
+- every capacity policy (drop, reroute, expanded, rank_drop, auto), piggyback
+  and the regime split (decode policy piggyback below 16 tokens): the rows
   of rank r's sequences equal a single-process run of rank r's sequences
   alone with the same options, --ep-ranks R and every sequence placed on
   rank r (--seq-ranks; this is what makes Expanded Drop's local experts the
@@ -72,6 +73,10 @@ def main():
         ("expanded_g1", ["--policy", "expanded", "--capacity-factor", "1.0"]),
         ("rank_drop_g1", ["--policy", "rank_drop", "--capacity-factor", "1.0"]),
         ("drop_auto", ["--policy", "drop", "--capacity-factor", "auto", "--drop-budget", "0.05"]),
+        ("piggyback_k01", ["--policy", "piggyback", "--piggyback-k0", "1"]),
+        # each source's own T_r decides its regime: below 16 tokens piggyback, else drop
+        ("split_piggyback_drop", ["--policy", "drop", "--capacity-factor", "1.0", "--decode-policy",
+                                  "piggyback", "--regime-tokens", "16"]),
     ]
     failures = 0
     with tempfile.TemporaryDirectory() as td:
@@ -109,7 +114,7 @@ def main():
                     rows[i] = (off, len(p) * V)
                     off += len(p) * V
                 loads = None
-                dropped = rerouted = 0
+                dropped = rerouted = piggybacked = 0
                 for r in range(R):
                     mine = [i for i in range(len(prompts)) if i % R == r]
                     if not mine:
@@ -127,6 +132,9 @@ def main():
                         if res["capacity"][l][r] != sres["capacity"][l]:
                             problems.append("layer %d source %d capacity %s != %s" %
                                             (l, r, res["capacity"][l][r], sres["capacity"][l]))
+                        if res["activated"][l][r] != sres["activated"][l]:
+                            problems.append("layer %d source %d activated %s != %s" %
+                                            (l, r, res["activated"][l][r], sres["activated"][l]))
                         if res["capacity_factor"][l][r] != sres["capacity_factor"][l]:
                             problems.append("layer %d source %d gamma %s != %s" %
                                             (l, r, res["capacity_factor"][l][r], sres["capacity_factor"][l]))
@@ -134,6 +142,9 @@ def main():
                     loads = sl if loads is None else [[a + b for a, b in zip(x, y)] for x, y in zip(loads, sl)]
                     dropped += sres["dropped"]
                     rerouted += sres["rerouted"]
+                    piggybacked += sres["piggybacked"]
+                if piggybacked != res["piggybacked"]:
+                    problems.append("piggybacked %d != %d" % (res["piggybacked"], piggybacked))
                 if loads != res["loads"]:
                     problems.append("loads %s != sum over ranks %s" % (res["loads"], loads))
                 if dropped != res["dropped"] or rerouted != res["rerouted"]:

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Compares the capmoe CLI with the Hugging Face transformers references of a
 fixture (tests/fixtures/<name>/parity/cases.json, made by
-tests/fixtures/gen/make_fixtures.py): logits under every dispatch policy
+tests/fixtures/gen/make_fixtures.py, and parity/piggyback.json when present,
+made by tests/fixtures/gen/piggyback_fixtures.py): logits under every dispatch policy
 (relative error = max |c - ref| / max |ref| < 1e-4), per-layer capacity,
 capacity factor and expert loads, dropped / rerouted counts, greedy
 continuations, and the HF `tokenizers` encodings of the fixture tokenizer.
@@ -87,6 +88,31 @@ def main():
             status = "ok" if not problems else "FAIL " + "; ".join(problems)
             label = c["name"] + (" (%s)" % c["form"] if c["form"] else "")
             print("%s %-26s %s" % (os.path.basename(fixture), label, status))
+            failures += bool(problems)
+        # policy piggyback and the regime split (parity/piggyback.json, made by
+        # tests/fixtures/gen/piggyback_fixtures.py): logits, loads, activated
+        # experts per layer, piggybacked / dropped pairs
+        pbf = os.path.join(fixture, "parity", "piggyback.json")
+        pb = json.load(open(pbf))["cases"] if os.path.isfile(pbf) else []
+        if quick:
+            pb = pb[:1]
+        for c in pb:
+            out = os.path.join(td, c["name"] + ".bin")
+            res = run([binary, "logits", "--model", fixture] + ids_args + ["--out", out] + c["args"])
+            got = read_f32(out)
+            ref = read_f32(os.path.join(fixture, "parity", c["logits"]))
+            problems = []
+            if len(got) != len(ref):
+                problems.append("logits size %d != %d" % (len(got), len(ref)))
+            else:
+                err = max(abs(a - b) for a, b in zip(got, ref)) / max(abs(x) for x in ref)
+                if not err < TOL:
+                    problems.append("logits relative error %.3g >= %g" % (err, TOL))
+            for key in ("capacity", "loads", "activated", "dropped", "rerouted", "piggybacked"):
+                if res[key] != c[key]:
+                    problems.append("%s %s != %s" % (key, res[key], c[key]))
+            print("%s %-26s %s" % (os.path.basename(fixture), c["name"],
+                                   "ok" if not problems else "FAIL " + "; ".join(problems)))
             failures += bool(problems)
     if not quick:
         for g in man["generate"]:

@@ -37,6 +37,11 @@ expect_err "--ep-ranks" logits --model $FX --ids 1,2 --out "$tmp/x" --ep-ranks 0
 expect_err "divisible" logits --model $FX --ids 1,2 --out "$tmp/x" --policy expanded --ep-ranks 3
 expect_err "--min-tokens" logits --model $FX --ids 1,2 --out "$tmp/x" --min-tokens -2
 expect_err "--drop-budget" logits --model $FX --ids 1,2 --out "$tmp/x" --drop-budget 2
+expect_err "--regime-tokens" logits --model $FX --ids 1,2 --out "$tmp/x" --decode-policy piggyback
+expect_err "--decode-policy" logits --model $FX --ids 1,2 --out "$tmp/x" --decode-policy fast --regime-tokens 4
+expect_err "--regime-tokens" logits --model $FX --ids 1,2 --out "$tmp/x" --decode-policy piggyback --regime-tokens x
+expect_err "--piggyback-k0" logits --model $FX --ids 1,2 --out "$tmp/x" --policy piggyback --piggyback-k0 0
+expect_err "k0=3" logits --model $FX --ids 1,2 --out "$tmp/x" --policy piggyback --piggyback-k0 3
 expect_err "unknown option" logits --model $FX --ids 1,2 --out "$tmp/x" --frobnicate 3
 expect_err "needs a value" logits --model $FX --ids
 expect_err "$tmp/nodir/x" logits --model $FX --ids 1,2 --out "$tmp/nodir/x"

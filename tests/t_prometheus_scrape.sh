@@ -59,7 +59,7 @@ promtool check metrics < "$tmp/metrics.txt" > "$tmp/promtool.out" 2>&1 || rc=$?
 if [ "$rc" != 0 ] || [ -s "$tmp/promtool.out" ]; then
   echo "t_prometheus_scrape: promtool check metrics exit $rc:"; cat "$tmp/promtool.out"; exit 1
 fi
-grep -q '^capmoe_moe_dispatches_total{limited="false"} [1-9]' "$tmp/metrics.txt" \
+grep -q '^capmoe_moe_dispatches_total{limited="false",regime="main"} [1-9]' "$tmp/metrics.txt" \
   || { echo "t_prometheus_scrape: no MoE dispatch counted"; grep capmoe_moe_dispatches "$tmp/metrics.txt"; exit 1; }
 
 stop_server; src=$?

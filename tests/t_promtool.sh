@@ -19,7 +19,7 @@ for mode in aggregated per-layer; do
   "$bin" --dump "$mode" > "$tmp/$mode.txt"
   # Sanity: the dump really is a populated exposition.
   grep -q '^capmoe_generation_tokens_total 20$' "$tmp/$mode.txt"
-  grep -q '^capmoe_moe_dispatches_total{limited="true"} 1$' "$tmp/$mode.txt"
+  grep -q '^capmoe_moe_dispatches_total{limited="true",regime="main"} 1$' "$tmp/$mode.txt"
   rc=0
   promtool check metrics < "$tmp/$mode.txt" > "$tmp/$mode.out" 2>&1 || rc=$?
   if [ "$rc" != 0 ] || [ -s "$tmp/$mode.out" ]; then

@@ -36,19 +36,34 @@ int capmoe_cli_check_unused(const capmoe_cli_args *a, capmoe_error *err);
 /* "5,9,12" -> malloc'd ids. */
 int capmoe_cli_parse_ids(const char *s, int32_t **ids, int *n, capmoe_error *err);
 /* The dispatch options: --policy --capacity-factor G|auto --ep-ranks
- * --renormalize --min-tokens --drop-budget. */
+ * --renormalize --min-tokens --drop-budget --piggyback-k0 N
+ * --decode-policy P --regime-tokens N|auto (auto sets cfg->regime_auto;
+ * the command resolves it once the model is loaded: capmoe_cli_regime). */
 int capmoe_cli_dispatch(capmoe_cli_args *a, capmoe_dispatch_cfg *cfg, capmoe_error *err);
 /* The engine options every model-loading command takes: --threads N (0 or
- * absent: one per usable CPU) and --weights bf16|q8|q4 (default: the
- * environment's CAPMOE_WEIGHTS, else bf16 = as stored) into o (other fields
- * zeroed). */
+ * absent: one per usable CPU), --compute f32|bf16 (or CAPMOE_COMPUTE),
+ * --bf16-min-rows N, --kv-dtype f32|bf16 (or CAPMOE_KV_DTYPE),
+ * --weights bf16|q8|q4 (or CAPMOE_WEIGHTS; bf16: as stored), into o
+ * (other fields zeroed). */
 int capmoe_cli_engine(capmoe_cli_args *a, capmoe_model_opts *o, capmoe_error *err);
 #define CAPMOE_CLI_ENGINE_HELP \
     "engine options:\n" \
     "  --threads N                engine threads (default 0: one per CPU this process may use)\n" \
     "  --weights bf16|q8|q4       quantize the experts' matrices at load (q8: int8 blocks of\n" \
     "                             32 with a scale; q4: 4-bit blocks of 32, scale and minimum;\n" \
-    "                             default $CAPMOE_WEIGHTS, else bf16: as stored)\n"
+    "                             default $CAPMOE_WEIGHTS, else bf16: as stored)\n" \
+    "  --compute f32|bf16         experts' large products: f32 (exact, default) or BF16 through\n" \
+    "                             oneDNN (AMX / AVX512-BF16; env CAPMOE_COMPUTE)\n" \
+    "  --bf16-min-rows N          bf16: an expert's products go to oneDNN from N rows (16)\n" \
+    "  --kv-dtype f32|bf16        KV cache elements: f32 (exact, default) or bf16 (half the\n" \
+    "                             memory; env CAPMOE_KV_DTYPE)\n"
+
+/* --regime-tokens auto: measures the crossover on the loaded model
+ * (capmoe_model_regime_probe, T up to 256, best of 3) and sets
+ * cfg->regime_tokens to it; probe (may be NULL) receives the measurement.
+ * No-op (0) without auto. Fails under --ep mpi. */
+int capmoe_cli_regime(capmoe_model *m, capmoe_dispatch_cfg *cfg, capmoe_regime_probe *probe,
+                      capmoe_error *err);
 
 /* "1.0,1.5,2.0" into out[0..*n) (at most max values in [lo, hi]; "" gives
  * none); errors name --name. */

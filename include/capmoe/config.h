@@ -16,7 +16,7 @@
  *   port                      int 0..65535    8080           TCP port (0 = any free port, logged at start)
  *   api_key                   string          ""             when set, the /v1 routes, /tokenize, /detokenize need
  *                                                            "Authorization: Bearer <key>"
- *   policy                    enum            none           none|drop|reroute|expanded|rank_drop
+ *   policy                    enum            none           none|drop|reroute|expanded|rank_drop|piggyback
  *   capacity_factor           number|"auto"   1.0            gamma, or "auto" (per-dispatch tuning)
  *   ep_ranks                  int 1..64       1              expert-parallel ranks (worker threads)
  *   ep                        threads|mpi     threads        mpi: the ranks are the processes of mpirun
@@ -24,6 +24,11 @@
  *   renormalize               bool            false          rescale kept top-k weights after a policy
  *   min_tokens                int >= 0        16             no capacity limit below this many tokens
  *   drop_budget               number 0..1     0.01           dropped routing mass allowed under auto
+ *   piggyback_k0              int 0..64       0              piggyback: experts of its own a token keeps
+ *                                                            (0 = max(1, k/2))
+ *   decode_policy             off|policy      off            policy of dispatches below regime_tokens
+ *   regime_tokens             int|"auto"      auto           below it a dispatch is memory-bound (auto:
+ *                                                            measured when the model loads)
  *   max_batch_tokens          int             512            token budget of one scheduler step
  *   max_running               int             16             sequences decoded together
  *   max_queue                 int             256            requests waiting for a slot (then 429)
@@ -41,6 +46,8 @@
  *   metrics_per_layer_expert  bool            false          expert-token counters per {layer,expert}
  *   threads                   int 0..64       0              engine threads (0 = one per usable CPU)
  *   weights                   enum            bf16           bf16|q8|q4: experts quantized at load
+ *   compute                   f32|bf16        f32            precision of the experts' large products
+ *   kv_dtype                  f32|bf16        f32            element type of the KV cache
  *   log_level                 enum            info           debug|info|warn|error
  *   log_format                enum            text           text|json
  *   access_log                bool            true           one info record per HTTP request
@@ -49,7 +56,8 @@
  *
  * Live options (the OPT_LIVE column of the table in server/config.c; SIGHUP
  * applies them without a restart): api_key, policy, capacity_factor,
- * renormalize, min_tokens, drop_budget, log_level, access_log, cors_origins.
+ * renormalize, min_tokens, drop_budget, piggyback_k0, decode_policy,
+ * regime_tokens, log_level, access_log, cors_origins.
  *
  * Flag-only: --config FILE, --help, --version, --healthcheck (GET /health on
  * host:port; exit 0 when it answers 200, else 1). */
@@ -78,6 +86,10 @@ typedef struct capmoe_config {
     int renormalize;
     int min_tokens;
     double drop_budget;
+    int piggyback_k0;            /* 0: max(1, k/2) */
+    int decode_policy;           /* OPT_CHOICE index: 0 off, else capmoe_policy + 1 */
+    int regime_tokens;           /* when !regime_auto */
+    int regime_auto;             /* 1: "auto" (the crossover measured at load) */
     int max_batch_tokens;
     int max_running;
     int max_queue;
@@ -92,6 +104,8 @@ typedef struct capmoe_config {
     int metrics_per_layer_expert;
     int threads;
     int weights;                 /* capmoe_weights */
+    int compute;                 /* capmoe_compute: 0 f32, 1 bf16 */
+    int kv_dtype;                /* capmoe_kv_dtype: 0 f32, 1 bf16 */
     int log_level;               /* capmoe_log_level */
     int log_format;              /* capmoe_log_format */
     int access_log;

@@ -13,7 +13,8 @@ typedef enum capmoe_policy {
     CAPMOE_POLICY_DROP,
     CAPMOE_POLICY_REROUTE,
     CAPMOE_POLICY_EXPANDED,
-    CAPMOE_POLICY_RANK_DROP
+    CAPMOE_POLICY_RANK_DROP,
+    CAPMOE_POLICY_PIGGYBACK   /* memory-bound dispatch (spec §1 "piggyback") */
 } capmoe_policy;
 
 #define CAPMOE_GRID_MAX 16
@@ -29,12 +30,20 @@ typedef struct capmoe_dispatch_cfg {
     double drop_budget;       /* default 0.01 */
     int n_grid;               /* auto grid; default 1.0,1.25,1.5,2.0,3.0 (then unlimited) */
     double grid[CAPMOE_GRID_MAX];
+    int piggyback_k0;         /* piggyback's k0; 0 = the default max(1, k / 2) */
+    int decode_policy;        /* -1: none (every dispatch uses `policy`); else the
+                                 capmoe_policy of dispatches of T < regime_tokens */
+    int regime_tokens;        /* N of --regime-tokens (used with a decode policy) */
+    int regime_auto;          /* --regime-tokens auto: the caller replaces regime_tokens by
+                                 the measured crossover (capmoe_model_regime_probe) before
+                                 any dispatch; the dispatch itself reads regime_tokens only */
 } capmoe_dispatch_cfg;
 
 /* Fills the spec defaults: policy none, gamma 1.0, R 1, min_tokens 16,
- * drop_budget 0.01, the default grid. */
+ * drop_budget 0.01, the default grid, piggyback_k0 0 (default), no decode
+ * policy (decode_policy -1, regime_tokens 0). */
 void capmoe_dispatch_cfg_default(capmoe_dispatch_cfg *cfg);
-/* "none","drop","reroute","expanded","rank_drop" -> policy; -1 if unknown. */
+/* "none","drop","reroute","expanded","rank_drop","piggyback" -> policy; -1 if unknown. */
 int capmoe_policy_parse(const char *s);
 const char *capmoe_policy_name(capmoe_policy p);
 /* Validates cfg against E: policy known, R >= 1, E % R == 0 for expanded and
@@ -43,6 +52,13 @@ const char *capmoe_policy_name(capmoe_policy p);
  * finite grid values > 0, strictly increasing. */
 int capmoe_dispatch_cfg_check(const capmoe_dispatch_cfg *cfg, int n_experts,
                               capmoe_error *err);
+/* The policy a dispatch of T tokens runs under cfg: the decode policy when
+ * one is set and T < regime_tokens, else cfg->policy. *regime (may be NULL)
+ * gets 1 for the decode regime, 0 for the main one. */
+capmoe_policy capmoe_dispatch_policy_for(const capmoe_dispatch_cfg *cfg, int T, int *regime);
+/* piggyback's k0 for k experts per token: cfg->piggyback_k0, or max(1, k / 2)
+ * when it is 0. A dispatch under piggyback fails when it exceeds k. */
+int capmoe_dispatch_k0(const capmoe_dispatch_cfg *cfg, int k);
 
 /* How a model's router turns logits into p, S_t and weights (spec section 1
  * and "Routers other than softmax top-k"). capmoe_router_default gives the
@@ -108,7 +124,20 @@ int capmoe_router_check(const capmoe_router *r, int E, int k, capmoe_error *err)
  *                   result is then the baseline (spec §1 step 4). A zero
  *                   denominator gives weight 0 (never NaN).
  *   limited/capacity/gamma  C = capmoe_dispatch_capacity(gamma, k, T, E) and
- *                   the gamma used (the chosen grid value under auto). */
+ *                   the gamma used (the chosen grid value under auto).
+ *   policy/regime the policy this dispatch ran (capmoe_dispatch_policy_for)
+ *                   and its regime (1: decode policy, T < regime_tokens).
+ *   piggyback     (policy piggyback, T >= 2) B_t = the first k0 experts of
+ *                   S_t, A = the union of the B_t; token t uses B_t and then
+ *                   the experts of A \ B_t in its selection order (p, or s for
+ *                   a biased router; only its kept groups) until it has k.
+ *                   limited = 0 and capacity = 0 (no capacity), but
+ *                   `applied` = 1: renormalize applies, and dropped /
+ *                   dropped_mass count the S_t pairs not used.
+ *   piggybacked   computed pairs not in S_t under piggyback (else 0).
+ *   activated     experts with a load above 0 (every policy).
+ *   applied       1 when the policy changed the baseline (limited, or
+ *                   piggyback with T >= 2); renormalize only applies then. */
 typedef struct capmoe_dispatch_plan {
     int T, E, k;
     int *expert_off;   /* E+1 offsets into tok/weight */
@@ -122,7 +151,13 @@ typedef struct capmoe_dispatch_plan {
     int dropped;       /* pairs of the top-k sets S_t not computed and not replaced */
     int rerouted;      /* pairs added by reroute */
     double dropped_mass; /* sum(w of dropped S_t pairs) / sum(w of all S_t pairs) */
-    int extra;         /* computed pairs not in S_t (reroute substitutes, expanded extras) */
+    int extra;         /* computed pairs not in S_t (reroute substitutes, expanded extras,
+                          piggybacked pairs) */
+    int policy;        /* capmoe_policy this dispatch ran */
+    int regime;        /* 1: the decode policy (T < regime_tokens), 0: the main policy */
+    int applied;       /* the policy changed the baseline (limited or piggyback) */
+    int piggybacked;   /* pairs used that are not in S_t (piggyback) */
+    int activated;     /* experts with load > 0 */
     size_t cap_pairs, cap_T, cap_E; /* internal capacities */
     void *scratch;     /* internal */
     size_t scratch_size;

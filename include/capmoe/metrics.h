@@ -47,6 +47,9 @@ void capmoe_metrics_request_finished(capmoe_metrics *m, const char *reason, long
  * per dispatch exactly; without it (0), T*k is taken as computed + dropped
  * pairs, which is exact for every policy but "expanded". */
 void capmoe_metrics_set_top_k(capmoe_metrics *m, int top_k);
+/* The measured memory/compute crossover (capmoe_sched_regime_tokens), shown
+ * as capmoe_moe_regime_crossover_tokens. */
+void capmoe_metrics_set_regime_crossover(capmoe_metrics *m, int tokens);
 
 /* A finished HTTP request: endpoint label (e.g. "/v1/completions"), status code.
  * Pass the route name, never the raw URL ("other" for unknown routes): labels

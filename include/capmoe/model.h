@@ -27,6 +27,19 @@ typedef enum capmoe_mla_form {
     CAPMOE_MLA_ABSORBED
 } capmoe_mla_form;
 
+/* Precision of the experts' large products (--compute). */
+typedef enum capmoe_compute { CAPMOE_COMPUTE_F32 = 0, CAPMOE_COMPUTE_BF16 } capmoe_compute;
+/* "f32" / "bf16"; parse: -1 when neither. */
+const char *capmoe_compute_name(capmoe_compute c);
+int capmoe_compute_parse(const char *s);
+/* The compute precision a loaded model runs. */
+capmoe_compute capmoe_model_compute(const capmoe_model *m);
+/* Element type of the KV cache (--kv-dtype): float32 (exact, the default)
+ * or BF16 (half the memory; keys and values rounded to nearest even when
+ * stored, attention computed in float32). Names as capmoe_compute's. */
+typedef enum capmoe_kv_dtype { CAPMOE_KV_F32 = 0, CAPMOE_KV_BF16 } capmoe_kv_dtype;
+capmoe_kv_dtype capmoe_model_kv_dtype(const capmoe_model *m);
+
 typedef struct capmoe_model_opts {
     int max_ranks;     /* rank worker threads to create (>= any ep_ranks used); 0 = 8 */
     int threads;       /* threads for small matrix products (decode); 0 = cores */
@@ -42,6 +55,15 @@ typedef struct capmoe_model_opts {
                                  model's threads; STORED keeps the checkpoint's dtype.
                                  Attention, router, shared experts, dense layers and
                                  lm_head keep theirs. */
+    capmoe_compute compute;   /* F32 (exact, the default) or BF16: the experts'
+                                 prefill-sized products in BF16 through oneDNN
+                                 (float32 accumulation), their weights packed a
+                                 second time at load */
+    int bf16_min_rows;        /* BF16: products when an expert has at least this
+                                 many rows (0: 16); fewer stay on the float32
+                                 small-M kernels (decode) */
+    capmoe_kv_dtype kv_dtype; /* of the caches capmoe_kv_new makes for this model;
+                                 BF16 is refused for latent attention (DeepSeek) */
 } capmoe_model_opts;
 
 int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_opts *opts,
@@ -65,6 +87,10 @@ double capmoe_model_pack_seconds(const capmoe_model *m);
 /* Bytes of weights read per token: attention, router, top-k experts, shared
  * expert, lm_head, each at its stored element size. */
 size_t capmoe_model_active_bytes_per_token(const capmoe_model *m);
+/* Bytes of one routed expert's weights (gate, up, down) as the engine reads
+ * them: what a dispatch streams per activated expert and MoE layer (0 for a
+ * dense model). */
+size_t capmoe_model_expert_bytes(const capmoe_model *m);
 
 /* KV cache bytes per token of a sequence, all layers: what the cache holds
  * (latent attention: the kv_lora_rank latent and the rope key, float32), or
@@ -105,6 +131,35 @@ typedef struct capmoe_batch_seq {
 int capmoe_model_forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_seqs,
                          const capmoe_dispatch_cfg *cfg, float *logits,
                          capmoe_forward_stats *stats, capmoe_error *err);
+
+/* Where a dispatch stops being memory-bound, measured on this machine
+ * (dispatch-spec.md section 1 "Memory-bound dispatch", --regime-tokens auto).
+ * Every MoE layer's block runs on T random hidden states (policy none;
+ * T = 1, 2, 4, ... up to max_tokens), best of `reps` passes. With every
+ * expert activated (the smallest T where the mean activated experts per
+ * layer reaches E, and above), a pass costs reading every expert once plus
+ * work proportional to T: a least-squares fit t(T) = a + b*T over those
+ * points gives the crossover T* = a / b, where the per-token work equals the
+ * cost of reading the experts. Below T* a dispatch is memory-bound (its time
+ * follows the experts it activates); above it, compute-bound (its time
+ * follows the largest load). crossover = round(T*), clamped to
+ * [1, max_tokens]; max_tokens when the time does not grow with T (b <= 0)
+ * or fewer than two points have every expert activated (then the fit uses
+ * the last two points). Not available under --ep mpi (experts live on other
+ * processes). Uses the model's scratch: call it where a forward could run. */
+#define CAPMOE_PROBE_MAX 16
+typedef struct capmoe_regime_probe {
+    int n;                               /* points measured */
+    int tokens[CAPMOE_PROBE_MAX];        /* T of each point */
+    double seconds[CAPMOE_PROBE_MAX];    /* best time of one pass over every MoE layer */
+    double activated[CAPMOE_PROBE_MAX];  /* mean experts activated per MoE layer */
+    int n_experts, moe_layers;
+    double fixed_seconds;                /* a of the fit */
+    double per_token_seconds;            /* b of the fit */
+    int crossover;                       /* regime_tokens to use */
+} capmoe_regime_probe;
+int capmoe_model_regime_probe(capmoe_model *m, int max_tokens, int reps, capmoe_regime_probe *out,
+                              capmoe_error *err);
 
 /* --ep mpi. This rank cannot run the step it was asked to (an unreadable
  * plan, no memory): it tells the others at the first MoE layer's exchange,

@@ -49,6 +49,7 @@
 
 #include "capmoe/common.h"
 #include "capmoe/dispatch.h"
+#include "capmoe/grammar.h"
 #include "capmoe/logitproc.h"
 #include "capmoe/engine.h"
 #include "capmoe/hfconfig.h"
@@ -171,6 +172,8 @@ typedef struct capmoe_sched_opts {
     int collect_stats;           /* 1: pass capmoe_forward_stats to the forward */
     int threads;                 /* engine threads (capmoe_model_opts); 0 = one per core */
     int weights;                 /* capmoe_weights: experts quantized at load (quant.h) */
+    int compute;                 /* capmoe_model_opts.compute */
+    int kv_dtype;                /* capmoe_model_opts.kv_dtype */
     capmoe_comm *comm;           /* --ep mpi (borrowed): this is rank 0; the other ranks run
                                     capmoe_engine_serve; dispatch.ep_ranks must be the size.
                                     New sequences go to the rank with the fewest live tokens. */
@@ -201,6 +204,8 @@ typedef struct capmoe_gen_params {
     capmoe_penalties penalties;  /* presence / frequency / repetition (logitproc.h); zeros: off */
     const capmoe_logit_bias *logit_bias; /* n_logit_bias entries (copied), ids < vocab */
     int n_logit_bias;
+    const capmoe_grammar *grammar; /* NULL, or every choice is constrained to it (grammar.h);
+                                     borrowed until FINISHED */
     int bypass_queue_limit;      /* 1: never EFULL (the 2nd.. prompts of one admitted
                                     HTTP request must not be refused half-way) */
     void *user;                  /* handed back in every event */
@@ -232,6 +237,11 @@ void capmoe_sched_cancel(capmoe_sched *s, uint64_t id);
  * is loaded the configuration is checked against it (-1 with err, nothing
  * changed). Thread-safe. */
 int capmoe_sched_set_dispatch(capmoe_sched *s, const capmoe_dispatch_cfg *d, capmoe_error *err);
+/* The memory/compute crossover measured when the model loaded, which
+ * dispatch.regime_auto ("regime_tokens": "auto") uses as regime_tokens
+ * (capmoe_model_regime_probe; max_running + 1 under --ep mpi); 0 before the
+ * model is ready. Thread-safe. */
+int capmoe_sched_regime_tokens(capmoe_sched *s);
 /* Stops admitting new requests (submit returns EDRAINING); queued and running
  * requests go on. Thread-safe. */
 void capmoe_sched_drain(capmoe_sched *s);

@@ -22,6 +22,10 @@ typedef struct capmoe_layer_stats {
     int dropped;
     int rerouted;
     double dropped_mass;
+    int piggybacked;        /* pairs used outside S_t (policy piggyback) */
+    int activated;          /* experts with load > 0 (of the summed loads under --ep mpi) */
+    int policy;             /* capmoe_policy the dispatch ran (the source's under --ep mpi) */
+    int regime;             /* 1: the decode policy ran (T < regime_tokens) */
     int n_ranks;
     int rank_load[CAPMOE_MAX_RANKS];   /* pairs per rank */
     double rank_time[CAPMOE_MAX_RANKS];/* seconds each rank was busy on experts */
@@ -41,6 +45,8 @@ typedef struct capmoe_layer_stats {
     int src_capacity[CAPMOE_MAX_RANKS];    /* C_r */
     double src_gamma[CAPMOE_MAX_RANKS];    /* gamma chosen for the source */
     double src_dropped_mass[CAPMOE_MAX_RANKS];
+    int src_activated[CAPMOE_MAX_RANKS];   /* experts the source's own dispatch activated */
+    int src_regime[CAPMOE_MAX_RANKS];
     double rank_wait_dispatch[CAPMOE_MAX_RANKS]; /* seconds inside the dispatch all-to-all
                                                     (counts + rows): waiting for the others */
     double rank_wait_combine[CAPMOE_MAX_RANKS];  /* seconds inside the combine all-to-all:
