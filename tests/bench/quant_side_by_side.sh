@@ -90,6 +90,11 @@ if [ -x "$bin/llama-quantize" ] && [ ! -s "$G-bf16.gguf" ]; then
   python3 - "$llama_dir" "$M" "$G-bf16.gguf" > "$out/convert.log" 2>&1 <<'PY' || say "conversion failed: $(tail -n 3 "$out/convert.log")"
 import os, sys
 llama, model, outf = sys.argv[1:4]
+try:  # gguf-py imports sentencepiece unconditionally; this BPE model never uses it
+    import sentencepiece  # noqa: F401
+except ImportError:
+    import types
+    sys.modules["sentencepiece"] = types.SimpleNamespace(SentencePieceProcessor=None)
 sys.path.insert(0, llama)
 sys.path.insert(1, os.path.join(llama, "gguf-py"))
 import convert_hf_to_gguf as conv
