@@ -83,6 +83,7 @@ FORCE:
 # The kernels' a*b+c must become fused multiply-adds (ISO C mode forbids
 # contraction by default).
 $(BUILD)/obj/core/kern.o $(BUILD)/obj/core/panel.o: CFLAGS += -ffp-contract=fast -Wno-psabi
+$(BUILD)/obj/core/quant.o: CFLAGS += -Wno-psabi
 ifeq ($(SAN),fuzz)
 # The kernels use GCC vector extensions clang lacks; the fuzz build (clang)
 # takes them from gcc, uninstrumented (no parser lives there).

@@ -95,6 +95,40 @@ static int get_int(ctx *c, const char *key, int *out) {
 }
 
 /* Required positive integer. */
+/* quantization_config (see hfconfig.h). */
+static int parse_quant(struct ctx *c, capmoe_hfconfig *cfg) {
+    const cJSON *q = cJSON_GetObjectItemCaseSensitive(c->root, "quantization_config");
+    if (!q || cJSON_IsNull(q)) return 0;
+    if (!cJSON_IsObject(q))
+        return capmoe_set_error(c->err, "%s: quantization_config must be an object", c->path);
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(q, "quant_method");
+    if (!cJSON_IsString(m))
+        return capmoe_set_error(c->err, "%s: quantization_config has no quant_method", c->path);
+    if (strcmp(m->valuestring, "fp8") != 0)
+        return capmoe_set_error(c->err,
+                                "%s: quantization_config.quant_method \"%s\" is not supported "
+                                "(capmoe reads \"fp8\": F8_E4M3 weights with weight_scale_inv "
+                                "block scales; or use --weights q8|q4 on a BF16 checkpoint)",
+                                c->path, m->valuestring);
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(q, "fmt");
+    if (f && cJSON_IsString(f) && strcmp(f->valuestring, "e4m3") != 0)
+        return capmoe_set_error(c->err, "%s: quantization_config.fmt \"%s\" is not supported "
+                                "(only e4m3)", c->path, f->valuestring);
+    const cJSON *b = cJSON_GetObjectItemCaseSensitive(q, "weight_block_size");
+    if (!cJSON_IsArray(b) || cJSON_GetArraySize(b) != 2 || !cJSON_IsNumber(b->child) ||
+        !cJSON_IsNumber(b->child->next))
+        return capmoe_set_error(c->err, "%s: quantization_config.weight_block_size must be "
+                                "[rows, columns] (per-tensor FP8 scales are not supported)", c->path);
+    int bn = (int)b->child->valuedouble, bk = (int)b->child->next->valuedouble;
+    if (bn <= 0 || bk <= 0 || bn % 16 != 0 || bk % 128 != 0 || bn > 65536 || bk > 65536)
+        return capmoe_set_error(c->err, "%s: quantization_config.weight_block_size [%d, %d] is not "
+                                "supported (rows a multiple of 16, columns of 128)", c->path, bn, bk);
+    cfg->fp8 = 1;
+    cfg->fp8_block_n = bn;
+    cfg->fp8_block_k = bk;
+    return 0;
+}
+
 static int need_pos(ctx *c, const char *key, int *out) {
     int r = get_int(c, key, out);
     if (r < 0) return -1;
@@ -618,14 +652,6 @@ int capmoe_hfconfig_parse(capmoe_hfconfig *cfg, const char *json, size_t len, co
     snprintf(cfg->arch_name, sizeof cfg->arch_name, "%s", ad->arch_name);
     snprintf(cfg->model_type, sizeof cfg->model_type, "%s", ad->model_type);
 
-    const cJSON *qc = get(root, "quantization_config");
-    if (qc) {
-        const cJSON *qm = cJSON_IsObject(qc) ? get(qc, "quant_method") : NULL;
-        capmoe_set_error(err, "%s: quantization_config (%.64s) is not supported: only "
-                         "unquantized F32/F16/BF16 checkpoints", path,
-                         cJSON_IsString(qm) ? qm->valuestring : "unknown method");
-        goto out;
-    }
     const cJSON *act = get(root, "hidden_act");
     if (act && (!cJSON_IsString(act) || strcmp(act->valuestring, "silu") != 0)) {
         capmoe_set_error(err, "%s: hidden_act '%.64s' is not supported (only 'silu')", path,
@@ -692,6 +718,7 @@ int capmoe_hfconfig_parse(capmoe_hfconfig *cfg, const char *json, size_t len, co
     cfg->moe_layer_freq = 1;
     if (parse_dtype(c, &cfg->dtype) != 0) goto out;
     if (opt_bool(c, "tie_word_embeddings", 0, &cfg->tie_word_embeddings) != 0) goto out;
+    if (parse_quant(c, cfg) != 0) goto out;
     if (parse_token_ids(c, cfg, ad) != 0) goto out;
 
     const char *n_exp_key = "num_experts";

@@ -3,6 +3,7 @@
 #include "capmoe/kern.h"
 #include "capmoe/ops.h"
 #include "capmoe/panel.h"
+#include "capmoe/quant.h"
 #include "capmoe/rope.h"
 #include "model_internal.h"
 
@@ -50,6 +51,52 @@ static int own(struct capmoe_model *m, void *buf, size_t bytes, const char *name
     return 0;
 }
 
+/* An F8_E4M3 matrix of a checkpoint with quantization_config fp8: kept as
+ * stored (1 byte per weight; the panels copy the bytes), with its
+ * NAME_scale_inv block scales checked: present, F32, [ceil(N/bn), ceil(K/bk)]. */
+static int get_f8(struct capmoe_model *m, capmoe_wmat *w, const capmoe_st_tensor *t, int ndim,
+                  const int64_t *shape, capmoe_error *err) {
+    const capmoe_hfconfig *c = &m->cfg;
+    if (!c->fp8)
+        return capmoe_set_error(err, "%s: tensor %s is F8_E4M3 but config.json has no "
+                                "quantization_config with quant_method fp8", t->file, t->name);
+    if (ndim != 2)
+        return capmoe_set_error(err, "%s: tensor %s: F8_E4M3 is supported for 2-D matrices only "
+                                "(fused 3-D expert tensors are not)", t->file, t->name);
+    if (t->ndim != 2 || t->shape[0] != shape[0] || t->shape[1] != shape[1])
+        return capmoe_set_error(err, "%s: tensor %s has shape [%lld, %lld], expected [%lld, %lld]",
+                                t->file, t->name, (long long)t->shape[0],
+                                (long long)(t->ndim > 1 ? t->shape[1] : 0), (long long)shape[0],
+                                (long long)shape[1]);
+    char sname[300];
+    snprintf(sname, sizeof sname, "%s_scale_inv", t->name);
+    const capmoe_st_tensor *s = capmoe_st_find(m->st, sname);
+    int64_t sn = (shape[0] + c->fp8_block_n - 1) / c->fp8_block_n;
+    int64_t sk = (shape[1] + c->fp8_block_k - 1) / c->fp8_block_k;
+    if (!s)
+        return capmoe_set_error(err, "%s: tensor %s is F8_E4M3 but its block scales %s are missing",
+                                t->file, t->name, sname);
+    if (s->dtype != CAPMOE_DTYPE_F32 || s->ndim != 2 || s->shape[0] != sn || s->shape[1] != sk)
+        return capmoe_set_error(err, "%s: tensor %s (the block scales of %s) must be F32 of shape "
+                                "[%lld, %lld] (blocks of %d x %d), found %s of %d dims [%lld, %lld]",
+                                s->file, sname, t->name, (long long)sn, (long long)sk,
+                                c->fp8_block_n, c->fp8_block_k, s->dtype_name, s->ndim,
+                                (long long)s->shape[0], (long long)(s->ndim > 1 ? s->shape[1] : 0));
+    w->dtype = CAPMOE_DTYPE_F8E4M3;
+    w->p = t->data;
+    w->panels = 0;
+    w->scale = s->data;
+    m->mapped_bytes += t->nbytes;
+    if (((uintptr_t)s->data & 3u) != 0) { /* unaligned scales: copied */
+        float *copy = malloc(s->nbytes ? s->nbytes : 1);
+        if (!copy) return capmoe_set_error(err, "out of memory");
+        memcpy(copy, s->data, s->nbytes);
+        w->scale = copy;
+        if (own(m, copy, s->nbytes, sname, err) != 0) return -1;
+    }
+    return 0;
+}
+
 /* Fetches tensor NAME with the given shape, into exactly one of:
  *  - *f32: a float32 view, for the small tensors (norms, biases, routers);
  *    converted buffers are recorded in m->owned;
@@ -73,10 +120,12 @@ static int get_weight(struct capmoe_model *m, const float **f32, capmoe_wmat *w,
         if (!owned) m->mapped_bytes += bytes;
         return owned ? own(m, owned, bytes, name, err) : 0;
     }
-    const capmoe_st_tensor *t;
+    const capmoe_st_tensor *t = capmoe_st_find(m->st, name);
+    if (t && t->dtype == CAPMOE_DTYPE_F8E4M3) return get_f8(m, w, t, ndim, shape, err);
     if (capmoe_st_get_float(m->st, name, ndim, shape, &t, err) != 0) return -1;
     w->dtype = t->dtype;
     w->p = t->data;
+    w->scale = NULL;
     if (((uintptr_t)t->data & (capmoe_dtype_size(t->dtype) - 1)) == 0) {
         m->mapped_bytes += t->nbytes;
         return 0;
@@ -268,7 +317,20 @@ struct pack_job {
     int transposed;                /* the one source is W^T: K rows of N (ld N) */
     int part_of;                   /* the source is part of a matrix another job packs
                                     * whole: that job accounts for its pages */
+    int bn, bk;                    /* F8E4M3 sources: their scale blocks */
 };
+
+/* Rows [n0, n0 + rows) of source s of job j as float32 into dst (exact for
+ * F32/BF16/F16; F8E4M3 times its block scale). */
+static void source_f32(const struct pack_job *j, int s, float *dst, int n0, int rows) {
+    const capmoe_wmat *w = &j->src[s];
+    size_t K = (size_t)j->K;
+    if (w->dtype == CAPMOE_DTYPE_F8E4M3)
+        capmoe_f8_dequant(dst, w->p, K, w->scale, j->bn, j->bk, n0, rows, j->K);
+    else
+        capmoe_kern_to_f32(dst, (const char *)w->p + (size_t)n0 * K * capmoe_dtype_size(w->dtype),
+                           w->dtype, (size_t)rows * K);
+}
 
 /* A job whose one source is stored transposed: W^T copied to W (elements
  * moved, never converted), then packed. */
@@ -286,9 +348,37 @@ static void pack_transposed(struct pack_job *j) {
     free(tmp);
 }
 
+/* A job quantized at load (--weights q8|q4): its one source converted to
+ * float32 a panel (16 rows) at a time, then quantized into the panel. */
+static void pack_quantized(struct pack_job *j) {
+    size_t K = (size_t)j->K, pb = capmoe_panel_bytes(j->dtype, j->K);
+    float *tmp = capmoe_malloc_array((size_t)CAPMOE_PANEL_COLS * K, sizeof(float));
+    if (!tmp) {
+        j->failed = 1;
+        return;
+    }
+    for (int p = 0; p * CAPMOE_PANEL_COLS < j->N; p++) {
+        int n0 = p * CAPMOE_PANEL_COLS, rows = j->N - n0 < CAPMOE_PANEL_COLS ? j->N - n0 : CAPMOE_PANEL_COLS;
+        source_f32(j, 0, tmp, n0, rows);
+        capmoe_quant_pack((char *)j->dst + (size_t)p * pb, j->dtype, tmp, K, rows, j->K);
+    }
+    free(tmp);
+}
+
 static void pack_one(void *arg, int item, int slot) {
     (void)slot;
     struct pack_job *j = (struct pack_job *)arg + item;
+    if (capmoe_dtype_is_q(j->dtype)) {
+        pack_quantized(j);
+        return;
+    }
+    if (j->dtype == CAPMOE_DTYPE_F8E4M3) { /* bytes copied; sources start on whole panels */
+        size_t pb = capmoe_panel_bytes(j->dtype, j->K);
+        for (int s = 0, n0 = 0; s < j->n_src; n0 += j->rows[s++])
+            capmoe_f8_pack((char *)j->dst + (size_t)(n0 / CAPMOE_PANEL_COLS) * pb, j->src[s].p,
+                           (size_t)j->K, j->src[s].scale, j->bn, j->bk, j->rows[s], j->K);
+        return;
+    }
     memset(j->dst, 0, capmoe_panel_matrix_bytes(j->dtype, j->N, j->K));
     if (j->transposed) {
         pack_transposed(j);
@@ -307,7 +397,7 @@ static void pack_one(void *arg, int item, int slot) {
             j->failed = 1;
             return;
         }
-        capmoe_kern_to_f32(tmp, w->p, w->dtype, elems);
+        source_f32(j, s, tmp, 0, j->rows[s]);
         capmoe_panel_pack_rows(j->dst, j->dtype, j->K, n0, tmp, (size_t)j->K, j->rows[s]);
         free(tmp);
     }
@@ -348,28 +438,30 @@ static void drop_pages(const void *p, size_t bytes) {
 /* A job packing `n_src` matrices of K inputs (w[0] .. w[n_src-1], with
  * rows[i] rows each), stacked, into *dst. */
 static void add_job(struct pack_job *jobs, int *n, capmoe_wmat *dst, int n_src,
-                    capmoe_wmat *const *w, const int *rows, int K) {
-    struct pack_job j = {.w = dst, .n_src = n_src, .K = K, .dtype = w[0]->dtype};
+                    capmoe_wmat *const *w, const int *rows, int K, int bn, int bk) {
+    struct pack_job j = {.w = dst, .n_src = n_src, .K = K, .dtype = w[0]->dtype, .bn = bn, .bk = bk};
     for (int s = 0; s < n_src; s++) {
         if (!w[s]->p || w[s]->panels) return;
         j.src[s] = *w[s];
         j.srcw[s] = w[s];
         j.rows[s] = rows[s];
-        j.N += rows[s];
         if (w[s]->dtype != j.dtype) j.dtype = CAPMOE_DTYPE_F32;
+        /* F8E4M3 sources stack as F8E4M3 when each starts on a whole panel */
+        if (j.dtype == CAPMOE_DTYPE_F8E4M3 && j.N % CAPMOE_PANEL_COLS) j.dtype = CAPMOE_DTYPE_F32;
+        j.N += rows[s];
     }
     jobs[(*n)++] = j;
 }
 
 static void add_one(struct pack_job *jobs, int *n, capmoe_wmat *w, int N, int K) {
-    add_job(jobs, n, w, 1, &w, &N, K);
+    add_job(jobs, n, w, 1, &w, &N, K, 0, 0);
 }
 
 /* A job for a view into a matrix that is also packed whole (*w: rows of
  * it, or with transposed its K x N block transposed). */
 static void add_part(struct pack_job *jobs, int *n, capmoe_wmat *w, int N, int K, int transposed) {
     int before = *n;
-    add_job(jobs, n, w, 1, &w, &N, K);
+    add_job(jobs, n, w, 1, &w, &N, K, 0, 0);
     if (*n > before) {
         jobs[*n - 1].transposed = transposed;
         jobs[*n - 1].part_of = 1;
@@ -386,7 +478,7 @@ static void add_mla_jobs(const capmoe_hfconfig *c, struct capmoe_layer *L, struc
     int dv = c->v_head_dim, kvl = c->kv_lora_rank, ql = c->q_lora_rank, qd = nH * (dn + dr);
     capmoe_wmat *qkv[2] = {ql > 0 ? &L->wq_a : &L->wq, &L->wkv_a};
     int rows[2] = {ql > 0 ? ql : qd, kvl + dr};
-    add_job(jobs, n, &L->wqkv, 2, qkv, rows, H);
+    add_job(jobs, n, &L->wqkv, 2, qkv, rows, H, c->fp8_block_n, c->fp8_block_k);
     if (ql > 0) add_one(jobs, n, &L->wq_b, qd, ql);
     add_one(jobs, n, &L->wkv_b, nH * (dn + dv), kvl);
     for (int hh = 0; hh < nH; hh++) {
@@ -405,6 +497,20 @@ static int pack_weights(struct capmoe_model *m, capmoe_error *err) {
     int I = c->moe_intermediate_size, Is = c->shared_expert_intermediate_size;
     int Id = c->intermediate_size;
     size_t cap = (size_t)c->n_layers * (7 + 3 * (size_t)c->n_experts + 3 + 2 * (size_t)c->n_heads) + 1;
+    capmoe_dtype qt = m->weights == CAPMOE_WEIGHTS_Q8   ? CAPMOE_DTYPE_Q8
+                      : m->weights == CAPMOE_WEIGHTS_Q4 ? CAPMOE_DTYPE_Q4
+                                                        : CAPMOE_DTYPE_OTHER;
+    if (qt != CAPMOE_DTYPE_OTHER && c->n_moe_layers > 0 && (H % CAPMOE_QBLOCK || I % CAPMOE_QBLOCK)) {
+        int l0 = 0;
+        while (l0 < c->n_layers && !m->layers[l0].is_moe) l0++;
+        return capmoe_set_error(err,
+                                "--weights %s: layer %d expert %d's %s has %d inputs, not a multiple "
+                                "of the quantization block (%d): hidden_size %d, "
+                                "moe_intermediate_size %d",
+                                capmoe_weights_name(m->weights), l0, m->e0,
+                                H % CAPMOE_QBLOCK ? "gate/up projection" : "down projection",
+                                H % CAPMOE_QBLOCK ? H : I, CAPMOE_QBLOCK, H, I);
+    }
     struct pack_job *jobs = calloc(cap, sizeof *jobs);
     if (!jobs) return capmoe_set_error(err, "out of memory");
     int n = 0;
@@ -415,14 +521,17 @@ static int pack_weights(struct capmoe_model *m, capmoe_error *err) {
         } else {
             capmoe_wmat *qkv[3] = {&L->wq, &L->wk, &L->wv};
             int qkv_rows[3] = {qd, kd, kd};
-            add_job(jobs, &n, &L->wqkv, 3, qkv, qkv_rows, H);
+            add_job(jobs, &n, &L->wqkv, 3, qkv, qkv_rows, H, c->fp8_block_n, c->fp8_block_k);
             add_one(jobs, &n, &L->wo, H, qd);
         }
         if (L->is_moe) {
             for (int e = m->e0; e < m->e1; e++) {
+                int first = n;
                 add_one(jobs, &n, &L->w_gate[e], I, H);
                 add_one(jobs, &n, &L->w_up[e], I, H);
                 add_one(jobs, &n, &L->w_down[e], H, I);
+                if (qt != CAPMOE_DTYPE_OTHER) /* --weights q8|q4 */
+                    for (int i = first; i < n; i++) jobs[i].dtype = qt;
             }
             add_one(jobs, &n, &L->sh_gate, Is, H);
             add_one(jobs, &n, &L->sh_up, Is, H);
@@ -457,8 +566,14 @@ static int pack_weights(struct capmoe_model *m, capmoe_error *err) {
             return -1;
         }
     }
-    for (int i = 0; i < n; i++) jobs[i].dst = arena + jobs[i].off;
+    for (int i = 0; i < n; i++) {
+        jobs[i].dst = arena + jobs[i].off;
+        jobs[i].bn = c->fp8_block_n;
+        jobs[i].bk = c->fp8_block_k;
+    }
+    double t0 = capmoe_now();
     capmoe_par_for(m->par, n, pack_one, jobs);
+    m->pack_seconds = capmoe_now() - t0;
     int nr = capmoe_st_count(m->st);
     struct range *mapped = calloc((size_t)(nr > 0 ? nr : 1), sizeof *mapped);
     if (!mapped) {
@@ -483,7 +598,7 @@ static int pack_weights(struct capmoe_model *m, capmoe_error *err) {
             }
             if (j->n_src > 1) j->srcw[s]->p = NULL;
         }
-        *j->w = (capmoe_wmat){j->dst, j->dtype, 1};
+        *j->w = (capmoe_wmat){j->dst, j->dtype, 1, NULL};
     }
     free(mapped);
     free(jobs);
@@ -533,6 +648,7 @@ int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_op
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     m->inv_freq = calloc((size_t)(c->head_dim / 2 + 1), sizeof(float));
     m->mla_form = opts ? opts->mla_form : CAPMOE_MLA_AUTO;
+    m->weights = opts ? opts->weights : CAPMOE_WEIGHTS_STORED;
     if (!m->layers || !m->inv_freq) {
         capmoe_set_error(err, "out of memory");
         goto fail;
@@ -541,6 +657,16 @@ int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_op
                    "model.embed_tokens.weight") ||
         get_weight(m, &m->final_norm, NULL, err, 1, c->hidden_size, 0, 0, "model.norm.weight"))
         goto fail;
+    if (m->embed.dtype == CAPMOE_DTYPE_F8E4M3) {
+        capmoe_set_error(err, "%s: model.embed_tokens.weight is F8_E4M3: FP8 embeddings are not "
+                         "supported (published FP8 checkpoints keep them in BF16)", dir);
+        goto fail;
+    }
+    if (c->fp8 && c->kv_lora_rank > 0) {
+        capmoe_set_error(err, "%s: FP8 checkpoints of latent-attention models (DeepSeek-V2/V3) are "
+                         "not supported yet (their kv_b_proj is read per head)", dir);
+        goto fail;
+    }
     if (capmoe_st_find(m->st, "lm_head.weight")) {
         if (get_weight(m, NULL, &m->lm_head, err, 2, c->vocab_size, c->hidden_size, 0,
                        "lm_head.weight"))
@@ -588,6 +714,14 @@ int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_op
         }
         m->kv_bf16 = 1;
     }
+    if (opts && opts->compute == CAPMOE_COMPUTE_BF16 &&
+        (m->weights != CAPMOE_WEIGHTS_STORED || c->fp8)) {
+        capmoe_set_error(err, "--compute bf16 applies to BF16/F32 experts: not with --weights %s "
+                         "or an FP8 checkpoint (their experts run their own kernels)",
+                         m->weights != CAPMOE_WEIGHTS_STORED ? capmoe_weights_name(m->weights)
+                                                             : "bf16 on FP8");
+        goto fail;
+    }
     if (opts && opts->compute == CAPMOE_COMPUTE_BF16) { /* from the row-major weights */
         m->compute = CAPMOE_COMPUTE_BF16;
         m->bf16_min_rows = opts->bf16_min_rows > 0 ? opts->bf16_min_rows : 16;
@@ -629,7 +763,7 @@ void capmoe_model_free(capmoe_model *m) {
                                  &m->tmp,    &m->scores, &m->router, &m->xe,
                                  &m->ge,     &m->ue,     &m->ye, &m->sh1, &m->sh2, &m->rope,
                                  &m->mla_a,  &m->mla_q,  &m->mla_qa, &m->mla_lat, &m->mla_ctx,
-                                 &m->mla_att, &m->mla_out, &m->mla_kv, &m->mla_k, &m->kvf};
+                                 &m->mla_att, &m->mla_out, &m->mla_kv, &m->mla_k, &m->kvf, &m->qx, &m->qg};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) capmoe_buf_free(bufs[i]);
     free(m->tok_rank);
     free(m->tok_pos);
@@ -659,6 +793,8 @@ capmoe_kv_dtype capmoe_model_kv_dtype(const capmoe_model *m) {
     return m->kv_bf16 ? CAPMOE_KV_BF16 : CAPMOE_KV_F32;
 }
 size_t capmoe_model_mapped_bytes(const capmoe_model *m) { return m->mapped_bytes; }
+capmoe_weights capmoe_model_weights(const capmoe_model *m) { return m->weights; }
+double capmoe_model_pack_seconds(const capmoe_model *m) { return m->pack_seconds; }
 
 size_t capmoe_model_active_bytes_per_token(const capmoe_model *m) {
     const capmoe_hfconfig *c = &m->cfg;
@@ -683,8 +819,13 @@ size_t capmoe_model_active_bytes_per_token(const capmoe_model *m) {
         }
         if (c->layer_is_moe[l]) {
             bytes += (size_t)c->n_experts * H * sizeof(float); /* router */
-            bytes += (size_t)c->top_k * 3 * H * (size_t)c->moe_intermediate_size *
-                     capmoe_dtype_size(L->w_gate[m->e0].dtype); /* k experts */
+            capmoe_dtype et = L->w_gate[m->e0].dtype;
+            int I = c->moe_intermediate_size;
+            if (capmoe_dtype_is_q(et)) /* k experts, scales included */
+                bytes += (size_t)c->top_k * (2 * capmoe_panel_matrix_bytes(et, I, (int)H) +
+                                             capmoe_panel_matrix_bytes(et, (int)H, I));
+            else
+                bytes += (size_t)c->top_k * 3 * H * (size_t)I * capmoe_dtype_size(et); /* k experts */
             if (c->shared_expert_intermediate_size > 0)
                 bytes += 3 * H * (size_t)c->shared_expert_intermediate_size *
                          capmoe_dtype_size(L->sh_gate.dtype);

@@ -140,6 +140,8 @@ struct capmoe_model {
     float rope_af;           /* YaRN's attention factor on cos and sin (1: none) */
     capmoe_router route;     /* the model's router (bias: per layer, set by moe.c) */
     int mla_form;            /* capmoe_model_opts.mla_form */
+    capmoe_weights weights;  /* capmoe_model_opts.weights */
+    double pack_seconds;     /* time repacking (and quantizing) the weights at load */
     float mla_scale;         /* softmax scale of latent attention */
     capmoe_ep_pool *ep;
     capmoe_par *par;         /* splits small products across cores (ops.h) */
@@ -148,6 +150,7 @@ struct capmoe_model {
     /* scratch, grown per forward */
     struct capmoe_buf x, h, q, k, v, att, tmp, scores, rope;
     struct capmoe_buf router, xe, ge, ue, ye, sh1, sh2;
+    struct capmoe_buf qx, qg; /* Q8/Q4 experts: their rows of xe / ge quantized (quant.h) */
     int *tok_rank, *tok_pos;
     size_t cap_tok;
     int *seq_t0;             /* first batch row of each sequence */

@@ -21,6 +21,7 @@
 
 #include "capmoe/dnnl_matmul.h"
 #include "capmoe/ops.h"
+#include "capmoe/quant.h"
 #include "model_internal.h"
 
 double capmoe_thread_cpu_seconds(void) {
@@ -72,7 +73,33 @@ struct items_job {
     struct capmoe_model *m;
     const capmoe_expert_set *s;
     const int *order;  /* active experts, largest first */
+    capmoe_dtype qt;   /* Q8/Q4 experts: their activations are quantized once per
+                        * expert (qx: x's rows, qg: g's rows, at row offset off
+                        * times the bytes of one row), not once per item */
+    char *qx, *qg;
 };
+
+/* Bytes of `rows` quantized activation rows of K (capmoe_qact_bytes is
+ * linear in the rows: an expert's rows start at its row offset times this). */
+static size_t qrow_bytes(int rows, int K) { return capmoe_qact_bytes(rows, K); }
+
+/* Item e of a pass quantizing each active expert's rows of x (pass 0, after
+ * gathering them) or of g (pass 1, after SiLU). */
+static void quant_x_item(void *arg, int it, int slot) {
+    (void)slot;
+    const struct items_job *j = arg;
+    const capmoe_expert_set *s = j->s;
+    int H = j->m->cfg.hidden_size, e = j->order[it], off = s->off[e - s->e0];
+    if (s->h) gather(s, e, H);
+    capmoe_qact_quantize(j->qx + qrow_bytes(off, H), s->x + (size_t)off * H, H, rows_of(s, e), H);
+}
+static void quant_g_item(void *arg, int it, int slot) {
+    (void)slot;
+    const struct items_job *j = arg;
+    const capmoe_expert_set *s = j->s;
+    int I = j->m->cfg.moe_intermediate_size, e = j->order[it], off = s->off[e - s->e0];
+    capmoe_qact_quantize(j->qg + qrow_bytes(off, I), s->g + (size_t)off * I, I, rows_of(s, e), I);
+}
 
 /* Item `it` of a pass over outputs of width `width`: expert *e (its rows
  * [*off, *off + *n)), outputs [*c0, *c0 + *nc). */
@@ -94,6 +121,15 @@ static void gate_up_item(void *arg, int it, int slot) {
     expert_cols(j, it, I, &e, &c0, &nc, &off, &n);
     const float *xe = s->x + (size_t)off * H;
     float *ge = s->g + (size_t)off * I + c0, *ue = s->u + (size_t)off * I + c0;
+    if (j->qx) {
+        const char *qa = j->qx + qrow_bytes(off, H);
+        capmoe_quant_gemm(ge, I, qa, capmoe_wmat_rows(s->L->w_gate[e], H, (size_t)H, c0).p, j->qt,
+                          n, nc, H, 1.0f, 0.0f);
+        capmoe_quant_gemm(ue, I, qa, capmoe_wmat_rows(s->L->w_up[e], H, (size_t)H, c0).p, j->qt,
+                          n, nc, H, 1.0f, 0.0f);
+        for (int i = 0; i < n; i++) capmoe_silu_mul(ge + (size_t)i * I, ue + (size_t)i * I, (size_t)nc);
+        return;
+    }
     capmoe_gemm_nt(NULL, ge, I, xe, H, capmoe_wmat_rows(s->L->w_gate[e], H, (size_t)H, c0), H, n,
                    nc, H, 1.0f, 0.0f);
     capmoe_gemm_nt(NULL, ue, I, xe, H, capmoe_wmat_rows(s->L->w_up[e], H, (size_t)H, c0), H, n,
@@ -107,6 +143,12 @@ static void down_item(void *arg, int it, int slot) {
     const capmoe_expert_set *s = j->s;
     int H = j->m->cfg.hidden_size, I = j->m->cfg.moe_intermediate_size, e, c0, nc, off, n;
     expert_cols(j, it, H, &e, &c0, &nc, &off, &n);
+    if (j->qg) {
+        capmoe_quant_gemm(s->y + (size_t)off * H + c0, H, j->qg + qrow_bytes(off, I),
+                          capmoe_wmat_rows(s->L->w_down[e], I, (size_t)I, c0).p, j->qt, n, nc, I,
+                          1.0f, 0.0f);
+        return;
+    }
     capmoe_gemm_nt(NULL, s->y + (size_t)off * H + c0, H, s->g + (size_t)off * I, I,
                    capmoe_wmat_rows(s->L->w_down[e], I, (size_t)I, c0), I, n, nc, I, 1.0f, 0.0f);
 }
@@ -139,11 +181,20 @@ void capmoe_moe_run_set(struct capmoe_model *m, const capmoe_expert_set *s, capm
         return;
     if (!big && n_active > 1 && capmoe_par_threads(par) > 1) {
         const capmoe_hfconfig *c = &m->cfg;
-        if (s->h)
-            for (int i = 0; i < n_active; i++) gather(s, order[i], c->hidden_size);
-        struct items_job j = {m, s, order};
-        capmoe_par_for(par, n_active * col_blocks(c->moe_intermediate_size), gate_up_item, &j);
-        capmoe_par_for(par, n_active * col_blocks(c->hidden_size), down_item, &j);
+        struct items_job j = {m, s, order, s->L->w_gate[order[0]].dtype, NULL, NULL};
+        int H = c->hidden_size, I = c->moe_intermediate_size, rows = s->off[s->e1 - s->e0];
+        if (capmoe_dtype_is_q(j.qt) &&
+            capmoe_buf_reserve(&m->qx, qrow_bytes(rows, H) / sizeof(float) + 1) == 0 &&
+            capmoe_buf_reserve(&m->qg, qrow_bytes(rows, I) / sizeof(float) + 1) == 0) {
+            j.qx = (char *)m->qx.p;
+            j.qg = (char *)m->qg.p;
+            capmoe_par_for(par, n_active, quant_x_item, &j); /* gathers too */
+        } else if (s->h) {
+            for (int i = 0; i < n_active; i++) gather(s, order[i], H);
+        }
+        capmoe_par_for(par, n_active * col_blocks(I), gate_up_item, &j);
+        if (j.qg) capmoe_par_for(par, n_active, quant_g_item, &j);
+        capmoe_par_for(par, n_active * col_blocks(H), down_item, &j);
     } else {
         for (int e = s->e0; e < s->e1; e++) run_expert(m, s, e, par);
     }

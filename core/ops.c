@@ -8,6 +8,7 @@
 
 #include "capmoe/kern.h"
 #include "capmoe/panel.h"
+#include "capmoe/quant.h"
 
 /* Products below this many multiply-adds run on one thread: handing half of
  * a smaller one to a worker costs more than it saves. */
@@ -91,6 +92,21 @@ static void sgemm_unpacked(const struct nt_job *j, int part, int n0, int n1) {
     free(tmp);
 }
 
+/* Q8/Q4 weights: the part quantizes A into its scratch (every part of a
+ * split product does: M*K steps against the part's M*K*cols products), then
+ * runs the int8 product; without a pool's scratch, the panel code quantizes
+ * a few rows at a time on the stack. */
+static void q_part(const struct nt_job *j, int part, float *C, const void *P, int N) {
+    size_t bytes = capmoe_qact_bytes(j->M, j->K);
+    void *buf = j->par ? capmoe_par_scratch(j->par, part, (bytes + 3) / 4) : NULL;
+    if (!buf) {
+        capmoe_panel_gemm(C, j->ldc, j->A, j->lda, P, j->B.dtype, j->M, N, j->K, j->alpha, j->beta);
+        return;
+    }
+    capmoe_qact_quantize(buf, j->A, j->lda, j->M, j->K);
+    capmoe_quant_gemm(C, j->ldc, buf, P, j->B.dtype, j->M, N, j->K, j->alpha, j->beta);
+}
+
 /* Part `part` of n_parts takes a contiguous range of B's rows (C's columns),
  * in multiples of 16 (whole panels, whole cache lines of C, whole sgemm
  * register tiles). */
@@ -102,6 +118,10 @@ static void nt_part(void *arg, int part, int n_parts) {
     if (n1 <= n0) return;
     float *C = j->C + n0;
     capmoe_wmat B = capmoe_wmat_rows(j->B, j->K, (size_t)j->ldb, n0);
+    if (capmoe_dtype_is_q(B.dtype)) {
+        q_part(j, part, C, B.p, n1 - n0);
+        return;
+    }
     if (B.panels) {
         if (j->kern)
             capmoe_panel_gemm(C, j->ldc, j->A, j->lda, B.p, B.dtype, j->M, n1 - n0, j->K,
@@ -121,6 +141,7 @@ static void nt_part(void *arg, int part, int n_parts) {
 }
 
 int capmoe_gemm_small(capmoe_wmat W, int M, int K) {
+    if (capmoe_dtype_is_q(W.dtype)) return 1; /* the int8 kernels at every M */
     return W.panels ? capmoe_panel_fits(M, K) : M <= capmoe_kern_max_rows(W.dtype);
 }
 

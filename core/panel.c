@@ -4,7 +4,11 @@
  * order. */
 #include "capmoe/panel.h"
 
+#include "capmoe/quant.h"
+
 #include <stdint.h>
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -32,6 +36,7 @@
 static size_t n_steps(int K) { return ((size_t)K + 1) / 2; }
 
 size_t capmoe_panel_bytes(capmoe_dtype t, int K) {
+    if (t >= CAPMOE_DTYPE_F8E4M3) return capmoe_quant_panel_bytes(t, K);
     return n_steps(K) * 2 * PW * capmoe_dtype_size(t);
 }
 
@@ -114,6 +119,7 @@ PANEL_CLONES
 void capmoe_panel_unpack(float *dst, size_t ldd, const void *P, capmoe_dtype t, int K,
                          int n_panels) {
     switch (t) {
+    case CAPMOE_DTYPE_F8E4M3: capmoe_f8_unpack(dst, ldd, P, K, n_panels); break;
     case CAPMOE_DTYPE_BF16: unpack_typed(dst, ldd, P, CAPMOE_DTYPE_BF16, K, n_panels); break;
     case CAPMOE_DTYPE_F16: unpack_typed(dst, ldd, P, CAPMOE_DTYPE_F16, K, n_panels); break;
     default: unpack_typed(dst, ldd, P, CAPMOE_DTYPE_F32, K, n_panels); break;
@@ -328,9 +334,42 @@ AVX512 static void avx_gemm_f32(float *C, int ldc, const float *A, int lda, cons
 }
 #endif
 
+/* Q8/Q4 without a caller's activation buffer: rows quantized a few at a
+ * time into one on the stack (ops.c gives its products a whole one); a row
+ * longer than that buffer takes a malloc'd one (C is NaN if none can be had). */
+static void q_gemm_stack(float *C, int ldc, const float *A, int lda, const void *P, capmoe_dtype t,
+                         int M, int N, int K, float alpha, float beta) {
+    _Alignas(64) unsigned char sbuf[32768];
+    size_t row = capmoe_qact_bytes(1, K);
+    unsigned char *buf = sbuf, *heap = NULL;
+    int rows = (int)(sizeof sbuf / row);
+    if (rows < 1) {
+        if (!(buf = heap = malloc(row))) {
+            for (int r = 0; r < M; r++)
+                for (int j = 0; j < N; j++) C[(size_t)r * ldc + j] = NAN;
+            return;
+        }
+        rows = 1;
+    }
+    for (int m0 = 0; m0 < M; m0 += rows) {
+        int n = M - m0 < rows ? M - m0 : rows;
+        capmoe_qact_quantize(buf, A + (size_t)m0 * lda, lda, n, K);
+        capmoe_quant_gemm(C + (size_t)m0 * ldc, ldc, buf, P, t, n, N, K, alpha, beta);
+    }
+    free(heap);
+}
+
 void capmoe_panel_gemm(float *C, int ldc, const float *A, int lda, const void *P, capmoe_dtype t,
                        int M, int N, int K, float alpha, float beta) {
     if (M <= 0 || N <= 0) return;
+    if (t == CAPMOE_DTYPE_F8E4M3) {
+        capmoe_f8_gemm(C, ldc, A, lda, P, M, N, K, alpha, beta);
+        return;
+    }
+    if (capmoe_dtype_is_q(t)) {
+        q_gemm_stack(C, ldc, A, lda, P, t, M, N, K, alpha, beta);
+        return;
+    }
 #ifdef PANEL_AVX512
     if (__builtin_cpu_supports("avx512f")) {
         switch (t) {

@@ -54,7 +54,7 @@ static const dtype_info DTYPES[] = {
     {"I16", CAPMOE_DTYPE_OTHER, 16},     {"U16", CAPMOE_DTYPE_OTHER, 16},
     {"I32", CAPMOE_DTYPE_OTHER, 32},     {"U32", CAPMOE_DTYPE_OTHER, 32},
     {"I64", CAPMOE_DTYPE_OTHER, 64},     {"U64", CAPMOE_DTYPE_OTHER, 64},
-    {"F64", CAPMOE_DTYPE_OTHER, 64},     {"F8_E4M3", CAPMOE_DTYPE_OTHER, 8},
+    {"F64", CAPMOE_DTYPE_OTHER, 64},     {"F8_E4M3", CAPMOE_DTYPE_F8E4M3, 8},
     {"F8_E5M2", CAPMOE_DTYPE_OTHER, 8},  {"F8_E8M0", CAPMOE_DTYPE_OTHER, 8},
     {"C64", CAPMOE_DTYPE_OTHER, 64},     {"F4", CAPMOE_DTYPE_OTHER, 4},
     {"F6_E2M3", CAPMOE_DTYPE_OTHER, 6},  {"F6_E3M2", CAPMOE_DTYPE_OTHER, 6},
@@ -715,7 +715,8 @@ int capmoe_st_get_float(const capmoe_st *st, const char *name, int ndim, const i
         return capmoe_set_error(err, "%s: tensor %s has shape %s, expected %s", t->file,
                                 t->name, have, want);
     }
-    if (t->dtype == CAPMOE_DTYPE_OTHER)
+    if (t->dtype != CAPMOE_DTYPE_F32 && t->dtype != CAPMOE_DTYPE_F16 &&
+        t->dtype != CAPMOE_DTYPE_BF16)
         return capmoe_set_error(err, "%s: tensor %s has dtype %s, expected a float (F32, F16 "
                                 "or BF16)", t->file, t->name, t->dtype_name);
     *out = t;

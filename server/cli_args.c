@@ -141,6 +141,18 @@ int capmoe_cli_parse_ids(const char *s, int32_t **ids, int *n, capmoe_error *err
     return 0;
 }
 
+int capmoe_cli_weights(capmoe_cli_args *a, capmoe_weights *w, capmoe_error *err) {
+    const char *v = capmoe_cli_get(a, "weights"), *what = "--weights";
+    if (!v) {
+        v = getenv("CAPMOE_WEIGHTS");
+        what = "CAPMOE_WEIGHTS";
+    }
+    *w = CAPMOE_WEIGHTS_STORED;
+    if (v && capmoe_weights_parse(v, w) != 0)
+        return capmoe_set_error(err, "%s: '%s' is not one of bf16, q8, q4", what, v);
+    return 0;
+}
+
 int capmoe_cli_dispatch(capmoe_cli_args *a, capmoe_dispatch_cfg *cfg, capmoe_error *err) {
     capmoe_dispatch_cfg_default(cfg);
     const char *pol = capmoe_cli_get(a, "policy");
@@ -309,5 +321,5 @@ int capmoe_cli_engine(capmoe_cli_args *a, capmoe_model_opts *o, capmoe_error *er
     }
     if (capmoe_cli_int(a, "bf16-min-rows", 1, 1L << 20, 0, &t, err)) return -1;
     o->bf16_min_rows = (int)t;
-    return 0;
+    return capmoe_cli_weights(a, &o->weights, err);
 }

@@ -82,6 +82,7 @@ static const char *BENCH_USAGE =
     "                       \"\" for none)\n"
     "  --decode LIST        decode batch sizes in sequences (default 1,16,64; \"\" for none)\n"
     "  --repeat N (2)  --seed S (0)  --text FILE (token ids from a text)\n"
+    "  --weights bf16|q8|q4 experts quantized at load (default $CAPMOE_WEIGHTS, else bf16)\n"
     "  --format json|table (json)  --seq-len N (512)  --decode-context N (64)\n"
     "  --decode-steps N (8)  --min-tokens N (16)  --renormalize\n"
     "  --sgemm-size N (2048)  --copy-mib N (256)\n"
@@ -932,6 +933,8 @@ int capmoe_cmd_bench(int argc, char **argv) {
         cJSON *gl = cJSON_AddArrayToObject(se, "gammas");
         for (int g = 0; g < n_gam; g++) cJSON_AddItemToArray(gl, cJSON_CreateNumber(gammas[g]));
         cJSON_AddNumberToObject(se, "repeat", (double)repeat);
+        cJSON_AddStringToObject(se, "weights", capmoe_weights_name(capmoe_model_weights(b.m)));
+        cJSON_AddNumberToObject(se, "pack_s", capmoe_model_pack_seconds(b.m));
         cJSON_AddNumberToObject(se, "seed", (double)seed);
         cJSON_AddStringToObject(se, "ids", text ? "text" : "random");
         if (text) cJSON_AddStringToObject(se, "text", text);

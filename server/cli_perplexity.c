@@ -31,6 +31,7 @@
  *  - NLL of a scored token = logsumexp(row) - row[target], in double over the
  *    float32 logits. perplexity = exp(total NLL / scored tokens).
  *
+ * --weights q8|q4 quantizes the experts at load (quant.h).
  * Output: {"perplexity", "nll" (mean per scored token, nats), "tokens" (scored),
  *  "text_tokens", "windows", "forwards", "context", "stride", "batch", "policy",
  *  "capacity_factor" (number, "auto", or null for policy none), "ep_ranks",
@@ -57,6 +58,7 @@ static const char *PPL_USAGE =
     "  --context N      window length in tokens (default 256)\n"
     "  --stride N       window step (default context / 2); each window scores its new tokens\n"
     "  --batch B        windows per forward pass (default 8)\n"
+    "  --weights W      bf16 (as stored), q8 or q4: experts quantized at load\n"
     "  --max-tokens N   use only the first N tokens of the text\n"
     "  --decode         run each batch of windows one position at a time, as decode steps\n"
     "                   (every dispatch sees B tokens)\n"
@@ -286,6 +288,8 @@ int capmoe_cmd_perplexity(int argc, char **argv) {
     cJSON_AddNumberToObject(o, "context", (double)ctx);
     cJSON_AddNumberToObject(o, "stride", (double)stride);
     cJSON_AddNumberToObject(o, "batch", (double)batch);
+    cJSON_AddStringToObject(o, "weights", capmoe_weights_name(capmoe_model_weights(m)));
+    cJSON_AddNumberToObject(o, "pack_s", capmoe_model_pack_seconds(m));
     cJSON_AddStringToObject(o, "policy", capmoe_policy_name(cfg.policy));
     if (cfg.policy == CAPMOE_POLICY_NONE || cfg.policy == CAPMOE_POLICY_PIGGYBACK)
         cJSON_AddNullToObject(o, "capacity_factor");

@@ -142,6 +142,10 @@ static const opt k_opts[] = {
     {"threads", OPT_INT, OFF(threads), 0, 64, "0", "N",
      "engine threads for matrix products and attention (0: one per CPU this process may use)",
      OPT_RESTART},
+    {"weights", OPT_CHOICE, OFF(weights), 0, 0, "bf16", "bf16|q8|q4",
+     "expert weights: bf16 keeps the checkpoint's dtype; q8 (int8 blocks of 32 with a scale) or "
+     "q4 (4-bit blocks of 32 with a scale and a minimum) quantizes the experts at load",
+     OPT_RESTART},
     {"compute", OPT_CHOICE, OFF(compute), 0, 0, "f32", "f32|bf16",
      "precision of the experts' prefill-sized products: f32 (exact, the default) or bf16 "
      "(BF16 operands through oneDNN, AMX / AVX512-BF16, float32 accumulation)",

@@ -121,6 +121,13 @@ static int mla_form_opt(capmoe_cli_args *a, capmoe_mla_form *f, capmoe_error *er
     return 0;
 }
 
+/* --weights q8|q4: how long the load spent quantizing (stderr). */
+static void report_weights(const capmoe_model *m) {
+    if (capmoe_model_weights(m) != CAPMOE_WEIGHTS_STORED)
+        fprintf(stderr, "capmoe: experts quantized to %s at load: weights repacked in %.3f s\n",
+                capmoe_weights_name(capmoe_model_weights(m)), capmoe_model_pack_seconds(m));
+}
+
 static const char *need_model(capmoe_cli_args *a, capmoe_error *err) {
     const char *m = capmoe_cli_get(a, "model");
     if (!m || !*m) capmoe_set_error(err, "--model DIR is required");
@@ -299,6 +306,7 @@ static int cmd_logits(int argc, char **argv) {
     mo.comm = comm;
     mo.mla_form = form;
     int ok = capmoe_model_load(&m, dir, &mo, &err) == 0;
+    if (ok) report_weights(m);
     if (ok && capmoe_dispatch_cfg_check(&cfg, capmoe_model_config(m)->n_experts, &err)) ok = 0;
     if (ok && capmoe_cli_regime(m, &cfg, NULL, &err)) ok = 0;
     if (!capmoe_cli_check_load(comm, dir, ok, &err)) {
@@ -485,6 +493,7 @@ static int cmd_generate(int argc, char **argv) {
     mo.comm = comm;
     mo.mla_form = form;
     int ok = capmoe_tokenizer_load(&tok, dir, &err) == 0 && capmoe_model_load(&m, dir, &mo, &err) == 0;
+    if (ok) report_weights(m);
     if (ok && prompt && capmoe_tokenizer_encode(tok, prompt, strlen(prompt), 1, &ids, &n, &err))
         ok = 0;
     if (ok && n == 0) {

@@ -317,7 +317,8 @@ static int worker_main(const capmoe_config *cfg, capmoe_comm *comm, capmoe_log *
     capmoe_error err, lerr;
     capmoe_model_opts mo = {.max_ranks = 1, .threads = cfg->threads, .comm = comm,
                             .compute = (capmoe_compute)cfg->compute,
-                            .kv_dtype = (capmoe_kv_dtype)cfg->kv_dtype};
+                            .kv_dtype = (capmoe_kv_dtype)cfg->kv_dtype,
+                            .weights = (capmoe_weights)cfg->weights};
     int lrc = capmoe_model_load(&m, cfg->model, &mo, &lerr);
     int context = cfg->context;
     if (lrc == 0 && context <= 0) context = capmoe_model_config(m)->max_position_embeddings;

@@ -155,6 +155,7 @@ int capmoe_api_new(capmoe_api **out, const capmoe_config *cfg, capmoe_metrics *m
     so.max_batch_tokens = cfg->max_batch_tokens;
     so.max_running = cfg->max_running;
     so.threads = cfg->threads;
+    so.weights = cfg->weights;
     so.compute = cfg->compute;
     so.kv_dtype = cfg->kv_dtype;
     so.max_queue = cfg->max_queue;

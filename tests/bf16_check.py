@@ -38,6 +38,8 @@ def main():
     failures = 0
     with tempfile.TemporaryDirectory() as td:
         for fx in fixtures:
+            if "quantization_config" in json.load(open(os.path.join(fx, "config.json"))):
+                continue  # FP8 checkpoints: their experts have their own kernels (--compute bf16 refused)
             man = json.load(open(os.path.join(fx, "parity", "cases.json")))
             case = [c for c in man["cases"] if c["name"] == "none"][0]
             ref = read_f32(os.path.join(fx, "parity", case["logits"]))

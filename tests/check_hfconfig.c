@@ -457,8 +457,18 @@ START_TEST(test_refusals) {
     ok_with(&c, TINY_QWEN3, "use_sliding_window", "false");
     fail_with(TINY_OLMOE, "clip_qkv", "8.0", "clip_qkv is set");
     ok_with(&c, TINY_OLMOE, "clip_qkv", "null");
+    /* FP8 needs its block size; other methods are refused by name (quant.h) */
     fail_with(TINY_QWEN3, "quantization_config", "{\"quant_method\":\"fp8\"}",
-              "quantization_config (fp8) is not supported");
+              "weight_block_size must be [rows, columns]");
+    fail_with(TINY_QWEN3, "quantization_config", "{\"quant_method\":\"gptq\",\"bits\":4}",
+              "quant_method \"gptq\" is not supported");
+    fail_with(TINY_QWEN3, "quantization_config", "{\"quant_method\":\"fp8\",\"weight_block_size\":[100,128]}",
+              "weight_block_size [100, 128] is not supported");
+    fail_with(TINY_QWEN3, "quantization_config", "{\"quant_method\":\"fp8\",\"fmt\":\"e5m2\",\"weight_block_size\":[128,128]}",
+              "fmt \"e5m2\" is not supported");
+    ok_with(&c, TINY_QWEN3, "quantization_config", "{\"quant_method\":\"fp8\",\"weight_block_size\":[128,128]}");
+    ck_assert_int_eq(c.fp8, 1);
+    ck_assert_int_eq(c.fp8_block_n, 128);
     fail_with(TINY_MIXTRAL, "vocab_size", NULL, "missing required key vocab_size");
     fail_with(TINY_MIXTRAL, "vocab_size", "null", "missing required key vocab_size");
     fail_with(TINY_MIXTRAL, "vocab_size", "\"100\"", "vocab_size must be an integer");

@@ -776,7 +776,7 @@ START_TEST(test_gemm_nt_pool_vs_reference) {
                     gcase_init(&g, &rs, dt, M, N, K, K, K, N, 0, 0, 0, 1.0f, 0.0f, 1);
                 else
                     gcase_init(&g, &rs, dt, M, N, K, K + 4, K + 3, N + 5, 1, 1, 1, -0.5f, 1.25f, 0);
-                capmoe_wmat B = {g.B, dt, 0}; /* row-major */
+                capmoe_wmat B = {g.B, dt, 0, NULL}; /* row-major */
                 for (int t = 0; t <= 3; t++) {
                     float *c = gcase_c(&g);
                     capmoe_gemm_nt(pools[t], c + g.coff, g.ldc, g.A, g.lda, B, g.ldb, M, N, K,

@@ -607,7 +607,7 @@ START_TEST(test_gemm_nt_panels_pool) {
             pcase_init(&g, &rs, &w, 0, M, K, N, 0, 0, 1.0f, 0.0f, 1);
         else
             pcase_init(&g, &rs, &w, 0, M, K + 4, N + 5, 1, 1, -0.5f, 1.25f, 0);
-        capmoe_wmat B = {w.P, dt, 1};
+        capmoe_wmat B = {w.P, dt, 1, NULL};
         int small = capmoe_gemm_small(B, M, K);
         small ? n_small++ : n_sgemm++;
         float *first = NULL;
@@ -657,7 +657,7 @@ START_TEST(test_linear_panels_bias) {
     wcase_init(&w, &rs, dt, N, K, (size_t)K);
     float *bias = xmalloc(sizeof(float) * N);
     for (int i = 0; i < N; i++) bias[i] = rng_val(&rs);
-    capmoe_wmat W = {w.P, dt, 1};
+    capmoe_wmat W = {w.P, dt, 1, NULL};
     for (size_t mi = 0; mi < NELEM(Ms); mi++) {
         int M = Ms[mi];
         float *x = xmalloc(sizeof(float) * M * K), *y = xmalloc(sizeof(float) * M * N);

@@ -26,7 +26,7 @@ for d in dirs:
         with open(f, "rb") as fh:
             n = struct.unpack("<Q", fh.read(8))[0]
             for name, t in json.loads(fh.read(n)).items():
-                if name != "__metadata__":
+                if name != "__metadata__" and not name.endswith("_scale_inv"):  # FP8 block scales: not parameters
                     p = 1
                     for x in t["shape"]:
                         p *= x

@@ -97,6 +97,12 @@ typedef struct capmoe_hfconfig {
     int qk_nope_head_dim, qk_rope_head_dim, v_head_dim;
     int sliding_window;          /* 0 = none */
     int tie_word_embeddings;
+    /* quantization_config: only {"quant_method": "fp8", "weight_block_size":
+     * [bn, bk]} is accepted (F8_E4M3 matrices with float32 weight_scale_inv of
+     * [ceil(N/bn), ceil(K/bk)]; bn a multiple of 16, bk of 128); any other
+     * quant_method is refused by name. fp8 = 0 without quantization_config. */
+    int fp8;
+    int fp8_block_n, fp8_block_k;
     int qkv_bias;                /* q/k/v projections have a bias (MLA: q_a_proj and
                                   * kv_a_proj_with_mqa, from attention_bias) */
     int o_bias;                  /* o projection has a bias */

@@ -12,6 +12,7 @@
 #include "capmoe/common.h"
 #include "capmoe/hfconfig.h"
 #include "capmoe/dispatch.h"
+#include "capmoe/quant.h"
 #include "capmoe/stats.h"
 
 typedef struct capmoe_model capmoe_model;
@@ -49,6 +50,11 @@ typedef struct capmoe_model_opts {
                           sequences too; dispatch cfg.ep_ranks must be R). Borrowed.
                           NULL: one process, experts on rank worker threads. */
     capmoe_mla_form mla_form; /* latent attention (DeepSeek) only */
+    capmoe_weights weights;   /* --weights: the routed experts' matrices quantized at
+                                 load to Q8 or Q4 (quant.h), in parallel on the
+                                 model's threads; STORED keeps the checkpoint's dtype.
+                                 Attention, router, shared experts, dense layers and
+                                 lm_head keep theirs. */
     capmoe_compute compute;   /* F32 (exact, the default) or BF16: the experts'
                                  prefill-sized products in BF16 through oneDNN
                                  (float32 accumulation), their weights packed a
@@ -73,6 +79,11 @@ size_t capmoe_model_alloc_bytes(const capmoe_model *m);
  * stored dtype: the embedding table and small float32 tensors (the repacked
  * matrices' mapped pages are handed back after loading). */
 size_t capmoe_model_mapped_bytes(const capmoe_model *m);
+/* --weights of the loaded model, and the wall-clock seconds the load spent
+ * repacking its weight matrices into panels, in parallel (with q8 / q4 the
+ * experts' quantization included). */
+capmoe_weights capmoe_model_weights(const capmoe_model *m);
+double capmoe_model_pack_seconds(const capmoe_model *m);
 /* Bytes of weights read per token: attention, router, top-k experts, shared
  * expert, lm_head, each at its stored element size. */
 size_t capmoe_model_active_bytes_per_token(const capmoe_model *m);

@@ -24,10 +24,12 @@ typedef struct capmoe_wmat {
     const void *p;
     capmoe_dtype dtype;
     int panels;
+    const float *scale; /* F8E4M3 row-major (not yet packed) only: the checkpoint's
+                         * weight_scale_inv [ceil(N/bn), ceil(K/bk)] (hfconfig.h) */
 } capmoe_wmat;
 
 static inline capmoe_wmat capmoe_wmat_f32(const float *p) {
-    capmoe_wmat w = {p, CAPMOE_DTYPE_F32, 0};
+    capmoe_wmat w = {p, CAPMOE_DTYPE_F32, 0, NULL};
     return w;
 }
 /* The same row-major matrix from element `elems` on (a row offset times the

@@ -13,11 +13,18 @@ typedef enum capmoe_dtype {
     CAPMOE_DTYPE_F32 = 0,
     CAPMOE_DTYPE_F16,
     CAPMOE_DTYPE_BF16,
-    CAPMOE_DTYPE_OTHER /* legal in a file, refused where a float is needed */
+    CAPMOE_DTYPE_OTHER, /* legal in a file, refused where a float is needed */
+    CAPMOE_DTYPE_F8E4M3, /* safetensors F8_E4M3: only with block scales (quant.h) */
+    CAPMOE_DTYPE_Q8,     /* quantized at load, panel layout only (quant.h) */
+    CAPMOE_DTYPE_Q4      /* quantized at load, panel layout only (quant.h) */
 } capmoe_dtype;
 
-/* Bytes per element of a float dtype (F32, F16, BF16). */
-static inline size_t capmoe_dtype_size(capmoe_dtype t) { return t == CAPMOE_DTYPE_F32 ? 4 : 2; }
+/* Bytes per element of a float dtype (F32, F16, BF16) and of F8_E4M3. The
+ * quantized panel types have no whole element size: their matrices' sizes
+ * come from capmoe_panel_matrix_bytes (1 is returned). */
+static inline size_t capmoe_dtype_size(capmoe_dtype t) {
+    return t == CAPMOE_DTYPE_F32 ? 4 : t >= CAPMOE_DTYPE_F8E4M3 ? 1 : 2;
+}
 
 #define CAPMOE_ST_MAX_DIMS 8
 

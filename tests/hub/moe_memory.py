@@ -18,7 +18,7 @@ What capmoe holds in RAM (README, "Dtypes and memory"): every weight once, in
 its stored dtype (F32: 4 bytes, BF16 or F16: 2 bytes), plus a packed copy of
 a tied lm_head; the KV cache in float32, 2 x layers x kv_heads x head_dim x 4
 bytes per token of every live sequence. capmoe loads F32, F16 and BF16
-checkpoints (not quantised ones). Standard library only.
+checkpoints; FP8 ones and --weights q8|q4: tests/bench/quant_ram.py. Standard library only.
 """
 import argparse
 import json
