@@ -6,6 +6,10 @@
 #   make test       install missing packages, build (plain + ASan/UBSan), run
 #                   every test (tests/run.sh)
 #   make asan       the AddressSanitizer + UBSan build in build-asan/
+#   make fuzz       libFuzzer harnesses of tests/fuzz/ (clang, ASan + UBSan, in
+#                   build-fuzz/), each run FUZZ_SECONDS (default 30) from its seeds
+#   make fuzz-long  the same for FUZZ_SECONDS=600 each (or as given)
+#   make soak       the server soak of make test for SOAK_SECONDS (default 300)
 #   make bench      a short benchmark (capmoe bench) printing its table
 #   make install    binaries, default configuration, default model, systemd
 #                   unit, license (PREFIX=/usr/local, DESTDIR= for staging)
@@ -27,7 +31,14 @@ CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
 CFLAGS  := -std=c11 -D_GNU_SOURCE -Wall -Wextra $(WERROR) -Iinclude $(PKG_CFLAGS) -MMD -MP
 LDLIBS  := $(PKG_LIBS) -ldnnl -lgomp -lpthread -lm
 ifeq ($(SAN),1)
-CFLAGS  += -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+# float-cast-overflow: not part of gcc's "undefined" (a double past int
+# converted to int, e.g. "best_of": 6666666666 once did)
+CFLAGS  += -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined,float-cast-overflow \
+           -fno-sanitize-recover=undefined,float-cast-overflow
+LDFLAGS += -fsanitize=address,undefined,float-cast-overflow
+else ifeq ($(SAN),fuzz)
+CFLAGS  += -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined \
+           -fno-sanitize-recover=undefined
 LDFLAGS += -fsanitize=address,undefined
 else
 CFLAGS  += $(OPT) -g
@@ -42,7 +53,7 @@ TEST_BIN   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 LIB        := $(BUILD)/libcapmoe.a
 SRVLIB     := $(BUILD)/libcapmoe-server.a
 
-.PHONY: all deps test-deps run test asan tests bench clean install uninstall FORCE
+.PHONY: all deps test-deps run test asan tests bench clean install uninstall fuzz fuzz-long fuzzers soak FORCE
 all: $(BUILD)/capmoe $(BUILD)/capmoe-server
 
 deps:
@@ -70,6 +81,13 @@ FORCE:
 # The kernels' a*b+c must become fused multiply-adds (ISO C mode forbids
 # contraction by default).
 $(BUILD)/obj/core/kern.o $(BUILD)/obj/core/panel.o: CFLAGS += -ffp-contract=fast -Wno-psabi
+ifeq ($(SAN),fuzz)
+# The kernels use GCC vector extensions clang lacks; the fuzz build (clang)
+# takes them from gcc, uninstrumented (no parser lives there).
+$(BUILD)/obj/core/kern.o $(BUILD)/obj/core/panel.o: override CC := gcc
+$(BUILD)/obj/core/kern.o $(BUILD)/obj/core/panel.o: CFLAGS := -std=c11 -D_GNU_SOURCE -Iinclude \
+  $(PKG_CFLAGS) -O2 -g -ffp-contract=fast -Wno-psabi -MMD -MP
+endif
 
 $(LIB): $(CORE_OBJ)
 	@mkdir -p $(dir $@)
@@ -89,7 +107,37 @@ $(BUILD)/tests/%: tests/%.c $(SRVLIB) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(CHECK_CFLAGS) -Iserver -o $@ $< $(SRVLIB) $(LIB) $(LDFLAGS) $(CHECK_LIBS) $(LDLIBS)
 
-tests: all $(TEST_BIN)
+# Fuzz harnesses (tests/fuzz/fuzz_NAME.c): replay_NAME (any compiler, part of
+# `tests`) runs them over their corpus for make test (tests/t_fuzz_replay.sh);
+# fuzz_NAME is the libFuzzer binary (`make fuzz`, clang only).
+FUZZ_NAMES := $(patsubst tests/fuzz/fuzz_%.c,%,$(sort $(wildcard tests/fuzz/fuzz_*.c)))
+REPLAY_BIN := $(FUZZ_NAMES:%=$(BUILD)/fuzz/replay_%)
+FUZZ_BIN   := $(FUZZ_NAMES:%=$(BUILD)/fuzz/fuzz_%)
+FUZZ_SECONDS ?= 30
+
+$(BUILD)/fuzz/replay_%: $(BUILD)/obj/tests/fuzz/fuzz_%.o $(BUILD)/obj/tests/fuzz/replay_main.o $(SRVLIB) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/fuzz/fuzz_%: $(BUILD)/obj/tests/fuzz/fuzz_%.o $(SRVLIB) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -fsanitize=fuzzer -o $@ $^ $(LDLIBS)
+
+fuzzers: $(FUZZ_BIN)
+.SECONDARY: $(FUZZ_NAMES:%=$(BUILD)/obj/tests/fuzz/fuzz_%.o) $(BUILD)/obj/tests/fuzz/replay_main.o
+
+fuzz:
+	$(MAKE) -j2 BUILD=build-fuzz CC=clang SAN=fuzz WERROR= fuzzers
+	sh tests/fuzz/run.sh build-fuzz $(FUZZ_SECONDS)
+
+fuzz-long:
+	$(MAKE) fuzz FUZZ_SECONDS=$(if $(filter command line,$(origin FUZZ_SECONDS)),$(FUZZ_SECONDS),600)
+
+tests: all $(TEST_BIN) $(REPLAY_BIN)
+
+SOAK_SECONDS ?= 300
+soak: all
+	SOAK_SECONDS=$(SOAK_SECONDS) sh tests/t_server_soak.sh
 
 asan:
 	$(MAKE) -j2 BUILD=build-asan SAN=1 tests
@@ -144,6 +192,6 @@ uninstall:
 	-rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz
 
--include $(CORE_OBJ:.o=.d) $(SERVER_OBJ:.o=.d) $(BUILD)/obj/server/main_cli.d $(BUILD)/obj/server/main_server.d
+-include $(CORE_OBJ:.o=.d) $(SERVER_OBJ:.o=.d) $(wildcard $(BUILD)/obj/tests/fuzz/*.d) $(BUILD)/obj/server/main_cli.d $(BUILD)/obj/server/main_server.d

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "capmoe/dnnl_matmul.h"
 #include "capmoe/kern.h"
 #include "capmoe/ops.h"
 #include "model_internal.h"
@@ -37,6 +38,10 @@ static int reserve_all(struct capmoe_model *m, int T, int n_seqs, int max_q, int
         capmoe_buf_reserve(&m->scores, (size_t)capmoe_par_threads(m->par) *
                                            attn_scratch(c, max_q, max_ctx)))
         return capmoe_set_error(err, "out of memory for a batch of %d tokens", T);
+    m->kvf_ctx = max_ctx; /* a BF16 cache's rows, converted per attention item */
+    if (m->kv_bf16 && c->kv_lora_rank == 0 &&
+        capmoe_buf_reserve(&m->kvf, (size_t)capmoe_par_threads(m->par) * 2 * (size_t)max_ctx * kd))
+        return capmoe_set_error(err, "out of memory for a batch of %d tokens", T);
     if ((size_t)T > m->cap_tok) {
         int *a = realloc(m->tok_rank, (size_t)T * sizeof(int));
         if (a) m->tok_rank = a;
@@ -62,18 +67,22 @@ static int reserve_all(struct capmoe_model *m, int T, int n_seqs, int max_q, int
  * position p0 + i and sees keys [0, p0 + i]; S holds n_heads x (p0 + nq)
  * floats. */
 #define ATTN_DIRECT_ROWS 4
-static void attend_direct(struct capmoe_model *m, const capmoe_kv *kv, int l, int t0, int nq,
-                          int p0, int h0, int h1, float *S) {
+/* The first cache position row i of a step from p0 sees. */
+static int first_pos(int sw, int last) { return sw > 0 && last - sw + 1 > 0 ? last - sw + 1 : 0; }
+
+/* K and V: the first group's slice of cache position kpos0 (row stride
+ * ldk), covering positions kpos0 .. p0 + nq - 1. */
+static void attend_direct(struct capmoe_model *m, const float *K, const float *V, size_t ldk,
+                          int kpos0, int t0, int nq, int p0, int h0, int h1, float *S) {
     const capmoe_hfconfig *c = &m->cfg;
-    int d = c->head_dim, nH = c->n_heads, kd = c->n_kv_heads * d, qd = nH * d;
+    int d = c->head_dim, nH = c->n_heads, kd = (int)ldk, qd = nH * d;
     int grp = nH / c->n_kv_heads, sw = c->sliding_window;
-    size_t goff = (size_t)(h0 / grp) * d; /* the first group's slice of a cache row */
     float scale = 1.0f / sqrtf((float)d);
     for (int i = 0; i < nq; i++) {
-        int last = p0 + i, first = sw > 0 && last - sw + 1 > 0 ? last - sw + 1 : 0;
+        int last = p0 + i, first = first_pos(sw, last);
         int n = last + 1 - first;
-        const float *Kf = kv->k[l] + (size_t)first * kd + goff;
-        const float *Vf = kv->v[l] + (size_t)first * kd + goff;
+        const float *Kf = K + (size_t)(first - kpos0) * ldk;
+        const float *Vf = V + (size_t)(first - kpos0) * ldk;
         const float *q = m->q.p + (size_t)(t0 + i) * qd + (size_t)h0 * d;
         float *o = m->att.p + (size_t)(t0 + i) * qd + (size_t)h0 * d;
         capmoe_kern_attn_scores(S, n, q, h1 - h0, grp, d, Kf, kd, n, scale);
@@ -88,16 +97,13 @@ static void attend_direct(struct capmoe_model *m, const capmoe_kv *kv, int l, in
 /* Causal attention of one head of one sequence: its n new tokens (rows
  * t0..t0+n-1 of q) against its cache of L = p0 + n positions. S is this
  * thread's score scratch (ATTN_QBLOCK x L floats at most). */
-static void attend_head(struct capmoe_model *m, const capmoe_kv *kv, int l, int t0, int n, int p0,
-                        int hh, float *S) {
+static void attend_head(struct capmoe_model *m, const float *K, const float *V, int kd, int t0,
+                        int n, int p0, int hh, float *S) {
     const capmoe_hfconfig *c = &m->cfg;
-    int d = c->head_dim, nH = c->n_heads, nKV = c->n_kv_heads;
-    int qd = nH * d, kd = nKV * d, grp = nH / nKV;
+    int d = c->head_dim, nH = c->n_heads;
+    int qd = nH * d;
     int sw = c->sliding_window;
     float scale = 1.0f / sqrtf((float)d);
-    int g = hh / grp;
-    const float *K = kv->k[l] + (size_t)g * d;
-    const float *V = kv->v[l] + (size_t)g * d;
     /* Query rows in blocks; block rows i0.. see keys [0, p0 + i0 + nb). */
     for (int i0 = 0; i0 < n; i0 += ATTN_QBLOCK) {
         int nb = n - i0 < ATTN_QBLOCK ? n - i0 : ATTN_QBLOCK;
@@ -126,18 +132,54 @@ struct attn_job {
     int l;
     const int *items;    /* triples (sequence, first head, end head) */
     size_t scratch;      /* score floats per thread */
+    size_t kv_scratch;   /* BF16 cache: float32 K and V rows per thread (m->kvf) */
 };
+
+/* A BF16 cache's columns [c0, c0 + w) of positions [p0, p1) as float32
+ * rows of w into dst. */
+static void kv_rows_f32(float *dst, const uint16_t *src, size_t ld, int c0, int w, int p0, int p1) {
+    for (int p = p0; p < p1; p++) {
+        const uint16_t *r = src + (size_t)p * ld + c0;
+        float *o = dst + (size_t)(p - p0) * w;
+        for (int i = 0; i < w; i++) o[i] = capmoe_bf16_to_f32(r[i]);
+    }
+}
 
 static void attn_item(void *arg, int it, int slot) {
     const struct attn_job *j = arg;
-    float *S = j->m->scores.p + (size_t)slot * j->scratch;
+    struct capmoe_model *m = j->m;
+    const capmoe_hfconfig *c = &m->cfg;
+    float *S = m->scores.p + (size_t)slot * j->scratch;
     const int *item = j->items + 3 * (size_t)it;
     const capmoe_batch_seq *q = &j->seqs[item[0]];
-    int t0 = j->m->seq_t0[item[0]];
-    if (q->n_tokens <= ATTN_DIRECT_ROWS)
-        attend_direct(j->m, q->kv, j->l, t0, q->n_tokens, q->kv->len, item[1], item[2], S);
-    else
-        attend_head(j->m, q->kv, j->l, t0, q->n_tokens, q->kv->len, item[1], S);
+    const capmoe_kv *kv = q->kv;
+    int t0 = m->seq_t0[item[0]], n = q->n_tokens, p0 = kv->len, l = j->l;
+    int d = c->head_dim, kd = c->n_kv_heads * d, grp = c->n_heads / c->n_kv_heads;
+    int g0 = item[1] / grp, end = p0 + n;
+    if (!kv->bf16) {
+        const float *K = kv->k[l] + (size_t)g0 * d, *V = kv->v[l] + (size_t)g0 * d;
+        if (n <= ATTN_DIRECT_ROWS)
+            attend_direct(m, K, V, (size_t)kd, 0, t0, n, p0, item[1], item[2], S);
+        else
+            attend_head(m, K, V, kd, t0, n, p0, item[1], S);
+        return;
+    }
+    /* BF16 cache: the positions and groups the item reads, as float32 rows
+     * in this thread's scratch (2 x positions x kd floats at most) */
+    float *Kf = m->kvf.p + (size_t)slot * j->kv_scratch;
+    const uint16_t *Kb = (const uint16_t *)kv->k[l], *Vb = (const uint16_t *)kv->v[l];
+    if (n <= ATTN_DIRECT_ROWS) {
+        int w = (item[2] - item[1]) / grp * d, first = first_pos(c->sliding_window, p0);
+        float *Vf = Kf + (size_t)(end - first) * w;
+        kv_rows_f32(Kf, Kb, (size_t)kd, g0 * d, w, first, end);
+        kv_rows_f32(Vf, Vb, (size_t)kd, g0 * d, w, first, end);
+        attend_direct(m, Kf, Vf, (size_t)w, first, t0, n, p0, item[1], item[2], S);
+    } else {
+        float *Vf = Kf + (size_t)end * d;
+        kv_rows_f32(Kf, Kb, (size_t)kd, g0 * d, d, 0, end);
+        kv_rows_f32(Vf, Vb, (size_t)kd, g0 * d, d, 0, end);
+        attend_head(m, Kf, Vf, d, t0, n, p0, item[1], S);
+    }
 }
 
 static void dense_mlp(struct capmoe_model *m, const struct capmoe_layer *L, const float *h,
@@ -196,13 +238,20 @@ static void attention(struct capmoe_model *m, const struct capmoe_layer *L, int 
     for (int s = 0; s < n_seqs; s++) {
         capmoe_kv *kv = seqs[s].kv;
         int n = seqs[s].n_tokens, t0 = m->seq_t0[s];
+        if (kv->bf16) { /* rounded to nearest even */
+            capmoe_bf16_from_f32((uint16_t *)kv->k[l] + (size_t)kv->len * kd,
+                                 m->k.p + (size_t)t0 * kd, (size_t)n * kd);
+            capmoe_bf16_from_f32((uint16_t *)kv->v[l] + (size_t)kv->len * kd,
+                                 m->v.p + (size_t)t0 * kd, (size_t)n * kd);
+            continue;
+        }
         memcpy(kv->k[l] + (size_t)kv->len * kd, m->k.p + (size_t)t0 * kd,
                (size_t)n * kd * sizeof(float));
         memcpy(kv->v[l] + (size_t)kv->len * kd, m->v.p + (size_t)t0 * kd,
                (size_t)n * kd * sizeof(float));
     }
     struct attn_job aj = {.m = m, .seqs = seqs, .l = l, .items = m->attn_items,
-                          .scratch = scratch};
+                          .scratch = scratch, .kv_scratch = 2 * (size_t)m->kvf_ctx * kd};
     capmoe_par_for(m->par, n_items, attn_item, &aj);
     capmoe_linear(m->par, m->tmp.p, m->att.p, L->wo, L->bo, T, H, qd);
 }

@@ -141,6 +141,76 @@ static int opt_num(ctx *c, const cJSON *obj, const char *key, const char *label,
     return 0;
 }
 
+/* ---------- plausibility of sizes ---------- */
+
+/* The loader, the engine and the KV cache compute with these dimensions in
+ * int (shape products, rows). Every dimension must lie within a bound no
+ * real checkpoint comes near, and every weight's element count within int:
+ * checked here in 64 bits, before anything multiplies them, so a crafted
+ * config.json (head_dim 1073741824) is refused with the key named instead
+ * of wrapping into a shape that a file of empty tensors would then match. */
+#define HF_MAX_VOCAB (1 << 24)
+#define HF_MAX_HIDDEN (1 << 17)
+#define HF_MAX_HEADS 4096
+#define HF_MAX_HEAD_DIM 4096
+#define HF_MAX_FFN (1 << 20)
+#define HF_MAX_LORA (1 << 16)
+#define HF_MAX_POSITIONS (1 << 24)
+
+static int dim_ok(ctx *c, const char *key, int v, int max) {
+    if (v > max)
+        return capmoe_set_error(c->err, "%s: %s (%d) is implausible: the largest supported is %d",
+                                c->path, key, v, max);
+    return 0;
+}
+
+static int elems_ok(ctx *c, const char *what, long long n) {
+    if (n > INT_MAX)
+        return capmoe_set_error(c->err, "%s: %s = %lld elements in one weight is implausible "
+                                "(more than 2^31-1)", c->path, what, n);
+    return 0;
+}
+
+static int check_sizes(ctx *c, const capmoe_hfconfig *f) {
+    long long H = f->hidden_size, nH = f->n_heads;
+    if (dim_ok(c, "vocab_size", f->vocab_size, HF_MAX_VOCAB) ||
+        dim_ok(c, "hidden_size", f->hidden_size, HF_MAX_HIDDEN) ||
+        dim_ok(c, "num_attention_heads", f->n_heads, HF_MAX_HEADS) ||
+        dim_ok(c, "head_dim", f->head_dim, HF_MAX_HEAD_DIM) ||
+        dim_ok(c, "intermediate_size", f->intermediate_size, HF_MAX_FFN) ||
+        dim_ok(c, "moe_intermediate_size", f->moe_intermediate_size, HF_MAX_FFN) ||
+        dim_ok(c, "shared_expert_intermediate_size", f->shared_expert_intermediate_size,
+               HF_MAX_FFN) ||
+        dim_ok(c, "max_position_embeddings", f->max_position_embeddings, HF_MAX_POSITIONS))
+        return -1;
+    if (elems_ok(c, "vocab_size x hidden_size", f->vocab_size * H) ||
+        elems_ok(c, "intermediate_size x hidden_size", f->intermediate_size * H) ||
+        elems_ok(c, "moe_intermediate_size x hidden_size", f->moe_intermediate_size * H) ||
+        elems_ok(c, "shared_expert_intermediate_size x hidden_size",
+                 f->shared_expert_intermediate_size * H))
+        return -1;
+    if (f->kv_lora_rank > 0) { /* latent attention */
+        long long qk = (long long)f->qk_nope_head_dim + f->qk_rope_head_dim;
+        if (dim_ok(c, "kv_lora_rank", f->kv_lora_rank, HF_MAX_LORA) ||
+            dim_ok(c, "q_lora_rank", f->q_lora_rank, HF_MAX_LORA) ||
+            dim_ok(c, "qk_nope_head_dim", f->qk_nope_head_dim, HF_MAX_HEAD_DIM) ||
+            dim_ok(c, "qk_rope_head_dim", f->qk_rope_head_dim, HF_MAX_HEAD_DIM) ||
+            dim_ok(c, "v_head_dim", f->v_head_dim, HF_MAX_HEAD_DIM) ||
+            elems_ok(c, "num_attention_heads x (qk_nope_head_dim + qk_rope_head_dim) x "
+                     "(q_lora_rank or hidden_size)", nH * qk * (f->q_lora_rank ? f->q_lora_rank : H)) ||
+            elems_ok(c, "num_attention_heads x (qk_nope_head_dim + v_head_dim) x kv_lora_rank",
+                     nH * ((long long)f->qk_nope_head_dim + f->v_head_dim) * f->kv_lora_rank) ||
+            elems_ok(c, "num_attention_heads x v_head_dim x hidden_size", nH * f->v_head_dim * H) ||
+            elems_ok(c, "(kv_lora_rank + qk_rope_head_dim) x hidden_size",
+                     ((long long)f->kv_lora_rank + f->qk_rope_head_dim) * H))
+            return -1;
+    } else if (elems_ok(c, "num_attention_heads x head_dim x hidden_size",
+                        nH * f->head_dim * H)) {
+        return -1;
+    }
+    return 0;
+}
+
 /* ---------- pieces ---------- */
 
 static int find_arch(ctx *c, const arch_defaults **out) {
@@ -282,6 +352,11 @@ static int parse_rope(ctx *c, const arch_defaults *ad, int yarn_ok, capmoe_rope_
         if (opt_num(c, rp, "rope_theta", "rope_parameters.rope_theta", top, &r->theta) != 0)
             return -1;
     }
+    /* theta < 1 makes the rotation frequencies grow with the dimension
+     * instead of falling: no model is trained so (1e-300 underflows them) */
+    if (r->theta < 1.0)
+        return capmoe_set_error(c->err, "%s: rope_theta (%g) is implausible: it must be at "
+                                "least 1", c->path, r->theta);
     /* rope_parameters (the newer layout) wins over rope_scaling when both
      * are given, as transformers' conversion of the older one only fills
      * what rope_parameters lacks */
@@ -322,6 +397,9 @@ static int parse_token_ids(ctx *c, capmoe_hfconfig *cfg, const arch_defaults *ad
         int v = 0;
         if (get_int(c, "bos_token_id", &v) < 0) return -1;
         if (v < 0) return capmoe_set_error(c->err, "%s: bos_token_id must be >= 0", c->path);
+        if (v >= cfg->vocab_size)
+            return capmoe_set_error(c->err, "%s: bos_token_id (%d) is not below vocab_size (%d)",
+                                    c->path, v, cfg->vocab_size);
         cfg->bos_token_id = v;
     } else {
         cfg->bos_token_id = bk ? -1 : ad->bos_token_id; /* explicit null = none */
@@ -337,6 +415,9 @@ static int parse_token_ids(ctx *c, capmoe_hfconfig *cfg, const arch_defaults *ad
         int v = 0;
         if (get_int(c, "eos_token_id", &v) < 0) return -1;
         if (v < 0) return capmoe_set_error(c->err, "%s: eos_token_id must be >= 0", c->path);
+        if (v >= cfg->vocab_size)
+            return capmoe_set_error(c->err, "%s: eos_token_id %d is not below vocab_size (%d)",
+                                    c->path, v, cfg->vocab_size);
         cfg->eos_token_id[cfg->n_eos++] = v;
         return 0;
     }
@@ -349,6 +430,9 @@ static int parse_token_ids(ctx *c, capmoe_hfconfig *cfg, const arch_defaults *ad
         if (d < 0 || d != floor(d) || d > INT_MAX)
             return capmoe_set_error(c->err, "%s: eos_token_id list entries must be "
                                     "non-negative integers", c->path);
+        if (d >= cfg->vocab_size)
+            return capmoe_set_error(c->err, "%s: eos_token_id %d is not below vocab_size (%d)",
+                                    c->path, (int)d, cfg->vocab_size);
         int dup = 0;
         for (int i = 0; i < cfg->n_eos; i++) dup |= cfg->eos_token_id[i] == (int)d;
         if (dup) continue;
@@ -709,6 +793,7 @@ int capmoe_hfconfig_parse(capmoe_hfconfig *cfg, const char *json, size_t len, co
                          n_exp_key, cfg->n_experts);
         goto out;
     }
+    if (check_sizes(c, cfg) != 0) goto out;
     cfg->n_moe_layers = 0;
     for (int l = 0; l < cfg->n_layers; l++) cfg->n_moe_layers += cfg->layer_is_moe[l];
     rc = 0;

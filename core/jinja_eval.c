@@ -698,6 +698,10 @@ static jj_val eval(jj_rt *rt, jj_scope *sc, const jj_node *n) {
         break;
     }
     case N_SLICE: {
+        /* a slice among several subscripts ('abc'[1:, 0]) has no object of
+         * its own: Python would index with a tuple holding a slice object,
+         * which no str, list or dict accepts */
+        if (!n->a) jj_fail(rt, n, "a slice inside a tuple subscript is not supported");
         jj_val obj = eval(rt, sc, n->a);
         jj_val parts[3];
         const jj_node *pn[3] = {n->b, n->c, n->d};

@@ -468,8 +468,12 @@ jj_val jj_percent_format(jj_rt *rt, const jj_node *at, jj_val fmt, jj_val args) 
         case 'd': case 'i': case 'u': case 'o': case 'x': case 'X': {
             int64_t x;
             if (v.t == JT_INT || v.t == JT_BOOL) x = v.u.i;
-            else if (v.t == JT_FLOAT) x = (int64_t)v.u.f;
-            else jj_fail(rt, at, "%%%c format: a%s number is required, not %s", t, t == 'd' || t == 'i' || t == 'u' ? " real" : "n integer", jj_type_name(v));
+            else if (v.t == JT_FLOAT) {
+                if (isnan(v.u.f) || isinf(v.u.f))
+                    jj_fail(rt, at, "cannot convert float %s to integer", isnan(v.u.f) ? "NaN" : "infinity");
+                if (fabs(v.u.f) >= 9.2e18) jj_fail(rt, at, "integer overflow (capmoe's integers are 64-bit)");
+                x = (int64_t)v.u.f;
+            } else jj_fail(rt, at, "%%%c format: a%s number is required, not %s", t, t == 'd' || t == 'i' || t == 'u' ? " real" : "n integer", jj_type_name(v));
             uint64_t u = x < 0 ? (uint64_t)0 - (uint64_t)x : (uint64_t)x;
             char buf[80];
             int base = t == 'o' ? 8 : (t == 'x' || t == 'X') ? 16 : 10;

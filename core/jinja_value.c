@@ -651,11 +651,14 @@ int jj_lt(jj_rt *rt, const jj_node *at, jj_val a, jj_val b) {
         if (a.t == JT_FLOAT) { /* float < int */
             if (isnan(a.u.f)) return 0;
             if (num_eq(a, b)) return 0;
-            return a.u.f < (double)b.u.i || (a.u.f == (double)b.u.i && (int64_t)a.u.f < b.u.i);
+            /* (double)INT64_MAX is 2^63, past int64: compare before converting */
+            return a.u.f < (double)b.u.i || (a.u.f == (double)b.u.i && a.u.f < 9223372036854775808.0 &&
+                                             (int64_t)a.u.f < b.u.i);
         }
         if (isnan(b.u.f)) return 0;
         if (num_eq(a, b)) return 0;
-        return (double)a.u.i < b.u.f || ((double)a.u.i == b.u.f && a.u.i < (int64_t)b.u.f);
+        return (double)a.u.i < b.u.f ||
+               ((double)a.u.i == b.u.f && (b.u.f >= 9223372036854775808.0 || a.u.i < (int64_t)b.u.f));
     }
     if (a.t == JT_STR && b.t == JT_STR) {
         size_t n = a.u.s->n < b.u.s->n ? a.u.s->n : b.u.s->n;

@@ -580,6 +580,19 @@ int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_op
     m->par = capmoe_par_new(nt, err);
     if (!m->par) goto fail;
     if (!(m->rank_par = scratch_pools(R, err))) goto fail;
+    if (opts && opts->kv_dtype == CAPMOE_KV_BF16) {
+        if (c->kv_lora_rank > 0) {
+            capmoe_set_error(err, "--kv-dtype bf16: not for latent attention (%s caches its "
+                                  "compressed latents in float32)", c->arch_name);
+            goto fail;
+        }
+        m->kv_bf16 = 1;
+    }
+    if (opts && opts->compute == CAPMOE_COMPUTE_BF16) { /* from the row-major weights */
+        m->compute = CAPMOE_COMPUTE_BF16;
+        m->bf16_min_rows = opts->bf16_min_rows > 0 ? opts->bf16_min_rows : 16;
+        if (capmoe_moe_bf16_load(m, err) != 0) goto fail;
+    }
     if (pack_weights(m, err) != 0) goto fail;
     capmoe_blas_single_threaded();
     *out = m;
@@ -593,6 +606,7 @@ void capmoe_model_free(capmoe_model *m) {
     if (!m) return;
     /* the scratch pools number the ranks and the pool's threads: free them first */
     if (m->rank_par) free_pools(m->rank_par, capmoe_ep_max_ranks(m->ep));
+    capmoe_moe_bf16_free(m);
     capmoe_ep_free(m->ep);
     capmoe_par_free(m->par);
     if (m->layers) {
@@ -614,7 +628,7 @@ void capmoe_model_free(capmoe_model *m) {
                                  &m->tmp,    &m->scores, &m->router, &m->xe,
                                  &m->ge,     &m->ue,     &m->ye, &m->sh1, &m->sh2, &m->rope,
                                  &m->mla_a,  &m->mla_q,  &m->mla_qa, &m->mla_lat, &m->mla_ctx,
-                                 &m->mla_att, &m->mla_out, &m->mla_kv, &m->mla_k};
+                                 &m->mla_att, &m->mla_out, &m->mla_kv, &m->mla_k, &m->kvf};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) capmoe_buf_free(bufs[i]);
     free(m->tok_rank);
     free(m->tok_pos);
@@ -631,6 +645,18 @@ void capmoe_model_free(capmoe_model *m) {
 
 const capmoe_hfconfig *capmoe_model_config(const capmoe_model *m) { return &m->cfg; }
 size_t capmoe_model_alloc_bytes(const capmoe_model *m) { return m->alloc_bytes; }
+
+const char *capmoe_compute_name(capmoe_compute c) { return c == CAPMOE_COMPUTE_BF16 ? "bf16" : "f32"; }
+int capmoe_compute_parse(const char *s) {
+    if (!s) return -1;
+    if (strcmp(s, "f32") == 0) return CAPMOE_COMPUTE_F32;
+    if (strcmp(s, "bf16") == 0) return CAPMOE_COMPUTE_BF16;
+    return -1;
+}
+capmoe_compute capmoe_model_compute(const capmoe_model *m) { return (capmoe_compute)m->compute; }
+capmoe_kv_dtype capmoe_model_kv_dtype(const capmoe_model *m) {
+    return m->kv_bf16 ? CAPMOE_KV_BF16 : CAPMOE_KV_F32;
+}
 size_t capmoe_model_mapped_bytes(const capmoe_model *m) { return m->mapped_bytes; }
 
 size_t capmoe_model_active_bytes_per_token(const capmoe_model *m) {
@@ -683,6 +709,7 @@ capmoe_kv *capmoe_kv_new(const capmoe_model *m, int max_tokens) {
         kv->n_mats = 1;
     }
     kv->max = max_tokens > 0 ? max_tokens : c->max_position_embeddings;
+    kv->bf16 = m->kv_bf16 && kv->n_mats == 2;
     kv->k = calloc((size_t)c->n_layers, sizeof *kv->k);
     kv->v = calloc((size_t)c->n_layers, sizeof *kv->v);
     if (!kv->k || !kv->v) {
@@ -708,8 +735,8 @@ int capmoe_kv_max(const capmoe_kv *kv) { return kv->max; }
 void capmoe_kv_clear(capmoe_kv *kv) { kv->len = 0; }
 
 size_t capmoe_kv_bytes(const capmoe_kv *kv) {
-    return (size_t)kv->cap * (size_t)kv->row * sizeof(float) * (size_t)kv->n_mats *
-           (size_t)kv->n_layers;
+    return (size_t)kv->cap * (size_t)kv->row * (kv->bf16 ? 2 : sizeof(float)) *
+           (size_t)kv->n_mats * (size_t)kv->n_layers;
 }
 
 size_t capmoe_model_kv_bytes_per_token(const capmoe_model *m, int expanded) {
@@ -722,7 +749,7 @@ size_t capmoe_model_kv_bytes_per_token(const capmoe_model *m, int expanded) {
                    sizeof(float);
         return L * (size_t)(c->kv_lora_rank + c->qk_rope_head_dim) * sizeof(float);
     }
-    return L * 2 * (size_t)c->n_kv_heads * (size_t)c->head_dim * sizeof(float);
+    return L * 2 * (size_t)c->n_kv_heads * (size_t)c->head_dim * (m->kv_bf16 ? 2 : sizeof(float));
 }
 
 /* Makes room for n tokens: 0, or -1 (over max / out of memory). Used by forward.c. */
@@ -733,12 +760,13 @@ int capmoe_kv_reserve(capmoe_kv *kv, int n) {
     int nc = kv->cap ? kv->cap : 64;
     while (nc < n) nc *= 2;
     if (nc > kv->max) nc = kv->max;
+    size_t es = kv->bf16 ? 2 : sizeof(float);
     for (int l = 0; l < kv->n_layers; l++) {
-        float *k = realloc(kv->k[l], (size_t)nc * kv->row * sizeof(float));
+        float *k = realloc(kv->k[l], (size_t)nc * kv->row * es);
         if (!k) return -1;
         kv->k[l] = k;
         if (kv->n_mats < 2) continue;
-        float *v = realloc(kv->v[l], (size_t)nc * kv->row * sizeof(float));
+        float *v = realloc(kv->v[l], (size_t)nc * kv->row * es);
         if (!v) return -1;
         kv->v[l] = v;
     }

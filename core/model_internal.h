@@ -45,6 +45,8 @@ struct capmoe_layer {
     const float *sh_gate_w;                  /* Qwen2-MoE shared_expert_gate [1, H], or NULL
                                               * (DeepSeek: no gate) */
     capmoe_wmat d_gate, d_up, d_down;        /* dense MLP [Id, H] [Id, H] [H, Id] */
+    struct capmoe_dnnl_mat **bf_gu, **bf_dn; /* --compute bf16: per expert, gate and up
+                                              * packed together, down (moe_bf16.c) */
 };
 
 struct capmoe_model;
@@ -77,6 +79,15 @@ typedef struct capmoe_moe_transport {
 } capmoe_moe_transport;
 
 extern const capmoe_moe_transport capmoe_moe_threads; /* moe.c: rank worker threads */
+
+/* --compute bf16 (moe_bf16.c): packs every local expert for oneDNN (at
+ * load, before the panel repacking, from the row-major weights), frees
+ * them, and runs a set of experts (order: its n_active experts with rows,
+ * largest first) on the whole pool; -1 when it cannot (then float32). */
+int capmoe_moe_bf16_load(struct capmoe_model *m, capmoe_error *err);
+void capmoe_moe_bf16_free(struct capmoe_model *m);
+int capmoe_moe_run_set_bf16(struct capmoe_model *m, const capmoe_expert_set *s, const int *order,
+                            int n_active);
 extern const capmoe_moe_transport capmoe_moe_mpi;     /* moe_mpi.c: MPI ranks */
 
 /* --ep mpi: this rank failed before reaching an MoE layer of the step; the
@@ -131,6 +142,16 @@ struct capmoe_model {
     size_t cap_tok;
     int *seq_t0;             /* first batch row of each sequence */
     int *expert_order;       /* [E] experts by decreasing load (moe.c) */
+    /* --compute bf16 (moe_bf16.c) */
+    int compute;             /* capmoe_compute */
+    int bf16_min_rows;       /* BF16 products when an expert has at least this many rows */
+    struct capmoe_dnnl *dnnl;
+    struct capmoe_buf bx, bg; /* BF16 rows of the experts' inputs and of g (2 per float) */
+    int *bf_row;             /* per active expert: first padded row, padded rows */
+    size_t cap_bf_row;
+    int kv_bf16;             /* --kv-dtype bf16: new caches store BF16 */
+    struct capmoe_buf kvf;   /* per thread: a BF16 cache's K and V rows as float32 */
+    int kvf_ctx;             /* positions per thread in kvf this forward */
     int *attn_items;         /* (sequence, head range) triples of the attention pass */
     size_t cap_seq;
     /* latent attention scratch (mla.c) */
@@ -146,6 +167,7 @@ struct capmoe_kv {
     int n_mats;              /* 2: keys and values; 1: latent attention's
                               * [latent | rotated rope key] rows, in k */
     int len, cap, max;
+    int bf16;                /* --kv-dtype bf16: k[l], v[l] hold BF16 (uint16_t) elements */
     float **k, **v;          /* per layer [cap, row] (v[l] NULL when n_mats == 1) */
 };
 

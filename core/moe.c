@@ -19,6 +19,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "capmoe/dnnl_matmul.h"
 #include "capmoe/ops.h"
 #include "model_internal.h"
 
@@ -131,6 +132,11 @@ void capmoe_moe_run_set(struct capmoe_model *m, const capmoe_expert_set *s, capm
             order[i] = e;
         }
     }
+    /* --compute bf16: the whole set through oneDNN once an expert has enough
+     * rows (decode-sized sets keep the float32 small-M kernels) */
+    if (m->dnnl && n_active > 0 && rows_of(s, order[0]) >= m->bf16_min_rows &&
+        capmoe_moe_run_set_bf16(m, s, order, n_active) == 0)
+        return;
     if (!big && n_active > 1 && capmoe_par_threads(par) > 1) {
         const capmoe_hfconfig *c = &m->cfg;
         if (s->h)
@@ -176,11 +182,11 @@ static void run_rank(void *arg, int r) {
 static int threads_run(struct capmoe_model *m, const struct capmoe_layer *L, const float *h,
                        const capmoe_dispatch_cfg *cfg, capmoe_layer_stats *ls,
                        capmoe_error *err) {
-    (void)err;
     const capmoe_dispatch_plan *P = &m->plan;
     int E = m->cfg.n_experts, R = cfg->ep_ranks > 0 ? cfg->ep_ranks : 1;
     struct rank_job job = {.m = m, .L = L, .h = h, .R = R};
     capmoe_ep_run(m->ep, R, run_rank, &job);
+    if (capmoe_dnnl_failed(m->dnnl, err)) return -1;
     if (ls) {
         ls->n_ranks = R < CAPMOE_MAX_RANKS ? R : CAPMOE_MAX_RANKS;
         for (int r = 0; r < ls->n_ranks; r++) {

@@ -260,7 +260,8 @@ static void fmt_shape(char *buf, size_t cap, int ndim, const int64_t *shape) {
 
 /* Maps PATH read-only and appends it to st->files. */
 static int st_map_file(capmoe_st *st, const char *path, capmoe_error *err) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO must not block open; it is refused below. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return capmoe_set_error(err, "%s: cannot open: %s", path, strerror(errno));
     struct stat sb;
     if (fstat(fd, &sb) != 0) {

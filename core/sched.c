@@ -39,7 +39,9 @@ typedef struct seq {
     int detok_init;
     char *held;            /* decoded text not yet released (stop-string hold-back) */
     size_t held_len, held_cap;
-    capmoe_logitproc *lp;  /* logit_bias / penalties; NULL when the request has none */
+    capmoe_logitproc *lp;  /* logit_bias / penalties / mask; NULL when the request has none */
+    capmoe_grammar_state *gs; /* constrained decoding: the recognizer, and its mask */
+    uint8_t *allow;
 } seq;
 
 typedef struct sreq {
@@ -63,6 +65,7 @@ typedef struct sreq {
     capmoe_penalties penalties;
     capmoe_logit_bias *logit_bias;
     int n_logit_bias;
+    const capmoe_grammar *grammar;
     seq *seqs;             /* n */
     int n_admitted, n_done;
     int n_generated_total;
@@ -107,6 +110,7 @@ struct capmoe_sched {
     uint64_t next_sid;     /* sequence ids given to the engine */
     int fatal;             /* the process group failed: no more steps */
     capmoe_tokenizer *tok;
+    capmoe_grammar_vocab *gvocab; /* token bytes, built at the first constrained request */
     const capmoe_hfconfig *hc;
     int context, vocab;
     int32_t eos[24];
@@ -197,6 +201,10 @@ static void seq_release(capmoe_sched *s, seq *q) {
     q->held_len = q->held_cap = 0;
     capmoe_logitproc_free(q->lp);
     q->lp = NULL;
+    capmoe_grammar_state_free(q->gs);
+    q->gs = NULL;
+    free(q->allow);
+    q->allow = NULL;
 }
 
 static void req_free(capmoe_sched *s, sreq *rq) {
@@ -375,15 +383,21 @@ static void load_generation_eos(capmoe_sched *s) {
     cJSON *root = cJSON_ParseWithLength(text, len);
     free(text);
     const cJSON *e = root ? cJSON_GetObjectItemCaseSensitive(root, "eos_token_id") : NULL;
-    if (cJSON_IsNumber(e)) add_eos(s, (int)e->valuedouble);
+    /* ids outside 0..vocab-1 are ignored (add_eos); checked before the
+     * conversion, which is undefined for doubles past int */
+    if (cJSON_IsNumber(e) && e->valuedouble >= 0 && e->valuedouble < s->vocab)
+        add_eos(s, (int)e->valuedouble);
     else if (cJSON_IsArray(e))
         for (const cJSON *it = e->child; it; it = it->next)
-            if (cJSON_IsNumber(it)) add_eos(s, (int)it->valuedouble);
+            if (cJSON_IsNumber(it) && it->valuedouble >= 0 && it->valuedouble < s->vocab)
+                add_eos(s, (int)it->valuedouble);
     cJSON_Delete(root);
 }
 
 static int load(capmoe_sched *s, capmoe_error *err) {
     capmoe_model_opts mo = {.max_ranks = s->o.dispatch.ep_ranks, .threads = s->o.threads,
+                            .compute = (capmoe_compute)s->o.compute,
+                            .kv_dtype = (capmoe_kv_dtype)s->o.kv_dtype,
                             .comm = s->o.comm};
     capmoe_error lerr;
     int lrc = capmoe_model_load(&s->model, s->model_dir, &mo, &lerr);
@@ -460,6 +474,7 @@ static void accept_token(capmoe_sched *s, seq *q, const capmoe_step_out *o) {
     q->rng = o->rng;
     q->n_gen++;
     if (q->lp) capmoe_logitproc_accept(q->lp, tok);
+    if (q->gs && !is_stop_token(s, rq, tok)) capmoe_grammar_accept(q->gs, s->gvocab, tok);
     rq->n_generated_total++;
     if (rq->t_first == 0) rq->t_first = now;
     capmoe_sched_event *ev = ev_new(CAPMOE_EV_TOKEN, rq, q->choice);
@@ -477,7 +492,10 @@ static void accept_token(capmoe_sched *s, seq *q, const capmoe_step_out *o) {
     }
     capmoe_finish fin = CAPMOE_FINISH_NONE;
     int stop_string = 0;
-    if (is_stop_token(s, rq, tok)) {
+    int grammar_end = q->gs && capmoe_grammar_complete(q->gs);
+    if (grammar_end) /* a finished document ends with whatever end token the mask allowed */
+        for (int i = 0; i < s->n_eos; i++) grammar_end |= s->eos[i] == tok ? 2 : 0;
+    if (is_stop_token(s, rq, tok) || grammar_end >= 2) {
         fin = CAPMOE_FINISH_STOP; /* the stop token adds no text */
     } else {
         char *t = NULL;
@@ -546,13 +564,46 @@ static void account_dispatches(capmoe_sched *s, int nb) {
 
 static void end_all(capmoe_sched *s, const char *why);
 
+/* The token bytes constrained decoding needs, built before the first step
+ * that has a constrained sequence; when that fails, those requests end. */
+static void grammar_vocab_ensure(capmoe_sched *s) {
+    if (s->gvocab) return;
+    int need = 0;
+    for (int i = 0; i < s->o.max_running; i++) need |= s->slots[i] && s->slots[i]->gs;
+    if (!need) return;
+    capmoe_error err;
+    if (capmoe_grammar_vocab_new(&s->gvocab, s->tok, &err) == 0) return;
+    for (int i = 0; i < s->o.max_running; i++)
+        if (s->slots[i] && s->slots[i]->gs && !s->slots[i]->done)
+            req_end(s, s->slots[i]->rq, CAPMOE_FINISH_ERROR, err.msg);
+}
+
+/* Constrained decoding: the mask of q's next token (scheduler thread).
+ * new_tokens: the tokens this step feeds q. */
+static int grammar_mask(capmoe_sched *s, seq *q, int new_tokens) {
+    if (!q->gs || !s->gvocab) return 0;
+    sreq *rq = q->rq;
+    int32_t ends[24 + CAPMOE_SCHED_MAX_STOP_IDS];
+    int ne = 0;
+    for (int i = 0; i < s->n_eos; i++) ends[ne++] = s->eos[i];
+    for (int i = 0; i < rq->n_stop_ids; i++) ends[ne++] = rq->stop_ids[i];
+    int left = rq->max_tokens - q->n_gen;
+    int ctx_left = s->context - (q->kv_len + new_tokens);
+    if (ctx_left < left) left = ctx_left;
+    capmoe_grammar_mask(q->gs, s->gvocab, ends, ne, left, q->allow);
+    capmoe_logitproc_set_allow(q->lp, q->allow, (capmoe_grammar_vocab_size(s->gvocab) + 7) / 8);
+    return 0;
+}
+
 /* Builds and runs one batch. Returns 1 when a forward ran. */
 static int step(capmoe_sched *s) {
     int R = s->o.max_running, nb = 0, tokens = 0;
+    grammar_vocab_ensure(s);
     /* decode tokens first: one per running sequence past its prompt */
     for (int i = 0; i < R; i++) {
         seq *q = s->slots[i];
         if (!q || q->done || q->pos < q->rq->n_prompt) continue;
+        if (grammar_mask(s, q, 1) != 0) continue;
         sreq *rq = q->rq;
         s->batch[nb] = (capmoe_step_seq){.id = q->sid, .rank = q->rank, .tokens = &q->next_tok,
                                          .n_tokens = 1, .kv_len = q->kv_len, .sample = 1,
@@ -579,6 +630,7 @@ static int step(capmoe_sched *s) {
         int left = rq->n_prompt - q->pos;
         int chunk = left < budget ? left : budget;
         int last = chunk == left;
+        if (last && grammar_mask(s, q, chunk) != 0) continue;
         capmoe_step_seq *b = &s->batch[nb];
         *b = (capmoe_step_seq){.id = q->sid, .rank = q->rank, .tokens = rq->prompt + q->pos,
                                .n_tokens = chunk, .kv_len = q->kv_len, .sample = last,
@@ -917,6 +969,7 @@ void capmoe_sched_free(capmoe_sched *s) {
     capmoe_engine_free(s->engine);
     capmoe_model_free(s->model);
     capmoe_tokenizer_free(s->tok);
+    capmoe_grammar_vocab_free(s->gvocab);
     free(s->slots);
     free(s->outs);
     free(s->batch);
@@ -1071,13 +1124,24 @@ capmoe_sched_rc capmoe_sched_submit(capmoe_sched *s, const capmoe_gen_params *p,
         memcpy(rq->logit_bias, p->logit_bias, sizeof *rq->logit_bias * (size_t)p->n_logit_bias);
         rq->n_logit_bias = p->n_logit_bias;
     }
-    if (p->n_logit_bias || !capmoe_penalties_off(&p->penalties))
+    rq->grammar = p->grammar;
+    if (p->n_logit_bias || !capmoe_penalties_off(&p->penalties) || p->grammar)
         for (int c = 0; c < p->n; c++)
             if (capmoe_logitproc_new(&rq->seqs[c].lp, s->vocab, &rq->penalties, rq->logit_bias,
                                      rq->n_logit_bias, rq->prompt, rq->n_prompt, err) != 0) {
                 req_free(s, rq);
                 return CAPMOE_SCHED_ENOMEM;
             }
+    if (p->grammar)
+        for (int c = 0; c < p->n; c++) {
+            int nv = capmoe_tokenizer_n_vocab(s->tok);
+            rq->seqs[c].allow = malloc((size_t)(nv + 7) / 8);
+            if (!rq->seqs[c].allow ||
+                capmoe_grammar_state_new(&rq->seqs[c].gs, p->grammar, err) != 0) {
+                req_free(s, rq);
+                return CAPMOE_SCHED_ENOMEM;
+            }
+        }
     rq->t_submit = capmoe_now();
     /* Without a seed every request draws its own from the kernel, so
      * identical requests sample independently; with one, output repeats. */

@@ -230,7 +230,7 @@ static int norm_one(const capmoe__tok_norm *nm, const char *in, size_t n, capmoe
         for (int i = 0; i < ns && !rc; i++) {
             if (sp[i].is_match)
                 rc = capmoe__tok_buf_put(out, nm->str, nm->str_len);
-            else
+            else if (sp[i].end > sp[i].start) /* in may be NULL when n == 0 */
                 rc = capmoe__tok_buf_put(out, in + sp[i].start, sp[i].end - sp[i].start);
         }
         free(sp);

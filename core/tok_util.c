@@ -204,6 +204,7 @@ int capmoe__tok_utf8_prev_len(const char *s, size_t n) {
 
 int capmoe__tok_utf8_lossy(capmoe__tok_buf *out, const unsigned char *s, size_t n) {
     static const char fffd[] = "\xEF\xBF\xBD";
+    if (n == 0) return 0; /* s may be NULL: no arithmetic on it */
     size_t i = 0, run = 0; /* run: start of pending valid bytes */
     while (i < n) {
         if (s[i] < 0x80) { i++; continue; }

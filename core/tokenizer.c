@@ -255,6 +255,16 @@ static int parse_added(capmoe_tokenizer *tok, const cJSON *list, const char *pat
     return 0;
 }
 
+/* A token id written in tokenizer.json: an integral number in
+ * [0, INT32_MAX] (cJSON's valueint would silently saturate or truncate). */
+static int json_id(const cJSON *v, int32_t *out) {
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0) || v->valuedouble > 2147483647.0 ||
+        v->valuedouble != (double)(int32_t)v->valuedouble)
+        return -1;
+    *out = (int32_t)v->valuedouble;
+    return 0;
+}
+
 static int push_ids_from_special(const cJSON *specials, const char *name, int32_t **v, int *n,
                                  const char *path, capmoe_error *err) {
     const cJSON *sp = cJSON_GetObjectItemCaseSensitive(specials, name);
@@ -264,12 +274,15 @@ static int push_ids_from_special(const cJSON *specials, const char *name, int32_
                                 "\"special_tokens\"", path, name);
     const cJSON *it;
     cJSON_ArrayForEach(it, ids) {
-        if (!cJSON_IsNumber(it) || it->valueint < 0)
-            return capmoe_set_error(err, "%s: post_processor special token \"%s\": bad id", path, name);
+        int32_t id;
+        if (json_id(it, &id))
+            return capmoe_set_error(err, "%s: post_processor special token \"%s\": id %g is not "
+                                    "a token id (an integer >= 0)", path, name,
+                                    cJSON_IsNumber(it) ? it->valuedouble : -1.0);
         int32_t *p = realloc(*v, (size_t)(*n + 1) * sizeof *p);
         if (!p) return capmoe_set_error(err, "out of memory");
         *v = p;
-        p[(*n)++] = it->valueint;
+        p[(*n)++] = id;
     }
     return 0;
 }
@@ -353,12 +366,17 @@ static int parse_post(capmoe_tokenizer *tok, const cJSON *pp, const char *path, 
         const cJSON *ci = cJSON_GetArrayItem(cls, 1), *si = cJSON_GetArrayItem(sep, 1);
         if (!cJSON_IsNumber(ci) || !cJSON_IsNumber(si))
             return capmoe_set_error(err, "%s: %s: needs \"cls\" and \"sep\" pairs", path, type);
+        int32_t cid, sid;
+        if (json_id(ci, &cid) || json_id(si, &sid))
+            return capmoe_set_error(err, "%s: %s: the id of \"%s\" (%g) is not a token id (an "
+                                    "integer >= 0)", path, type, json_id(ci, &cid) ? "cls" : "sep",
+                                    json_id(ci, &cid) ? ci->valuedouble : si->valuedouble);
         pre = malloc(sizeof *pre);
         suf = malloc(sizeof *suf);
         if (!pre || !suf) rc = capmoe_set_error(err, "out of memory");
         else {
-            pre[0] = ci->valueint;
-            suf[0] = si->valueint;
+            pre[0] = cid;
+            suf[0] = sid;
             npre = nsuf = 1;
         }
     } else {
@@ -392,13 +410,13 @@ static int build_id_table(capmoe_tokenizer *tok, const char *path, capmoe_error 
         tok->special[t->id] = (unsigned char)t->special;
     }
     for (int i = 0; i < tok->n_post_pre; i++)
-        if (tok->post_pre[i] >= n)
-            return capmoe_set_error(err, "%s: post_processor id %d is out of range", path,
-                                    tok->post_pre[i]);
+        if (tok->post_pre[i] < 0 || tok->post_pre[i] >= n)
+            return capmoe_set_error(err, "%s: post_processor id %d is not in the vocabulary "
+                                    "(ids 0..%d)", path, tok->post_pre[i], n - 1);
     for (int i = 0; i < tok->n_post_suf; i++)
-        if (tok->post_suf[i] >= n)
-            return capmoe_set_error(err, "%s: post_processor id %d is out of range", path,
-                                    tok->post_suf[i]);
+        if (tok->post_suf[i] < 0 || tok->post_suf[i] >= n)
+            return capmoe_set_error(err, "%s: post_processor id %d is not in the vocabulary "
+                                    "(ids 0..%d)", path, tok->post_suf[i], n - 1);
     return 0;
 }
 

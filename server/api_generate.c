@@ -80,6 +80,7 @@ void capmoe_api_call_unref(gen_call *c) {
     free(c->sub_n);
     free(c->sub_echo);
     capmoe_api_request_free(&c->rq);
+    free(c->instructions);
     free(c);
 }
 
@@ -180,6 +181,8 @@ static void call_complete(gen_call *c) {
                      api->state == CAPMOE_API_DRAINING
                          ? "the request was cancelled: the server is shutting down"
                          : "the request was cancelled");
+    } else if (c->responses) {
+        capmoe_api_response_stream_end(c);
     } else if (c->rq.include_usage) {
         cJSON *o = capmoe_api_chunk_base(c);
         cJSON_AddArrayToObject(o, "choices");
@@ -399,8 +402,9 @@ static int chat_stop_ids(const capmoe_tokenizer *tok, int32_t *out, int max) {
     return n;
 }
 
-void capmoe_api_route_generate(capmoe_api *api, capmoe_http_req *req, capmoe_api_kind kind,
-                           const char *endpoint) {
+/* responses: the body is a Responses request, translated into a chat one. */
+static void generate(capmoe_api *api, capmoe_http_req *req, capmoe_api_kind kind,
+                     const char *endpoint, int responses) {
     capmoe_api_error e;
     if (api->state != CAPMOE_API_READY) {
         capmoe_api_not_ready(api, &e);
@@ -422,15 +426,31 @@ void capmoe_api_route_generate(capmoe_api *api, capmoe_http_req *req, capmoe_api
     c->next = api->calls;
     if (api->calls) api->calls->prev = c;
     api->calls = c;
-    snprintf(c->id, sizeof c->id, "%s-%llx%08llx", kind == CAPMOE_API_CHAT ? "chatcmpl" : "cmpl",
+    snprintf(c->id, sizeof c->id, "%s-%llx%08llx",
+             responses ? "resp" : kind == CAPMOE_API_CHAT ? "chatcmpl" : "cmpl",
              (unsigned long long)api->start_time, ++api->next_id);
+    c->responses = responses;
+    snprintf(c->msg_id, sizeof c->msg_id, "msg-%llx%08llx", (unsigned long long)api->start_time,
+             api->next_id);
 
     size_t len;
     const char *body = capmoe_http_req_body(req, &len);
     const capmoe_tokenizer *tok = capmoe_sched_tokenizer(api->sched);
     capmoe_api_limits lim = {capmoe_sched_context(api->sched), capmoe_sched_vocab(api->sched),
                              16};
-    if (capmoe_api_parse_request(kind, body, len, &lim, &c->rq, &e) != 0) goto fail;
+    if (responses) {
+        char *chat_body = NULL;
+        if (capmoe_api_responses_translate(body, len, &chat_body, &c->instructions, &e) != 0)
+            goto fail;
+        int prc = capmoe_api_parse_request(kind, chat_body, strlen(chat_body), &lim, &c->rq, &e);
+        free(chat_body);
+        if (prc != 0) {
+            capmoe_api_responses_param(&e);
+            goto fail;
+        }
+    } else if (capmoe_api_parse_request(kind, body, len, &lim, &c->rq, &e) != 0) {
+        goto fail;
+    }
     if (c->rq.model && strcmp(c->rq.model, api->model_id) != 0) {
         capmoe_api_fail(&e, 404, "invalid_request_error", "model_not_found", "model",
                         "The model '%s' does not exist (this server serves '%s')", c->rq.model,
@@ -474,6 +494,7 @@ void capmoe_api_route_generate(capmoe_api *api, capmoe_http_req *req, capmoe_api
         gp.penalties = c->rq.penalties;
         gp.logit_bias = c->rq.logit_bias;
         gp.n_logit_bias = c->rq.n_logit_bias;
+        gp.grammar = c->rq.grammar;
         gp.bypass_queue_limit = i > 0; /* the request as a whole was admitted */
         gp.user = c;
         capmoe_error err;
@@ -522,3 +543,11 @@ fail:
     capmoe_api_call_unref(c);
 }
 
+void capmoe_api_route_generate(capmoe_api *api, capmoe_http_req *req, capmoe_api_kind kind,
+                               const char *endpoint) {
+    generate(api, req, kind, endpoint, 0);
+}
+
+void capmoe_api_route_responses(capmoe_api *api, capmoe_http_req *req) {
+    generate(api, req, CAPMOE_API_CHAT, "/v1/responses", 1);
+}

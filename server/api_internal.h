@@ -90,6 +90,12 @@ typedef struct gen_call {
     long dispatches, limited;
     double gamma_min, gamma_max;
     int policy;
+    /* POST /v1/responses (api_responses.c): a chat request answered in the
+     * Responses format */
+    int responses;
+    char msg_id[48];          /* the output message's id */
+    char *instructions;       /* echoed in the response object (malloc'd) */
+    int seq_no;               /* the stream's next sequence_number */
     struct gen_call *prev, *next;
 } gen_call;
 
@@ -149,6 +155,8 @@ void capmoe_api_sched_step(void *user, const capmoe_sched_step_info *info);
 /* POST /v1/completions, /v1/chat/completions. */
 void capmoe_api_route_generate(capmoe_api *api, capmoe_http_req *req, capmoe_api_kind kind,
                                const char *endpoint);
+/* POST /v1/responses. */
+void capmoe_api_route_responses(capmoe_api *api, capmoe_http_req *req);
 void capmoe_api_call_unlink(gen_call *c);
 /* Drops a reference; the last one frees the call. */
 void capmoe_api_call_unref(gen_call *c);
@@ -169,6 +177,27 @@ cJSON *capmoe_api_completion_logprobs(const gen_call *c, const capmoe_tok_info *
 cJSON *capmoe_api_chat_logprobs(const gen_call *c, const capmoe_tok_info *toks, int n_toks);
 /* The whole non-streaming answer (or its error). */
 void capmoe_api_respond_final(gen_call *c);
+
+/* ---- api_responses.c: POST /v1/responses ------------------------------------------- */
+
+/* Checks a Responses body and translates it into a chat-completions body
+ * (*chat_body malloc'd) and the instructions (*instructions malloc'd or NULL). */
+int capmoe_api_responses_translate(const char *body, size_t len, char **chat_body,
+                                   char **instructions, capmoe_api_error *e);
+/* Renames a chat parser's param into the Responses field it came from. */
+void capmoe_api_responses_param(capmoe_api_error *e);
+/* The response object; status "in_progress", "completed" or "incomplete". */
+cJSON *capmoe_api_response_object(const gen_call *c, const char *status);
+/* "completed", or "incomplete" when max_output_tokens cut it. */
+const char *capmoe_api_response_status(const gen_call *c);
+/* One event (o consumed: its fields follow "type"; sequence_number added). */
+void capmoe_api_response_event(gen_call *c, const char *type, cJSON *o);
+/* created, in_progress, output_item.added, content_part.added. */
+void capmoe_api_response_stream_start(gen_call *c);
+void capmoe_api_response_stream_delta(gen_call *c, const char *text, size_t len);
+/* output_text.done ... response.completed / response.incomplete. */
+void capmoe_api_response_stream_end(gen_call *c);
+void capmoe_api_response_stream_error(gen_call *c, const char *code, const char *msg);
 
 /* ---- api_stream.c ---------------------------------------------------------------- */
 

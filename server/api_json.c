@@ -70,10 +70,12 @@ int capmoe_api_get_num(const cJSON *o, const char *name, double lo, int lo_open,
     if (!cJSON_IsNumber(f) || !isfinite(f->valuedouble))
         return E400(e, name, "'%s' must be a number", name);
     double d = f->valuedouble;
-    if ((lo_open ? d <= lo : d < lo) || d > hi)
+    /* the bounds hold for the float stored too (1e-300 is 0 as a float) */
+    float fv = (float)d;
+    if ((lo_open ? d <= lo || fv <= lo : d < lo) || d > hi)
         return E400(e, name, "'%s' must be %s %g and <= %g, got %.17g", name, lo_open ? ">" : ">=",
                     lo, hi, d);
-    *out = (float)d;
+    *out = fv;
     return 0;
 }
 

@@ -206,7 +206,7 @@ static int check_unsupported(const cJSON *root, capmoe_api_request *r, capmoe_ap
     f = capmoe_api_field(root, "best_of");
     if (f) {
         if (!capmoe_api_is_integer(f)) return E400(e, "best_of", "'best_of' must be an integer");
-        if ((int)f->valuedouble != r->n)
+        if (f->valuedouble != (double)r->n) /* compared as doubles: 6666666666 is no int */
             return E400(e, "best_of", "'best_of' is not supported (only equal to n)");
     }
     f = capmoe_api_field(root, "suffix");
@@ -222,15 +222,39 @@ static int check_unsupported(const cJSON *root, capmoe_api_request *r, capmoe_ap
     f = capmoe_api_field(root, "functions");
     if (f && cJSON_IsArray(f) && f->child)
         return E400(e, "functions", "'functions' (function calling) is not supported");
-    f = capmoe_api_field(root, "response_format");
-    if (f) {
-        const cJSON *t = cJSON_IsObject(f) ? capmoe_api_field(f, "type") : NULL;
-        if (!t || !cJSON_IsString(t))
-            return E400(e, "response_format", "'response_format' must be an object with a 'type'");
-        if (strcmp(t->valuestring, "text") != 0)
-            return E400(e, "response_format", "'response_format' type '%s' is not supported",
-                        t->valuestring);
+    return 0;
+}
+
+/* response_format: text, json_object, or json_schema {name, schema, strict}:
+ * the last two compile into a grammar that constrains decoding. */
+static int parse_response_format(const cJSON *root, capmoe_api_request *r, capmoe_api_error *e) {
+    const cJSON *f = capmoe_api_field(root, "response_format");
+    if (!f) return 0;
+    const cJSON *t = cJSON_IsObject(f) ? capmoe_api_field(f, "type") : NULL;
+    if (!t || !cJSON_IsString(t))
+        return E400(e, "response_format", "'response_format' must be an object with a 'type'");
+    const char *ts = t->valuestring;
+    if (strcmp(ts, "text") == 0) return 0;
+    const cJSON *schema = NULL;
+    if (strcmp(ts, "json_schema") == 0) {
+        const cJSON *js = capmoe_api_field(f, "json_schema");
+        if (!js || !cJSON_IsObject(js))
+            return E400(e, "response_format", "'response_format.json_schema' must be an object");
+        const cJSON *name = capmoe_api_field(js, "name");
+        if (name && !cJSON_IsString(name))
+            return E400(e, "response_format", "'response_format.json_schema.name' must be a string");
+        schema = capmoe_api_field(js, "schema");
+        if (!schema || !cJSON_IsObject(schema))
+            return E400(e, "response_format",
+                        "'response_format.json_schema.schema' must be a JSON schema object");
+    } else if (strcmp(ts, "json_object") != 0) {
+        return E400(e, "response_format",
+                    "'response_format' type must be text, json_object or json_schema, got '%.40s'",
+                    ts);
     }
+    capmoe_error err;
+    if (capmoe_grammar_compile(&r->grammar, schema, &err) != 0)
+        return E400(e, "response_format", "unsupported JSON schema: %s", err.msg);
     return 0;
 }
 
@@ -326,6 +350,7 @@ int capmoe_api_parse_request(capmoe_api_kind kind, const char *body, size_t len,
     if (capmoe_api_get_bool(root, "skip_special_tokens", &r->skip_special, e) != 0) goto out;
     if (parse_penalties(root, lim, r, e) != 0) goto out;
     if (check_unsupported(root, r, e) != 0) goto out;
+    if (parse_response_format(root, r, e) != 0) goto out;
     rc = 0;
 out:
     cJSON_Delete(root);
@@ -348,6 +373,7 @@ void capmoe_api_request_free(capmoe_api_request *r) {
     }
     free(r->messages);
     free(r->logit_bias);
+    capmoe_grammar_free(r->grammar);
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
     memset(r, 0, sizeof *r);
 }

@@ -130,6 +130,11 @@ void capmoe_api_respond_final(gen_call *c) {
         capmoe_api_send_error(api, c->req, c->endpoint, &e);
         return;
     }
+    if (c->responses) {
+        capmoe_api_send_json(api, c->req, c->endpoint, 200,
+                             capmoe_api_response_object(c, capmoe_api_response_status(c)), NULL);
+        return;
+    }
     int chat = c->rq.kind == CAPMOE_API_CHAT;
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "id", c->id);

@@ -48,6 +48,14 @@ void capmoe_api_stream_send(gen_call *c, cJSON *o) {
 /* One streamed chunk for choice idx: text (may be empty), logprobs, finish. */
 void capmoe_api_stream_choice(gen_call *c, int idx, const char *text, size_t tlen,
                           cJSON *logprobs, const char *finish, int role) {
+    if (c->responses) { /* the text is kept for the .done events */
+        cJSON_Delete(logprobs);
+        if (tlen > 0) {
+            buf_add(&c->ch[idx].text, text, tlen);
+            capmoe_api_response_stream_delta(c, text, tlen);
+        }
+        return;
+    }
     cJSON *o = capmoe_api_chunk_base(c);
     cJSON *choices = cJSON_AddArrayToObject(o, "choices");
     cJSON *ch = cJSON_CreateObject();
@@ -70,6 +78,10 @@ void capmoe_api_stream_choice(gen_call *c, int idx, const char *text, size_t tle
 }
 
 void capmoe_api_stream_error(gen_call *c, int status, const char *type, const char *msg) {
+    if (c->responses) {
+        capmoe_api_response_stream_error(c, type, msg);
+        return;
+    }
     capmoe_api_error e;
     capmoe_api_fail(&e, status, type, NULL, NULL, "%s", msg);
     if (!c->req) return;
@@ -90,6 +102,10 @@ void capmoe_api_stream_start_choice(gen_call *c, int idx) {
     choice_st *ch = &c->ch[idx];
     if (ch->started) return;
     ch->started = 1;
+    if (c->responses) {
+        capmoe_api_response_stream_start(c);
+        return;
+    }
     if (c->rq.kind == CAPMOE_API_CHAT) {
         capmoe_api_stream_choice(c, idx, "", 0, NULL, NULL, 1);
         return;
@@ -108,6 +124,6 @@ void capmoe_api_stream_start_choice(gen_call *c, int idx) {
 
 void capmoe_api_stream_done(gen_call *c) {
     static const char done[] = "data: [DONE]\n\n";
-    capmoe_http_stream_write(c->req, done, sizeof done - 1);
+    if (!c->responses) capmoe_http_stream_write(c->req, done, sizeof done - 1);
     capmoe_http_stream_end(c->req);
 }

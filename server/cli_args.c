@@ -293,5 +293,21 @@ int capmoe_cli_engine(capmoe_cli_args *a, capmoe_model_opts *o, capmoe_error *er
     long t;
     if (capmoe_cli_int(a, "threads", 0, CAPMOE_PAR_MAX_THREADS, 0, &t, err)) return -1;
     o->threads = (int)t;
+    const char *c = capmoe_cli_get(a, "compute");
+    if (!c) c = getenv("CAPMOE_COMPUTE");
+    if (c) {
+        int v = capmoe_compute_parse(c);
+        if (v < 0) return capmoe_set_error(err, "--compute: '%s' is neither f32 nor bf16", c);
+        o->compute = (capmoe_compute)v;
+    }
+    const char *kd = capmoe_cli_get(a, "kv-dtype");
+    if (!kd) kd = getenv("CAPMOE_KV_DTYPE");
+    if (kd) {
+        int v = capmoe_compute_parse(kd); /* the same two names */
+        if (v < 0) return capmoe_set_error(err, "--kv-dtype: '%s' is neither f32 nor bf16", kd);
+        o->kv_dtype = (capmoe_kv_dtype)v;
+    }
+    if (capmoe_cli_int(a, "bf16-min-rows", 1, 1L << 20, 0, &t, err)) return -1;
+    o->bf16_min_rows = (int)t;
     return 0;
 }

@@ -85,7 +85,10 @@ static const char *BENCH_USAGE =
     "  --format json|table (json)  --seq-len N (512)  --decode-context N (64)\n"
     "  --decode-steps N (8)  --min-tokens N (16)  --renormalize\n"
     "  --sgemm-size N (2048)  --copy-mib N (256)\n"
-    "  --threads N          engine threads (default 0: one per CPU this process may use)\n";
+    "  --threads N          engine threads (default 0: one per CPU this process may use)\n"
+    "  --compute f32|bf16   experts' large products in float32 (default) or BF16 (oneDNN)\n"
+    "  --bf16-min-rows N    bf16: from this many rows per expert (16)\n"
+    "  --kv-dtype f32|bf16  KV cache elements (default f32)\n";
 
 #define MAX_LIST 32
 
@@ -916,6 +919,9 @@ int capmoe_cmd_bench(int argc, char **argv) {
             cJSON_AddNullToObject(ma, "note");
         }
         cJSON_AddNumberToObject(ma, "threads", threads);
+        cJSON_AddStringToObject(ma, "compute", capmoe_compute_name(capmoe_model_compute(b.m)));
+        cJSON_AddStringToObject(ma, "kv_dtype",
+                                capmoe_model_kv_dtype(b.m) == CAPMOE_KV_BF16 ? "bf16" : "f32");
         cJSON_AddItemToObject(ma, "system", capmoe_sysinfo_json(&si, threads));
 
         cJSON *se = cJSON_AddObjectToObject(out, "settings");

@@ -62,7 +62,8 @@ static const char *PPL_USAGE =
     "                   (every dispatch sees B tokens)\n"
     "  dispatch options: --policy --capacity-factor G|auto --ep-ranks R --renormalize\n"
     "                    --min-tokens N --drop-budget B --piggyback-k0 N --decode-policy P\n"
-    "                    --regime-tokens N|auto --ep threads|mpi (as for `capmoe logits`)\n";
+    "                    --regime-tokens N|auto --ep threads|mpi (as for `capmoe logits`)\n"
+    CAPMOE_CLI_ENGINE_HELP;
 
 typedef struct window {
     int begin, end, score_from;
@@ -279,6 +280,8 @@ int capmoe_cmd_perplexity(int argc, char **argv) {
     cJSON_AddNumberToObject(o, "tokens", (double)scored);
     cJSON_AddNumberToObject(o, "text_tokens", n_ids);
     cJSON_AddNumberToObject(o, "windows", n_win);
+    cJSON_AddStringToObject(o, "compute", capmoe_compute_name(capmoe_model_compute(m)));
+    cJSON_AddStringToObject(o, "kv_dtype", capmoe_model_kv_dtype(m) == CAPMOE_KV_BF16 ? "bf16" : "f32");
     cJSON_AddNumberToObject(o, "forwards", forwards);
     cJSON_AddNumberToObject(o, "context", (double)ctx);
     cJSON_AddNumberToObject(o, "stride", (double)stride);

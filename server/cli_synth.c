@@ -61,6 +61,8 @@
 #include <unistd.h>
 
 #include "capmoe/cli.h"
+#include "capmoe/cpu_features.h"
+#include "capmoe/par.h"
 #include "capmoe/sample.h"
 #include "capmoe/hfconfig.h"
 #include "capmoe/model.h"
@@ -135,7 +137,19 @@ typedef struct synth {
     capmoe_dtype dtype;
     uint64_t seed;
     const float *u; /* the common direction (H) */
+    struct proj_job *jobs; /* projections to fill, run in parallel (run_proj_jobs) */
+    int n_jobs, cap_jobs;
 } synth;
+
+/* A projection's fill: each tensor has its own generator (seeded by its
+ * name), so filling them in parallel gives the same bytes as in order. */
+struct proj_job {
+    float *w;
+    int64_t out, in;
+    int mode;
+    int failed;
+    char name[256];
+};
 
 static float *add_tensor(synth *s, capmoe_error *err, int ndim, int64_t d0, int64_t d1,
                          const char *fmt, ...) __attribute__((format(printf, 6, 7)));
@@ -203,7 +217,29 @@ static int proj(synth *s, capmoe_error *err, int64_t out, int64_t in, int mode,
                 const char *name) {
     float *w = add_tensor(s, err, 2, out, in, "%s", name);
     if (!w) return -1;
-    fill_normal(s, w, (size_t)out * (size_t)in, 1.0 / sqrt((double)in), name);
+    if (s->n_jobs == s->cap_jobs) {
+        int nc = s->cap_jobs ? 2 * s->cap_jobs : 64;
+        struct proj_job *j = realloc(s->jobs, (size_t)nc * sizeof *j);
+        if (!j) return capmoe_set_error(err, "out of memory");
+        s->jobs = j;
+        s->cap_jobs = nc;
+    }
+    struct proj_job *j = &s->jobs[s->n_jobs++];
+    *j = (struct proj_job){.w = w, .out = out, .in = in, .mode = mode};
+    snprintf(j->name, sizeof j->name, "%s", name);
+    return 0;
+}
+
+/* Fills projection j: normal, std 1/sqrt(in), then made orthogonal to u as
+ * its mode says. */
+static void proj_fill(void *arg, int item, int slot) {
+    (void)slot;
+    synth *s = arg;
+    struct proj_job *j = &s->jobs[item];
+    float *w = j->w;
+    int64_t out = j->out, in = j->in;
+    int mode = j->mode;
+    fill_normal(s, w, (size_t)out * (size_t)in, 1.0 / sqrt((double)in), j->name);
     const float *u = s->u;
     if (mode == READS_H) {
         for (int64_t r = 0; r < out; r++) {
@@ -214,13 +250,26 @@ static int proj(synth *s, capmoe_error *err, int64_t out, int64_t in, int mode,
         }
     } else if (mode == WRITES_H) {
         double *dot = calloc((size_t)in, sizeof *dot);
-        if (!dot) return capmoe_set_error(err, "out of memory");
+        if (!dot) {
+            j->failed = 1;
+            return;
+        }
         for (int64_t r = 0; r < out; r++)
             for (int64_t i = 0; i < in; i++) dot[i] += (double)w[r * in + i] * u[r];
         for (int64_t r = 0; r < out; r++)
             for (int64_t i = 0; i < in; i++) w[r * in + i] -= (float)(dot[i] * u[r]);
         free(dot);
     }
+}
+
+/* Every projection queued by proj, on one thread per usable CPU. */
+static int run_proj_jobs(synth *s, capmoe_error *err) {
+    capmoe_par *par = capmoe_par_new(capmoe_cpu_count(), NULL);
+    capmoe_par_for(par, s->n_jobs, proj_fill, s); /* a NULL pool runs them here */
+    capmoe_par_free(par);
+    for (int i = 0; i < s->n_jobs; i++)
+        if (s->jobs[i].failed) return capmoe_set_error(err, "out of memory filling %s", s->jobs[i].name);
+    s->n_jobs = 0;
     return 0;
 }
 
@@ -237,6 +286,7 @@ static void synth_free(synth *s) {
         free(s->names[i]);
         free(s->f32[i]);
     }
+    free(s->jobs);
     free(s->t);
     free(s->names);
     free(s->f32);
@@ -860,7 +910,8 @@ static int build_weights(synth *s, const synth_opts *o, capmoe_error *err) {
         }
 #undef P
     }
-    if (vec(s, err, H, 0, "model.norm.weight") || proj(s, err, V, H, READS_H, "lm_head.weight"))
+    if (vec(s, err, H, 0, "model.norm.weight") || proj(s, err, V, H, READS_H, "lm_head.weight") ||
+        run_proj_jobs(s, err))
         goto fail;
     free(u);
     return 0;

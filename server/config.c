@@ -142,6 +142,14 @@ static const opt k_opts[] = {
     {"threads", OPT_INT, OFF(threads), 0, 64, "0", "N",
      "engine threads for matrix products and attention (0: one per CPU this process may use)",
      OPT_RESTART},
+    {"compute", OPT_CHOICE, OFF(compute), 0, 0, "f32", "f32|bf16",
+     "precision of the experts' prefill-sized products: f32 (exact, the default) or bf16 "
+     "(BF16 operands through oneDNN, AMX / AVX512-BF16, float32 accumulation)",
+     OPT_RESTART},
+    {"kv_dtype", OPT_CHOICE, OFF(kv_dtype), 0, 0, "f32", "f32|bf16",
+     "element type of the KV cache: f32 (exact, the default) or bf16 (half the memory; not for "
+     "latent attention)",
+     OPT_RESTART},
     {"log_level", OPT_CHOICE, OFF(log_level), 0, 0, "info", CAPMOE_LOG_LEVELS,
      "least severe log records written (the access log is at info)", OPT_LIVE},
     {"log_format", OPT_CHOICE, OFF(log_format), 0, 0, "text", CAPMOE_LOG_FORMATS,

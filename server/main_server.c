@@ -315,7 +315,9 @@ static int worker_main(const capmoe_config *cfg, capmoe_comm *comm, capmoe_log *
     int me = capmoe_comm_rank(comm);
     capmoe_model *m = NULL;
     capmoe_error err, lerr;
-    capmoe_model_opts mo = {.max_ranks = 1, .threads = cfg->threads, .comm = comm};
+    capmoe_model_opts mo = {.max_ranks = 1, .threads = cfg->threads, .comm = comm,
+                            .compute = (capmoe_compute)cfg->compute,
+                            .kv_dtype = (capmoe_kv_dtype)cfg->kv_dtype};
     int lrc = capmoe_model_load(&m, cfg->model, &mo, &lerr);
     int context = cfg->context;
     if (lrc == 0 && context <= 0) context = capmoe_model_config(m)->max_position_embeddings;
@@ -390,7 +392,9 @@ static int run(server *s) {
                            "cpu_features", si.features, "blas", si.blas.name,
                            "blas_version", si.blas.version, "blas_core", si.blas.core,
                            "blas_slow", si.blas.weak ? "1" : "0", "onednn", si.dnnl,
-                           "threads", threads, NULL};
+                           "threads", threads, "compute",
+                           capmoe_compute_name((capmoe_compute)cfg->compute), "kv_dtype",
+                           cfg->kv_dtype ? "bf16" : "f32", NULL};
     capmoe_metrics_opts mo = {
         .model_name = model_id ? model_id : "model",
         .n_layers = s->hc.n_layers,

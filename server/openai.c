@@ -24,7 +24,8 @@
 /* ---- routing ---------------------------------------------------------------------- */
 
 typedef enum route_id {
-    R_HEALTH, R_METRICS, R_MODELS, R_MODEL, R_COMPLETIONS, R_CHAT, R_TOKENIZE, R_DETOKENIZE
+    R_HEALTH, R_METRICS, R_MODELS, R_MODEL, R_COMPLETIONS, R_CHAT, R_RESPONSES, R_TOKENIZE,
+    R_DETOKENIZE
 } route_id;
 
 typedef struct route {
@@ -40,6 +41,7 @@ static const route k_routes[] = {
     {"/v1/models", R_MODELS, 0, 1},
     {"/v1/completions", R_COMPLETIONS, 1, 1},
     {"/v1/chat/completions", R_CHAT, 1, 1},
+    {"/v1/responses", R_RESPONSES, 1, 1},
     {"/tokenize", R_TOKENIZE, 1, 1},
     {"/detokenize", R_DETOKENIZE, 1, 1},
 };
@@ -107,6 +109,7 @@ void capmoe_api_on_request(capmoe_api *api, capmoe_http_req *req) {
     case R_MODEL: capmoe_api_route_models(api, req, model_id); break;
     case R_COMPLETIONS: capmoe_api_route_generate(api, req, CAPMOE_API_COMPLETIONS, "/v1/completions"); break;
     case R_CHAT: capmoe_api_route_generate(api, req, CAPMOE_API_CHAT, "/v1/chat/completions"); break;
+    case R_RESPONSES: capmoe_api_route_responses(api, req); break;
     case R_TOKENIZE: capmoe_api_route_tokenize(api, req); break;
     case R_DETOKENIZE: capmoe_api_route_detokenize(api, req); break;
     }
@@ -152,6 +155,8 @@ int capmoe_api_new(capmoe_api **out, const capmoe_config *cfg, capmoe_metrics *m
     so.max_batch_tokens = cfg->max_batch_tokens;
     so.max_running = cfg->max_running;
     so.threads = cfg->threads;
+    so.compute = cfg->compute;
+    so.kv_dtype = cfg->kv_dtype;
     so.max_queue = cfg->max_queue;
     so.request_timeout_s = cfg->request_timeout_s;
     capmoe_config_dispatch(cfg, &so.dispatch);

@@ -212,6 +212,10 @@ START_TEST(test_refusals) {
     expect_error(NULL, "--renormalize: 'maybe' is not a boolean", "--renormalize=maybe", NULL);
     expect_error(NULL, "--drop-budget: 2 is out of range", "--drop-budget", "2", NULL);
     expect_error(NULL, "--ep-ranks: 0 is out of range", "--ep-ranks", "0", NULL);
+    expect_error(NULL, "--max-running: '99999999999999999999' is not an integer", "--max-running",
+                 "99999999999999999999", NULL);
+    expect_error(NULL, "--max-running: 4294967296 is out of range", "--max-running", "4294967296",
+                 NULL);
     expect_error(NULL, "--grace-period-s: 'nan' is not a finite number", "--grace-period-s",
                  "nan", NULL);
     expect_error(NULL, "max_batch_tokens (8) must be at least max_running (16)",
@@ -235,6 +239,11 @@ START_TEST(test_refusals) {
         {"[1, 2]", "the top level must be a JSON object"},
         {"{\"port\": 1,", "invalid JSON"},
         {"{\"max_body_bytes\": 1e12}", "\"max_body_bytes\": 1000000000000 is out of range"},
+        /* issue 17: range before conversion, for every size of number */
+        {"{\"threads\": 6666666666}", "\"threads\": 6666666666 is out of range"},
+        {"{\"max_connections\": 1e300}", "\"max_connections\": '1.0000000000000001e+300' is not an integer"},
+        {"{\"port\": -9223372036854775809}", "\"port\": '-9.2233720368547758e+18' is not an integer"},
+        {"{\"grace_period_s\": 1e309}", "\"grace_period_s\": 'inf' is not a finite number"},
         {"{\"model\": \"config/model\\u0000/x\"}", "model: a string holds a NUL character"},
     };
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {

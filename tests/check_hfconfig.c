@@ -398,8 +398,8 @@ START_TEST(test_layers_and_tokens) {
     fail_with(TINY_QWEN2, "mlp_only_layers", "3", "mlp_only_layers must be a list");
     fail_with(TINY_QWEN2, "decoder_sparse_step", "0", "decoder_sparse_step must be at least 1");
 
-    ok_with(&c, TINY_QWEN3, "eos_token_id", "[151645, 151643]");
-    check_eos(&c, 2, (int[]){151645, 151643});
+    ok_with(&c, TINY_QWEN3, "eos_token_id", "[95, 93]");
+    check_eos(&c, 2, (int[]){95, 93});
     ok_with(&c, TINY_QWEN3, "eos_token_id", "[7, 7, 8]");
     check_eos(&c, 2, (int[]){7, 8});
     ok_with(&c, TINY_QWEN3, "eos_token_id", "[]");
@@ -489,6 +489,50 @@ START_TEST(test_refusals) {
 END_TEST
 
 /* Byte flips and truncations of a real config: never a crash. */
+/* Issue 17: sizes from config.json are checked in 64 bits before use; the
+ * key is named. head_dim 2^30 used to wrap num_attention_heads x head_dim in
+ * int, so a file of empty tensors matched the wrapped shapes. */
+START_TEST(test_implausible_sizes) {
+    fail_exact(TINY_QWEN3, "head_dim", "1073741824",
+               XPATH ": head_dim (1073741824) is implausible: the largest supported is 4096");
+    fail_exact(TINY_QWEN3, "max_position_embeddings", "2147483647",
+               XPATH ": max_position_embeddings (2147483647) is implausible: the largest "
+               "supported is 16777216");
+    fail_exact(TINY_DSV3, "kv_lora_rank", "70000",
+               XPATH ": kv_lora_rank (70000) is implausible: the largest supported is 65536");
+    fail_exact(TINY_MIXTRAL, "rope_theta", "1e-300",
+               XPATH ": rope_theta (1e-300) is implausible: it must be at least 1");
+    fail_exact(TINY_MIXTRAL, "eos_token_id", "100",
+               XPATH ": eos_token_id 100 is not below vocab_size (100)");
+    fail_exact(TINY_MIXTRAL, "eos_token_id", "[2, 5000]",
+               XPATH ": eos_token_id 5000 is not below vocab_size (100)");
+    fail_exact(TINY_MIXTRAL, "bos_token_id", "1000",
+               XPATH ": bos_token_id (1000) is not below vocab_size (100)");
+    /* every dimension in bounds, their product over int: refused by the product */
+    static const char *WIDE =
+        "{\"architectures\":[\"Qwen3MoeForCausalLM\"],\"vocab_size\":100,\"hidden_size\":131072,"
+        "\"intermediate_size\":128,\"num_hidden_layers\":2,\"num_attention_heads\":4,"
+        "\"num_key_value_heads\":2,\"head_dim\":4096,\"num_experts\":8,"
+        "\"num_experts_per_tok\":2,\"moe_intermediate_size\":32}";
+    fail_exact(WIDE, NULL, NULL,
+               XPATH ": num_attention_heads x head_dim x hidden_size = 2147483648 elements in one "
+               "weight is implausible (more than 2^31-1)");
+    static const char *BIGVOCAB =
+        "{\"architectures\":[\"MixtralForCausalLM\"],\"vocab_size\":16777216,\"hidden_size\":256,"
+        "\"intermediate_size\":96,\"num_hidden_layers\":2,\"num_attention_heads\":4,"
+        "\"num_key_value_heads\":4,\"num_local_experts\":8,\"num_experts_per_tok\":2}";
+    fail_exact(BIGVOCAB, NULL, NULL,
+               XPATH ": vocab_size x hidden_size = 4294967296 elements in one weight is "
+               "implausible (more than 2^31-1)");
+    /* the bounds themselves are accepted */
+    capmoe_hfconfig c;
+    ok_with(&c, TINY_MIXTRAL, "rope_theta", "1");
+    ok_with(&c, TINY_MIXTRAL, "eos_token_id", "99");
+    ok_with(&c, TINY_QWEN3, "max_position_embeddings", "16777216");
+    ok_with(&c, TINY_QWEN3, "head_dim", "4096");
+}
+END_TEST
+
 START_TEST(test_fuzz) {
     capmoe_error err;
     size_t len;
@@ -936,6 +980,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_layers_and_tokens);
     tcase_add_test(tc, test_refusals);
     tcase_add_test(tc, test_fuzz);
+    tcase_add_test(tc, test_implausible_sizes);
     tcase_add_test(tc, test_deepseek_inline);
     suite_add_tcase(s, tc);
     return s;

@@ -263,6 +263,18 @@ START_TEST(test_completion_refusals) {
     expect_400(C, "{\"prompt\":\"x\",\"logit_bias\":{\"1.5\":1}}", "logit_bias", "token ids");
     expect_400(C, "{\"prompt\":\"x\",\"logit_bias\":3}", "logit_bias", NULL);
     expect_400(C, "{\"prompt\":\"x\",\"best_of\":2}", "best_of", NULL);
+    /* issue 17: numbers past int are range-checked before any conversion
+     * (the ASan build traps float-cast-overflow) */
+    expect_400(C, "{\"prompt\":\"x\",\"best_of\":6666666666}", "best_of", "not supported");
+    expect_400(C, "{\"prompt\":\"x\",\"best_of\":-1e300}", "best_of", "not supported");
+    expect_400(C, "{\"prompt\":\"x\",\"n\":6666666666}", "n", NULL);
+    expect_400(C, "{\"prompt\":\"x\",\"max_tokens\":1e300}", "max_tokens", NULL);
+    expect_400(C, "{\"prompt\":\"x\",\"top_k\":-2147483649}", "top_k", NULL);
+    expect_400(C, "{\"prompt\":\"x\",\"seed\":1e19}", "seed", NULL);
+    expect_400(C, "{\"prompt\":\"x\",\"logprobs\":4294967297}", "logprobs", NULL);
+    expect_400(C, "{\"prompt\":[4294967296]}", "prompt", NULL);
+    expect_400(C, "{\"prompt\":\"x\",\"stop_token_ids\":[1e20]}", "stop_token_ids", NULL);
+    expect_400(C, "{\"prompt\":\"x\",\"logit_bias\":{\"99999999999999999999\":1}}", "logit_bias", NULL);
     expect_400(C, "{\"prompt\":\"x\",\"suffix\":\"end\"}", "suffix", "not supported");
     expect_400(C, "{\"prompt\":\"x\",\"stop_token_ids\":[600]}", "stop_token_ids", NULL);
     expect_400(C, "{\"prompt\":\"x\",\"ignore_eos\":\"no\"}", "ignore_eos", NULL);
@@ -390,7 +402,32 @@ START_TEST(test_chat) {
     expect_400(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"tools\":[{\"type\":\"function\"}]}",
                "tools", "not supported");
     expect_400(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
-                  "\"response_format\":{\"type\":\"json_object\"}}", "response_format", "json_object");
+                  "\"response_format\":{\"type\":\"xml\"}}", "response_format", "json_schema");
+    expect_400(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+                  "\"response_format\":{\"type\":\"json_schema\"}}", "response_format", "json_schema");
+    expect_400(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+                  "\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"x\","
+                  "\"schema\":{\"type\":\"string\",\"pattern\":\"^a\"}}}}", "response_format", "'pattern'");
+    expect_400(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+                  "\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"x\","
+                  "\"schema\":{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\","
+                  "\"minimum\":3}}}}}}", "response_format", "'minimum'");
+    /* json_object and a supported schema compile into a grammar */
+    ck_assert_int_eq(parse(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+                              "\"response_format\":{\"type\":\"json_object\"}}", &r, &e), 0);
+    ck_assert_ptr_nonnull(r.grammar);
+    capmoe_api_request_free(&r);
+    ck_assert_int_eq(parse(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+                              "\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{"
+                              "\"name\":\"p\",\"strict\":true,\"schema\":{\"type\":\"object\","
+                              "\"properties\":{\"n\":{\"type\":\"string\"}},\"required\":[\"n\"],"
+                              "\"additionalProperties\":false}}}}", &r, &e), 0);
+    ck_assert_ptr_nonnull(r.grammar);
+    capmoe_api_request_free(&r);
+    ck_assert_int_eq(parse(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+                              "\"response_format\":{\"type\":\"text\"}}", &r, &e), 0);
+    ck_assert_ptr_null(r.grammar);
+    capmoe_api_request_free(&r);
 }
 END_TEST
 

@@ -8,6 +8,7 @@
 
 #include "capmoe/api_error.h"
 #include "capmoe/chat.h"
+#include "capmoe/grammar.h"
 #include "capmoe/logitproc.h"
 #include "capmoe/sample.h"
 #include "capmoe/sched.h"
@@ -62,6 +63,7 @@ typedef struct capmoe_api_request {
     capmoe_penalties penalties;    /* presence_penalty, frequency_penalty, repetition_penalty */
     capmoe_logit_bias *logit_bias; /* logit_bias (malloc'd), ids checked against lim->vocab */
     int n_logit_bias;
+    capmoe_grammar *grammar;       /* response_format json_object / json_schema (owned) */
 } capmoe_api_request;
 
 /* Parse + validate a body of /v1/completions or /v1/chat/completions.

@@ -40,11 +40,18 @@ int capmoe_cli_parse_ids(const char *s, int32_t **ids, int *n, capmoe_error *err
  * the command resolves it once the model is loaded: capmoe_cli_regime). */
 int capmoe_cli_dispatch(capmoe_cli_args *a, capmoe_dispatch_cfg *cfg, capmoe_error *err);
 /* The engine options every model-loading command takes: --threads N (0 or
- * absent: one per usable CPU) into o (other fields zeroed). */
+ * absent: one per usable CPU), --compute f32|bf16 (or CAPMOE_COMPUTE),
+ * --bf16-min-rows N, --kv-dtype f32|bf16 (or CAPMOE_KV_DTYPE), into o
+ * (other fields zeroed). */
 int capmoe_cli_engine(capmoe_cli_args *a, capmoe_model_opts *o, capmoe_error *err);
 #define CAPMOE_CLI_ENGINE_HELP \
     "engine options:\n" \
-    "  --threads N                engine threads (default 0: one per CPU this process may use)\n"
+    "  --threads N                engine threads (default 0: one per CPU this process may use)\n" \
+    "  --compute f32|bf16         experts' large products: f32 (exact, default) or BF16 through\n" \
+    "                             oneDNN (AMX / AVX512-BF16; env CAPMOE_COMPUTE)\n" \
+    "  --bf16-min-rows N          bf16: an expert's products go to oneDNN from N rows (16)\n" \
+    "  --kv-dtype f32|bf16        KV cache elements: f32 (exact, default) or bf16 (half the\n" \
+    "                             memory; env CAPMOE_KV_DTYPE)\n"
 
 /* --regime-tokens auto: measures the crossover on the loaded model
  * (capmoe_model_regime_probe, T up to 256, best of 3) and sets

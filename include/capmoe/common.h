@@ -23,8 +23,15 @@ int capmoe_set_error(capmoe_error *err, const char *fmt, ...)
     ;
 
 /* Reads a whole file. Returns a malloc'd, NUL-terminated buffer the caller
- * frees; *len (optional) receives the size without the NUL. NULL on error. */
+ * frees; *len (optional) receives the size without the NUL. NULL on error.
+ * Only regular files are read (a FIFO, device, socket or directory is
+ * refused by name, without blocking in open), and at most
+ * CAPMOE_READ_FILE_MAX bytes (64 MiB: config.json, tokenizer.json,
+ * tokenizer_config.json, the safetensors index, chat templates, the server
+ * configuration); capmoe_read_file_max takes another limit. */
+#define CAPMOE_READ_FILE_MAX ((size_t)64 << 20)
 char *capmoe_read_file(const char *path, size_t *len, capmoe_error *err);
+char *capmoe_read_file_max(const char *path, size_t *len, size_t max, capmoe_error *err);
 
 /* Joins dir and name into a malloc'd path. */
 char *capmoe_path_join(const char *dir, const char *name);

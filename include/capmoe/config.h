@@ -45,6 +45,8 @@
  *                                                            (0 = no per-address limit)
  *   metrics_per_layer_expert  bool            false          expert-token counters per {layer,expert}
  *   threads                   int 0..64       0              engine threads (0 = one per usable CPU)
+ *   compute                   f32|bf16        f32            precision of the experts' large products
+ *   kv_dtype                  f32|bf16        f32            element type of the KV cache
  *   log_level                 enum            info           debug|info|warn|error
  *   log_format                enum            text           text|json
  *   access_log                bool            true           one info record per HTTP request
@@ -100,6 +102,8 @@ typedef struct capmoe_config {
     int max_connections_per_ip;
     int metrics_per_layer_expert;
     int threads;
+    int compute;                 /* capmoe_compute: 0 f32, 1 bf16 */
+    int kv_dtype;                /* capmoe_kv_dtype: 0 f32, 1 bf16 */
     int log_level;               /* capmoe_log_level */
     int log_format;              /* capmoe_log_format */
     int access_log;

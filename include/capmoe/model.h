@@ -26,6 +26,19 @@ typedef enum capmoe_mla_form {
     CAPMOE_MLA_ABSORBED
 } capmoe_mla_form;
 
+/* Precision of the experts' large products (--compute). */
+typedef enum capmoe_compute { CAPMOE_COMPUTE_F32 = 0, CAPMOE_COMPUTE_BF16 } capmoe_compute;
+/* "f32" / "bf16"; parse: -1 when neither. */
+const char *capmoe_compute_name(capmoe_compute c);
+int capmoe_compute_parse(const char *s);
+/* The compute precision a loaded model runs. */
+capmoe_compute capmoe_model_compute(const capmoe_model *m);
+/* Element type of the KV cache (--kv-dtype): float32 (exact, the default)
+ * or BF16 (half the memory; keys and values rounded to nearest even when
+ * stored, attention computed in float32). Names as capmoe_compute's. */
+typedef enum capmoe_kv_dtype { CAPMOE_KV_F32 = 0, CAPMOE_KV_BF16 } capmoe_kv_dtype;
+capmoe_kv_dtype capmoe_model_kv_dtype(const capmoe_model *m);
+
 typedef struct capmoe_model_opts {
     int max_ranks;     /* rank worker threads to create (>= any ep_ranks used); 0 = 8 */
     int threads;       /* threads for small matrix products (decode); 0 = cores */
@@ -36,6 +49,15 @@ typedef struct capmoe_model_opts {
                           sequences too; dispatch cfg.ep_ranks must be R). Borrowed.
                           NULL: one process, experts on rank worker threads. */
     capmoe_mla_form mla_form; /* latent attention (DeepSeek) only */
+    capmoe_compute compute;   /* F32 (exact, the default) or BF16: the experts'
+                                 prefill-sized products in BF16 through oneDNN
+                                 (float32 accumulation), their weights packed a
+                                 second time at load */
+    int bf16_min_rows;        /* BF16: products when an expert has at least this
+                                 many rows (0: 16); fewer stay on the float32
+                                 small-M kernels (decode) */
+    capmoe_kv_dtype kv_dtype; /* of the caches capmoe_kv_new makes for this model;
+                                 BF16 is refused for latent attention (DeepSeek) */
 } capmoe_model_opts;
 
 int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_opts *opts,

@@ -49,6 +49,7 @@
 
 #include "capmoe/common.h"
 #include "capmoe/dispatch.h"
+#include "capmoe/grammar.h"
 #include "capmoe/logitproc.h"
 #include "capmoe/engine.h"
 #include "capmoe/hfconfig.h"
@@ -170,6 +171,8 @@ typedef struct capmoe_sched_opts {
     capmoe_dispatch_cfg dispatch;
     int collect_stats;           /* 1: pass capmoe_forward_stats to the forward */
     int threads;                 /* engine threads (capmoe_model_opts); 0 = one per core */
+    int compute;                 /* capmoe_model_opts.compute */
+    int kv_dtype;                /* capmoe_model_opts.kv_dtype */
     capmoe_comm *comm;           /* --ep mpi (borrowed): this is rank 0; the other ranks run
                                     capmoe_engine_serve; dispatch.ep_ranks must be the size.
                                     New sequences go to the rank with the fewest live tokens. */
@@ -200,6 +203,8 @@ typedef struct capmoe_gen_params {
     capmoe_penalties penalties;  /* presence / frequency / repetition (logitproc.h); zeros: off */
     const capmoe_logit_bias *logit_bias; /* n_logit_bias entries (copied), ids < vocab */
     int n_logit_bias;
+    const capmoe_grammar *grammar; /* NULL, or every choice is constrained to it (grammar.h);
+                                     borrowed until FINISHED */
     int bypass_queue_limit;      /* 1: never EFULL (the 2nd.. prompts of one admitted
                                     HTTP request must not be refused half-way) */
     void *user;                  /* handed back in every event */

@@ -299,6 +299,20 @@ test('logit_bias and penalties (n=4: the choices spread over the ranks under --e
   assert.equal(p.usage.completion_tokens, 12);
 });
 
+test('response_format json_schema: every choice parses and validates (n=4: spread over the ranks under --ep mpi)', async () => {
+  const schema = { type: 'object', properties: { id: { type: 'integer' }, ok: { type: 'boolean' },
+    word: { enum: ['a', 'b'] } }, required: ['id', 'ok', 'word'], additionalProperties: false };
+  const r = await client.chat.completions.create({ model: MODEL, n: 4, seed: 11, max_tokens: 40,
+    messages: [{ role: 'user', content: 'hi' }],
+    response_format: { type: 'json_schema', json_schema: { name: 'x', strict: true, schema } } });
+  assert.equal(r.choices.length, 4);
+  for (const c of r.choices) {
+    const v = JSON.parse(c.message.content);
+    assert.deepEqual(Object.keys(v).sort(), ['id', 'ok', 'word']);
+    assert.ok(Number.isInteger(v.id) && typeof v.ok === 'boolean' && ['a', 'b'].includes(v.word), c.message.content);
+  }
+});
+
 test('errors: 400 BadRequestError with param', async () => {
   const bad = [
     [{ temperature: 5 }, 'temperature'],

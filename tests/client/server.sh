@@ -17,7 +17,9 @@ SERVER_PID=""
 SERVER_READY_TIMEOUT="${SERVER_READY_TIMEOUT:-120}"
 
 client_deps() {
-  if [ ! -f "$CLIENT_DIR/node_modules/openai/package.json" ]; then
+  if [ ! -f "$CLIENT_DIR/node_modules/openai/package.json" ] ||
+     [ ! -f "$CLIENT_DIR/node_modules/@langchain/openai/package.json" ] ||
+     [ ! -f "$CLIENT_DIR/node_modules/@ai-sdk/openai/package.json" ]; then
     (cd "$CLIENT_DIR" && npm ci --no-audit --no-fund --loglevel=error) || return 1
   fi
 }

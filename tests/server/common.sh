@@ -72,6 +72,6 @@ srv_wait_exit() {
 srv_kill() {
   [ -n "$SRV_PID" ] || return 0
   kill -KILL "$SRV_PID" 2>/dev/null
-  wait "$SRV_PID" 2>/dev/null
+  wait "$SRV_PID" 2>/dev/null || true
   SRV_PID=""
 }

@@ -3,13 +3,15 @@
 // lines, lying Content-Length, pipelining, clients that vanish in the middle
 // of a stream or while waiting for a non-streamed answer (their sequences
 // must be freed at once: the running gauge goes back to 0 and generation
-// stops), many connections dropped mid-body. After all of it the server
-// still answers. Run by tests/t_server_hostile.sh (also under ASan).
+// stops), many connections dropped mid-body; 10 MB bodies, slowloris
+// headers, 300 idle connections, numeric edge values in every numeric field
+// (issue 17). After all of it the server still answers. Run by
+// tests/t_server_hostile.sh (also under ASan).
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import http from 'node:http';
-import { HOST, PORT, get, post, raw, sleep, metric, until, sseData } from './lib.mjs';
+import { HOST, PORT, get, post, raw, request, sleep, metric, until, sseData } from './lib.mjs';
 
 const LONG = { prompt: 'Once upon a time', max_tokens: 480, ignore_eos: true, n: 4, temperature: 0.8, seed: 1 };
 
@@ -124,6 +126,93 @@ test('half-closed and reset connections in the middle of bodies', async () => {
   await Promise.all(jobs);
   await until(async () => (await metric('capmoe_requests_running')) === 0, 5000, 'running == 0');
   assert.equal(await metric('capmoe_requests_waiting'), 0);
+});
+
+// ---- issue 17: what an outside tester threw at it ----
+
+test('10 MB bodies: 413 whether declared, sent whole or chunked', async () => {
+  const big = Buffer.alloc(10 << 20, 0x61);
+  // declared and sent: answered 413 (the server must not buffer it all; the
+  // answer may be lost to the reset of a connection closed with unread data)
+  let out = await raw([`POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n` +
+    `Content-Type: application/json\r\nContent-Length: ${big.length + 13}\r\n\r\n{"prompt":"`, big, '"}'],
+  { idleMs: 3000 });
+  assert.ok(out === '' || /^HTTP\/1\.1 413 /.test(out), out.slice(0, 120));
+  // chunked, 64 KiB chunks
+  const pieces = ['POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n'];
+  for (let o = 0; o < big.length; o += 65536) pieces.push(`10000\r\n`, big.subarray(o, o + 65536), '\r\n');
+  pieces.push('0\r\n\r\n');
+  out = await raw(pieces, { idleMs: 3000 });
+  assert.ok(out === '' || /^HTTP\/1\.1 413 /.test(out), out.slice(0, 120));
+  assert.equal((await get('/health')).status, 200);
+});
+
+test('slowloris: headers trickled on many connections do not block others', async () => {
+  const socks = [];
+  let stopTrickle = false;
+  for (let i = 0; i < 30; i++) {
+    const s = net.connect(PORT, HOST);
+    s.on('error', () => {});
+    socks.push(s);
+    s.on('connect', async () => {
+      s.write('POST /v1/completions HTTP/1.1\r\nHost: x\r\n');
+      for (let k = 0; !stopTrickle && !s.destroyed; k++) { s.write(`X-${k}: y\r\n`); await sleep(150); }
+    });
+  }
+  await sleep(300);
+  for (let k = 0; k < 10; k++) {
+    const r = await post('/v1/completions', { prompt: 'meanwhile', max_tokens: 1 });
+    assert.equal(r.status, 200, r.text);
+  }
+  stopTrickle = true;
+  for (const s of socks) s.destroy();
+  assert.equal((await get('/health')).status, 200);
+});
+
+test('300 idle connections: the server still answers, and after they close', async () => {
+  const socks = await Promise.all(Array.from({ length: 300 }, () => new Promise((resolve) => {
+    const s = net.connect(PORT, HOST, () => resolve(s));
+    s.on('error', () => resolve(s));
+  })));
+  assert.equal((await get('/health')).status, 200);
+  const r = await post('/v1/completions', { prompt: 'crowded', max_tokens: 2, ignore_eos: true });
+  assert.equal(r.status, 200, r.text);
+  for (const s of socks) s.destroy();
+  await sleep(200);
+  for (let k = 0; k < 3; k++) assert.equal((await get('/health')).status, 200);
+});
+
+test('numeric edge values in every numeric field: 200 or 400 naming it, never a crash', async () => {
+  const values = ['0', '-0', '1', '-1', '0.5', '1e-300', '-1e-300', '2147483647', '2147483648',
+    '-2147483649', '4294967296', '6666666666', '9007199254740993', '9223372036854775808',
+    '-9223372036854775809', '1e19', '1e308', '-1e308', '1e999', '-1e999', '"1"', 'true', 'null',
+    '[]', '{}', '[1e300]', '[-1]', '[4294967296]'];
+  const fields = ['max_tokens', 'n', 'best_of', 'temperature', 'top_p', 'top_k', 'min_p', 'seed',
+    'logprobs', 'presence_penalty', 'frequency_penalty', 'repetition_penalty', 'stop_token_ids',
+    'prompt', 'logit_bias', 'max_completion_tokens', 'top_logprobs'];
+  let n200 = 0, n400 = 0;
+  for (const f of fields) {
+    for (const v of values) {
+      const chat = f === 'max_completion_tokens' || f === 'top_logprobs';
+      let body = chat ? '{"messages":[{"role":"user","content":"x"}],"max_tokens":1'
+        : (f === 'prompt' ? '{"max_tokens":1' : '{"prompt":"x","max_tokens":1');
+      if (f === 'logit_bias') body += `,"logit_bias":{"5":${v}}`;
+      else if (f !== 'max_tokens') body += `,"${f}":${v}`;
+      else body = `{"prompt":"x","max_tokens":${v}`;
+      body += '}';
+      const r = await request('POST', chat ? '/v1/chat/completions' : '/v1/completions',
+        { body, headers: { 'Content-Type': 'application/json' } });
+      if (r.status === 200) n200++;
+      else {
+        assert.equal(r.status, 400, `${body}: ${r.status} ${r.text}`);
+        assert.ok(r.json && r.json.error, `${body}: ${r.text}`);
+        if (!v.includes('999')) assert.equal(r.json.error.param, f, `${body}: ${r.text}`);
+        n400++;
+      }
+    }
+  }
+  assert.ok(n200 > 20 && n400 > 200, `${n200} accepted, ${n400} refused`);
+  assert.equal((await get('/health')).status, 200);
 });
 
 test('the server still works: a stream to the end', async () => {
