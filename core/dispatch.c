@@ -17,6 +17,12 @@
  * after the choice of S_t works on p (the gate value) as the spec says; the
  * selection scores and the kept groups only steer reroute's next best.
  *
+ * Memory-bound dispatch (policy piggyback, spec §1): B_t = the first k0
+ * experts of S_t, A = their union; each token fills up to k experts from A in
+ * its selection order (piggyback()). With cfg->decode_policy set, a dispatch
+ * of fewer than cfg->regime_tokens tokens runs that policy instead of
+ * cfg->policy (capmoe_dispatch_policy_for); the plan reports which.
+ *
  * Memory: the plan owns every buffer (output and scratch) and only grows them,
  * so a warm plan does not allocate. */
 #include "capmoe/dispatch.h"
