@@ -99,7 +99,7 @@ static void one_case(capmoe_dnnl *d, capmoe_dtype dt, int n_src, int N, int K, i
         wr[s] = malloc(nk * sizeof(float));
         for (size_t i = 0; i < nk; i++) wv[s][i] = frand() * 0.5f;
         wp[s] = store(wv[s], nk, dt, wr[s]);
-        src[s] = (capmoe_wmat){wp[s], dt, 0};
+        src[s] = (capmoe_wmat){wp[s], dt, 0, NULL};
     }
     capmoe_par *par = capmoe_par_new(threads, NULL);
     capmoe_error err;
@@ -177,7 +177,7 @@ START_TEST(test_products) {
     one_case(d, CAPMOE_DTYPE_F32, 1, 100, 64, 64, 17, 2);  /* the same weights shape again:
                                                               cached primitives of other M */
     /* an unprepared row count is refused and recorded, not run */
-    capmoe_wmat none = {NULL, CAPMOE_DTYPE_F32, 0};
+    capmoe_wmat none = {NULL, CAPMOE_DTYPE_F32, 0, NULL};
     capmoe_dnnl_mat *w;
     ck_assert_int_eq(capmoe_dnnl_pack(d, NULL, &w, &none, 1, 16, 16, 16, &err), -1);
     capmoe_dnnl_free(d);

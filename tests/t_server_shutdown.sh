@@ -23,8 +23,7 @@ MODEL_DIR=tests/fixtures/qwen3moe-tiny
 # work loads the 2 cores (1000 did not, at a load average of 12).
 DRAIN_MODEL=config/model
 tmp=$(mktemp -d)
-writer=""
-trap 'srv_kill; [ -n "$writer" ] && kill "$writer" 2>/dev/null; rm -rf "$tmp"' EXIT
+trap 'srv_kill; rm -rf "$tmp"' EXIT
 fail() { echo "t_server_shutdown: $*"; [ -f "$tmp/server.log" ] && tail -n 20 "$tmp/server.log"; exit 1; }
 
 for mode in graceful grace-expiry second-signal; do
@@ -53,11 +52,22 @@ kill -TERM "$SRV_PID"; srv_wait_exit 20
 "$BIN" --healthcheck --port "$port" 2> "$tmp/hc.err" && fail "--healthcheck on a dead port answered 0"
 grep -q "healthcheck" "$tmp/hc.err" || fail "--healthcheck gave no reason"
 
-# loading: the weights file is a FIFO, so loading blocks until we open it
+# loading: tests/server/load_gate.c (LD_PRELOAD) holds the open of
+# model.safetensors until $tmp/gate exists; the file itself is empty, so the
+# load then fails
+cc -shared -fPIC -o "$tmp/load_gate.so" tests/server/load_gate.c -ldl || fail "cannot build load_gate.so"
 mkdir "$tmp/slow"
 cp "$MODEL_DIR"/config.json "$MODEL_DIR"/tokenizer.json "$MODEL_DIR"/tokenizer_config.json "$tmp/slow/"
-mkfifo "$tmp/slow/model.safetensors"
-SRV_NO_WAIT=1 srv_start "$BIN" "$tmp/server.log" --model "$tmp/slow" || exit 1
+: > "$tmp/slow/model.safetensors"
+# (for the server only; ASan insists on coming first among the libraries
+# unless told otherwise)
+saved_asan="${ASAN_OPTIONS:-}"
+export LD_PRELOAD="$tmp/load_gate.so" CAPMOE_TEST_LOAD_GATE="$tmp/gate"
+export ASAN_OPTIONS="${saved_asan:+$saved_asan:}verify_asan_link_order=0"
+SRV_NO_WAIT=1 srv_start "$BIN" "$tmp/server.log" --model "$tmp/slow"; rc=$?
+unset LD_PRELOAD CAPMOE_TEST_LOAD_GATE
+if [ -n "$saved_asan" ]; then export ASAN_OPTIONS="$saved_asan"; else unset ASAN_OPTIONS; fi
+[ $rc = 0 ] || exit 1
 CAPMOE_URL="$SRV_URL" node -e '
   import("./tests/server/lib.mjs").then(async ({ get, post, assertError }) => {
     const assert = (await import("node:assert/strict")).default;
@@ -73,9 +83,8 @@ CAPMOE_URL="$SRV_URL" node -e '
     assert.equal((await get("/metrics")).status, 200);
   }).catch((e) => { console.error(e); process.exit(1); });' || fail "answers while loading"
 "$BIN" --healthcheck --port "$SRV_PORT" 2>/dev/null && fail "--healthcheck answered 0 while loading"
-# unblock the loader with an empty "file": loading fails, exit 1 with the reason
-: > "$tmp/slow/model.safetensors" &
-writer=$!
+# open the gate: the empty weights file fails to load, exit 1 with the reason
+: > "$tmp/gate"
 srv_wait_exit 20
 [ "$SRV_RC" = 1 ] || fail "failed load: exit status $SRV_RC (want 1)"
 grep -q "cannot load the model" "$tmp/server.log" || fail "failed load: no message"
