@@ -47,7 +47,10 @@ CFLAGS  += $(OPT) -g
 endif
 
 CORE_SRC   := $(sort $(wildcard core/*.c))
-SERVER_SRC := $(filter-out server/main_%.c,$(sort $(wildcard server/*.c)))
+# server/: the daemon (http, config, metrics, logs); server/api/: the OpenAI API;
+# server/cli/: the `capmoe` tool's subcommands
+SERVER_SRC := $(filter-out server/main_%.c server/cli/main_%.c,\
+                $(sort $(wildcard server/*.c server/api/*.c server/cli/*.c)))
 TEST_SRC   := $(sort $(wildcard tests/check_*.c))
 CORE_OBJ   := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
 SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/obj/%.o)
@@ -100,7 +103,7 @@ $(SRVLIB): $(SERVER_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/capmoe: $(BUILD)/obj/server/main_cli.o $(SRVLIB) $(LIB)
+$(BUILD)/capmoe: $(BUILD)/obj/server/cli/main_cli.o $(SRVLIB) $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/capmoe-server: $(BUILD)/obj/server/main_server.o $(SRVLIB) $(LIB)
@@ -108,7 +111,7 @@ $(BUILD)/capmoe-server: $(BUILD)/obj/server/main_server.o $(SRVLIB) $(LIB)
 
 $(BUILD)/tests/%: tests/%.c $(SRVLIB) $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(CHECK_CFLAGS) -Iserver -o $@ $< $(SRVLIB) $(LIB) $(LDFLAGS) $(CHECK_LIBS) $(LDLIBS)
+	$(CC) $(CFLAGS) $(CHECK_CFLAGS) -Iserver -Iserver/api -o $@ $< $(SRVLIB) $(LIB) $(LDFLAGS) $(CHECK_LIBS) $(LDLIBS)
 
 # Fuzz harnesses (tests/fuzz/fuzz_NAME.c): replay_NAME (any compiler, part of
 # `tests`) runs them over their corpus for make test (tests/t_fuzz_replay.sh);
@@ -127,7 +130,7 @@ $(BUILD)/fuzz/fuzz_%: $(BUILD)/obj/tests/fuzz/fuzz_%.o $(SRVLIB) $(LIB)
 	$(CC) $(LDFLAGS) -fsanitize=fuzzer -o $@ $^ $(LDLIBS)
 
 fuzzers: $(FUZZ_BIN)
-$(BUILD)/obj/tests/fuzz/%.o: CFLAGS += -Iserver
+$(BUILD)/obj/tests/fuzz/%.o: CFLAGS += -Iserver -Iserver/api
 .SECONDARY: $(FUZZ_NAMES:%=$(BUILD)/obj/tests/fuzz/fuzz_%.o) $(BUILD)/obj/tests/fuzz/replay_main.o
 
 fuzz:
@@ -206,4 +209,4 @@ uninstall:
 clean:
 	rm -rf build build-asan build-fuzz
 
--include $(CORE_OBJ:.o=.d) $(SERVER_OBJ:.o=.d) $(wildcard $(BUILD)/obj/tests/fuzz/*.d) $(BUILD)/obj/server/main_cli.d $(BUILD)/obj/server/main_server.d
+-include $(CORE_OBJ:.o=.d) $(SERVER_OBJ:.o=.d) $(wildcard $(BUILD)/obj/tests/fuzz/*.d) $(BUILD)/obj/server/cli/main_cli.d $(BUILD)/obj/server/main_server.d

@@ -1,4 +1,4 @@
-/* cli.h - shared pieces of the `capmoe` command-line tool (server/cli_*.c):
+/* cli.h - shared pieces of the `capmoe` command-line tool (server/cli/cli_*.c):
  * option parsing with strict number checks, the dispatch options common to
  * every subcommand, and the subcommands that live outside main_cli.c. */
 #ifndef CAPMOE_CLI_H
@@ -94,7 +94,7 @@ int capmoe_cli_fail_rank(capmoe_comm *c, const char *cmd, const capmoe_error *er
  * st->layers there (capmoe_layer_stats_merge_ranks). No-op without MPI. */
 int capmoe_cli_gather_stats(capmoe_comm *c, capmoe_forward_stats *st, capmoe_error *err);
 
-/* Subcommands implemented in server/cli_bench.c, cli_perplexity.c, cli_synth.c. */
+/* Subcommands implemented in server/cli/cli_bench.c, cli_perplexity.c, cli_synth.c. */
 int capmoe_cmd_bench(int argc, char **argv);
 int capmoe_cmd_bench_ep(int argc, char **argv); /* bench --ep mpi (cli_bench_ep.c) */
 int capmoe_cmd_perplexity(int argc, char **argv);

@@ -20,7 +20,7 @@
  *
  * Request parsing: api_request.h; errors: api_error.h; SSE framing: sse.h;
  * UTF-8 checks: utf8.h (all included here). Server-side modules: see the
- * map at the top of server/openai.c.
+ * map at the top of server/api/openai.c.
  *
  * Threads: everything runs on the loop thread except capmoe_api_sched_event /
  * capmoe_api_sched_step, which the scheduler thread calls; they only queue and

@@ -1,7 +1,7 @@
 /* fuzz_request.c - the request body parser of the HTTP API
- * (capmoe_api_parse_request, server/openai.c; with it capmoe_json_find_nul,
+ * (capmoe_api_parse_request, server/api/openai.c; with it capmoe_json_find_nul,
  * server/json.c), the translation of a /v1/responses body into a chat one
- * (capmoe_api_responses_translate, server/api_responses.c) and the UTF-8
+ * (capmoe_api_responses_translate, server/api/api_responses.c) and the UTF-8
  * helpers.
  * Input: byte 0 selects /v1/completions (even) or /v1/chat/completions
  * (odd), whether limits are given (bit 1), and /v1/responses (bit 2: the

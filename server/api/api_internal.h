@@ -1,5 +1,5 @@
-/* api_internal.h - what the server's API modules (server/api_*.c,
- * server/openai.c) share: the API object, a generation call, and the
+/* api_internal.h - what the server's API modules (server/api/api_*.c,
+ * server/api/openai.c) share: the API object, a generation call, and the
  * functions one module offers the others. Not a public header: only
  * server/ includes it. Everything here runs on the loop thread except
  * capmoe_api_sched_event / capmoe_api_sched_step (scheduler thread). */
