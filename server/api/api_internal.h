@@ -116,8 +116,8 @@ struct capmoe_api {
     gen_call *calls;          /* generation calls the scheduler still owes events */
     int n_calls;
     capmoe_log *log;          /* borrowed; NULL: no records */
-    int tool_form;            /* the template writes tool calls as <tool_call> JSON: 1,
-                                 another way: -1, not probed yet: 0 (api_tools.c) */
+    int tool_form;            /* 1 + the form in which the template writes tool calls
+                                 (capmoe_api_tool_form), 0: not probed yet (api_tools.c) */
 };
 
 /* ---- api_error.c ------------------------------------------------------------------- */
@@ -157,8 +157,10 @@ void capmoe_api_sched_step(void *user, const capmoe_sched_step_info *info);
 /* POST /v1/completions, /v1/chat/completions. */
 void capmoe_api_route_generate(capmoe_api *api, capmoe_http_req *req, capmoe_api_kind kind,
                                const char *endpoint);
-/* api_tools.c: 1 when the chat template writes tool calls in the
- * <tool_call> form this server parses and constrains (probed once). */
+/* api_tools.c: the form in which the chat template writes tool calls
+ * (probed once by rendering a conversation with a call). */
+capmoe_api_tool_form capmoe_api_tools_form(capmoe_api *api);
+/* api_tools.c: 1 when that form is Hermes / Qwen <tool_call>. */
 int capmoe_api_tools_hermes(capmoe_api *api);
 /* POST /v1/responses. */
 void capmoe_api_route_responses(capmoe_api *api, capmoe_http_req *req);
