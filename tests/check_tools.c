@@ -3,8 +3,9 @@
  *   - the form probed from real templates (tests/jinja/templates: Qwen3,
  *     Hermes, Mistral v0.3, Llama 3.2, DeepSeek-V3, and ones without tools);
  *   - tool calls read back from texts in every form, including the text the
- *     real template itself writes for an assistant's calls, and malformed
- *     ones (which stay content);
+ *     real template itself writes for an assistant's calls (the messages
+ *     adapted to the template where it needs it), and malformed ones (which
+ *     stay content);
  *   - tool_choice required / named per form: random walks over the default
  *     model's vocabulary under the call grammar (random tokens, several seeds),
  *     every finished text read back as calls whose arguments validate. */
@@ -192,7 +193,7 @@ END_TEST
  * with the assistant turn minus the one that ends at the generation prompt)
  * reads back as those calls. */
 START_TEST(test_template_roundtrip) {
-    static const struct { const char *file; capmoe_api_tool_form form; int str_args; } cases[] = {
+    static const struct { const char *file; capmoe_api_tool_form form; int adapted; } cases[] = {
         {"npm_qwen3.jinja", CAPMOE_TOOL_FORM_HERMES, 0},
         {"card_mistral_v3_tools.jinja", CAPMOE_TOOL_FORM_MISTRAL, 0},
         {"card_llama3_2_tools.jinja", CAPMOE_TOOL_FORM_LLAMA3, 0},
@@ -200,12 +201,15 @@ START_TEST(test_template_roundtrip) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         capmoe_chat *chat = load_chat(cases[i].file);
-        const char *args = cases[i].str_args ? "\"{\\\"zone\\\": \\\"UTC\\\"}\"" : "{\"zone\": \"UTC\"}";
-        char with[1024]; /* content null only where the template needs it */
-        snprintf(with, sizeof with,
-                 "[{\"role\":\"user\",\"content\":\"time?\"},{\"role\":\"assistant\",\"content\":%s,"
-                 "\"tool_calls\":[{\"id\":\"abcDEF123\",\"type\":\"function\",\"function\":{\"name\":"
-                 "\"get_time\",\"arguments\":%s}}]}]", cases[i].str_args ? "null" : "\"\"", args);
+        /* as the request parser keeps a call: content "", arguments an object;
+         * then as the form's template wants it */
+        const char *with0 =
+            "[{\"role\":\"user\",\"content\":\"time?\"},{\"role\":\"assistant\",\"content\":\"\","
+            "\"tool_calls\":[{\"id\":\"abcDEF123\",\"type\":\"function\",\"function\":{\"name\":"
+            "\"get_time\",\"arguments\":{\"zone\":\"UTC\"}}}]}]";
+        char *adapted = capmoe_api_tools_history(with0, cases[i].form);
+        ck_assert_int_eq(!!adapted, cases[i].adapted);
+        const char *with = adapted ? adapted : with0;
         const char *without = "[{\"role\":\"user\",\"content\":\"time?\"}]";
         char *a = NULL, *b = NULL;
         capmoe_error err;
@@ -242,6 +246,7 @@ START_TEST(test_template_roundtrip) {
         free(t);
         free(a);
         free(b);
+        free(adapted);
         capmoe_chat_free(chat);
     }
 }

@@ -353,7 +353,8 @@ static int build_prompts(capmoe_api *api, gen_call *c, capmoe_api_error *e) {
             const char *tools = r->tool_choice == CAPMOE_TOOLS_NONE ? NULL : r->tools_json;
             int arc;
             if (r->messages_json || tools) {
-                char *mj = r->messages_json;
+                char *mj = capmoe_api_tools_history(r->messages_json, r->tool_form);
+                if (!mj) mj = r->messages_json;
                 if (!mj) { /* plain messages, rendered with the tools */
                     cJSON *arr = cJSON_CreateArray();
                     for (int k = 0; k < r->n_messages; k++) {

@@ -160,6 +160,11 @@ void capmoe_api_route_generate(capmoe_api *api, capmoe_http_req *req, capmoe_api
 /* api_tools.c: the form in which the chat template writes tool calls
  * (probed once by rendering a conversation with a call). */
 capmoe_api_tool_form capmoe_api_tools_form(capmoe_api *api);
+/* api_tools.c: the messages (with tool calls) as the template of form
+ * expects them, malloc'd, or NULL when they need no change: DeepSeek-V3's
+ * template wants an assistant's calls with content null and the arguments as
+ * a JSON string. */
+char *capmoe_api_tools_history(const char *messages_json, capmoe_api_tool_form form);
 /* api_tools.c: 1 when that form is Hermes / Qwen <tool_call>. */
 int capmoe_api_tools_hermes(capmoe_api *api);
 /* POST /v1/responses. */

@@ -254,6 +254,38 @@ int capmoe_api_tools_set_form(capmoe_api_request *r, capmoe_api_tool_form form,
     return rc;
 }
 
+char *capmoe_api_tools_history(const char *messages_json, capmoe_api_tool_form form) {
+    if (form != CAPMOE_TOOL_FORM_DEEPSEEK || !messages_json) return NULL;
+    /* DeepSeek-V3's template writes an assistant's calls only when its
+     * content is null, and concatenates the arguments as a string (the form
+     * DeepSeek's own API sends) */
+    cJSON *arr = cJSON_Parse(messages_json);
+    int changed = 0;
+    for (cJSON *m = arr ? arr->child : NULL; m; m = m->next) {
+        cJSON *calls = cJSON_GetObjectItemCaseSensitive(m, "tool_calls");
+        if (!cJSON_IsArray(calls)) continue;
+        cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        if (cJSON_IsString(content) && !content->valuestring[0]) {
+            cJSON_ReplaceItemInObjectCaseSensitive(m, "content", cJSON_CreateNull());
+            changed = 1;
+        }
+        for (cJSON *c = calls->child; c; c = c->next) {
+            cJSON *fn = cJSON_GetObjectItemCaseSensitive(c, "function");
+            cJSON *args = fn ? cJSON_GetObjectItemCaseSensitive(fn, "arguments") : NULL;
+            if (!args || cJSON_IsString(args)) continue;
+            char *t = cJSON_PrintUnformatted(args);
+            if (t) {
+                cJSON_ReplaceItemInObjectCaseSensitive(fn, "arguments", cJSON_CreateString(t));
+                changed = 1;
+            }
+            free(t);
+        }
+    }
+    char *out = changed ? cJSON_PrintUnformatted(arr) : NULL;
+    cJSON_Delete(arr);
+    return out;
+}
+
 capmoe_api_tool_form capmoe_api_tools_form(capmoe_api *api) {
     if (api->tool_form == 0) {
         /* render a conversation holding one call and look for the form:

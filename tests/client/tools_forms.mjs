@@ -94,6 +94,13 @@ if (FORM === 'none') {
       const r2 = await client.chat.completions.create({ model: MODEL, messages: followUp, tools: TOOLS,
         max_tokens: 5, temperature: 0 });
       assert.ok(r2.usage.prompt_tokens > r.usage.prompt_tokens, 'the call is in the prompt');
+      // ... with its arguments: longer arguments, a longer prompt
+      const longer = [{ ...calls[0], function: { ...calls[0].function,
+        arguments: JSON.stringify({ ...JSON.parse(calls[0].function.arguments),
+          note: 'more words than the model wrote '.repeat(4) }) } }];
+      const r3 = await client.chat.completions.create({ model: MODEL, tools: TOOLS, max_tokens: 1,
+        messages: [ASK[0], { role: 'assistant', content: null, tool_calls: longer }, followUp[2]] });
+      assert.ok(r3.usage.prompt_tokens > r2.usage.prompt_tokens, 'the arguments are in the prompt');
     }
   });
 
