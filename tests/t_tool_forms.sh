@@ -5,6 +5,7 @@
 # (tests/jinja/templates: Mistral v0.3 with [TOOL_CALLS], Llama 3.2 with JSON
 # calls, DeepSeek-V3 with its markers; Phi-3.5-MoE without tools, where
 # required / named is refused). The other files are links to config/model.
+# Then the DeepSeek-V3 fixture as it is (its own template and tokenizer).
 set -u
 cd "$(dirname "$0")/.."
 . tests/client/server.sh
@@ -39,5 +40,17 @@ PY
     fails=$((fails + 1))
   fi
 done
+# a model directory as shipped with its own template and tokenizer (the
+# DeepSeek-V3 fixture: the markers tokenized by its own vocabulary)
+start_server "$BUILD/capmoe-server" "$tmp/fixture.log" --model tests/fixtures/deepseekv3-tiny \
+  --api-key "$key" || exit 1
+rc=0
+CAPMOE_TOOLS_URL="$SERVER_URL" CAPMOE_API_KEY="$key" CAPMOE_TOOL_FORM=deepseek \
+  node --test-reporter=spec tests/client/tools_forms.mjs || rc=$?
+stop_server; src=$?
+if [ "$src" != 0 ] || [ "$rc" != 0 ]; then
+  echo "t_tool_forms: tests/fixtures/deepseekv3-tiny failed (rc $rc, server $src); server log:"
+  tail -n 30 "$tmp/fixture.log"; fails=$((fails + 1))
+fi
 [ "$fails" = 0 ] || exit 1
 echo "t_tool_forms: ok"
