@@ -35,6 +35,10 @@ PY
   CAPMOE_TOOLS_URL="$SERVER_URL" CAPMOE_API_KEY="$key" CAPMOE_TOOL_FORM="$form" \
     node --test-reporter=spec tests/client/tools_forms.mjs || rc=$?
   stop_server; src=$?
+  case $form in deepseek) logged=deepseek_v3 ;; none) logged=unknown ;; *) logged=$form ;; esac
+  if ! grep "model loaded; ready" "$tmp/$form.log" | grep -q "tool_calls=$logged"; then
+    echo "t_tool_forms: the ready record does not say tool_calls=$logged"; rc=1
+  fi
   if [ "$src" != 0 ] || [ "$rc" != 0 ]; then
     echo "t_tool_forms: $form ($tpl) failed (rc $rc, server $src); server log:"; tail -n 30 "$tmp/$form.log"
     fails=$((fails + 1))

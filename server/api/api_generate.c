@@ -209,8 +209,10 @@ static void handle_event(capmoe_api *api, capmoe_sched_event *ev) {
         capmoe_log_field f[] = {CAPMOE_LOG_STR("model", api->model_id),
                                 CAPMOE_LOG_INT("context", capmoe_sched_context(api->sched)),
                                 CAPMOE_LOG_STR("chat_template", capmoe_chat_source(api->chat)),
-                                CAPMOE_LOG_INT("regime_crossover_tokens", crossover)};
-        capmoe_log_fields(api->log, CAPMOE_LOG_INFO, f, 4,
+                                CAPMOE_LOG_INT("regime_crossover_tokens", crossover),
+                                CAPMOE_LOG_STR("tool_calls", capmoe_api_tool_form_name(
+                                                                 capmoe_api_tools_form(api)))};
+        capmoe_log_fields(api->log, CAPMOE_LOG_INFO, f, 5,
                           "model loaded; ready (memory/compute crossover: %d tokens per dispatch)",
                           crossover);
         return;

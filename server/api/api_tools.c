@@ -309,7 +309,8 @@ capmoe_api_tool_form capmoe_api_tools_form(capmoe_api *api) {
             "\"probe\",\"parameters\":"
             "{\"type\":\"object\",\"properties\":{}}}}]";
         capmoe_api_tool_form f = CAPMOE_TOOL_FORM_UNKNOWN;
-        for (size_t i = 0; i < sizeof msgs / sizeof msgs[0] && f == CAPMOE_TOOL_FORM_UNKNOWN; i++) {
+        for (size_t i = 0; api->chat && i < sizeof msgs / sizeof msgs[0] &&
+                           f == CAPMOE_TOOL_FORM_UNKNOWN; i++) {
             char *text = NULL;
             capmoe_error err;
             if (capmoe_chat_apply(api->chat, msgs[i], tools, 0, NULL, &text, &err) == 0)
