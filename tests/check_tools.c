@@ -253,6 +253,37 @@ START_TEST(test_template_roundtrip) {
 }
 END_TEST
 
+/* Mistral templates accept only 9-character ids: other ids (another
+ * server's) are mapped, the same way in a call and its result. */
+START_TEST(test_mistral_ids) {
+    capmoe_chat *chat = load_chat("card_mistral_v3_tools.jinja");
+    const char *msgs =
+        "[{\"role\":\"user\",\"content\":\"time?\"},{\"role\":\"assistant\",\"content\":\"\","
+        "\"tool_calls\":[{\"id\":\"call_8f2a7\",\"type\":\"function\",\"function\":{\"name\":"
+        "\"get_time\",\"arguments\":{}}}]},{\"role\":\"tool\",\"tool_call_id\":\"call_8f2a7\","
+        "\"content\":\"12\"}]";
+    char *text = NULL;
+    capmoe_error err;
+    ck_assert_int_ne(capmoe_chat_apply(chat, msgs, TOOLS, 1, NULL, &text, &err), 0);
+    ck_assert_msg(strstr(err.msg, "length 9"), "%s", err.msg);
+    char *adapted = capmoe_api_tools_history(msgs, CAPMOE_TOOL_FORM_MISTRAL);
+    ck_assert_ptr_nonnull(adapted);
+    ck_assert_msg(capmoe_chat_apply(chat, adapted, TOOLS, 1, NULL, &text, &err) == 0, "%s", err.msg);
+    char id[10];
+    capmoe_api_tool_id9("call_8f2a7", 0, id);
+    char want_call[64], want_result[64];
+    snprintf(want_call, sizeof want_call, "\"id\": \"%s\"}]", id);
+    snprintf(want_result, sizeof want_result, "\"call_id\": \"%s\"}[/TOOL_RESULTS]", id);
+    ck_assert_msg(strstr(text, want_call) && strstr(text, want_result), "%s", text);
+    free(text);
+    free(adapted);
+    /* the other forms keep the ids */
+    ck_assert_ptr_null(capmoe_api_tools_history(msgs, CAPMOE_TOOL_FORM_LLAMA3));
+    ck_assert_ptr_null(capmoe_api_tools_history(msgs, CAPMOE_TOOL_FORM_HERMES));
+    capmoe_chat_free(chat);
+}
+END_TEST
+
 /* The two tools' schemas, checked by hand. */
 static int args_valid(const char *name, const char *args) {
     cJSON *v = cJSON_Parse(args);
@@ -388,6 +419,7 @@ static Suite *tools_suite(void) {
     tcase_add_test(tc, test_detect);
     tcase_add_test(tc, test_parse_forms);
     tcase_add_test(tc, test_template_roundtrip);
+    tcase_add_test(tc, test_mistral_ids);
     tcase_add_test(tc, test_required_walks);
     tcase_set_timeout(tc, 120);
     suite_add_tcase(s, tc);

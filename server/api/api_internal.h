@@ -163,8 +163,11 @@ capmoe_api_tool_form capmoe_api_tools_form(capmoe_api *api);
 /* api_tools.c: the messages (with tool calls) as the template of form
  * expects them, malloc'd, or NULL when they need no change: DeepSeek-V3's
  * template wants an assistant's calls with content null and the arguments as
- * a JSON string. */
+ * a JSON string; Mistral's wants call ids of 9 letters / digits (others are
+ * replaced by capmoe_api_tool_id9 of them, in calls and results alike). */
 char *capmoe_api_tools_history(const char *messages_json, capmoe_api_tool_form form);
+/* api_toolcalls.c: 9 letters / digits derived from s and k (Mistral call ids). */
+void capmoe_api_tool_id9(const char *s, int k, char out[10]);
 /* api_tools.c: 1 when that form is Hermes / Qwen <tool_call>. */
 int capmoe_api_tools_hermes(capmoe_api *api);
 /* POST /v1/responses. */

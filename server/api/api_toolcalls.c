@@ -51,6 +51,15 @@ const char *capmoe_api_tool_form_name(capmoe_api_tool_form f) {
     }
 }
 
+void capmoe_api_tool_id9(const char *s, int k, char out[10]) {
+    static const char al[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (const char *p = s; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    h = (h ^ (uint64_t)k) * 1099511628211ull;
+    for (int i = 0; i < 9; i++, h /= 62) out[i] = al[h % 62];
+    out[9] = 0;
+}
+
 /* ---- the calls found so far -------------------------------------------------------- */
 
 typedef struct found {
@@ -105,12 +114,7 @@ static void add_call(found *f, const char *name, const cJSON *args) {
     char id[96];
     int k = cJSON_GetArraySize(f->calls);
     if (f->mistral_ids) {
-        static const char al[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-        uint64_t h = 1469598103934665603ull;
-        for (const char *p = f->id_base; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
-        h = (h ^ (uint64_t)k) * 1099511628211ull;
-        for (int i = 0; i < 9; i++, h /= 62) id[i] = al[h % 62];
-        id[9] = 0;
+        capmoe_api_tool_id9(f->id_base, k, id);
     } else {
         snprintf(id, sizeof id, "call_%s_%d", f->id_base, k);
     }

@@ -254,16 +254,45 @@ int capmoe_api_tools_set_form(capmoe_api_request *r, capmoe_api_tool_form form,
     return rc;
 }
 
+/* 1 when id is 9 letters / digits (what Mistral templates accept). */
+static int id9(const char *id) {
+    size_t n = 0;
+    for (; id[n]; n++)
+        if (!((id[n] >= 'a' && id[n] <= 'z') || (id[n] >= 'A' && id[n] <= 'Z') ||
+              (id[n] >= '0' && id[n] <= '9')))
+            return 0;
+    return n == 9;
+}
+
+/* Mistral: an id of another shape replaced by 9 letters / digits derived
+ * from it (the same for a call and its result). */
+static int mistral_id(cJSON *o, const char *key) {
+    cJSON *id = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!cJSON_IsString(id) || id9(id->valuestring)) return 0;
+    char out[10];
+    capmoe_api_tool_id9(id->valuestring, 0, out);
+    cJSON_ReplaceItemInObjectCaseSensitive(o, key, cJSON_CreateString(out));
+    return 1;
+}
+
 char *capmoe_api_tools_history(const char *messages_json, capmoe_api_tool_form form) {
-    if (form != CAPMOE_TOOL_FORM_DEEPSEEK || !messages_json) return NULL;
-    /* DeepSeek-V3's template writes an assistant's calls only when its
-     * content is null, and concatenates the arguments as a string (the form
-     * DeepSeek's own API sends) */
+    if ((form != CAPMOE_TOOL_FORM_DEEPSEEK && form != CAPMOE_TOOL_FORM_MISTRAL) || !messages_json)
+        return NULL;
     cJSON *arr = cJSON_Parse(messages_json);
     int changed = 0;
     for (cJSON *m = arr ? arr->child : NULL; m; m = m->next) {
+        if (form == CAPMOE_TOOL_FORM_MISTRAL) changed |= mistral_id(m, "tool_call_id");
         cJSON *calls = cJSON_GetObjectItemCaseSensitive(m, "tool_calls");
         if (!cJSON_IsArray(calls)) continue;
+        if (form == CAPMOE_TOOL_FORM_MISTRAL) {
+            /* its templates refuse ids other than 9 letters / digits (the
+             * ids capmoe returns for it), which other servers' ids are not */
+            for (cJSON *c = calls->child; c; c = c->next) changed |= mistral_id(c, "id");
+            continue;
+        }
+        /* DeepSeek-V3's template writes an assistant's calls only when its
+         * content is null, and concatenates the arguments as a string (the
+         * form DeepSeek's own API sends) */
         cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
         if (cJSON_IsString(content) && !content->valuestring[0]) {
             cJSON_ReplaceItemInObjectCaseSensitive(m, "content", cJSON_CreateNull());

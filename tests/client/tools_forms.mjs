@@ -101,6 +101,13 @@ if (FORM === 'none') {
       const r3 = await client.chat.completions.create({ model: MODEL, tools: TOOLS, max_tokens: 1,
         messages: [ASK[0], { role: 'assistant', content: null, tool_calls: longer }, followUp[2]] });
       assert.ok(r3.usage.prompt_tokens > r2.usage.prompt_tokens, 'the arguments are in the prompt');
+      // a conversation with another server's call ids (Mistral's templates
+      // accept only 9 letters / digits: capmoe maps them)
+      const other = [{ ...calls[0], id: 'call_abc_123' }];
+      const r4 = await client.chat.completions.create({ model: MODEL, tools: TOOLS, max_tokens: 1,
+        messages: [ASK[0], { role: 'assistant', content: null, tool_calls: other },
+          { role: 'tool', tool_call_id: 'call_abc_123', content: '12' }] });
+      assert.ok(r4.usage.prompt_tokens > r.usage.prompt_tokens, 'the call is in the prompt');
     }
   });
 
