@@ -7,7 +7,7 @@
 // round trip, bad input), the Vercel AI SDK's default provider path
 // (openai(model) = the Responses API: generateText / streamText with tools,
 // a tool result fed back) and LangChain's ChatOpenAI with useResponsesApi
-// (bindTools, a ToolMessage fed back). The model is random: required / named
+// (bindTools, invoke and stream, a ToolMessage fed back). The model is random: required / named
 // calls are enforced by constrained decoding, so every call must parse and
 // its arguments validate against the tool's schema, for every seed.
 // Started by tests/t_client_matrix.sh with CAPMOE_TOOLS_URL, CAPMOE_API_KEY.
@@ -18,6 +18,7 @@ import { generateText, streamText, tool } from 'ai';
 import { createOpenAI } from '@ai-sdk/openai';
 import { ChatOpenAI } from '@langchain/openai';
 import { AIMessage, HumanMessage, ToolMessage } from '@langchain/core/messages';
+import { concat } from '@langchain/core/utils/stream';
 import { z } from 'zod';
 
 const URL = process.env.CAPMOE_TOOLS_URL;
@@ -260,7 +261,7 @@ test('AI SDK default provider path (Responses): generateText / streamText with t
   assert.ok(run.steps[1].usage.inputTokens > run.steps[0].usage.inputTokens + 10);
 });
 
-test('LangChain ChatOpenAI useResponsesApi: bindTools, and a ToolMessage fed back', async () => {
+test('LangChain ChatOpenAI useResponsesApi: bindTools (invoke, stream), and a ToolMessage fed back', async () => {
   const opts = { model: MODEL, apiKey: KEY, configuration: { baseURL: `${URL}/v1` }, maxTokens: 120,
     maxRetries: 0, useResponsesApi: true };
   // LangChain takes tools in the chat form and sends them flat
@@ -282,6 +283,13 @@ test('LangChain ChatOpenAI useResponsesApi: bindTools, and a ToolMessage fed bac
     }
     first ??= msg;
   }
+  // streamed: the function_call events become one tool call chunk
+  let acc;
+  for await (const chunk of await runs[0][0].stream('What is the weather in Oslo?'))
+    acc = acc ? concat(acc, chunk) : chunk;
+  assert.equal(acc.tool_calls.length, 1, JSON.stringify(acc));
+  assert.equal(acc.tool_calls[0].name, 'get_time');
+  assert.ok(Time.safeParse(acc.tool_calls[0].args).success, JSON.stringify(acc.tool_calls[0]));
   const call = first.tool_calls[0];
   const llm = new ChatOpenAI({ ...opts, maxTokens: 5, modelKwargs: { tool_choice: 'none' } });
   const back = await llm.bindTools(chatTools).invoke([
