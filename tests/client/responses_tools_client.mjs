@@ -2,18 +2,20 @@
 // through the clients people use, on a model whose chat template writes tool
 // calls as <tool_call> JSON (the shipped default model with the real Qwen3
 // template, tests/jinja/templates/npm_qwen3.jinja): the official openai SDK
-// (responses.create with required and named tool_choice, responses.stream
-// with its function_call events, a function_call / function_call_output
-// round trip, bad input), the Vercel AI SDK's default provider path
-// (openai(model) = the Responses API: generateText / streamText with tools,
-// a tool result fed back) and LangChain's ChatOpenAI with useResponsesApi
-// (bindTools, invoke and stream, a ToolMessage fed back). The model is random: required / named
-// calls are enforced by constrained decoding, so every call must parse and
-// its arguments validate against the tool's schema, for every seed.
+// (responses.create with required and named tool_choice, responses.parse
+// with zodResponsesFunction tools, responses.stream with its function_call
+// events, a function_call / function_call_output round trip, bad input), the
+// Vercel AI SDK's default provider path (openai(model) = the Responses API:
+// generateText / streamText with tools, a tool result fed back) and
+// LangChain's ChatOpenAI with useResponsesApi (bindTools, invoke and stream,
+// a ToolMessage fed back). The model is random: required / named calls are
+// enforced by constrained decoding, so every call must parse and its
+// arguments validate against the tool's schema, for every seed.
 // Started by tests/t_client_matrix.sh with CAPMOE_TOOLS_URL, CAPMOE_API_KEY.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
+import { zodResponsesFunction } from 'openai/helpers/zod';
 import { generateText, streamText, tool } from 'ai';
 import { createOpenAI } from '@ai-sdk/openai';
 import { ChatOpenAI } from '@langchain/openai';
@@ -116,6 +118,20 @@ test('openai SDK: required with parallel_tool_calls false gives exactly one call
     assert.equal(r.output.length, 1, JSON.stringify(r.output));
     checkCall(r.output[0]);
     assert.equal(r.parallel_tool_calls, false);
+  }
+});
+
+test('openai SDK responses.parse: zodResponsesFunction tools give parsed_arguments', async () => {
+  const tools = [zodResponsesFunction({ name: 'get_weather', description: 'The weather in a city',
+    parameters: Weather }), zodResponsesFunction({ name: 'get_time', parameters: Time })];
+  for (let seed = 0; seed < 3; seed++) {
+    const r = await client.responses.parse({ model: MODEL, input: ASK, tools, seed,
+      tool_choice: 'required', max_output_tokens: 120 });
+    assert.ok(r.output.length >= 1);
+    for (const o of r.output) {
+      checkCall(o);
+      assert.deepEqual(o.parsed_arguments, SCHEMA[o.name].parse(JSON.parse(o.arguments)));
+    }
   }
 });
 
