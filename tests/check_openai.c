@@ -393,6 +393,11 @@ START_TEST(test_responses_tools) {
     ck_assert_str_eq(r.messages[1].content, "");
     ck_assert_int_eq(r.tool_choice, CAPMOE_TOOLS_NONE);
     capmoe_api_request_free(&r);
+    /* empty arguments: a call without any */
+    ck_assert_int_eq(responses("{\"input\":[{\"type\":\"function_call\",\"call_id\":\"c1\","
+                               "\"name\":\"f\",\"arguments\":\"\"}]}", &r, &e), 0);
+    ck_assert_msg(strstr(r.messages_json, "\"arguments\":{}"), "%s", r.messages_json);
+    capmoe_api_request_free(&r);
     /* refused, named in Responses terms */
     responses_400("{\"input\":\"a\",\"tools\":[{\"type\":\"web_search_preview\"}]}", "tools[0].type",
                   "web_search_preview");

@@ -109,7 +109,8 @@ static int add_function_call(const cJSON *it, const char *param, cJSON *msgs, cJ
     const cJSON *args = capmoe_api_field(it, "arguments");
     if (!args || !cJSON_IsString(args))
         return field_error(e, param, "arguments", "must be a string (the arguments as JSON)");
-    cJSON *parsed = cJSON_Parse(args->valuestring);
+    const char *as = args->valuestring[0] ? args->valuestring : "{}"; /* "": no arguments */
+    cJSON *parsed = cJSON_Parse(as);
     int obj = cJSON_IsObject(parsed);
     cJSON_Delete(parsed);
     if (!obj) return field_error(e, param, "arguments", "must hold a JSON object");
@@ -129,7 +130,7 @@ static int add_function_call(const cJSON *it, const char *param, cJSON *msgs, cJ
     cJSON_AddStringToObject(x, "type", "function");
     cJSON *fn = cJSON_AddObjectToObject(x, "function");
     cJSON_AddStringToObject(fn, "name", name);
-    cJSON_AddStringToObject(fn, "arguments", args->valuestring);
+    cJSON_AddStringToObject(fn, "arguments", as);
     cJSON_AddItemToArray(calls, x);
     cJSON_AddItemToArray(seen, cJSON_CreateString(id));
     return 0;
