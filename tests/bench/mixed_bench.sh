@@ -16,7 +16,7 @@
 #
 #   sh tests/bench/mixed_bench.sh [--model DIR] [--duration S] [--threads N]
 #        [--streams S] [--max-tokens N] [--long N] [--long-min N] [--long-max N]
-#        [--configs A,B,C] [--ppl-tokens N] [--no-ppl] [--seed N]
+#        [--configs A,B,C] [--regime-tokens auto|N] [--ppl-tokens N] [--no-ppl] [--seed N]
 #        [--out FILE.json] [--md FILE.md] [-- extra capmoe-server flags]
 #
 # Without --model it serves a fine-grained random checkpoint big enough that
@@ -26,16 +26,18 @@
 # Its text is noise: ignore_eos keeps every request at its max_tokens.
 # Defaults: --duration 60, --threads 0 (one per CPU), --streams 16,
 # --max-tokens 64, --long 6 prompts of 1000..2000 tokens (16 tokens each),
-# --ppl-tokens 4096 of tests/train/heldout.txt. Binaries: $CAPMOE_BUILD
-# (default build/) capmoe-server and capmoe. Each server gets --max-running
-# streams + long. Output: the JSON report on stdout (and in --out), the
+# --regime-tokens auto (a number replaces auto in B and C: the crossover
+# measured at start is noisy on a loaded machine), --ppl-tokens 12288 of
+# tests/train/heldout.txt (as the README's piggyback quality table).
+# Binaries: $CAPMOE_BUILD (default build/) capmoe-server and capmoe. Each
+# server gets --max-running streams + long. Output: the JSON report on stdout (and in --out), the
 # markdown tables on stderr (or in --md).
 set -u
 cd "$(dirname "$0")/../.."
 . tests/client/server.sh
 BUILD="${CAPMOE_BUILD:-build}"
 model=""; duration=60; threads=0; streams=16; max_tokens=64; nlong=6; long_min=1000; long_max=2000
-long_tokens=16; configs="A,B,C"; ppl_tokens=4096; ppl=1; seed=1; out=""; md=""
+long_tokens=16; configs="A,B,C"; regime=auto; ppl_tokens=12288; ppl=1; seed=1; out=""; md=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --model) model="$2"; shift 2 ;;
@@ -47,13 +49,14 @@ while [ $# -gt 0 ]; do
     --long-min) long_min="$2"; shift 2 ;;
     --long-max) long_max="$2"; shift 2 ;;
     --configs) configs="$2"; shift 2 ;;
+    --regime-tokens) regime="$2"; shift 2 ;;
     --ppl-tokens) ppl_tokens="$2"; shift 2 ;;
     --no-ppl) ppl=0; shift ;;
     --seed) seed="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --md) md="$2"; shift 2 ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "mixed_bench: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -72,8 +75,8 @@ trap 'stop_server >/dev/null 2>&1; rm -rf "$tmp"' EXIT
 flags_of() {
   case "$1" in
     A) echo "--policy none" ;;
-    B) echo "--policy drop --capacity-factor auto --decode-policy piggyback --regime-tokens auto" ;;
-    C) echo "--policy drop --capacity-factor auto --decode-policy piggyback --regime-tokens auto --piggyback-k0 6" ;;
+    B) echo "--policy drop --capacity-factor auto --decode-policy piggyback --regime-tokens $regime" ;;
+    C) echo "--policy drop --capacity-factor auto --decode-policy piggyback --regime-tokens $regime --piggyback-k0 6" ;;
     *) return 1 ;;
   esac
 }

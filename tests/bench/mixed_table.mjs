@@ -36,12 +36,13 @@ const lines = [
   ...runs.map((r) => `| ${r.name} | \`${r.flags}\` | ${r.load.gen_tokens_per_s}${r === base ? '' : pct(r.load.gen_tokens_per_s, L.gen_tokens_per_s)} | ` +
     `${r.load.prompt_tokens_per_s} | ${p3(r.load.ttft_decode_ms)} | ${p3(r.load.ttft_long_ms)} | ${p3(r.load.itl_decode_ms)} |`),
   '',
-  '| config | crossover (tokens) | dispatches main / main limited / decode | activated experts / dispatch | piggybacked pairs | dropped pairs / routed | dropped mass / limited dispatch | perplexity decode B=' +
+  '| config | regime tokens | dispatches main / main limited / decode | activated experts / dispatch | piggybacked pairs | dropped pairs / routed | dropped mass / limited dispatch | perplexity decode B=' +
     `${base.ppl_decode?.batch ?? '?'} | perplexity prefill |`,
   '|---|---:|---|---:|---:|---:|---:|---:|---:|',
   ...runs.map((r) => {
     const m = r.load.metrics, d = m.dispatches;
-    const cross = r.flags.includes('--decode-policy') ? m.regime_crossover_tokens : '-';
+    const rt = (r.flags.match(/--regime-tokens (\S+)/) || [])[1];
+    const cross = !rt ? '-' : rt === 'auto' ? `auto: ${m.regime_crossover_tokens}` : `${rt} (measured ${m.regime_crossover_tokens})`;
     return `| ${r.name} | ${cross} | ${d.main ?? 0} / ${d.main_limited ?? 0} / ${(d.decode ?? 0) + (d.decode_limited ?? 0)} | ` +
       `${m.activated_experts_mean} | ${m.piggybacked_pairs} | ${m.dropped_ratio} | ${m.dropped_mass_ratio_mean ?? '-'} | ${ppl(r, 'ppl_decode')} | ${ppl(r, 'ppl_prefill')} |`;
   }),
