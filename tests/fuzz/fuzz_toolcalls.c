@@ -7,7 +7,10 @@
  * Invariants: no calls, or a non-empty list of calls of the declared tools,
  * each with an id (9 letters and digits for Mistral), type "function" and
  * arguments that are a JSON object; the content is NULL or non-empty,
- * trimmed, and valid UTF-8 when the text is. */
+ * trimmed, and valid UTF-8 when the text is. The text is also given as a
+ * conversation to capmoe_api_tools_history (the messages as Mistral's and
+ * DeepSeek's templates want them): NULL or a JSON list whose call ids are 9
+ * letters / digits (Mistral). */
 #include "api_internal.h"
 #include "api_json.h"
 #include "capmoe/utf8.h"
@@ -65,6 +68,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     free(content);
     cJSON_Delete(calls);
+    for (int form = CAPMOE_TOOL_FORM_MISTRAL; form <= CAPMOE_TOOL_FORM_DEEPSEEK; form += 2) {
+        char *h = capmoe_api_tools_history(text, (capmoe_api_tool_form)form);
+        if (!h) continue;
+        cJSON *v = cJSON_Parse(h);
+        FUZZ_CHECK(cJSON_IsArray(v), "history '%s'", h);
+        for (const cJSON *m = v->child; m && form == CAPMOE_TOOL_FORM_MISTRAL; m = m->next) {
+            const cJSON *calls2 = cJSON_GetObjectItemCaseSensitive(m, "tool_calls");
+            for (const cJSON *c = cJSON_IsArray(calls2) ? calls2->child : NULL; c; c = c->next) {
+                const cJSON *id = cJSON_GetObjectItemCaseSensitive(c, "id");
+                FUZZ_CHECK(!cJSON_IsString(id) || strlen(id->valuestring) == 9, "id");
+            }
+        }
+        cJSON_Delete(v);
+        free(h);
+    }
     free(text);
     return 0;
 }
