@@ -33,7 +33,7 @@
 # server gets --max-running streams + long. Output: the JSON report on stdout (and in --out), the
 # markdown tables on stderr (or in --md).
 set -u
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 . tests/client/server.sh
 BUILD="${CAPMOE_BUILD:-build}"
 model=""; duration=60; threads=0; streams=16; max_tokens=64; nlong=6; long_min=1000; long_max=2000
