@@ -373,7 +373,11 @@ int capmoe_model_regime_probe(capmoe_model *m, int max_tokens, int reps, capmoe_
     capmoe_dispatch_cfg_default(&cfg);
     capmoe_layer_stats ls;
     int rc = 0;
-    for (int T = 1; T <= max_tokens && out->n < CAPMOE_PROBE_MAX; T *= 2) {
+    /* T = 1, 2, 3, 4, 6, 8, 11, 16, ...: powers of sqrt(2), so the compute-bound
+     * end, where the fit lives, has several points */
+    for (int i = 0, T = 1; T <= max_tokens && out->n < CAPMOE_PROBE_MAX;
+         i++, T = (int)lround(pow(2.0, i / 2.0))) {
+        if (out->n > 0 && T == out->tokens[out->n - 1]) continue;
         double best = -1, act = 0;
         for (int r = 0; r < reps && rc == 0; r++) {
             double t0 = capmoe_now();
@@ -396,25 +400,27 @@ int capmoe_model_regime_probe(capmoe_model *m, int max_tokens, int reps, capmoe_
     free(h);
     free(y);
     if (rc) return -1;
-    /* the fit over the points with every expert activated (at least the last two) */
-    int first = out->n - 2;
-    for (int i = 0; i < out->n; i++)
-        if (out->activated[i] >= E - 1e-9) {
-            if (i < first) first = i;
-            break;
-        }
-    double sx = 0, sy = 0, sxx = 0, sxy = 0;
-    int np = out->n - first;
-    for (int i = first; i < out->n; i++) {
-        double x = out->tokens[i], yv = out->seconds[i];
-        sx += x;
-        sy += yv;
-        sxx += x * x;
-        sxy += x * yv;
+    /* The fit, over every point: t(T) = ce * activated(T) + b * T, a read cost
+     * per activated expert and a work per token, least squares on the
+     * relative error (weights 1 / t^2: a busy machine's noise is a factor on
+     * the time, not an offset). The points below full activation pin ce;
+     * fitting only the fully activated ones (3 or 4 points) swung the
+     * crossover from 1 to 256 on a loaded machine, this fit stays within a
+     * few tokens. a = ce * E is the cost of reading every expert. */
+    double s_aa = 0, s_at = 0, s_tt = 0, s_ay = 0, s_ty = 0;
+    for (int i = 0; i < out->n; i++) {
+        double y = out->seconds[i], w = y > 0 ? 1.0 / (y * y) : 0.0;
+        double xa = out->activated[i], xt = out->tokens[i];
+        s_aa += w * xa * xa;
+        s_at += w * xa * xt;
+        s_tt += w * xt * xt;
+        s_ay += w * xa * y;
+        s_ty += w * xt * y;
     }
-    double den = np * sxx - sx * sx;
-    double b = den > 0 ? (np * sxy - sx * sy) / den : 0.0;
-    double a = (sy - b * sx) / np;
+    double det = s_aa * s_tt - s_at * s_at;
+    double ce = det > 0 ? (s_ay * s_tt - s_ty * s_at) / det : 0.0;
+    double b = det > 0 ? (s_aa * s_ty - s_at * s_ay) / det : 0.0;
+    double a = ce * E;
     out->fixed_seconds = a;
     out->per_token_seconds = b;
     int last = out->tokens[out->n - 1];

@@ -31,7 +31,7 @@ pts = o["decode_time_vs_activated"]["points"]
 assert len(pts) == 3 * len(o["decode"]) and all(p["step_time_s"] > 0 for p in pts), pts
 assert o["decode_time_vs_activated"]["expert_bytes"] >= 3 * 64 * 48 * 2  # H 64, width 48, >= 2 bytes
 rg = o["regime"]
-assert rg["tokens"] == [1, 2, 4, 8, 16, 32], rg
+assert rg["tokens"] == [1, 2, 3, 4, 6, 8, 11, 16, 23, 32], rg  # powers of sqrt 2
 assert 1 <= rg["crossover_tokens"] <= 32
 assert all(0 < a <= E for a in rg["activated_experts"])
 print("bench regime: crossover %d tokens; decode activated none/piggyback %s" % (

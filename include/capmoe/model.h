@@ -135,17 +135,19 @@ int capmoe_model_forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_se
 /* Where a dispatch stops being memory-bound, measured on this machine
  * (dispatch-spec.md section 1 "Memory-bound dispatch", --regime-tokens auto).
  * Every MoE layer's block runs on T random hidden states (policy none;
- * T = 1, 2, 4, ... up to max_tokens), best of `reps` passes. With every
+ * T = 1, 2, 3, 4, 6, 8, 11, 16, ...: powers of sqrt 2 up to max_tokens),
+ * best of `reps` passes. With every
  * expert activated (the smallest T where the mean activated experts per
  * layer reaches E, and above), a pass costs reading every expert once plus
- * work proportional to T: a least-squares fit t(T) = a + b*T over those
- * points gives the crossover T* = a / b, where the per-token work equals the
- * cost of reading the experts. Below T* a dispatch is memory-bound (its time
+ * work proportional to T: a robust (Theil-Sen: median pairwise slope,
+ * median intercept) fit t(T) = a + b*T over those points gives the
+ * crossover T* = a / b, where the per-token work equals the cost of reading
+ * the experts. Below T* a dispatch is memory-bound (its time
  * follows the experts it activates); above it, compute-bound (its time
  * follows the largest load). crossover = round(T*), clamped to
  * [1, max_tokens]; max_tokens when the time does not grow with T (b <= 0)
- * or fewer than two points have every expert activated (then the fit uses
- * the last two points). Not available under --ep mpi (experts live on other
+ * or fewer than three points have every expert activated (then the fit uses
+ * the last three points). Not available under --ep mpi (experts live on other
  * processes). Uses the model's scratch: call it where a forward could run. */
 #define CAPMOE_PROBE_MAX 16
 typedef struct capmoe_regime_probe {

@@ -73,7 +73,7 @@ static const char *BENCH_USAGE =
     "  --policies LIST      none,drop,reroute,expanded,rank_drop,piggyback (default\n"
     "                       none,drop,reroute,expanded; none is always run)\n"
     "  --piggyback-k0s LIST piggyback runs, one per k0 (default 1,k/4,k/2 of the model)\n"
-    "  --regime-max N       the memory/compute crossover probe: T = 1, 2, 4, ... N (256;\n"
+    "  --regime-max N       the memory/compute crossover probe: T = 1, 2, 3, 4, 6, 8 ... N (256;\n"
     "                       0 skips it)\n"
     "  --gammas LIST        capacity factors (default 1.0,1.5,2.0)\n"
     "  --ep-ranks R         expert-parallel ranks (default: number of experts, or its\n"
