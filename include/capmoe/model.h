@@ -136,19 +136,18 @@ int capmoe_model_forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_se
  * (dispatch-spec.md section 1 "Memory-bound dispatch", --regime-tokens auto).
  * Every MoE layer's block runs on T random hidden states (policy none;
  * T = 1, 2, 3, 4, 6, 8, 11, 16, ...: powers of sqrt 2 up to max_tokens),
- * best of `reps` passes. With every
- * expert activated (the smallest T where the mean activated experts per
- * layer reaches E, and above), a pass costs reading every expert once plus
- * work proportional to T: a robust (Theil-Sen: median pairwise slope,
- * median intercept) fit t(T) = a + b*T over those points gives the
- * crossover T* = a / b, where the per-token work equals the cost of reading
- * the experts. Below T* a dispatch is memory-bound (its time
- * follows the experts it activates); above it, compute-bound (its time
- * follows the largest load). crossover = round(T*), clamped to
- * [1, max_tokens]; max_tokens when the time does not grow with T (b <= 0)
- * or fewer than three points have every expert activated (then the fit uses
- * the last three points). Not available under --ep mpi (experts live on other
- * processes). Uses the model's scratch: call it where a forward could run. */
+ * best of `reps` passes. A pass costs reading every expert it activates
+ * plus work proportional to T: a fit over every point, t(T) = ce *
+ * activated(T) + b * T, least squares on the relative error (weights
+ * 1/t^2), gives a = ce * E (reading every expert) and the crossover
+ * T* = a / b, where the per-token work equals the cost of reading the
+ * experts. Below T* a dispatch is memory-bound (its time follows the
+ * experts it activates); above it, compute-bound (its time follows the
+ * largest load). crossover = round(T*), clamped to [1, max_tokens];
+ * max_tokens when the time does not grow with T (b <= 0), 1 when it does
+ * not grow with the activated experts (a <= 0). Not available under --ep
+ * mpi (experts live on other processes). Uses the model's scratch: call it
+ * where a forward could run. */
 #define CAPMOE_PROBE_MAX 16
 typedef struct capmoe_regime_probe {
     int n;                               /* points measured */
@@ -156,7 +155,7 @@ typedef struct capmoe_regime_probe {
     double seconds[CAPMOE_PROBE_MAX];    /* best time of one pass over every MoE layer */
     double activated[CAPMOE_PROBE_MAX];  /* mean experts activated per MoE layer */
     int n_experts, moe_layers;
-    double fixed_seconds;                /* a of the fit */
+    double fixed_seconds;                /* a of the fit: reading every expert */
     double per_token_seconds;            /* b of the fit */
     int crossover;                       /* regime_tokens to use */
 } capmoe_regime_probe;
