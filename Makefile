@@ -4,7 +4,8 @@
 #   make run        install missing Debian packages, build, start the server
 #                   on the shipped default model (config/model)
 #   make test       install missing packages, build (plain + ASan/UBSan), run
-#                   every test (tests/run.sh)
+#                   the Check suites under clang's sanitizers (clang-checks),
+#                   then every test (tests/run.sh)
 #   make asan       the AddressSanitizer + UBSan build in build-asan/
 #   make fuzz       libFuzzer harnesses of tests/fuzz/ (clang, ASan + UBSan, in
 #                   build-fuzz/), each run FUZZ_SECONDS (default 30) from its seeds
@@ -164,6 +165,7 @@ run: deps
 test: test-deps
 	$(MAKE) -j2 tests
 	$(MAKE) -j2 BUILD=build-asan SAN=1 tests
+	$(MAKE) clang-checks
 	sh tests/run.sh
 
 bench: deps

@@ -6,14 +6,15 @@
 #   install-deps.sh test      build + test tools (Check, promtool, node, wrk, openssl
 #                             for test certificates, chromium for the CORS test,
 #                             systemd for systemd-analyze verify of the unit,
-#                             python3-jinja2 for the chat-template parity)
+#                             python3-jinja2 for the chat-template parity,
+#                             clang for the Check suites under clang's sanitizers)
 #   install-deps.sh --list M  print the package list of mode M and exit
 # Installs only what is missing; needs root (or sudo) when something is.
 set -eu
 
 BUILD_PKGS="gcc make pkg-config libc6-dev libopenblas-dev libcjson-dev libmicrohttpd-dev libuv1-dev libpcre2-dev libutf8proc-dev libopenmpi-dev openmpi-bin libgnutls28-dev libdnnl-dev"
 RUNTIME_PKGS="libopenblas0-pthread libcjson1 libmicrohttpd12 libuv1 libpcre2-8-0 libutf8proc2 libopenmpi3 openmpi-bin libgnutls30 libdnnl2 libgomp1 tini"
-TEST_PKGS="check prometheus wrk nodejs npm python3 python3-jinja2 curl docker-compose iproute2 openssl chromium systemd"
+TEST_PKGS="check clang prometheus wrk nodejs npm python3 python3-jinja2 curl docker-compose iproute2 openssl chromium systemd"
 
 list=0
 if [ "${1:-}" = "--list" ]; then list=1; shift; fi

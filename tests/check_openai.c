@@ -2,7 +2,9 @@
  * api_error.c, utf8.c, api_stream.c): UTF-8
  * validation, SSE framing, the OpenAI error body, and request parsing /
  * validation of /v1/completions and /v1/chat/completions (types, ranges,
- * limits, unsupported fields, unknown fields ignored, nesting limit). The
+ * limits, unsupported fields, unknown fields ignored, nesting limit), and the
+ * translation of a /v1/responses body with function tools into a chat one
+ * (api_responses.c). The
  * HTTP behaviour around them is covered by tests/t_server_*.sh. */
 #include <check.h>
 #include <cjson/cJSON.h>
@@ -11,6 +13,7 @@
 #include <string.h>
 
 #include "capmoe/openai.h"
+#include "api_internal.h"
 #include "api_json.h"
 
 static const capmoe_api_limits k_lim = {512, 576, 16};
@@ -320,6 +323,118 @@ END_TEST
 
 /* A NUL escape would silently cut a string in cJSON: refused, naming the
  * field; an escaped backslash followed by "u0000" is not a NUL. */
+/* A Responses body translated and parsed as chat; rc of the pair, e named
+ * in Responses terms. */
+static int responses(const char *body, capmoe_api_request *r, capmoe_api_error *e) {
+    char *chat = NULL, *ins = NULL;
+    memset(e, 0, sizeof *e);
+    memset(r, 0, sizeof *r);
+    int rc = capmoe_api_responses_translate(body, strlen(body), &chat, &ins, e);
+    free(ins);
+    if (rc != 0) return rc;
+    rc = capmoe_api_parse_request(CAPMOE_API_CHAT, chat, strlen(chat), &k_lim, r, e);
+    free(chat);
+    if (rc != 0) capmoe_api_responses_param(e);
+    return rc;
+}
+
+static void responses_400(const char *body, const char *param, const char *needle) {
+    capmoe_api_request r;
+    capmoe_api_error e;
+    ck_assert_msg(responses(body, &r, &e) == -1, "accepted: %s", body);
+    ck_assert_int_eq(e.status, 400);
+    ck_assert_msg(strcmp(e.param, param) == 0, "%s: param '%s', want '%s'", body, e.param, param);
+    if (needle) ck_assert_msg(strstr(e.message, needle), "%s: message '%s' lacks '%s'", body,
+                              e.message, needle);
+}
+
+#define FN_TOOL "{\"type\":\"function\",\"name\":\"f\",\"description\":\"d\",\"strict\":true," \
+                "\"parameters\":{\"type\":\"object\",\"properties\":{\"x\":{\"type\":\"integer\"}}}}"
+#define FC(id) "{\"type\":\"function_call\",\"call_id\":\"" id "\",\"name\":\"f\",\"arguments\":\"{\\\"x\\\":1}\"}"
+
+START_TEST(test_responses_tools) {
+    capmoe_api_request r;
+    capmoe_api_error e;
+    /* flat tools, a named choice; a text answer and two calls form one
+     * assistant turn, each output a tool message */
+    ck_assert_int_eq(responses("{\"input\":[{\"role\":\"user\",\"content\":\"a\"},"
+                               "{\"type\":\"message\",\"role\":\"assistant\",\"content\":[{\"type\":"
+                               "\"output_text\",\"text\":\"let me see\"}]}," FC("c1") "," FC("c2") ","
+                               "{\"type\":\"function_call_output\",\"call_id\":\"c1\",\"output\":\"2\"},"
+                               "{\"type\":\"function_call_output\",\"call_id\":\"c2\",\"output\":"
+                               "[{\"type\":\"input_text\",\"text\":\"3\"}]}],"
+                               "\"tools\":[" FN_TOOL "],\"tool_choice\":{\"type\":\"function\","
+                               "\"name\":\"f\"},\"parallel_tool_calls\":false,\"max_tool_calls\":2}",
+                               &r, &e), 0);
+    ck_assert_int_eq(r.n_tools, 1);
+    ck_assert_int_eq(r.tool_choice, CAPMOE_TOOLS_NAMED);
+    ck_assert_str_eq(r.tool_name, "f");
+    ck_assert_int_eq(r.parallel_tool_calls, 0);
+    ck_assert_ptr_nonnull(r.grammar);
+    ck_assert_int_eq(r.n_messages, 4);
+    ck_assert_str_eq(r.messages[1].role, "assistant");
+    ck_assert_str_eq(r.messages[1].content, "let me see");
+    ck_assert_str_eq(r.messages[2].role, "tool");
+    ck_assert_str_eq(r.messages[3].content, "3");
+    cJSON *m = cJSON_Parse(r.messages_json);
+    cJSON *calls = cJSON_GetObjectItem(cJSON_GetArrayItem(m, 1), "tool_calls");
+    ck_assert_int_eq(cJSON_GetArraySize(calls), 2);
+    ck_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(calls, 1), "id")->valuestring, "c2");
+    ck_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(m, 3), "tool_call_id")->valuestring, "c2");
+    cJSON_Delete(m);
+    ck_assert_msg(strstr(r.tools_json, "\"function\":{\"name\":\"f\",\"description\":\"d\""), "%s",
+                  r.tools_json);
+    capmoe_api_request_free(&r);
+    /* a call with no message before it opens its own assistant turn */
+    ck_assert_int_eq(responses("{\"input\":[{\"role\":\"user\",\"content\":\"a\"}," FC("c1") "],"
+                               "\"tools\":[" FN_TOOL "],\"tool_choice\":\"none\"}", &r, &e), 0);
+    ck_assert_int_eq(r.n_messages, 2);
+    ck_assert_str_eq(r.messages[1].role, "assistant");
+    ck_assert_str_eq(r.messages[1].content, "");
+    ck_assert_int_eq(r.tool_choice, CAPMOE_TOOLS_NONE);
+    capmoe_api_request_free(&r);
+    /* empty arguments: a call without any */
+    ck_assert_int_eq(responses("{\"input\":[{\"type\":\"function_call\",\"call_id\":\"c1\","
+                               "\"name\":\"f\",\"arguments\":\"\"}]}", &r, &e), 0);
+    ck_assert_msg(strstr(r.messages_json, "\"arguments\":{}"), "%s", r.messages_json);
+    capmoe_api_request_free(&r);
+    /* refused, named in Responses terms */
+    responses_400("{\"input\":\"a\",\"tools\":[{\"type\":\"web_search_preview\"}]}", "tools[0].type",
+                  "web_search_preview");
+    responses_400("{\"input\":\"a\",\"tools\":[" FN_TOOL ",{\"type\":\"code_interpreter\"}]}",
+                  "tools[1].type", "code_interpreter");
+    responses_400("{\"input\":\"a\",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]}",
+                  "tools[0].name", "flat");
+    responses_400("{\"input\":\"a\",\"tools\":[{\"type\":\"function\",\"name\":\"\"}]}", "tools[0].name",
+                  NULL);
+    responses_400("{\"input\":\"a\",\"tools\":[" FN_TOOL "," FN_TOOL "]}", "tools[1]", "twice");
+    responses_400("{\"input\":\"a\",\"tools\":[{\"type\":\"function\",\"name\":\"f\",\"parameters\":3}]}",
+                  "tools[0].parameters", NULL);
+    responses_400("{\"input\":\"a\",\"tools\":[" FN_TOOL "],\"tool_choice\":\"any\"}", "tool_choice",
+                  "'any'");
+    responses_400("{\"input\":\"a\",\"tools\":[" FN_TOOL "],\"tool_choice\":{\"type\":\"function\","
+                  "\"name\":\"g\"}}", "tool_choice", "'g'");
+    responses_400("{\"input\":\"a\",\"tools\":[" FN_TOOL "],\"tool_choice\":{\"type\":\"allowed_tools\","
+                  "\"mode\":\"auto\",\"tools\":[]}}", "tool_choice", "allowed_tools");
+    responses_400("{\"input\":\"a\",\"tools\":[" FN_TOOL "],\"tool_choice\":7}", "tool_choice", NULL);
+    responses_400("{\"input\":\"a\",\"tools\":[" FN_TOOL "],\"max_tool_calls\":0}", "max_tool_calls", NULL);
+    responses_400("{\"input\":[{\"role\":\"user\",\"content\":\"a\"},{\"type\":\"function_call_output\","
+                  "\"call_id\":\"c9\",\"output\":\"x\"}]}", "input[1].call_id", "function_call");
+    responses_400("{\"input\":[" FC("c1") ",{\"type\":\"function_call_output\",\"call_id\":\"c2\","
+                  "\"output\":\"x\"}]}", "input[1].call_id", NULL);
+    responses_400("{\"input\":[" FC("c1") ",{\"type\":\"function_call_output\",\"call_id\":\"c1\"}]}",
+                  "input[1].output", NULL);
+    responses_400("{\"input\":[{\"type\":\"function_call\",\"call_id\":\"c1\",\"name\":\"f\","
+                  "\"arguments\":\"[1]\"}]}", "input[0].arguments", "object");
+    responses_400("{\"input\":[{\"type\":\"function_call\",\"call_id\":\"c1\",\"name\":\"f\"}]}",
+                  "input[0].arguments", NULL);
+    responses_400("{\"input\":[{\"type\":\"function_call\",\"name\":\"f\",\"arguments\":\"{}\"}]}",
+                  "input[0].call_id", NULL);
+    responses_400("{\"input\":[{\"type\":\"item_reference\",\"id\":\"fc_1\"}]}", "input[0]",
+                  "store");
+}
+END_TEST
+
 START_TEST(test_nul_in_strings) {
     expect_400(CAPMOE_API_COMPLETIONS, "{\"prompt\":\"hello\\u0000 world and more\"}", "prompt",
                "NUL");
@@ -491,6 +606,7 @@ static Suite *openai_suite(void) {
     tcase_add_test(tc, test_nesting);
     tcase_add_test(tc, test_chat);
     tcase_add_test(tc, test_nul_in_strings);
+    tcase_add_test(tc, test_responses_tools);
     tcase_set_timeout(tc, 30);
     suite_add_tcase(s, tc);
     return s;

@@ -4,7 +4,9 @@
 # Responses API (create, stream, errors), the Vercel AI SDK's default
 # provider path (/v1/responses) and chat path, LangChain's ChatOpenAI with and
 # without useResponsesApi; structured outputs through each; function calling
-# (tests/client/tools_client.mjs). Packages pinned in tests/client/package.json.
+# (tests/client/tools_client.mjs) on the chat path and on /v1/responses
+# (tests/client/responses_tools_client.mjs). Packages pinned in
+# tests/client/package.json.
 set -u
 cd "$(dirname "$0")/.."
 . tests/client/server.sh
@@ -32,6 +34,8 @@ start_server "$BUILD/capmoe-server" "$tmp/tools.log" --model config/model --api-
   --chat-template tests/jinja/templates/npm_qwen3.jinja || exit 1
 CAPMOE_TOOLS_URL="$SERVER_URL" CAPMOE_API_KEY="$key" \
   node --test-reporter=spec tests/client/tools_client.mjs || rc=$?
+CAPMOE_TOOLS_URL="$SERVER_URL" CAPMOE_API_KEY="$key" \
+  node --test-reporter=spec tests/client/responses_tools_client.mjs || rc=$?
 stop_server; src=$?
 if [ "$src" != 0 ] || [ "$rc" != 0 ]; then
   echo "t_client_matrix: tool tests failed (rc $rc, server $src); server log:"; tail -n 30 "$tmp/tools.log"; exit 1

@@ -1,6 +1,6 @@
 #!/bin/sh
 # t_server_soak.sh - a short soak of capmoe-server (plain build): 16 clients
-# for 30 s by default (SOAK_CLIENTS, SOAK_SECONDS; `make soak` runs longer),
+# for 60 s by default (SOAK_CLIENTS, SOAK_SECONDS; `make soak` runs longer),
 # a mix of completions, chat, streams, n > 1, logprobs, /tokenize and streams
 # abandoned mid-way (tests/server/soak.mjs). Nothing may be lost, resident
 # memory must stay bounded, and after it every gauge is back to idle, then

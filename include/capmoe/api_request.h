@@ -34,6 +34,17 @@ typedef enum capmoe_api_tool_choice {
     CAPMOE_TOOLS_NAMED             /* one call of tool_name (constrained decoding) */
 } capmoe_api_tool_choice;
 
+/* How the model's chat template writes tool calls (probed by rendering a
+ * conversation with a call; api_tools.c). */
+typedef enum capmoe_api_tool_form {
+    CAPMOE_TOOL_FORM_HERMES = 0,   /* <tool_call>\n{"name", "arguments"}\n</tool_call> (Hermes, Qwen) */
+    CAPMOE_TOOL_FORM_MISTRAL,      /* [TOOL_CALLS] [{"name", "arguments"}, ...] (Mistral v0.3) */
+    CAPMOE_TOOL_FORM_LLAMA3,       /* [<|python_tag|>]{"name", "parameters"} (Llama 3.1 / 3.2) */
+    CAPMOE_TOOL_FORM_DEEPSEEK,     /* <｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>
+                                      name\n```json\n{...}\n```<｜tool▁call▁end｜>... (DeepSeek-V3) */
+    CAPMOE_TOOL_FORM_UNKNOWN       /* none of these: <tool_call> text is still read back */
+} capmoe_api_tool_form;
+
 typedef enum capmoe_api_kind {
     CAPMOE_API_COMPLETIONS = 0,
     CAPMOE_API_CHAT
@@ -80,6 +91,11 @@ typedef struct capmoe_api_request {
     capmoe_api_tool_choice tool_choice;
     char *tool_name;               /* tool_choice naming a function (malloc'd) */
     int parallel_tool_calls;       /* default 1 */
+    capmoe_api_tool_form tool_form; /* the template's form (default Hermes), set before
+                                      generation by capmoe_api_tools_set_form */
+    const char *tool_prefill;      /* static: the form's opening marker appended to the
+                                      prompt of a required / named call (its text is read
+                                      back as if generated), or NULL */
 } capmoe_api_request;
 
 /* Parse + validate a body of /v1/completions or /v1/chat/completions.

@@ -209,8 +209,10 @@ static void handle_event(capmoe_api *api, capmoe_sched_event *ev) {
         capmoe_log_field f[] = {CAPMOE_LOG_STR("model", api->model_id),
                                 CAPMOE_LOG_INT("context", capmoe_sched_context(api->sched)),
                                 CAPMOE_LOG_STR("chat_template", capmoe_chat_source(api->chat)),
-                                CAPMOE_LOG_INT("regime_crossover_tokens", crossover)};
-        capmoe_log_fields(api->log, CAPMOE_LOG_INFO, f, 4,
+                                CAPMOE_LOG_INT("regime_crossover_tokens", crossover),
+                                CAPMOE_LOG_STR("tool_calls", capmoe_api_tool_form_name(
+                                                                 capmoe_api_tools_form(api)))};
+        capmoe_log_fields(api->log, CAPMOE_LOG_INFO, f, 5,
                           "model loaded; ready (memory/compute crossover: %d tokens per dispatch)",
                           crossover);
         return;
@@ -353,7 +355,8 @@ static int build_prompts(capmoe_api *api, gen_call *c, capmoe_api_error *e) {
             const char *tools = r->tool_choice == CAPMOE_TOOLS_NONE ? NULL : r->tools_json;
             int arc;
             if (r->messages_json || tools) {
-                char *mj = r->messages_json;
+                char *mj = capmoe_api_tools_history(r->messages_json, r->tool_form);
+                if (!mj) mj = r->messages_json;
                 if (!mj) { /* plain messages, rendered with the tools */
                     cJSON *arr = cJSON_CreateArray();
                     for (int k = 0; k < r->n_messages; k++) {
@@ -373,6 +376,16 @@ static int build_prompts(capmoe_api *api, gen_call *c, capmoe_api_error *e) {
             }
             if (arc != 0)
                 return E400(e, "messages", "cannot apply the chat template: %s", err.msg);
+            if (r->tool_prefill) { /* a required / named call's opening marker */
+                size_t a = strlen(text), b = strlen(r->tool_prefill);
+                char *t2 = realloc(text, a + b + 1);
+                if (!t2) {
+                    free(text);
+                    return capmoe_api_fail(e, 500, "server_error", NULL, NULL, "out of memory");
+                }
+                memcpy(t2 + a, r->tool_prefill, b + 1);
+                text = t2;
+            }
             /* the template writes its special tokens (bos) as text */
             int rc = capmoe_tokenizer_encode(tok, text, strlen(text), 0, &c->sub_ids[i], &c->sub_n[i],
                                              &err);
@@ -414,7 +427,7 @@ static int build_prompts(capmoe_api *api, gen_call *c, capmoe_api_error *e) {
 /* Extra stop ids for chat: the end-of-turn marker of the template family. */
 static int chat_stop_ids(const capmoe_tokenizer *tok, int32_t *out, int max) {
     static const char *names[] = {"<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>",
-                                  "<|end|>"};
+                                  "<|end|>", "<|eom_id|>"};
     int n = 0;
     for (size_t i = 0; i < sizeof names / sizeof names[0] && n < max; i++) {
         int id = capmoe_tokenizer_token_to_id(tok, names[i]);
@@ -478,11 +491,8 @@ static void generate(capmoe_api *api, capmoe_http_req *req, capmoe_api_kind kind
                         api->model_id);
         goto fail;
     }
-    if ((c->rq.tool_choice == CAPMOE_TOOLS_REQUIRED || c->rq.tool_choice == CAPMOE_TOOLS_NAMED) &&
-        !capmoe_api_tools_hermes(api)) {
-        E400(&e, "tool_choice",
-             "'tool_choice' required / a named function is enforced only for chat templates that "
-             "write tool calls as <tool_call> JSON (Hermes, Qwen); this model's template does not");
+    if (c->rq.tools_json &&
+        capmoe_api_tools_set_form(&c->rq, capmoe_api_tools_form(api), &e) != 0) {
         if (responses) capmoe_api_responses_param(&e);
         goto fail;
     }
@@ -520,6 +530,11 @@ static void generate(capmoe_api *api, capmoe_http_req *req, capmoe_api_kind kind
         gp.logprobs = c->rq.logprobs;
         gp.prompt_logprobs = kind == CAPMOE_API_COMPLETIONS && c->rq.echo && c->rq.logprobs >= 0;
         gp.skip_special = c->rq.skip_special;
+        /* tool calls whose markers are special tokens ([TOOL_CALLS],
+         * <|python_tag|>, DeepSeek's) are read from the text with them (as vLLM) */
+        if (c->rq.tools_json && c->rq.tool_choice != CAPMOE_TOOLS_NONE &&
+            c->rq.tool_form != CAPMOE_TOOL_FORM_HERMES && c->rq.tool_form != CAPMOE_TOOL_FORM_UNKNOWN)
+            gp.skip_special = 0;
         gp.penalties = c->rq.penalties;
         gp.logit_bias = c->rq.logit_bias;
         gp.n_logit_bias = c->rq.n_logit_bias;

@@ -116,8 +116,8 @@ struct capmoe_api {
     gen_call *calls;          /* generation calls the scheduler still owes events */
     int n_calls;
     capmoe_log *log;          /* borrowed; NULL: no records */
-    int tool_form;            /* the template writes tool calls as <tool_call> JSON: 1,
-                                 another way: -1, not probed yet: 0 (api_tools.c) */
+    int tool_form;            /* 1 + the form in which the template writes tool calls
+                                 (capmoe_api_tool_form), 0: not probed yet (api_tools.c) */
 };
 
 /* ---- api_error.c ------------------------------------------------------------------- */
@@ -157,8 +157,18 @@ void capmoe_api_sched_step(void *user, const capmoe_sched_step_info *info);
 /* POST /v1/completions, /v1/chat/completions. */
 void capmoe_api_route_generate(capmoe_api *api, capmoe_http_req *req, capmoe_api_kind kind,
                                const char *endpoint);
-/* api_tools.c: 1 when the chat template writes tool calls in the
- * <tool_call> form this server parses and constrains (probed once). */
+/* api_tools.c: the form in which the chat template writes tool calls
+ * (probed once by rendering a conversation with a call). */
+capmoe_api_tool_form capmoe_api_tools_form(capmoe_api *api);
+/* api_tools.c: the messages (with tool calls) as the template of form
+ * expects them, malloc'd, or NULL when they need no change: DeepSeek-V3's
+ * template wants an assistant's calls with content null and the arguments as
+ * a JSON string; Mistral's wants call ids of 9 letters / digits (others are
+ * replaced by capmoe_api_tool_id9 of them, in calls and results alike). */
+char *capmoe_api_tools_history(const char *messages_json, capmoe_api_tool_form form);
+/* api_toolcalls.c: 9 letters / digits derived from s and k (Mistral call ids). */
+void capmoe_api_tool_id9(const char *s, int k, char out[10]);
+/* api_tools.c: 1 when that form is Hermes / Qwen <tool_call>. */
 int capmoe_api_tools_hermes(capmoe_api *api);
 /* POST /v1/responses. */
 void capmoe_api_route_responses(capmoe_api *api, capmoe_http_req *req);

@@ -44,9 +44,21 @@ int capmoe_api_tool_message(const cJSON *it, int idx, const char *role, cJSON *o
 /* api_tools.c: tools, tool_choice, parallel_tool_calls into r (after
  * response_format: a required / named choice sets r->grammar). */
 int capmoe_api_parse_tools(const cJSON *root, capmoe_api_request *r, capmoe_api_error *e);
-/* api_tools.c: the tool calls in generated text, as OpenAI's message.tool_calls
- * (ids call_<id_base>_<k>), or NULL when there are none; *content: the text
- * around them (malloc'd, NULL when empty). */
+/* api_tools.c: r's tool calls are written in form (the template's; parse_tools
+ * assumed Hermes): recompiles the grammar of a required / named choice for it
+ * and sets r->tool_prefill; a 400 on tool_choice when form is unknown and the
+ * choice needs the grammar. */
+int capmoe_api_tools_set_form(capmoe_api_request *r, capmoe_api_tool_form form,
+                              capmoe_api_error *e);
+/* api_toolcalls.c: the form a probe rendering shows (a conversation whose
+ * assistant message calls "probe_fn" with {} through the template). */
+capmoe_api_tool_form capmoe_api_tool_form_of(const char *rendered);
+const char *capmoe_api_tool_form_name(capmoe_api_tool_form f);
+/* api_toolcalls.c: the tool calls in generated text, read in r->tool_form
+ * (after r->tool_prefill when set), as OpenAI's message.tool_calls (ids
+ * call_<id_base>_<k>; for Mistral 9 letters and digits derived from id_base
+ * and k), or NULL when there are none; *content: the text around them
+ * (malloc'd, NULL when empty). */
 cJSON *capmoe_api_tool_calls(const capmoe_api_request *r, const char *text, const char *id_base,
                              char **content);
 

@@ -641,7 +641,7 @@ static cJSON *make_config(const synth_opts *o, int bos, int eos) {
     int mixtral = o->arch == CAPMOE_ARCH_MIXTRAL, olmoe = o->arch == CAPMOE_ARCH_OLMOE;
     int qwen2 = o->arch == CAPMOE_ARCH_QWEN2_MOE, qwen3 = o->arch == CAPMOE_ARCH_QWEN3_MOE;
     if (olmoe || qwen3) cJSON_AddBoolToObject(c, "attention_bias", 0);
-    cJSON_AddNumberToObject(c, "attention_dropout", 0.0);
+    cJSON_AddRawToObject(c, "attention_dropout", "0.0"); /* a float, as HF writes it (strict config classes refuse an int) */
     if (bos >= 0) cJSON_AddNumberToObject(c, "bos_token_id", bos);
     else cJSON_AddNullToObject(c, "bos_token_id");
     if (olmoe) cJSON_AddNullToObject(c, "clip_qkv");
@@ -686,7 +686,7 @@ static cJSON *make_config(const synth_opts *o, int bos, int eos) {
     cJSON_AddNumberToObject(rp, "rope_theta", olmoe ? 10000.0 : 1000000.0);
     cJSON_AddStringToObject(rp, "rope_type", "default");
     cJSON_AddNumberToObject(c, "router_aux_loss_coef", mixtral ? 0.02 : olmoe ? 0.01 : 0.001);
-    if (mixtral) cJSON_AddNumberToObject(c, "router_jitter_noise", 0.0);
+    if (mixtral) cJSON_AddRawToObject(c, "router_jitter_noise", "0.0"); /* float, see above */
     if (qwen2) cJSON_AddNumberToObject(c, "shared_expert_intermediate_size", (double)o->shared);
     if (!olmoe) cJSON_AddNullToObject(c, "sliding_window");
     cJSON_AddBoolToObject(c, "tie_word_embeddings", 0);
@@ -704,7 +704,7 @@ static cJSON *make_config_deepseek(const synth_opts *o, int bos, int eos) {
     cJSON_AddItemToArray(archs, cJSON_CreateString(o->v3 ? "DeepseekV3ForCausalLM"
                                                           : "DeepseekV2ForCausalLM"));
     cJSON_AddBoolToObject(c, "attention_bias", 0);
-    cJSON_AddNumberToObject(c, "attention_dropout", 0.0);
+    cJSON_AddRawToObject(c, "attention_dropout", "0.0"); /* a float, as HF writes it (strict config classes refuse an int) */
     if (bos >= 0) cJSON_AddNumberToObject(c, "bos_token_id", bos);
     else cJSON_AddNullToObject(c, "bos_token_id");
     cJSON_AddStringToObject(c, "dtype", dtype_config_name(o->dtype));

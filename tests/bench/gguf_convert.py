@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Converts a capmoe synth checkpoint (Hugging Face layout) to a GGUF with
 llama.cpp's own convert_hf_to_gguf.py, for the side-by-side benchmark
-(tests/bench/llama_side_by_side.sh).
+(tests/bench/llama_side_by_side.sh, tests/bench/quant_side_by_side.sh).
 
 usage: gguf_convert.py LLAMA_CPP_DIR MODEL_DIR OUT.gguf [--outtype bf16]
 

@@ -87,32 +87,8 @@ fi
 say "llama.cpp: $([ -x "$bin/llama-bench" ] && echo built || echo MISSING)"
 G="$work/model-$size"
 if [ -x "$bin/llama-quantize" ] && [ ! -s "$G-bf16.gguf" ]; then
-  python3 - "$llama_dir" "$M" "$G-bf16.gguf" > "$out/convert.log" 2>&1 <<'PY' || say "conversion failed: $(tail -n 3 "$out/convert.log")"
-import os, sys
-llama, model, outf = sys.argv[1:4]
-try:  # gguf-py imports sentencepiece unconditionally; this BPE model never uses it
-    import sentencepiece  # noqa: F401
-except ImportError:
-    import types
-    sys.modules["sentencepiece"] = types.SimpleNamespace(SentencePieceProcessor=None)
-sys.path.insert(0, llama)
-sys.path.insert(1, os.path.join(llama, "gguf-py"))
-import convert_hf_to_gguf as conv
-for name in ("Model", "TextModel"):
-    cls = getattr(conv, name, None)
-    if cls is None or not hasattr(cls, "get_vocab_base_pre"):
-        continue
-    orig = cls.get_vocab_base_pre
-    def patched(self, tokenizer, _orig=orig):
-        try:
-            return _orig(self, tokenizer)
-        except NotImplementedError:
-            print("unknown BPE pre-tokenizer hash: using gpt-2", file=sys.stderr)
-            return "gpt-2"
-    cls.get_vocab_base_pre = patched
-sys.argv = ["convert_hf_to_gguf.py", model, "--outtype", "bf16", "--outfile", outf]
-conv.main()
-PY
+  python3 "$repo/tests/bench/gguf_convert.py" "$llama_dir" "$M" "$G-bf16.gguf" --outtype bf16 \
+    > "$out/convert.log" 2>&1 || say "conversion failed: $(tail -n 3 "$out/convert.log")"
 fi
 for q in Q8_0 Q4_0 Q4_1; do
   [ -s "$G-bf16.gguf" ] && [ ! -s "$G-$q.gguf" ] && \

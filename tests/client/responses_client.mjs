@@ -110,7 +110,7 @@ test('openai SDK responses: refused fields are 400s naming them', async () => {
     [{ previous_response_id: 'resp_1' }, 'previous_response_id'],
     [{ max_output_tokens: 0 }, 'max_output_tokens'],
     [{ temperature: 9 }, 'temperature'],
-    [{ tools: [{ type: 'web_search' }] }, 'tools[0]'],
+    [{ tools: [{ type: 'web_search' }] }, 'tools[0].type'],
     [{ input: [{ role: 'user', content: [{ type: 'input_image', image_url: 'x' }] }] }, 'input[0].content'],
     [{ input: [{ type: 'reasoning', summary: [] }] }, 'input[0]'],
   ];

@@ -70,7 +70,16 @@ resp = [{"input": "Hello", "max_output_tokens": 8},
         {"input": "x", "text": {"format": {"type": "json_schema", "name": "o", "schema":
          {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}}},
         {"input": "x", "reasoning": {"effort": "high"}},
-        {"input": "x", "max_output_tokens": 6666666666, "stream": True}]
+        {"input": "x", "max_output_tokens": 6666666666, "stream": True},
+        {"input": [{"role": "user", "content": "w?"},
+                   {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{\"a\":1}"},
+                   {"type": "function_call_output", "call_id": "c1", "output": "2"}],
+         "tools": [{"type": "function", "name": "f", "description": "d", "strict": True,
+                    "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}],
+         "tool_choice": {"type": "function", "name": "f"}, "parallel_tool_calls": False},
+        {"input": "x", "tools": [{"type": "web_search"}], "tool_choice": "required"},
+        {"input": [{"type": "function_call_output", "call_id": "z", "output": [
+            {"type": "input_text", "text": "t"}]}], "tool_choice": {"type": "allowed_tools"}}]
 reqs += [b'\x05' + json.dumps(c).encode() for c in resp]
 seeds('request', reqs)
 

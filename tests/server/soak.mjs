@@ -4,7 +4,7 @@
 //   CAPMOE_URL       the server
 //   SOAK_PID         its process id (RSS from /proc/PID/status)
 //   SOAK_CLIENTS     concurrent clients (default 16)
-//   SOAK_SECONDS     how long clients start new requests (default 30)
+//   SOAK_SECONDS     how long clients start new requests (default 60)
 // Each client loops over a mix: completions and chat, streamed and whole,
 // n > 1, logprobs, stop strings, token-id prompts, /tokenize, and streams it
 // abandons after a few events (counted apart: those are not "lost").
@@ -18,7 +18,7 @@ import fs from 'node:fs';
 const url = new URL(process.env.CAPMOE_URL);
 const PID = process.env.SOAK_PID;
 const CLIENTS = Number(process.env.SOAK_CLIENTS || 16);
-const SECONDS = Number(process.env.SOAK_SECONDS || 30);
+const SECONDS = Number(process.env.SOAK_SECONDS || 60);
 const agent = new http.Agent({ keepAlive: true, maxSockets: CLIENTS });
 
 function rssKiB() {
