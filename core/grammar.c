@@ -2,18 +2,22 @@
  *
  * The schema compiles to a tree of nodes; the recognizer is a stack of
  * frames, one per open value, each with a small phase machine. A token is
- * allowed when feeding its bytes to a copy of the state succeeds. Literals
+ * allowed when feeding its bytes to a copy of the state succeeds (the masks
+ * over a vocabulary: grammar_mask.c). Literals
  * (enum / const values, true / false / null, declared object keys) are
  * matched against a bit set of candidates, so no backtracking is needed;
  * anyOf branches are told apart by their first byte. */
 #include "capmoe/grammar.h"
 
+#include "grammar_internal.h"
+
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_DEPTH 24
+#define MAX_DEPTH CAPMOE__GRAMMAR_MAX_DEPTH
 #define MAX_CAND 64
 #define MAX_DIGITS 15         /* mantissa digits: integers stay exact in a double */
 #define MAX_EXP_DIGITS 2
@@ -53,23 +57,6 @@ struct capmoe_grammar {
     gnode *root;
     gnode *nodes;              /* allocation list */
     gnode *any, *any_obj, *any_arr, *str, *num, *boolean, *null; /* free-form values */
-};
-
-typedef struct gframe {
-    const gnode *n;
-    uint8_t ph;
-    uint16_t pos;              /* literal / key position, string length, digits */
-    uint16_t count;            /* array items; object: the property being read */
-    uint64_t cand;             /* literal / key candidates; \u hex digits */
-    uint64_t seen;             /* object: properties given */
-    uint8_t any_depth;         /* free-form nesting of this frame */
-} gframe;
-
-struct capmoe_grammar_state {
-    const capmoe_grammar *g;
-    int depth;
-    int done;
-    gframe st[MAX_DEPTH];
 };
 
 /* ---- nodes -------------------------------------------------------------------------- */
@@ -437,12 +424,25 @@ int capmoe_grammar_compile_calls(capmoe_grammar **out, const char *const *prefix
 int capmoe_grammar_state_new(capmoe_grammar_state **out, const capmoe_grammar *g,
                              capmoe_error *err) {
     *out = calloc(1, sizeof **out);
-    if (!*out) return capmoe_set_error(err, "out of memory");
+    if (!*out || !((*out)->cache = capmoe__gmask_cache_new())) {
+        free(*out);
+        *out = NULL;
+        return capmoe_set_error(err, "out of memory");
+    }
     (*out)->g = g;
     return 0;
 }
 
-void capmoe_grammar_state_free(capmoe_grammar_state *s) { free(s); }
+void capmoe_grammar_state_free(capmoe_grammar_state *s) {
+    if (!s) return;
+    capmoe__gmask_cache_free(s->cache);
+    free(s);
+}
+
+void capmoe__grammar_copy(capmoe_grammar_state *dst, const capmoe_grammar_state *src) {
+    memcpy(dst, src, offsetof(capmoe_grammar_state, st));
+    memcpy(dst->st, src->st, sizeof src->st[0] * (size_t)src->depth);
+}
 
 /* A new frame for a value of node n (its first byte comes next). */
 static int push(capmoe_grammar_state *s, const gnode *n, int any_depth) {
@@ -509,7 +509,7 @@ static uint64_t keys_left(const gframe *f) {
     return all & ~f->seen;
 }
 
-static int feed_byte(capmoe_grammar_state *s, int c) {
+int capmoe__grammar_feed_byte(capmoe_grammar_state *s, int c) {
     const capmoe_grammar *g = s->g;
     if (s->done) return -1;
     if (s->depth == 0) { /* the document's first byte */
@@ -763,7 +763,7 @@ static int feed_byte(capmoe_grammar_state *s, int c) {
 int capmoe_grammar_feed(capmoe_grammar_state *s, const char *text, size_t len) {
     capmoe_grammar_state tmp = *s;
     for (size_t i = 0; i < len; i++)
-        if (feed_byte(&tmp, (unsigned char)text[i]) != 0) return -1;
+        if (capmoe__grammar_feed_byte(&tmp, (unsigned char)text[i]) != 0) return -1;
     *s = tmp;
     return 0;
 }
@@ -775,18 +775,14 @@ int capmoe_grammar_complete(const capmoe_grammar_state *s) {
 int capmoe_grammar_can_continue(const capmoe_grammar_state *s) {
     for (int c = 0; c < 256; c++) {
         capmoe_grammar_state t = *s;
-        if (feed_byte(&t, c) == 0) return 1;
+        if (capmoe__grammar_feed_byte(&t, c) == 0) return 1;
     }
     return 0;
 }
 
 /* ---- the shortest completion (for the end of the budget) ------------------------------------ */
 
-typedef struct sbuf {
-    char p[1024];
-    size_t n;
-    int over;
-} sbuf;
+typedef capmoe__gsbuf sbuf;
 
 static void sput(sbuf *b, const char *t, size_t n) {
     if (b->n + n >= sizeof b->p) {
@@ -861,7 +857,7 @@ static void close_object(const capmoe_grammar *g, const gnode *n, uint64_t seen,
     sputs(b, "}");
 }
 
-static void completion(const capmoe_grammar_state *s, sbuf *b) {
+void capmoe__grammar_completion(const capmoe_grammar_state *s, sbuf *b) {
     const capmoe_grammar *g = s->g;
     if (s->done) return;
     if (s->depth == 0) {
@@ -982,166 +978,49 @@ static void completion(const capmoe_grammar_state *s, sbuf *b) {
     }
 }
 
-/* ---- the vocabulary --------------------------------------------------------------------- */
 
-struct capmoe_grammar_vocab {
-    int n;
-    uint32_t *off;             /* n + 1 */
-    int32_t *len;              /* -1: never inside a document */
-    char *bytes;
-};
+/* ---- what the masks need ------------------------------------------------------------- */
 
-int capmoe_grammar_vocab_size(const capmoe_grammar_vocab *v) { return v->n; }
-
-int capmoe_grammar_vocab_token(const capmoe_grammar_vocab *v, int32_t id, const char **bytes) {
-    if (id < 0 || id >= v->n || v->len[id] <= 0) return -1;
-    *bytes = v->bytes + v->off[id];
-    return v->len[id];
+int capmoe__grammar_string_room(const capmoe_grammar_state *s) {
+    if (s->done || s->depth == 0) return -2;
+    const gframe *f = &s->st[s->depth - 1];
+    if (f->n->kind != G_STRING || f->ph != 1) return -2;
+    if (f->n->max_len < 0) return -1;
+    return f->pos >= f->n->max_len ? 0 : f->n->max_len - f->pos;
 }
 
-void capmoe_grammar_vocab_free(capmoe_grammar_vocab *v) {
-    if (!v) return;
-    free(v->off);
-    free(v->len);
-    free(v->bytes);
-    free(v);
-}
-
-int capmoe_grammar_vocab_new(capmoe_grammar_vocab **out, const capmoe_tokenizer *tok,
-                             capmoe_error *err) {
-    *out = NULL;
-    int V = capmoe_tokenizer_n_vocab(tok);
-    capmoe_grammar_vocab *v = calloc(1, sizeof *v);
-    if (!v) return capmoe_set_error(err, "out of memory");
-    v->n = V;
-    v->off = calloc((size_t)V + 1, sizeof *v->off);
-    v->len = calloc((size_t)V, sizeof *v->len);
-    size_t cap = (size_t)V * 8 + 64, used = 0;
-    v->bytes = malloc(cap);
-    if (!v->off || !v->len || !v->bytes) goto oom;
-    /* a token's bytes as they read after a plain letter (a first token may
-     * lose a leading space to the decoder) */
-    int32_t *ref = NULL;
-    int nref = 0;
-    if (capmoe_tokenizer_encode(tok, "a", 1, 0, &ref, &nref, err) != 0) goto fail;
-    int32_t a = nref == 1 ? ref[0] : -1;
-    free(ref);
-    char *at = NULL;
-    size_t alen = 0;
-    if (a >= 0 && capmoe_tokenizer_decode(tok, &a, 1, 0, &at, &alen, err) != 0) goto fail;
-    for (int id = 0; id < V; id++) {
-        v->off[id] = (uint32_t)used;
-        v->len[id] = -1;
-        if (capmoe_tokenizer_is_special(tok, id) || !capmoe_tokenizer_id_to_token(tok, id)) continue;
-        int32_t pair[2] = {a, id};
-        char *t = NULL;
-        size_t tl = 0;
-        capmoe_error e2;
-        if (capmoe_tokenizer_decode(tok, a >= 0 ? pair : pair + 1, a >= 0 ? 2 : 1, 0, &t, &tl, &e2) != 0)
-            continue;
-        size_t skip = a >= 0 && tl >= alen && !memcmp(t, at, alen) ? alen : 0;
-        if (a >= 0 && skip == 0) {
-            free(t);
-            continue;
+size_t capmoe__grammar_key(const capmoe_grammar_state *s, uint8_t *key) {
+    size_t n = 0;
+    uint32_t head[2] = {(uint32_t)s->depth, (uint32_t)s->done};
+    memcpy(key, head, sizeof head);
+    n += sizeof head;
+    for (int d = 0; d < s->depth; d++) {
+        const gframe *f = &s->st[d];
+        const gnode *nd = f->n;
+        uint16_t pos = f->pos, count = f->count;
+        /* a string past its minimum length with no maximum, an array past its
+         * minimum items with no maximum: more of them changes nothing */
+        if (nd->kind == G_STRING && nd->max_len < 0 && pos > nd->min_len) pos = (uint16_t)nd->min_len;
+        if (nd->kind == G_ARRAY && nd->max_items < 0 && count > nd->min_items)
+            count = (uint16_t)nd->min_items;
+        uint64_t cand = f->cand;
+        /* an object reads its key's candidates and position in phase 2 only
+         * (set when the key opens), its property in 3 and 6 */
+        if (nd->kind == G_OBJECT && f->ph != 2) {
+            pos = 0;
+            cand = 0;
+            if (f->ph != 3 && f->ph != 6) count = 0;
         }
-        const char *p = t + skip;
-        size_t pl = tl - skip;
-        if (pl == 0 || memmem(p, pl, "\xEF\xBF\xBD", 3)) { /* incomplete UTF-8 */
-            free(t);
-            continue;
-        }
-        if (used + pl > cap) {
-            while (used + pl > cap) cap *= 2;
-            char *nb = realloc(v->bytes, cap);
-            if (!nb) {
-                free(t);
-                free(at);
-                goto oom;
-            }
-            v->bytes = nb;
-        }
-        memcpy(v->bytes + used, p, pl);
-        used += pl;
-        v->len[id] = (int32_t)pl;
-        free(t);
+        memcpy(key + n, &nd, sizeof nd);
+        n += sizeof nd;
+        key[n++] = f->ph;
+        key[n++] = f->any_depth;
+        memcpy(key + n, &pos, 2);
+        memcpy(key + n + 2, &count, 2);
+        n += 4;
+        memcpy(key + n, &cand, 8);
+        memcpy(key + n + 8, &f->seen, 8);
+        n += 16;
     }
-    v->off[V] = (uint32_t)used;
-    free(at);
-    *out = v;
-    return 0;
-oom:
-    capmoe_set_error(err, "out of memory for the grammar's vocabulary");
-fail:
-    capmoe_grammar_vocab_free(v);
-    return -1;
-}
-
-/* ---- masks ------------------------------------------------------------------------------ */
-
-int capmoe_grammar_mask(const capmoe_grammar_state *s, const capmoe_grammar_vocab *v,
-                        const int32_t *end_ids, int n_end, int left, uint8_t *allow) {
-    int V = v->n, count = 0;
-    memset(allow, 0, (size_t)(V + 7) / 8);
-    int complete = capmoe_grammar_complete(s);
-    if (complete)
-        for (int i = 0; i < n_end; i++)
-            if (end_ids[i] >= 0 && end_ids[i] < V) {
-                allow[end_ids[i] / 8] |= (uint8_t)(1u << (end_ids[i] % 8));
-                count++;
-            }
-    if (s->done) return count;
-    sbuf comp = {.n = 0};
-    completion(s, &comp);
-    int closing = !comp.over && left <= (int)comp.n + 1;
-    /* near the end of the budget each token is checked to leave a document
-     * that can still close (a ',' or another call would need more) */
-    int near_end = !comp.over && left <= (int)comp.n + 64;
-    /* bytes that can come first */
-    uint8_t first[256];
-    for (int c = 0; c < 256; c++) {
-        capmoe_grammar_state t = *s;
-        first[c] = feed_byte(&t, c) == 0;
-    }
-    const gframe *top = s->depth ? &s->st[s->depth - 1] : NULL;
-    int plain_string = top && top->n->kind == G_STRING && top->ph == 1 && top->n->max_len < 0;
-    for (int attempt = 0; attempt < 2; attempt++) {
-        for (int id = 0; id < V; id++) {
-            int L = v->len[id];
-            if (L <= 0) continue;
-            const unsigned char *p = (const unsigned char *)v->bytes + v->off[id];
-            if (!first[p[0]]) continue;
-            if (closing) {
-                if ((size_t)L > comp.n || memcmp(p, comp.p, (size_t)L) != 0) continue;
-            } else if (plain_string && !near_end) { /* fast path: no quote, backslash or control */
-                int simple = 1;
-                for (int k = 0; k < L && simple; k++) simple = p[k] >= 0x20 && p[k] != '"' && p[k] != '\\';
-                if (simple) {
-                    allow[id / 8] |= (uint8_t)(1u << (id % 8));
-                    count++;
-                    continue;
-                }
-            }
-            capmoe_grammar_state t = *s;
-            int ok = 1;
-            for (int k = 0; k < L && ok; k++) ok = feed_byte(&t, p[k]) == 0;
-            if (ok && near_end) { /* the document must still close in what is left */
-                sbuf after = {.n = 0};
-                completion(&t, &after);
-                ok = !after.over && (int)after.n <= left - 1;
-            }
-            if (ok) {
-                allow[id / 8] |= (uint8_t)(1u << (id % 8));
-                count++;
-            }
-        }
-        if (count > 0 || !near_end) break;
-        near_end = 0; /* no token can close in time: the best effort is to go on */
-        closing = 0;
-    }
-    return count;
-}
-
-int capmoe_grammar_accept(capmoe_grammar_state *s, const capmoe_grammar_vocab *v, int32_t id) {
-    if (id < 0 || id >= v->n || v->len[id] <= 0) return -1;
-    return capmoe_grammar_feed(s, v->bytes + v->off[id], (size_t)v->len[id]);
+    return n;
 }

@@ -34,10 +34,13 @@ void capmoe_logit_adj_apply(const capmoe_logit_adj *a, float *logits, int n) {
         if (r != 1.0f) l = l > 0 ? l / r : l * r;
         logits[t] = l - a->sub[i];
     }
-    if (a->allow) {
-        for (int t = 0; t < n; t++) {
-            int ok = t / 8 < a->allow_bytes && (a->allow[t / 8] >> (t % 8) & 1);
-            if (!ok) logits[t] = -INFINITY;
+    if (a->allow) { /* a byte at a time: whole bytes allowed (inside strings) cost one test */
+        for (int b = 0; b * 8 < n; b++) {
+            unsigned m = b < a->allow_bytes ? a->allow[b] : 0;
+            if (m == 0xFF) continue;
+            int end = b * 8 + 8 < n ? b * 8 + 8 : n;
+            for (int t = b * 8; t < end; t++)
+                if (!(m >> (t - b * 8) & 1)) logits[t] = -INFINITY;
         }
     }
 }

@@ -13,6 +13,7 @@
 
 #include "capmoe/grammar.h"
 #include "capmoe/sample.h"
+#include "../core/grammar_internal.h" /* capmoe__grammar_mask_reference */
 
 static capmoe_tokenizer *g_tok;
 static capmoe_grammar_vocab *g_voc;
@@ -328,6 +329,80 @@ START_TEST(test_fuzz_walks) {
 }
 END_TEST
 
+/* The fast masks (token groups by first byte, plain-string blocks, the
+ * per-state cache) against the reference (every token fed to a copy of the
+ * state) at every step of random walks: the same bits and counts, also near
+ * the end of the budget. The walks lean towards structural tokens half of
+ * the time, so that states are left and met again (cache hits). */
+START_TEST(test_mask_cache) {
+    setup();
+    int V = capmoe_grammar_vocab_size(g_voc);
+    size_t mb = (size_t)(V + 7) / 8;
+    uint8_t *fast = malloc(mb), *ref = malloc(mb);
+    int32_t *ids = malloc(sizeof *ids * (size_t)V);
+    const int32_t END[2] = {capmoe_tokenizer_eos_id(g_tok) >= 0 ? capmoe_tokenizer_eos_id(g_tok) : 0, 5};
+    capmoe_rng r;
+    capmoe_rng_seed(&r, 7);
+    long steps = 0, hits = 0;
+    cJSON *w = cJSON_Parse("{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\"},"
+                           "\"n\":{\"type\":\"array\",\"items\":{\"type\":\"integer\"}}},"
+                           "\"required\":[\"city\"],\"additionalProperties\":false}");
+    for (int si = 0; si < 36; si++) {
+        capmoe_error err;
+        capmoe_grammar *g = NULL;
+        cJSON *schema = NULL;
+        if (si % 12 == 11) { /* tool calls */
+            const char *pre[2] = {"<c>{\"name\": \"get\", \"arguments\": ", "<c>{\"name\": \"all\", \"arguments\": "};
+            const cJSON *sch[2] = {w, NULL};
+            ck_assert_int_eq(capmoe_grammar_compile_calls(&g, pre, sch, 2, "}</c>", si % 2, &err), 0);
+        } else {
+            schema = si % 6 == 0 ? NULL : rand_schema(&r, 0);
+            ck_assert_msg(capmoe_grammar_compile(&g, schema, &err) == 0, "%s", err.msg);
+        }
+        for (int wk = 0; wk < 2; wk++) {
+            int budget = wk == 0 ? 40 : 140;
+            capmoe_grammar_state *s;
+            ck_assert_int_eq(capmoe_grammar_state_new(&s, g, &err), 0);
+            for (int step = 0; step < budget; step++, steps++) {
+                int left = budget - step;
+                int n = capmoe_grammar_mask(s, g_voc, END, 2, left, fast);
+                int nr = capmoe__grammar_mask_reference(s, g_voc, END, 2, left, ref);
+                ck_assert_msg(n == nr && !memcmp(fast, ref, mb),
+                              "schema %d walk %d step %d: mask differs (%d vs %d allowed)", si, wk,
+                              step, n, nr);
+                int k = 0, ks = 0;
+                for (int t = 0; t < V; t++)
+                    if (fast[t / 8] >> (t % 8) & 1) ids[k++] = t;
+                ck_assert_int_eq(k, n);
+                if (n == 0) break;
+                if (capmoe_rng_next(&r) % 2) { /* structural tokens first */
+                    for (int i = 0; i < k; i++) {
+                        const char *b;
+                        int bl = capmoe_grammar_vocab_token(g_voc, ids[i], &b);
+                        if (bl > 0 && strpbrk(b, "\"]},:") && (size_t)bl == strlen(b)) ids[ks++] = ids[i];
+                    }
+                }
+                if (ks) k = ks;
+                int id = ids[capmoe_rng_next(&r) % (uint64_t)k];
+                if (id == END[0] || id == END[1]) break;
+                ck_assert_int_eq(capmoe_grammar_accept(s, g_voc, id), 0);
+            }
+            hits += capmoe__grammar_mask_hits(s);
+            capmoe_grammar_state_free(s);
+        }
+        capmoe_grammar_free(g);
+        cJSON_Delete(schema);
+    }
+    cJSON_Delete(w);
+    if (getenv("CAPMOE_GRAMMAR_VERBOSE"))
+        fprintf(stderr, "%ld masks compared, %ld from the cache\n", steps, hits);
+    ck_assert_msg(hits > steps / 10, "the cache served only %ld of %ld masks", hits, steps);
+    free(fast);
+    free(ref);
+    free(ids);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("grammar");
     TCase *tc = tcase_create("grammar");
@@ -335,6 +410,7 @@ int main(void) {
     tcase_add_test(tc, test_refused);
     tcase_add_test(tc, test_documents);
     tcase_add_test(tc, test_fuzz_walks);
+    tcase_add_test(tc, test_mask_cache);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

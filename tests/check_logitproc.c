@@ -107,6 +107,13 @@ START_TEST(test_mask_and_sampling) {
     for (int t = 0; t < V; t++) l[t] = 1;
     capmoe_logit_adj_apply(capmoe_logitproc_adj(lp), l, V);
     ck_assert(l[2] == 1 && isinf(l[13]));
+    /* whole bytes allowed, a vocabulary ending inside a byte */
+    uint8_t most[3] = {0xFF, 0x01, 0xFF};
+    capmoe_logitproc_set_allow(lp, most, 3);
+    for (int t = 0; t < V; t++) l[t] = 1;
+    capmoe_logit_adj_apply(capmoe_logitproc_adj(lp), l, V);
+    for (int t = 0; t < V; t++)
+        ck_assert_msg((t <= 8 || t >= 16) ? l[t] == 1 : isinf(l[t]) && l[t] < 0, "%d", t);
     capmoe_logitproc_free(lp);
     /* bias +100 wins greedy decoding */
     capmoe_logit_bias b = {4, 100};

@@ -72,7 +72,10 @@ void capmoe_grammar_state_free(capmoe_grammar_state *s);
 /* Fills allow (bit t of allow[t/8]; (n_vocab+7)/8 bytes) with the tokens
  * allowed next. end_ids: the tokens that end the generation (EOS, stop
  * ids), allowed only when the document is complete. left: tokens the
- * sequence may still generate. Returns the number of allowed tokens. */
+ * sequence may still generate. Returns the number of allowed tokens. The
+ * masks of the states s has been in are kept with s (a few hundred KB at
+ * most), so a state met again costs a copy: s must not be used from two
+ * threads at once. */
 int capmoe_grammar_mask(const capmoe_grammar_state *s, const capmoe_grammar_vocab *v,
                         const int32_t *end_ids, int n_end, int left, uint8_t *allow);
 /* Advances over a sampled token (end tokens: no change). -1 when the token
