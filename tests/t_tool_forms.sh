@@ -1,6 +1,7 @@
 #!/bin/sh
-# t_tool_forms.sh - function calling in each tool-call form
-# (tests/client/tools_forms.mjs), streamed and not: the shipped default model in a
+# t_tool_forms.sh - function calling in each tool-call form, streamed and not
+# (tests/client/tools_forms.mjs; on /v1/responses
+# tests/client/responses_forms.mjs): the shipped default model in a
 # temporary directory whose tokenizer_config.json carries a real template
 # (tests/jinja/templates: Qwen3 with <tool_call>, Mistral v0.3 with [TOOL_CALLS], Llama 3.2 with JSON
 # calls, DeepSeek-V3 with its markers; Phi-3.5-MoE without tools, where
@@ -34,6 +35,8 @@ PY
   rc=0
   CAPMOE_TOOLS_URL="$SERVER_URL" CAPMOE_API_KEY="$key" CAPMOE_TOOL_FORM="$form" \
     node --test-reporter=spec tests/client/tools_forms.mjs || rc=$?
+  CAPMOE_TOOLS_URL="$SERVER_URL" CAPMOE_API_KEY="$key" CAPMOE_TOOL_FORM="$form" \
+    node --test-reporter=spec tests/client/responses_forms.mjs || rc=$?
   stop_server; src=$?
   case $form in deepseek) logged=deepseek_v3 ;; none) logged=unknown ;; *) logged=$form ;; esac
   if ! grep "model loaded; ready" "$tmp/$form.log" | grep -q "tool_calls=$logged"; then
