@@ -80,6 +80,62 @@ static void req_done(capmoe_api_request *r) {
     capmoe_grammar_free(r->grammar);
 }
 
+/* Streamed in pieces of `step` bytes (capmoe_api_tool_stream_step), text
+ * assembles (content concatenated, calls by index) into what
+ * capmoe_api_tool_calls reads from it whole (content: the text when there
+ * are no calls); *early: the bytes of content sent before the end, *early_calls
+ * the calls. */
+static void stream_pieces(const capmoe_api_request *r, const char *text, size_t step, size_t *early,
+                          int *early_calls) {
+    char *content = NULL;
+    cJSON *want = capmoe_api_tool_calls(r, text, "s", &content);
+    const char *want_c = want ? (content ? content : "") : text;
+    capmoe_api_tool_stream st = {0};
+    buf got = {0};
+    buf_add(&got, "", 0);
+    cJSON *calls = cJSON_CreateArray();
+    size_t n = strlen(text);
+    *early = 0;
+    *early_calls = 0;
+    for (size_t i = step; ; i += step) {
+        int final = i >= n;
+        char *pre = strndup(text, final ? n : i);
+        cJSON *nc = NULL;
+        size_t before = got.len;
+        ck_assert_int_eq(capmoe_api_tool_stream_step(r, pre, "s", final, &st, &got, &nc), 0);
+        int k = 0;
+        while (nc && nc->child) {
+            cJSON_AddItemToArray(calls, cJSON_DetachItemFromArray(nc, 0));
+            k++;
+        }
+        cJSON_Delete(nc);
+        if (!final) {
+            *early += got.len - before;
+            *early_calls += k;
+        }
+        free(pre);
+        if (final) break;
+    }
+    ck_assert_msg(!strcmp(got.p, want_c), "%s step %zu: content '%s', want '%s'",
+                  capmoe_api_tool_form_name(r->tool_form), step, got.p, want_c);
+    ck_assert_int_eq(st.has_calls, want != NULL);
+    ck_assert_int_eq(cJSON_GetArraySize(calls), want ? cJSON_GetArraySize(want) : 0);
+    if (want) ck_assert_msg(cJSON_Compare(calls, want, 1), "%s step %zu: the calls of '%s' differ",
+                            capmoe_api_tool_form_name(r->tool_form), step, text);
+    cJSON_Delete(calls);
+    cJSON_Delete(want);
+    free(content);
+    buf_free(&got);
+}
+
+static void stream_matches(const capmoe_api_request *r, const char *text) {
+    static const size_t steps[] = {1, 2, 3, 5, 8, 13, 100000};
+    size_t early;
+    int early_calls;
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++)
+        stream_pieces(r, text, steps[i], &early, &early_calls);
+}
+
 /* calls read from text in form: want "name args;name args" (compact JSON),
  * want_content the content (NULL: none); want NULL: no calls. */
 static void expect(capmoe_api_tool_form form, const char *text, const char *want,
@@ -87,6 +143,7 @@ static void expect(capmoe_api_tool_form form, const char *text, const char *want
     capmoe_api_request r;
     req_init(&r, form);
     char *content = NULL;
+    stream_matches(&r, text);
     cJSON *calls = capmoe_api_tool_calls(&r, text, "abc", &content);
     const char *fname = capmoe_api_tool_form_name(form);
     if (!want) {
@@ -371,6 +428,7 @@ START_TEST(test_required_walks) {
                 capmoe_grammar_state_free(s);
                 finished++;
                 char *content = NULL;
+                stream_matches(&r, text);
                 cJSON *calls = capmoe_api_tool_calls(&r, text, "w", &content);
                 ck_assert_msg(calls, "%s: '%s%s' does not read back", capmoe_api_tool_form_name(forms[fi]),
                               r.tool_prefill ? r.tool_prefill : "", text);
@@ -413,11 +471,59 @@ START_TEST(test_required_walks) {
 }
 END_TEST
 
+/* Streamed a byte at a time: what goes out before the text ends (content that
+ * cannot begin a call, calls whose text is complete), and it assembles into
+ * the whole text's reading (stream_pieces). */
+START_TEST(test_stream_early) {
+    static const struct {
+        capmoe_api_tool_form form;
+        const char *text;
+        size_t early;    /* content bytes sent before the end */
+        int early_calls; /* calls sent before the end */
+    } cases[] = {
+        {CAPMOE_TOOL_FORM_HERMES, "Hello world", 10, 0},
+        {CAPMOE_TOOL_FORM_HERMES, "Sure.  <tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n"
+                                  "</tool_call>\n\nDone", 12, 1},
+        {CAPMOE_TOOL_FORM_HERMES, "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call>\n"
+                                  "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\", "
+                                  "\"unit\": \"c\"}}\n</tool_call>", 0, 1},
+        {CAPMOE_TOOL_FORM_HERMES, "\nHi <tool_call>{\"name\": \"get_time\", \"arguments\": {}}</tool_call>!",
+         2, 1},
+        {CAPMOE_TOOL_FORM_HERMES, "\nHi there", 0, 0},        /* trimmed only if a call follows */
+        {CAPMOE_TOOL_FORM_HERMES, "a <tool_call>{\"name\": \"nope\"}</tool_call> b", 41, 0},
+        {CAPMOE_TOOL_FORM_HERMES, "x <tool_call>{\"name\": \"get_time\"", 1, 0},
+        {CAPMOE_TOOL_FORM_LLAMA3, " Hello", 5, 0},
+        {CAPMOE_TOOL_FORM_LLAMA3, "{\"name\": \"get_time\", \"parameters\": {}}", 0, 0},
+        {CAPMOE_TOOL_FORM_LLAMA3, "<|python_tag|>x()", 16, 0},
+        {CAPMOE_TOOL_FORM_MISTRAL, "Check. [TOOL_CALLS][{\"name\": \"get_time\", \"arguments\": {}}] ok", 9, 1},
+        {CAPMOE_TOOL_FORM_MISTRAL, "[TOOL_CALLS]get_time[ARGS]{\"zone\": \"CET\"}", 0, 0},
+        {CAPMOE_TOOL_FORM_DEEPSEEK, "Hm.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_time<｜tool▁sep｜>{}"
+                                    "<｜tool▁call▁end｜><｜tool▁calls▁end｜> ok", 5, 1},
+        {CAPMOE_TOOL_FORM_DEEPSEEK, "Hm.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_time<｜tool▁sep｜>{}",
+         3, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        capmoe_api_request r;
+        req_init(&r, cases[i].form);
+        stream_matches(&r, cases[i].text);
+        size_t early;
+        int early_calls;
+        stream_pieces(&r, cases[i].text, 1, &early, &early_calls);
+        ck_assert_msg(early == cases[i].early && early_calls == cases[i].early_calls,
+                      "%s '%s': %zu bytes and %d calls early, want %zu and %d",
+                      capmoe_api_tool_form_name(cases[i].form), cases[i].text, early, early_calls,
+                      cases[i].early, cases[i].early_calls);
+        req_done(&r);
+    }
+}
+END_TEST
+
 static Suite *tools_suite(void) {
     Suite *s = suite_create("tools");
     TCase *tc = tcase_create("forms");
     tcase_add_test(tc, test_detect);
     tcase_add_test(tc, test_parse_forms);
+    tcase_add_test(tc, test_stream_early);
     tcase_add_test(tc, test_template_roundtrip);
     tcase_add_test(tc, test_mistral_ids);
     tcase_add_test(tc, test_required_walks);

@@ -1,9 +1,9 @@
 #!/bin/sh
-# t_tool_forms.sh - function calling on templates whose tool-call form is not
-# <tool_call> (tests/client/tools_forms.mjs; on /v1/responses
+# t_tool_forms.sh - function calling in each tool-call form, streamed and not
+# (tests/client/tools_forms.mjs; on /v1/responses
 # tests/client/responses_forms.mjs): the shipped default model in a
 # temporary directory whose tokenizer_config.json carries a real template
-# (tests/jinja/templates: Mistral v0.3 with [TOOL_CALLS], Llama 3.2 with JSON
+# (tests/jinja/templates: Qwen3 with <tool_call>, Mistral v0.3 with [TOOL_CALLS], Llama 3.2 with JSON
 # calls, DeepSeek-V3 with its markers; Phi-3.5-MoE without tools, where
 # required / named is refused). The other files are links to config/model.
 # Then the DeepSeek-V3 fixture as it is (its own template and tokenizer).
@@ -17,7 +17,7 @@ trap 'stop_server >/dev/null 2>&1; rm -rf "$tmp"' EXIT
 client_deps || { echo "t_tool_forms: npm ci in tests/client failed"; exit 1; }
 key="capmoe-test-$$"
 fails=0
-for pair in mistral:card_mistral_v3_tools llama3:card_llama3_2_tools deepseek:npm_deepseek_v3 \
+for pair in hermes:npm_qwen3 mistral:card_mistral_v3_tools llama3:card_llama3_2_tools deepseek:npm_deepseek_v3 \
             none:card_phi35_moe; do
   form=${pair%%:*}; tpl=${pair#*:}
   dir="$tmp/$form"

@@ -48,6 +48,13 @@ typedef struct ev_node {
     struct ev_node *next;
 } ev_node;
 
+/* A streamed chat choice's tool calls (api_toolcalls.c): what was sent so far. */
+typedef struct capmoe_api_tool_stream {
+    size_t content_sent;      /* bytes of the content */
+    int calls_sent;           /* calls */
+    int has_calls;            /* the choice has calls (finish_reason "tool_calls") */
+} capmoe_api_tool_stream;
+
 typedef struct choice_st {
     buf text;                 /* generated text (non-streaming) */
     capmoe_tok_info *toks;    /* generated tokens with logprobs (when requested) */
@@ -59,6 +66,7 @@ typedef struct choice_st {
     int started;              /* stream: role / echo chunk sent */
     double last_token_time;
     long text_chars;          /* code points of the text so far (text_offset) */
+    capmoe_api_tool_stream ts; /* stream with tools: what was sent */
 } choice_st;
 
 typedef struct gen_call {
@@ -166,6 +174,20 @@ capmoe_api_tool_form capmoe_api_tools_form(capmoe_api *api);
  * a JSON string; Mistral's wants call ids of 9 letters / digits (others are
  * replaced by capmoe_api_tool_id9 of them, in calls and results alike). */
 char *capmoe_api_tools_history(const char *messages_json, capmoe_api_tool_form form);
+/* api_toolcalls.c: a streamed choice with tools, given its whole text so far
+ * (final: the text is complete): appends to content the content that is now
+ * settled and not sent yet, sets *calls to an array (new; NULL when none) of
+ * the calls now settled and not sent yet (as capmoe_api_tool_calls writes
+ * them), and updates st. What a client assembles from all steps equals
+ * capmoe_api_tool_calls of the whole text (content: its text when there are
+ * no calls): text that cannot begin a call goes out at once, white space that
+ * the final content may trim waits, and a call goes out once its text is
+ * complete (Hermes: at </tool_call>; Mistral: its [TOOL_CALLS] JSON whole;
+ * DeepSeek: the calls' end marker; Llama 3 and required / named calls: at the
+ * end). -1: out of memory (or a bug: what was sent is not the final answer's start). */
+int capmoe_api_tool_stream_step(const capmoe_api_request *r, const char *text, const char *id_base,
+                                int final, capmoe_api_tool_stream *st, buf *content,
+                                cJSON **calls);
 /* api_toolcalls.c: 9 letters / digits derived from s and k (Mistral call ids). */
 void capmoe_api_tool_id9(const char *s, int k, char out[10]);
 /* api_tools.c: 1 when that form is Hermes / Qwen <tool_call>. */

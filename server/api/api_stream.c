@@ -5,6 +5,7 @@
 #include "api_internal.h"
 #include "api_json.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,6 +47,63 @@ void capmoe_api_stream_send(gen_call *c, cJSON *o) {
     free(frame);
 }
 
+/* A chat chunk for choice idx with delta (consumed) and finish (may be NULL). */
+static void send_delta(gen_call *c, int idx, cJSON *delta, const char *finish) {
+    cJSON *o = capmoe_api_chunk_base(c);
+    cJSON *ch = cJSON_CreateObject();
+    cJSON_AddNumberToObject(ch, "index", idx);
+    cJSON_AddItemToObject(ch, "delta", delta);
+    cJSON_AddNullToObject(ch, "logprobs");
+    if (finish) cJSON_AddStringToObject(ch, "finish_reason", finish);
+    else cJSON_AddNullToObject(ch, "finish_reason");
+    cJSON_AddItemToArray(cJSON_AddArrayToObject(o, "choices"), ch);
+    capmoe_api_stream_send(c, o);
+}
+
+/* A chat choice with tools: content as soon as it cannot be the start of a
+ * call, each call once its text is complete (capmoe_api_tool_stream_step),
+ * as OpenAI streams them: {index, id, type, function: {name, arguments: ""}}
+ * then {index, function: {arguments}}. */
+static void stream_tools(gen_call *c, int idx, const char *text, size_t tlen, const char *finish) {
+    choice_st *cs = &c->ch[idx];
+    if (tlen > 0) buf_add(&cs->text, text, tlen);
+    char idb[64];
+    snprintf(idb, sizeof idb, "%s_%d", c->id, idx);
+    buf content = {0};
+    cJSON *calls = NULL;
+    capmoe_api_tool_stream_step(&c->rq, cs->text.p ? cs->text.p : "", idb, finish != NULL, &cs->ts,
+                                &content, &calls);
+    if (content.len > 0) {
+        cJSON *d = cJSON_CreateObject();
+        cJSON_AddStringToObject(d, "content", content.p);
+        send_delta(c, idx, d, NULL);
+    }
+    buf_free(&content);
+    int k = cs->ts.calls_sent - cJSON_GetArraySize(calls);
+    for (cJSON *x = calls ? calls->child : NULL; x; x = x->next, k++) {
+        cJSON *fn = cJSON_GetObjectItemCaseSensitive(x, "function");
+        cJSON *args = cJSON_DetachItemFromObjectCaseSensitive(fn, "arguments");
+        cJSON_AddStringToObject(fn, "arguments", "");
+        cJSON *head = cJSON_CreateObject();
+        cJSON_AddNumberToObject(head, "index", k);
+        cJSON_AddItemReferenceToObject(head, "id", cJSON_GetObjectItemCaseSensitive(x, "id"));
+        cJSON_AddStringToObject(head, "type", "function");
+        cJSON_AddItemReferenceToObject(head, "function", fn);
+        cJSON *d = cJSON_CreateObject();
+        cJSON_AddItemToArray(cJSON_AddArrayToObject(d, "tool_calls"), head);
+        send_delta(c, idx, d, NULL);
+        cJSON *part = cJSON_CreateObject();
+        cJSON_AddNumberToObject(part, "index", k);
+        cJSON_AddItemToObject(cJSON_AddObjectToObject(part, "function"), "arguments", args);
+        d = cJSON_CreateObject();
+        cJSON_AddItemToArray(cJSON_AddArrayToObject(d, "tool_calls"), part);
+        send_delta(c, idx, d, NULL);
+    }
+    cJSON_Delete(calls);
+    if (finish)
+        send_delta(c, idx, cJSON_CreateObject(), cs->ts.has_calls ? "tool_calls" : finish);
+}
+
 /* One streamed chunk for choice idx: text (may be empty), logprobs, finish. */
 void capmoe_api_stream_choice(gen_call *c, int idx, const char *text, size_t tlen,
                           cJSON *logprobs, const char *finish, int role) {
@@ -59,40 +117,8 @@ void capmoe_api_stream_choice(gen_call *c, int idx, const char *text, size_t tle
     }
     if (!role && c->rq.kind == CAPMOE_API_CHAT && c->rq.tools_json &&
         c->rq.tool_choice != CAPMOE_TOOLS_NONE) {
-        /* with tools, a choice's text is held until it ends: then it is
-         * either tool calls or content (sent as one delta) */
+        stream_tools(c, idx, text, tlen, finish);
         cJSON_Delete(logprobs);
-        if (tlen > 0) buf_add(&c->ch[idx].text, text, tlen);
-        if (!finish) return;
-        choice_st *cs = &c->ch[idx];
-        char idb[64], *content = NULL;
-        snprintf(idb, sizeof idb, "%s_%d", c->id, idx);
-        cJSON *calls = capmoe_api_tool_calls(&c->rq, cs->text.p ? cs->text.p : "", idb, &content);
-        cJSON *o = capmoe_api_chunk_base(c);
-        cJSON *ch = cJSON_CreateObject();
-        cJSON_AddNumberToObject(ch, "index", idx);
-        cJSON *delta = cJSON_AddObjectToObject(ch, "delta");
-        if (calls) {
-            if (content) cJSON_AddStringToObject(delta, "content", content);
-            int k = 0;
-            for (cJSON *x = calls->child; x; x = x->next) cJSON_AddNumberToObject(x, "index", k++);
-            cJSON_AddItemToObject(delta, "tool_calls", calls);
-        } else {
-            cJSON_AddStringToObject(delta, "content", cs->text.p ? cs->text.p : "");
-        }
-        free(content);
-        cJSON_AddNullToObject(ch, "logprobs");
-        cJSON_AddNullToObject(ch, "finish_reason");
-        cJSON_AddItemToArray(cJSON_AddArrayToObject(o, "choices"), ch);
-        capmoe_api_stream_send(c, o);
-        o = capmoe_api_chunk_base(c);
-        ch = cJSON_CreateObject();
-        cJSON_AddNumberToObject(ch, "index", idx);
-        cJSON_AddObjectToObject(ch, "delta");
-        cJSON_AddNullToObject(ch, "logprobs");
-        cJSON_AddStringToObject(ch, "finish_reason", calls ? "tool_calls" : finish);
-        cJSON_AddItemToArray(cJSON_AddArrayToObject(o, "choices"), ch);
-        capmoe_api_stream_send(c, o);
         return;
     }
     cJSON *o = capmoe_api_chunk_base(c);

@@ -304,18 +304,10 @@ static void parse_deepseek(found *f, const char *p) {
     rest_add(f, p, strlen(p));
 }
 
-cJSON *capmoe_api_tool_calls(const capmoe_api_request *r, const char *text, const char *id_base,
-                             char **content) {
-    *content = NULL;
-    if (!r->tools_json || r->tool_choice == CAPMOE_TOOLS_NONE || !text) return NULL;
-    char *joined = NULL;
-    if (r->tool_prefill) { /* the opening marker was the prompt's end */
-        size_t a = strlen(r->tool_prefill), b = strlen(text);
-        if (!(joined = malloc(a + b + 1))) return NULL;
-        memcpy(joined, r->tool_prefill, a);
-        memcpy(joined + a, text, b + 1);
-        text = joined;
-    }
+/* The calls in text (already joined with the prefill) and the text around
+ * them, untrimmed, in *rest (malloc'd). NULL: out of memory. */
+static cJSON *parse_text(const capmoe_api_request *r, const char *text, const char *id_base,
+                         buf *rest) {
     found f = {0};
     f.tools = cJSON_Parse(r->tools_json);
     f.id_base = id_base;
@@ -330,22 +322,198 @@ cJSON *capmoe_api_tool_calls(const capmoe_api_request *r, const char *text, cons
         }
     }
     cJSON_Delete((cJSON *)f.tools);
-    free(joined);
-    if (!f.calls || cJSON_GetArraySize(f.calls) == 0 || f.oom) {
+    if (f.oom || !f.calls || buf_add(&f.rest, "", 0) != 0) {
         buf_free(&f.rest);
         cJSON_Delete(f.calls);
         return NULL;
     }
-    /* the text around the calls: content (null when only white space) */
-    size_t a = 0, b = f.rest.len;
-    while (a < b && strchr(" \t\r\n", f.rest.p[a])) a++;
-    while (b > a && strchr(" \t\r\n", f.rest.p[b - 1])) b--;
-    if (b > a) {
-        memmove(f.rest.p, f.rest.p + a, b - a);
-        f.rest.p[b - a] = 0;
-        *content = f.rest.p;
-    } else {
-        buf_free(&f.rest);
-    }
+    *rest = f.rest;
     return f.calls;
+}
+
+/* prefill + text (malloc'd), or text itself in *joined = NULL. */
+static const char *join_prefill(const capmoe_api_request *r, const char *text, char **joined) {
+    *joined = NULL;
+    if (!r->tool_prefill) return text;
+    size_t a = strlen(r->tool_prefill), b = strlen(text);
+    if (!(*joined = malloc(a + b + 1))) return NULL;
+    memcpy(*joined, r->tool_prefill, a);
+    memcpy(*joined + a, text, b + 1);
+    return *joined;
+}
+
+cJSON *capmoe_api_tool_calls(const capmoe_api_request *r, const char *text, const char *id_base,
+                             char **content) {
+    *content = NULL;
+    if (!r->tools_json || r->tool_choice == CAPMOE_TOOLS_NONE || !text) return NULL;
+    char *joined;
+    text = join_prefill(r, text, &joined);
+    if (!text) return NULL;
+    buf rest = {0};
+    cJSON *calls = parse_text(r, text, id_base, &rest);
+    free(joined);
+    if (!calls || cJSON_GetArraySize(calls) == 0) {
+        buf_free(&rest);
+        cJSON_Delete(calls);
+        return NULL;
+    }
+    /* the text around the calls: content (null when only white space) */
+    size_t a = 0, b = rest.len;
+    while (a < b && strchr(" \t\r\n", rest.p[a])) a++;
+    while (b > a && strchr(" \t\r\n", rest.p[b - 1])) b--;
+    if (b > a) {
+        memmove(rest.p, rest.p + a, b - a);
+        rest.p[b - a] = 0;
+        *content = rest.p;
+    } else {
+        buf_free(&rest);
+    }
+    return calls;
+}
+
+/* ---- the settled part of a text still being generated ----------------------------- */
+
+/* The length of the longest proper suffix of s that begins `mark`. */
+static size_t partial_mark(const char *s, const char *mark) {
+    size_t n = strlen(s), m = strlen(mark);
+    for (size_t k = m - 1 < n ? m - 1 : n; k > 0; k--)
+        if (!strncmp(s + n - k, mark, k)) return k;
+    return 0;
+}
+
+static int starts(const char *s, const char *mark) {
+    return !strncmp(s, mark, strlen(mark));
+}
+
+/* The end of the prefix of text whose reading no continuation changes: its
+ * calls are the first calls of the whole text, its rest the start of the
+ * whole text's rest. *more: 0 when no call can follow (the text is content). */
+static size_t settled_end(const capmoe_api_request *r, const char *t, int *more) {
+    size_t n = strlen(t);
+    *more = 1;
+    switch (r->tool_form) {
+    case CAPMOE_TOOL_FORM_LLAMA3: { /* calls only when the whole text is calls */
+        const char *q = skip_ws(t);
+        size_t ql = strlen(q), tl = strlen(LLAMA_TAG);
+        if (ql < tl && !strncmp(q, LLAMA_TAG, ql)) return 0; /* the tag, maybe (or nothing) */
+        if (starts(q, LLAMA_TAG)) q = skip_ws(q + tl);
+        if (!*q || *q == '{') return 0;
+        *more = 0;
+        return n;
+    }
+    case CAPMOE_TOOL_FORM_DEEPSEEK: { /* one block, settled when closed */
+        const char *o = strstr(t, DS_CALLS_BEGIN);
+        if (!o) return n - partial_mark(t, DS_CALLS_BEGIN);
+        const char *q = o + strlen(DS_CALLS_BEGIN);
+        for (;;) {
+            const char *s = skip_ws(q);
+            if (!starts(s, DS_CALL_BEGIN)) break;
+            const char *e = strstr(s + strlen(DS_CALL_BEGIN), DS_CALL_END);
+            if (!e) return (size_t)(o - t);
+            q = e + strlen(DS_CALL_END);
+        }
+        if (!starts(skip_ws(q), DS_CALLS_END)) return (size_t)(o - t);
+        *more = 0;
+        return n;
+    }
+    case CAPMOE_TOOL_FORM_MISTRAL: { /* blocks settled when their JSON is whole */
+        found f = {0};
+        f.tools = cJSON_Parse(r->tools_json);
+        f.calls = cJSON_CreateArray();
+        f.id_base = "";
+        const char *p = t;
+        size_t k;
+        for (;;) {
+            const char *o = strstr(p, MISTRAL_MARK);
+            if (!o) {
+                k = n - partial_mark(p, MISTRAL_MARK);
+                break;
+            }
+            const char *end = f.calls ? mistral_block(&f, o + strlen(MISTRAL_MARK)) : NULL;
+            if (!end) {
+                k = (size_t)(o - t);
+                break;
+            }
+            p = end;
+        }
+        cJSON_Delete((cJSON *)f.tools);
+        cJSON_Delete(f.calls);
+        return k;
+    }
+    default: { /* Hermes: each call settled at its close */
+        const char *p = t;
+        for (;;) {
+            const char *o = strstr(p, "<tool_call>");
+            if (!o) return n - partial_mark(p, "<tool_call>");
+            const char *c = strstr(o, "</tool_call>");
+            if (!c) return (size_t)(o - t);
+            p = c + strlen("</tool_call>");
+        }
+    }
+    }
+}
+
+int capmoe_api_tool_stream_step(const capmoe_api_request *r, const char *text, const char *id_base,
+                                int final, capmoe_api_tool_stream *st, buf *content,
+                                cJSON **calls) {
+    *calls = NULL;
+    if (!text) text = "";
+    if (final) {
+        char *c = NULL;
+        cJSON *all = capmoe_api_tool_calls(r, text, id_base, &c);
+        const char *want = all ? (c ? c : "") : text;
+        size_t wl = strlen(want);
+        int rc = 0; /* what was sent is the start of want (-1 if not: a bug) */
+        if (st->content_sent > wl) rc = -1;
+        else if (buf_add(content, want + st->content_sent, wl - st->content_sent) != 0) rc = -1;
+        st->content_sent = wl;
+        free(c);
+        st->has_calls = all != NULL;
+        if (all) {
+            for (int i = 0; i < st->calls_sent && all->child; i++) cJSON_DeleteItemFromArray(all, 0);
+            st->calls_sent += cJSON_GetArraySize(all);
+            if (all->child) *calls = all;
+            else cJSON_Delete(all);
+        }
+        return rc;
+    }
+    /* a required / named call (whose opening marker was the prompt's end):
+     * all at the end */
+    if (r->tool_prefill || !r->tools_json || r->tool_choice == CAPMOE_TOOLS_NONE) return 0;
+    int more;
+    size_t k = settled_end(r, text, &more);
+    char *pre = strndup(text, k);
+    if (!pre) return -1;
+    buf rest = {0};
+    cJSON *got = parse_text(r, pre, id_base, &rest);
+    free(pre);
+    if (!got) return -1;
+    int nk = cJSON_GetArraySize(got);
+    const char *target = rest.p;
+    size_t lim = rest.len;
+    if (nk > 0) { /* content: the rest, trimmed */
+        while (*target && strchr(" \t\r\n", *target)) target++, lim--;
+    } else if (!more) { /* never calls: the text as it is */
+        target = text;
+        lim = strlen(text);
+    } else if (rest.len && strchr(" \t\r\n", rest.p[0])) { /* trimmed only if calls follow */
+        lim = 0;
+    }
+    if (nk > 0 || more)
+        while (lim > 0 && strchr(" \t\r\n", target[lim - 1])) lim--;
+    int rc = 0;
+    if (lim > st->content_sent) {
+        rc = buf_add(content, target + st->content_sent, lim - st->content_sent);
+        st->content_sent = lim;
+    }
+    if (nk > st->calls_sent) {
+        for (int i = 0; i < st->calls_sent; i++) cJSON_DeleteItemFromArray(got, 0);
+        st->calls_sent = nk;
+        st->has_calls = 1;
+        *calls = got;
+    } else {
+        cJSON_Delete(got);
+    }
+    buf_free(&rest);
+    return rc;
 }

@@ -118,4 +118,57 @@ if (FORM === 'none') {
     assert.ok(typeof m.content === 'string' || m.tool_calls?.length >= 1);
     (m.tool_calls ?? []).forEach(checkCall);
   });
+  // the stream as a client reads it: content deltas concatenated, each call
+  // begun by a chunk with its id, type and name (arguments ""), then its
+  // arguments in fragments; equal to the non-streamed answer for the same seed
+  async function streamed(body) {
+    const chunks = await client.chat.completions.create({ ...body, stream: true });
+    let content = null, finish = null;
+    const calls = [];
+    for await (const chunk of chunks) {
+      const ch = chunk.choices[0];
+      if (!ch) continue;
+      if (ch.finish_reason) finish = ch.finish_reason;
+      const d = ch.delta ?? {};
+      if (typeof d.content === 'string' && d.content !== '') content = (content ?? '') + d.content;
+      for (const t of d.tool_calls ?? []) {
+        if (!calls[t.index]) {
+          assert.equal(t.index, calls.length, 'calls come with increasing index');
+          assert.ok(t.id && t.type === 'function' && t.function?.name, `first chunk ${JSON.stringify(t)}`);
+          assert.equal(t.function.arguments, '');
+          calls[t.index] = { id: t.id, type: 'function', function: { name: t.function.name, arguments: '' } };
+        } else {
+          assert.equal(t.id, undefined, 'later chunks carry only arguments');
+          calls[t.index].function.arguments += t.function?.arguments ?? '';
+        }
+      }
+    }
+    return { content, calls, finish };
+  }
+
+  test(`${FORM}: streamed choices assemble into the non-streamed answer (required, named, auto; seeds)`,
+    async () => {
+      for (const tool_choice of ['required', { type: 'function', function: { name: 'get_weather' } }, 'auto']) {
+        for (let seed = 0; seed < 4; seed++) {
+          const body = { model: MODEL, messages: ASK, tools: TOOLS, tool_choice, seed, temperature: 1,
+            max_tokens: tool_choice === 'auto' ? 24 : 80 };
+          const r = (await client.chat.completions.create(body)).choices[0];
+          const s = await streamed(body);
+          const what = `${JSON.stringify(tool_choice)} seed ${seed}`;
+          assert.equal(s.finish, r.finish_reason, what);
+          assert.equal(s.content ?? '', r.message.content ?? '', what);
+          // (ids differ: each request has its own)
+          assert.deepEqual(s.calls.map((c) => [c.type, c.function.name, c.function.arguments]),
+            (r.message.tool_calls ?? []).map((c) => [c.type, c.function.name, c.function.arguments]), what);
+          s.calls.forEach(checkCall);
+          // the SDK's stream helper assembles the same
+          const f = (await client.chat.completions.stream({ ...body, stream: true })
+            .finalChatCompletion()).choices[0];
+          assert.equal(f.finish_reason, r.finish_reason, what);
+          assert.equal(f.message.content ?? '', r.message.content ?? '', what);
+          assert.deepEqual((f.message.tool_calls ?? []).map((c) => [c.function.name, c.function.arguments]),
+            (r.message.tool_calls ?? []).map((c) => [c.function.name, c.function.arguments]), what);
+        }
+      }
+    });
 }
