@@ -20,6 +20,7 @@
 // MIX_LONG_MAX (2000), MIX_LONG_MAX_TOKENS (16), MIX_VOCAB (8192), MIX_SEED (1),
 // MIX_INFO (JSON merged into the report). Prints the JSON report on stdout.
 import http from 'node:http';
+import { streamClient } from './stream_client.mjs';
 
 const env = (k, d) => (process.env[k] !== undefined && process.env[k] !== '' ? process.env[k] : d);
 const BASE = new URL(process.env.CAPMOE_URL);
@@ -49,66 +50,8 @@ function rng(seed) {
 }
 const ids = (r, n) => Array.from({ length: n }, () => 3 + Math.floor(r() * (VOCAB - 3)));
 
-function getText(path) {
-  return new Promise((resolve, reject) => {
-    http.get({ host: BASE.hostname, port: BASE.port, path, agent }, (res) => {
-      let b = '';
-      res.on('data', (c) => (b += c));
-      res.on('end', () => (res.statusCode === 200 ? resolve(b) : reject(new Error(`${path}: ${res.statusCode} ${b}`))));
-    }).on('error', reject);
-  });
-}
-
-// One streamed completion; resolves with its timings.
-function streamOne(model, prompt, maxTokens) {
-  return new Promise((resolve, reject) => {
-    const body = JSON.stringify({
-      model, prompt, max_tokens: maxTokens, temperature: 0, ignore_eos: true,
-      stream: true, stream_options: { include_usage: true },
-    });
-    const t0 = performance.now();
-    const chunkTimes = [];
-    let usage = null, buf = '';
-    const req = http.request(
-      {
-        host: BASE.hostname, port: BASE.port, method: 'POST', path: '/v1/completions', agent,
-        headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
-      },
-      (res) => {
-        if (res.statusCode !== 200) {
-          let e = '';
-          res.on('data', (c) => (e += c));
-          res.on('end', () => reject(new Error(`HTTP ${res.statusCode}: ${e.slice(0, 200)}`)));
-          return;
-        }
-        res.setEncoding('utf8');
-        res.on('data', (c) => {
-          const now = performance.now();
-          buf += c;
-          let i;
-          while ((i = buf.indexOf('\n\n')) >= 0) {
-            const ev = buf.slice(0, i);
-            buf = buf.slice(i + 2);
-            if (!ev.startsWith('data: ') || ev === 'data: [DONE]') continue;
-            const j = JSON.parse(ev.slice(6));
-            if (j.error) return reject(new Error(JSON.stringify(j.error)));
-            if (j.choices.length) chunkTimes.push(now);
-            else usage = j.usage;
-          }
-        });
-        res.on('end', () => {
-          if (!usage || !chunkTimes.length) return reject(new Error('stream without tokens or usage'));
-          const gaps = [];
-          for (let k = 1; k < chunkTimes.length; k++) gaps.push(chunkTimes[k] - chunkTimes[k - 1]);
-          resolve({ start: t0, ttft: chunkTimes[0] - t0, gaps, end: performance.now(),
-            tokens: usage.completion_tokens, promptTokens: usage.prompt_tokens });
-        });
-      },
-    );
-    req.on('error', reject);
-    req.end(body);
-  });
-}
+// getText(path); streamOne(model, prompt, maxTokens) -> {start, end, ttft, gaps, tokens, promptTokens, ...}
+const { getText, streamOne } = streamClient(BASE, agent);
 
 function pcts(xs) {
   const s = xs.slice().sort((a, b) => a - b);

@@ -16,6 +16,7 @@
 // BENCH_MD (path for the markdown table), BENCH_INFO (JSON merged into the report).
 import http from 'node:http';
 import fs from 'node:fs';
+import { streamClient } from './stream_client.mjs';
 
 const BASE = new URL(process.env.CAPMOE_URL);
 const LEVELS = (process.env.BENCH_LEVELS || '1,4,16,64').split(',').map(Number);
@@ -27,73 +28,20 @@ const MIN_SECONDS = Number(process.env.BENCH_MIN_SECONDS || 5);
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: Math.max(...LEVELS) + 4 });
 
-function getJSON(path) {
-  return new Promise((resolve, reject) => {
-    http.get({ host: BASE.hostname, port: BASE.port, path, agent }, (res) => {
-      let b = '';
-      res.on('data', (c) => (b += c));
-      res.on('end', () => (res.statusCode === 200 ? resolve(JSON.parse(b)) : reject(new Error(`${path}: ${res.statusCode} ${b}`))));
-    }).on('error', reject);
-  });
-}
+const client = streamClient(BASE, agent);
+const getJSON = async (path) => JSON.parse(await client.getText(path));
 
-// One streamed completion; resolves with its timings.
-function streamOne(model, prompt) {
-  return new Promise((resolve, reject) => {
-    const body = JSON.stringify({
-      model, prompt, max_tokens: MAX_TOKENS, temperature: 0, ignore_eos: true,
-      stream: true, stream_options: { include_usage: true },
-    });
-    const t0 = performance.now();
-    const chunkTimes = [];
-    let usage = null, buf = '';
-    const req = http.request(
-      {
-        host: BASE.hostname, port: BASE.port, method: 'POST', path: '/v1/completions', agent,
-        headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
-      },
-      (res) => {
-        if (res.statusCode !== 200) {
-          let e = '';
-          res.on('data', (c) => (e += c));
-          res.on('end', () => reject(new Error(`HTTP ${res.statusCode}: ${e.slice(0, 200)}`)));
-          return;
-        }
-        res.setEncoding('utf8');
-        res.on('data', (c) => {
-          const now = performance.now();
-          buf += c;
-          let i;
-          while ((i = buf.indexOf('\n\n')) >= 0) {
-            const ev = buf.slice(0, i);
-            buf = buf.slice(i + 2);
-            if (!ev.startsWith('data: ') || ev === 'data: [DONE]') continue;
-            const j = JSON.parse(ev.slice(6));
-            if (j.error) return reject(new Error(JSON.stringify(j.error)));
-            if (j.choices.length) chunkTimes.push(now);
-            else usage = j.usage;
-          }
-        });
-        res.on('end', () => {
-          const t1 = performance.now();
-          if (!usage || !chunkTimes.length) return reject(new Error('stream without tokens or usage'));
-          const gaps = [];
-          for (let k = 1; k < chunkTimes.length; k++) gaps.push(chunkTimes[k] - chunkTimes[k - 1]);
-          const n = usage.completion_tokens;
-          resolve({
-            ttft: chunkTimes[0] - t0,
-            gaps,
-            tpot: n > 1 ? (chunkTimes[chunkTimes.length - 1] - chunkTimes[0]) / (n - 1) : null,
-            e2e: t1 - t0,
-            tokens: n,
-            promptTokens: usage.prompt_tokens,
-          });
-        });
-      },
-    );
-    req.on('error', reject);
-    req.end(body);
-  });
+// One streamed completion of MAX_TOKENS; resolves with its timings.
+async function streamOne(model, prompt) {
+  const r = await client.streamOne(model, prompt, MAX_TOKENS);
+  return {
+    ttft: r.ttft,
+    gaps: r.gaps,
+    tpot: r.tokens > 1 ? (r.lastChunk - r.firstChunk) / (r.tokens - 1) : null,
+    e2e: r.end - r.start,
+    tokens: r.tokens,
+    promptTokens: r.promptTokens,
+  };
 }
 
 function pcts(xs) {
