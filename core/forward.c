@@ -15,6 +15,8 @@ int capmoe_kv_reserve(capmoe_kv *kv, int n);
 /* Query rows per attention block: bounds the score scratch to
  * ATTN_QBLOCK x context floats whatever the prompt length. */
 #define ATTN_QBLOCK 256
+/* Query rows per attention item of a prompt (at most ATTN_QBLOCK). */
+#define ATTN_QROWS 64
 /* ints per attention item (attn_job.items) */
 #define ATTN_ITEM 5
 
@@ -111,15 +113,24 @@ static void attend_head(struct capmoe_model *m, const float *K, const float *V, 
         const float *Q = m->q.p + (size_t)(t0 + i0) * qd + (size_t)hh * d;
         float *O = m->att.p + (size_t)(t0 + i0) * qd + (size_t)hh * d;
         capmoe_gemm_nt(NULL, S, Lb, Q, qd, capmoe_wmat_f32(K), kd, nb, Lb, d, scale, 0.0f);
+        float inv[ATTN_QBLOCK];
         for (int i = 0; i < nb; i++) {
+            /* row i sees keys [first, qpos]: exp(s - max) over those only,
+             * the rest of the row zero (not exp(-inf)); the division by the
+             * sum is applied to the output row (d values, not Lb) */
             float *row = S + (size_t)i * Lb;
-            int qpos = p0 + i0 + i;
-            for (int j = qpos + 1; j < Lb; j++) row[j] = -INFINITY;
-            if (sw > 0)
-                for (int j = 0; j <= qpos - sw && j < Lb; j++) row[j] = -INFINITY;
-            capmoe_softmax_row(row, Lb);
+            int qpos = p0 + i0 + i, first = first_pos(sw, qpos), n = qpos + 1 - first;
+            float mx = -INFINITY;
+            for (int j = first; j <= qpos; j++) mx = row[j] > mx ? row[j] : mx;
+            float sum = mx == -INFINITY ? 0.0f : capmoe_kern_exp_sum(row + first, n, mx);
+            if (sum == 0.0f) memset(row + first, 0, (size_t)n * sizeof(float));
+            inv[i] = sum > 0.0f ? 1.0f / sum : 0.0f;
+            if (first > 0) memset(row, 0, (size_t)first * sizeof(float));
+            if (qpos + 1 < Lb) memset(row + qpos + 1, 0, (size_t)(Lb - qpos - 1) * sizeof(float));
         }
         capmoe_gemm_nn(O, qd, S, Lb, V, kd, nb, d, Lb);
+        for (int i = 0; i < nb; i++)
+            for (int j = 0; j < d; j++) O[(size_t)i * qd + j] *= inv[i];
     }
 }
 
@@ -196,25 +207,23 @@ static void dense_mlp(struct capmoe_model *m, const struct capmoe_layer *L, cons
     capmoe_linear(m->par, out, m->sh1.p, L->d_down, NULL, T, H, I);
 }
 
-/* Attention of one layer (GQA; RoPE, q/k norms, sliding window) over the
- * batch: h [T, H] normed, q, k and v of the new tokens appended to their
- * sequences' caches at kv->len .., the o_proj output into m->tmp. */
-static void attention(struct capmoe_model *m, const struct capmoe_layer *L, int l,
-                      const capmoe_batch_seq *seqs, int n_seqs, int T, int n_items,
-                      size_t scratch) {
+/* Rows [t0, t1) of the stacked q|k|v product (m->tmp) apart into q, k and v,
+ * with biases, q/k norms and RoPE. */
+struct qkv_job {
+    struct capmoe_model *m;
+    const struct capmoe_layer *L;
+    int qkvd;
+};
+
+static void qkv_rows(void *arg, int t0, int t1) {
+    const struct qkv_job *j = arg;
+    struct capmoe_model *m = j->m;
+    const struct capmoe_layer *L = j->L;
     const capmoe_hfconfig *c = &m->cfg;
-    int H = c->hidden_size, d = c->head_dim, qd = c->n_heads * d, kd = c->n_kv_heads * d;
-    const float *h = m->h.p;
-    /* q, k and v in one product (their weights stacked), then apart */
-    int qkvd = qd + 2 * kd;
-    /* --compute bf16: a prompt's projections through oneDNN */
-    int bf = m->dnnl && L->bf_q && L->bf_k && L->bf_v && L->bf_o && T >= m->bf16_min_rows;
-    struct capmoe_dnnl_mat *qkv[3] = {L->bf_q, L->bf_k, L->bf_v};
-    int qkv0[3] = {0, qd, qd + kd};
-    if (!bf || capmoe_bf16_linear(m, m->tmp.p, qkvd, h, H, T, H, qkv, qkv0, 3) != 0)
-        capmoe_linear(m->par, m->tmp.p, h, L->wqkv, NULL, T, qkvd, H);
-    for (int t = 0; t < T; t++) {
-        const float *r = m->tmp.p + (size_t)t * qkvd;
+    int d = c->head_dim, qd = c->n_heads * d, kd = c->n_kv_heads * d, n = t1 - t0;
+    float eps = c->rms_norm_eps;
+    for (int t = t0; t < t1; t++) {
+        const float *r = m->tmp.p + (size_t)t * j->qkvd;
         float *q = m->q.p + (size_t)t * qd, *k = m->k.p + (size_t)t * kd;
         float *v = m->v.p + (size_t)t * kd;
         memcpy(q, r, (size_t)qd * sizeof(float));
@@ -225,21 +234,44 @@ static void attention(struct capmoe_model *m, const struct capmoe_layer *L, int 
             for (int i = 0; i < kd; i++) k[i] += L->bk[i], v[i] += L->bv[i];
         }
     }
+    float *q = m->q.p + (size_t)t0 * qd, *k = m->k.p + (size_t)t0 * kd;
     if (c->qk_norm == CAPMOE_QK_NORM_FULL) {
-        capmoe_rmsnorm(m->q.p, qd, m->q.p, qd, L->q_norm, T, qd, c->rms_norm_eps);
-        capmoe_rmsnorm(m->k.p, kd, m->k.p, kd, L->k_norm, T, kd, c->rms_norm_eps);
+        capmoe_rmsnorm(q, qd, q, qd, L->q_norm, n, qd, eps);
+        capmoe_rmsnorm(k, kd, k, kd, L->k_norm, n, kd, eps);
     } else if (c->qk_norm == CAPMOE_QK_NORM_HEAD) {
-        capmoe_rmsnorm(m->q.p, d, m->q.p, d, L->q_norm, T * c->n_heads, d, c->rms_norm_eps);
-        capmoe_rmsnorm(m->k.p, d, m->k.p, d, L->k_norm, T * c->n_kv_heads, d,
-                       c->rms_norm_eps);
+        capmoe_rmsnorm(q, d, q, d, L->q_norm, n * c->n_heads, d, eps);
+        capmoe_rmsnorm(k, d, k, d, L->k_norm, n * c->n_kv_heads, d, eps);
     }
-    for (int t = 0; t < T; t++) {
+    for (int t = t0; t < t1; t++) {
         const float *cs = m->rope.p + (size_t)t * d;
         for (int hh = 0; hh < c->n_heads; hh++)
             capmoe_rope_apply(m->q.p + (size_t)t * qd + (size_t)hh * d, d, cs);
         for (int hh = 0; hh < c->n_kv_heads; hh++)
             capmoe_rope_apply(m->k.p + (size_t)t * kd + (size_t)hh * d, d, cs);
     }
+}
+
+/* Attention of one layer (GQA; RoPE, q/k norms, sliding window) over the
+ * batch: h [T, H] normed, q, k and v of the new tokens appended to their
+ * sequences' caches at kv->len .., the o_proj output into m->tmp. */
+static void attention(struct capmoe_model *m, const struct capmoe_layer *L, int l,
+                      const capmoe_batch_seq *seqs, int n_seqs, int T, int n_items,
+                      size_t scratch, capmoe_forward_stats *stats) {
+    const capmoe_hfconfig *c = &m->cfg;
+    int H = c->hidden_size, d = c->head_dim, qd = c->n_heads * d, kd = c->n_kv_heads * d;
+    const float *h = m->h.p;
+    /* q, k and v in one product (their weights stacked), then apart */
+    int qkvd = qd + 2 * kd;
+    /* --compute bf16: a prompt's projections through oneDNN */
+    int bf = m->dnnl && L->bf_q && L->bf_k && L->bf_v && L->bf_o && T >= m->bf16_min_rows;
+    struct capmoe_dnnl_mat *qkv[3] = {L->bf_q, L->bf_k, L->bf_v};
+    int qkv0[3] = {0, qd, qd + kd};
+    double t0 = capmoe_now();
+    if (!bf || capmoe_bf16_linear(m, m->tmp.p, qkvd, h, H, T, H, qkv, qkv0, 3) != 0)
+        capmoe_linear(m->par, m->tmp.p, h, L->wqkv, NULL, T, qkvd, H);
+    double t1 = capmoe_now();
+    struct qkv_job qj = {m, L, qkvd};
+    capmoe_par_rows(m->par, T, 8, qkv_rows, &qj);
     for (int s = 0; s < n_seqs; s++) {
         capmoe_kv *kv = seqs[s].kv;
         int n = seqs[s].n_tokens, t0 = m->seq_t0[s];
@@ -257,7 +289,9 @@ static void attention(struct capmoe_model *m, const struct capmoe_layer *L, int 
     }
     struct attn_job aj = {.m = m, .seqs = seqs, .l = l, .items = m->attn_items,
                           .scratch = scratch, .kv_scratch = 2 * (size_t)m->kvf_ctx * kd};
+    double t2 = capmoe_now();
     capmoe_par_for(m->par, n_items, attn_item, &aj);
+    double t3 = capmoe_now();
     int o0 = 0;
     if (bf && capmoe_bf16_linear(m, m->tmp.p, H, m->att.p, qd, T, qd, &L->bf_o, &o0, 1) == 0) {
         if (L->bo)
@@ -265,6 +299,10 @@ static void attention(struct capmoe_model *m, const struct capmoe_layer *L, int 
                 for (int i = 0; i < H; i++) m->tmp.p[(size_t)t * H + i] += L->bo[i];
     } else {
         capmoe_linear(m->par, m->tmp.p, m->att.p, L->wo, L->bo, T, H, qd);
+    }
+    if (stats) {
+        stats->attn_proj_time += t1 - t0 + capmoe_now() - t3;
+        stats->attn_core_time += t3 - t2;
     }
 }
 
@@ -386,11 +424,16 @@ static int forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_seqs,
                 it[4] = n;
             }
         } else {
+            /* blocks of ATTN_QROWS query rows: causal, a block computes its
+             * rows against every key up to its last row, so smaller blocks
+             * waste less of the upper triangle (12% at 512 rows) and give
+             * items enough for every thread; more blocks where heads x
+             * blocks would still leave threads idle */
             int per_head = (4 * nt + c->n_heads - 1) / c->n_heads; /* blocks wanted per head */
             int qb = (n + per_head - 1) / per_head;
             qb = (qb + 15) & ~15;
             if (qb < 32) qb = 32;
-            if (qb > ATTN_QBLOCK) qb = ATTN_QBLOCK;
+            if (qb > ATTN_QROWS) qb = ATTN_QROWS;
             int nb = (n + qb - 1) / qb;
             for (int b = nb - 1; b >= 0; b--)
                 for (int hh = 0; hh < c->n_heads; hh++, n_items++, it += ATTN_ITEM) {
@@ -406,6 +449,7 @@ static int forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_seqs,
         stats->n_moe = 0;
         stats->tokens = T;
         stats->attn_time = stats->moe_time = 0.0;
+        stats->attn_proj_time = stats->attn_core_time = 0.0;
     }
 
     float *x = m->x.p, *h = m->h.p;
@@ -435,17 +479,16 @@ static int forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_seqs,
             continue;
         }
         double ta = capmoe_now();
-        capmoe_rmsnorm(h, H, x, H, L->attn_norm, T, H, c->rms_norm_eps);
+        capmoe_residual_norm(m->par, x, NULL, h, L->attn_norm, T, H, c->rms_norm_eps);
         if (c->kv_lora_rank > 0) {
             if ((rc = capmoe_mla_attention(m, L, l, seqs, n_seqs, h, m->tmp.p, err)) != 0) break;
         } else {
-            attention(m, L, l, seqs, n_seqs, T, n_items, scratch);
+            attention(m, L, l, seqs, n_seqs, T, n_items, scratch, stats);
         }
-        for (size_t i = 0; i < (size_t)T * H; i++) x[i] += m->tmp.p[i];
         double tm = capmoe_now();
         if (stats) stats->attn_time += tm - ta;
 
-        capmoe_rmsnorm(h, H, x, H, L->ffn_norm, T, H, c->rms_norm_eps);
+        capmoe_residual_norm(m->par, x, m->tmp.p, h, L->ffn_norm, T, H, c->rms_norm_eps);
         if (L->is_moe) {
             capmoe_layer_stats *ls = NULL;
             if (stats && stats->n_moe < stats->cap_layers) ls = &stats->layers[stats->n_moe++];
@@ -453,8 +496,7 @@ static int forward(capmoe_model *m, const capmoe_batch_seq *seqs, int n_seqs,
         } else {
             dense_mlp(m, L, h, m->tmp.p, T, err, &rc);
         }
-        if (rc == 0)
-            for (size_t i = 0; i < (size_t)T * H; i++) x[i] += m->tmp.p[i];
+        if (rc == 0) capmoe_residual_norm(m->par, x, m->tmp.p, NULL, NULL, T, H, 0.0f);
         if (stats) stats->moe_time += capmoe_now() - tm;
     }
     if (rc == 0 && capmoe_dnnl_failed(m->dnnl, err)) rc = -1; /* a --compute bf16 product */

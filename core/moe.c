@@ -275,6 +275,25 @@ static void shared_expert(struct capmoe_model *m, const struct capmoe_layer *L, 
     }
 }
 
+/* The weighted combine, over the pool by columns: part of columns [16 c0,
+ * 16 c1) zeroes them in every token's row, then adds every pair's slice in
+ * plan order (the same order, hence the same sums, as one thread). */
+struct combine_job {
+    float *out;
+    const float *ye;
+    const capmoe_dispatch_plan *P;
+    int T, H, E;
+};
+
+static void combine_cols(void *arg, int c0, int c1) {
+    const struct combine_job *j = arg;
+    int H = j->H, lo = c0 * 16, n = (c1 * 16 < H ? c1 * 16 : H) - lo;
+    for (int t = 0; t < j->T; t++) memset(j->out + (size_t)t * H + lo, 0, (size_t)n * sizeof(float));
+    for (int i = 0; i < j->P->expert_off[j->E]; i++)
+        capmoe_axpy(j->out + (size_t)j->P->tok[i] * H + lo, j->ye + (size_t)i * H + lo,
+                    j->P->weight[i], n);
+}
+
 int capmoe_moe_forward(struct capmoe_model *m, const struct capmoe_layer *L, int layer_idx,
                        const float *h, float *out, int T, const capmoe_dispatch_cfg *cfg,
                        const int *tok_rank, capmoe_layer_stats *ls, capmoe_error *err) {
@@ -321,10 +340,12 @@ int capmoe_moe_forward(struct capmoe_model *m, const struct capmoe_layer *L, int
     if (m->xport->run(m, L, h, cfg, ls, err) != 0) return -1;
     double t2 = capmoe_now();
 
-    if (T > 0) memset(out, 0, (size_t)T * H * sizeof(float));
-    for (int e = 0; e < E; e++)
-        for (int i = P->expert_off[e]; i < P->expert_off[e + 1]; i++)
-            capmoe_axpy(out + (size_t)P->tok[i] * H, m->ye.p + (size_t)i * H, P->weight[i], H);
+    if (T > 0) {
+        struct combine_job cj = {out, m->ye.p, P, T, H, E};
+        /* a decode step's few pairs: on this thread (a fork costs more) */
+        capmoe_par_rows((size_t)P->n_pairs * H < 65536 ? NULL : m->par, (H + 15) / 16, 4,
+                        combine_cols, &cj);
+    }
 
     if (L->sh_gate.p && T > 0) {
         int Is = c->shared_expert_intermediate_size;

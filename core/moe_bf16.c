@@ -6,7 +6,8 @@
  * expert first within each:
  *  1. gather: each expert's token rows, rounded to BF16, into a block padded
  *     with zero rows to capmoe_dnnl_pad_rows (hand-written: no library does
- *     the indexed gather and the rounding in one pass);
+ *     the indexed gather and the rounding in one pass), in items of
+ *     GATHER_ROWS rows;
  *  2. items (expert, gate/up chunk): one oneDNN product on one thread, then
  *     SiLU(gate) * up, rounded to BF16, into the expert's block of g;
  *  3. items (expert, down chunk): one product, the expert's real rows copied
@@ -75,23 +76,35 @@ struct bf_job {
     const int *order; /* active experts, largest first */
     const int *prow;  /* per active index: first padded row, then padded rows */
     int n_gu, n_dn;   /* chunks per expert */
+    int n_gb;         /* gather blocks of the largest expert (items per expert) */
 };
 
 static int rows_of(const capmoe_expert_set *s, int e) {
     return s->off[e - s->e0 + 1] - s->off[e - s->e0];
 }
 
-static void gather_item(void *arg, int a, int slot) {
+/* Rows per gather item: an expert's rows in blocks, so a layer of few
+ * experts still spreads its gather (and the rounding) over every thread. */
+#define GATHER_ROWS 32
+
+static void gather_item(void *arg, int it, int slot) {
     (void)slot;
     const struct bf_job *j = arg;
     const capmoe_expert_set *s = j->s;
+    int a = it / j->n_gb, b = it % j->n_gb;
     int H = j->m->cfg.hidden_size, e = j->order[a], n = rows_of(s, e), off = s->off[e - s->e0];
+    int pad = j->prow[2 * a + 1], r0 = b * GATHER_ROWS;
+    if (r0 >= pad) return;
+    int r1 = r0 + GATHER_ROWS < pad ? r0 + GATHER_ROWS : pad, real = r1 < n ? r1 : n;
     uint16_t *x = (uint16_t *)j->m->bx.p + (size_t)j->prow[2 * a] * H;
-    for (int i = 0; i < n; i++) {
+    for (int i = r0; i < real; i++) {
         const float *src = s->h ? s->h + (size_t)s->tok[off + i] * H : s->x + (size_t)(off + i) * H;
         capmoe_bf16_from_f32(x + (size_t)i * H, src, (size_t)H);
     }
-    memset(x + (size_t)n * H, 0, (size_t)(j->prow[2 * a + 1] - n) * H * sizeof *x);
+    if (real < r1) {
+        int z0 = real > r0 ? real : r0;
+        memset(x + (size_t)z0 * H, 0, (size_t)(r1 - z0) * H * sizeof *x);
+    }
 }
 
 static void gate_up_item(void *arg, int it, int slot) {
@@ -163,8 +176,9 @@ int capmoe_moe_run_set_bf16(struct capmoe_model *m, const capmoe_expert_set *s, 
     if (capmoe_buf_reserve(&m->bx, rows * H / 2 + 1) || capmoe_buf_reserve(&m->bg, rows * I / 2 + 1))
         return -1;
     const capmoe_dnnl_mat *w0 = s->L->bf_gu[order[0]], *d0 = s->L->bf_dn[order[0]];
-    struct bf_job j = {m, s, order, m->bf_row, capmoe_dnnl_mat_chunks(w0), capmoe_dnnl_mat_chunks(d0)};
-    capmoe_par_for(m->par, n_active, gather_item, &j);
+    struct bf_job j = {m, s, order, m->bf_row, capmoe_dnnl_mat_chunks(w0), capmoe_dnnl_mat_chunks(d0),
+                       (m->bf_row[1] + GATHER_ROWS - 1) / GATHER_ROWS};
+    capmoe_par_for(m->par, n_active * j.n_gb, gather_item, &j);
     capmoe_par_for(m->par, n_active * j.n_gu, gate_up_item, &j);
     capmoe_par_for(m->par, n_active * j.n_dn, down_item, &j);
     return 0;

@@ -191,6 +191,31 @@ void capmoe_rmsnorm(float *out, int ldo, const float *x, int ld, const float *w,
     }
 }
 
+struct resnorm_job {
+    float *x, *out;
+    const float *add, *w;
+    int n;
+    float eps;
+};
+
+static void resnorm_rows(void *arg, int r0, int r1) {
+    const struct resnorm_job *j = arg;
+    size_t n = (size_t)j->n;
+    if (j->add)
+        for (size_t i = (size_t)r0 * n; i < (size_t)r1 * n; i++) j->x[i] += j->add[i];
+    if (j->out)
+        capmoe_rmsnorm(j->out + (size_t)r0 * n, j->n, j->x + (size_t)r0 * n, j->n, j->w, r1 - r0,
+                       j->n, j->eps);
+}
+
+void capmoe_residual_norm(capmoe_par *par, float *x, const float *add, float *out, const float *w,
+                          int M, int n, float eps) {
+    struct resnorm_job j = {x, out, add, w, n, eps};
+    /* rows of at least ~16K elements per part: below that a fork costs more */
+    int min_rows = n > 0 ? (16384 + n - 1) / n : 1;
+    capmoe_par_rows(par, M, min_rows, resnorm_rows, &j);
+}
+
 void capmoe_rope_table(float *cs, int d, int pos, const float *inv_freq) {
     int h = d / 2;
     for (int i = 0; i < h; i++) {

@@ -193,3 +193,24 @@ void capmoe_par_for(capmoe_par *p, int n_items, capmoe_par_item_fn fn, void *arg
     atomic_init(&f.next, 0);
     capmoe_par_run(p, n_items, for_part, &f);
 }
+
+/* capmoe_par_rows: part i of n_parts takes rows [n i / n_parts, n (i+1) / n_parts). */
+struct rows_job {
+    capmoe_par_range_fn fn;
+    void *arg;
+    int n;
+};
+
+static void rows_part(void *arg, int part, int n_parts) {
+    const struct rows_job *r = arg;
+    int r0 = (int)((long long)r->n * part / n_parts), r1 = (int)((long long)r->n * (part + 1) / n_parts);
+    if (r1 > r0) r->fn(r->arg, r0, r1);
+}
+
+void capmoe_par_rows(capmoe_par *p, int n, int min_rows, capmoe_par_range_fn fn, void *arg) {
+    if (n <= 0) return;
+    if (min_rows < 1) min_rows = 1;
+    int parts = (n + min_rows - 1) / min_rows;
+    struct rows_job r = {fn, arg, n};
+    capmoe_par_run(p, parts, rows_part, &r);
+}

@@ -62,6 +62,11 @@ void capmoe_gemm_nn(float *C, int ldc, const float *A, int lda, const float *B, 
 /* RMSNorm of each of the M rows of length n (stride ld) into out (stride ldo). */
 void capmoe_rmsnorm(float *out, int ldo, const float *x, int ld, const float *w, int M, int n,
                     float eps);
+/* Row by row over the pool (capmoe_par_rows), M rows of n (contiguous):
+ * x += add (add may be NULL), then, when out is non-NULL, out = RMSNorm(x)
+ * with weights w. Per row the same arithmetic as capmoe_rmsnorm. */
+void capmoe_residual_norm(capmoe_par *par, float *x, const float *add, float *out, const float *w,
+                          int M, int n, float eps);
 /* RoPE (rotate-half / NeoX layout, as Hugging Face). capmoe_rope_table fills
  * cs[0..d/2) with cos and cs[d/2..d) with sin of position pos (inv_freq has d/2
  * entries); capmoe_rope_apply rotates one head vector of length d in place. */

@@ -37,6 +37,13 @@ void capmoe_par_run(capmoe_par *p, int n_parts, capmoe_par_fn fn, void *arg);
 typedef void (*capmoe_par_item_fn)(void *arg, int item, int slot);
 void capmoe_par_for(capmoe_par *p, int n_items, capmoe_par_item_fn fn, void *arg);
 
+/* fn(arg, r0, r1) over [0, n) cut into contiguous ranges of at least
+ * min_rows (one per thread at most): row-wise work (norms, residual adds,
+ * element-wise passes) that is cheap per row but adds up over a prompt.
+ * Ranges are claimed like parts (capmoe_par_run). */
+typedef void (*capmoe_par_range_fn)(void *arg, int r0, int r1);
+void capmoe_par_rows(capmoe_par *p, int n, int min_rows, capmoe_par_range_fn fn, void *arg);
+
 /* A buffer of at least n floats for part `part` of the current run, owned
  * by the pool and kept for later runs; NULL when p is NULL or out of memory.
  * Only the thread running that part may use it. */

@@ -67,6 +67,8 @@ typedef struct capmoe_forward_stats {
     double total_time;                  /* seconds for the whole forward */
     double attn_time;                   /* seconds in attention (all layers) */
     double moe_time;                    /* seconds in MoE blocks (all layers) */
+    double attn_proj_time;              /* of attn_time: the q|k|v and o products */
+    double attn_core_time;              /* of attn_time: scores, softmax, weighted sums */
 } capmoe_forward_stats;
 
 /* max load / mean load over experts (1.0 when all equal; 0 when no pairs).

@@ -212,7 +212,7 @@ typedef struct agg {
     int forwards;          /* forwards aggregated */
     int obs;               /* MoE-layer observations */
     double time;           /* forward time (prefill: fastest; decode: median step) */
-    double attn, moe;      /* per forward, summed over layers */
+    double attn, moe, attn_proj, attn_core;     /* per forward, summed over layers */
     double layer_time, router_time, expert_time; /* sums over observations */
     double imbalance, max_load, mean_load, max_rank_load, straggler, dropped_mass;
     double rank_time_sum;  /* sum of rank busy times */
@@ -284,6 +284,8 @@ static void add_stats(agg *a, const capmoe_forward_stats *st, int k) {
     a->forwards++;
     a->attn += st->attn_time;
     a->moe += st->moe_time;
+    a->attn_proj += st->attn_proj_time;
+    a->attn_core += st->attn_core_time;
     for (int l = 0; l < st->n_moe; l++) {
         const capmoe_layer_stats *ls = &st->layers[l];
         long sum = 0;
@@ -352,6 +354,9 @@ static cJSON *run_json(const agg *a, capmoe_policy pol, double gamma, int auto_g
     cJSON_AddNumberToObject(o, "tokens_per_s", a->time > 0 ? tokens_per_forward / a->time : 0);
     cJSON_AddNumberToObject(o, "attn_time_s", a->attn / nf);
     cJSON_AddNumberToObject(o, "moe_time_s", a->moe / nf);
+    /* where attention's time goes (seconds per forward, all layers) */
+    cJSON_AddNumberToObject(o, "attn_proj_time_s", a->attn_proj / nf);
+    cJSON_AddNumberToObject(o, "attn_core_time_s", a->attn_core / nf);
     cJSON_AddNumberToObject(o, "moe_layer_time_s", a->layer_time / n);
     cJSON_AddNumberToObject(o, "router_time_s", a->router_time / n);
     cJSON_AddNumberToObject(o, "expert_time_s", a->expert_time / n);

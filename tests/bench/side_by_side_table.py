@@ -36,7 +36,7 @@ def main():
         m = re.match(r"(capmoe|llama)_([a-z])_t(\d+)", os.path.basename(p))
         if m:
             keys.add((m.group(2), int(m.group(3))))
-    rows, ceil = [], []
+    rows, ceil, parts = [], [], []
     for model, t in sorted(keys):
         cf = load(os.path.join(res, "capmoe_%s_t%d_f32.json" % (model, t)))
         cb = load(os.path.join(res, "capmoe_%s_t%d_bf16.json" % (model, t)))
@@ -75,6 +75,18 @@ def main():
         rows.append("| %s | %d | %s / %s / %s | %s / %s | %s | %s | %s / %s (%s) | %s |" % (
             NAMES.get(model, model), t, fmt(f_ts), fmt(b_ts), fmt(l_pp), ratio(f_ts, l_pp), ratio(b_ts, l_pp),
             share, bshare, fmt(d_ts, "%.1f"), fmt(l_tg, "%.1f"), ratio(d_ts, l_tg), attn))
+        for comp, o, p in (("f32", cf, pf), ("bf16", cb, pb)):
+            if not p or not p.get("time_s") or "attn_proj_time_s" not in p:
+                continue
+            nl = (o.get("model") or {}).get("moe_layers") or 0
+            tt = p["time_s"]
+            ex, ro = p["expert_time_s"] * nl, p["router_time_s"] * nl
+            ap, ac = p["attn_proj_time_s"], p["attn_core_time_s"]
+            ao = p["attn_time_s"] - ap - ac
+            rest = tt - p["attn_time_s"] - ex - ro
+            parts.append("| %s | %d | %s | %.1f | %s |" % (
+                NAMES.get(model, model), t, comp, 1e3 * tt,
+                " | ".join("%.1f (%.0f%%)" % (1e3 * v, 100 * v / tt) for v in (ap, ac, ao, ro, ex, rest))))
         if ma:
             sysj = ma.get("system", {})
             ceil.append("| %s | %d | %s | %s | %s | %s | %s | %s |" % (
@@ -93,6 +105,18 @@ def main():
     print("|---|---:|---|---:|---:|---:|---:|---:|")
     for r in ceil:
         print(r)
+    if parts:
+        print()
+        print("Where a prefill's time goes (ms per forward of 512 tokens, share of it): attention's q|k|v and o "
+              "products, its scores / softmax / weighted sums, the rest of attention (norm, RoPE, cache "
+              "writes), the router and dispatch, the experts, and the rest (combine, residual adds, norms, "
+              "logits):")
+        print()
+        print("| model | threads | compute | total | attention products | attention core | attention rest | "
+              "router | experts | rest |")
+        print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+        for r in parts:
+            print(r)
     sk = os.path.join(res, "skipped.txt")
     if os.path.exists(sk):
         print()
