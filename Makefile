@@ -149,7 +149,10 @@ clang-checks:
 fuzz-long:
 	$(MAKE) fuzz FUZZ_SECONDS=$(if $(filter command line,$(origin FUZZ_SECONDS)),$(FUZZ_SECONDS),600)
 
-tests: all $(TEST_BIN) $(REPLAY_BIN)
+# Benchmark programs built with the tests (and smoke-run by them).
+BENCH_BIN  := $(BUILD)/tests/bench/matmul_shapes
+
+tests: all $(TEST_BIN) $(REPLAY_BIN) $(BENCH_BIN)
 
 SOAK_SECONDS ?= 300
 soak: all

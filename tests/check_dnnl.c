@@ -49,6 +49,30 @@ START_TEST(test_bf16_round) {
     float nan = NAN;
     capmoe_bf16_from_f32(out, &nan, 1);
     ck_assert(isnan(capmoe_bf16_to_f32(out[0])));
+    /* long arrays (the 16-wide path where the CPU has AVX-512, then its
+     * scalar tail): random bit patterns (NaNs with payloads, infinities,
+     * denormals, ties) against the one-value reference, every length mod 16 */
+    enum { LN = 4099 };
+    static float bits[LN];
+    static uint16_t got[LN];
+    uint32_t st = 12345;
+    for (int i = 0; i < LN; i++) {
+        st = st * 1664525u + 1013904223u;
+        uint32_t u = st;
+        if (i % 7 == 0) u = (u & 0x807fffffu) | 0x7f800000u; /* exponent all ones */
+        if (i % 11 == 0) u &= 0x807fffffu;                   /* denormal or zero */
+        if (i % 13 == 0) u = (u & 0xffff0000u) | 0x8000u;    /* an exact tie */
+        memcpy(&bits[i], &u, 4);
+    }
+    for (int n0 = LN - 17; n0 <= LN; n0++) {
+        capmoe_bf16_from_f32(got, bits, (size_t)n0);
+        for (int i = 0; i < n0; i++) {
+            float x = bits[i];
+            if (isnan(x)) ck_assert_msg(isnan(capmoe_bf16_to_f32(got[i])), "NaN %d lost", i);
+            else ck_assert_msg(got[i] == capmoe_f32_to_bf16(x), "%d of %d: %04x vs %04x", i, n0,
+                               got[i], capmoe_f32_to_bf16(x));
+        }
+    }
 }
 END_TEST
 

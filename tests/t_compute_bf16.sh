@@ -34,6 +34,28 @@ rc=0; "$BUILD/capmoe" logits --model $M --ids 1,2 --out "$tmp/l.bin" --compute f
 rc=0; CAPMOE_COMPUTE=half "$BUILD/capmoe" logits --model $M --ids 1,2 --out "$tmp/l.bin" 2> /dev/null > /dev/null || rc=$?
 [ "$rc" = 2 ] || fail "CAPMOE_COMPUTE=half not refused (rc $rc)"
 
+# tests/bench/matmul_shapes at a small shape: every way of running an MoE
+# layer's products (BF16 items at several chunk widths, one OpenMP team, f32
+# on BF16 weights, OpenBLAS threaded) against ops.h's float32 product on the
+# same values; BF16 activations bound the BF16 modes' error.
+"$BUILD/tests/bench/matmul_shapes" --threads 2 --rows 8,40 --hidden 96 --inter 80 --experts 3 \
+  --cw 16,32,48 --reps 1 > "$tmp/mm.json" || fail "matmul_shapes failed"
+python3 - "$tmp/mm.json" <<'PY' || fail "matmul_shapes: a mode differs from the float32 product"
+import json, sys
+runs = json.load(open(sys.argv[1]))
+modes = {r["mode"] for r in runs}
+want = {"f32_f32w", "f32_bf16w", "sgemm_team", "bf16_items_cw16", "bf16_items_cw32", "bf16_items_cw48", "bf16_team"}
+assert want <= modes, modes
+for r in runs:
+    bound = 2e-2 if r["mode"].startswith("bf16") else 1e-5
+    assert r["rel_diff"] <= bound, r
+    # bf16 modes differ from float32 (BF16 activations): a zero would mean the
+    # reference was compared with itself
+    if r["mode"].startswith("bf16"):
+        assert r["rel_diff"] > 0, r
+print("matmul_shapes: %d runs within bounds" % len(runs))
+PY
+
 "$BUILD/capmoe" bench --model $M --policies none --gammas 1.0 --prefill 64 --decode "" --repeat 1 \
   --sgemm-size 64 --copy-mib 1 --compute bf16 --kv-dtype bf16 > "$tmp/b.json"
 grep -q '"compute":"bf16"' "$tmp/b.json" || fail "bench JSON does not say compute bf16"

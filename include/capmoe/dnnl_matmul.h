@@ -70,6 +70,14 @@ int capmoe_dnnl_prepare(capmoe_dnnl *d, const capmoe_dnnl_mat *w, int M, int thr
  * or -1 (a oneDNN failure; recorded: capmoe_dnnl_failed). */
 int capmoe_dnnl_run_chunk(capmoe_dnnl *d, int slot, const capmoe_dnnl_mat *w, int j,
                           const uint16_t *x, int M, float *y);
+/* The same product as one call over an OpenMP team of nthr threads (built on
+ * first use), from the calling thread while the pool is idle: one large
+ * product per call instead of items. 0, or -1 with err set. */
+int capmoe_dnnl_run_team(capmoe_dnnl *d, const capmoe_dnnl_mat *w, int j, const uint16_t *x,
+                         int M, float *y, int nthr, capmoe_error *err);
+/* The name of the oneDNN implementation of w's full chunk at M rows for a
+ * team of nthr (1: the pool's items), once built ("brg:avx512_core_amx_bf16"). */
+const char *capmoe_dnnl_impl(capmoe_dnnl *d, const capmoe_dnnl_mat *w, int M, int nthr);
 /* Records a failure of the caller's (out of scratch memory in an item). */
 void capmoe_dnnl_set_failed(capmoe_dnnl *d, const char *what);
 /* Whether a run_chunk failed since the last call (then err names it and the
