@@ -5,6 +5,11 @@ llama.cpp's own convert_hf_to_gguf.py, for the side-by-side benchmark
 
 usage: gguf_convert.py LLAMA_CPP_DIR MODEL_DIR OUT.gguf [--outtype bf16]
 
+Needs numpy and PyTorch (Debian: python3-numpy python3-torch); without the
+`safetensors` package (not in Debian) the checkpoint is read by a small
+reader of the format below; transformers is not needed (the tokenizer
+fallbacks below).
+
 The synth checkpoints carry this project's trained BPE tokenizer, whose
 pre-tokenizer hash llama.cpp does not know; the converter then stops with
 "BPE pre-tokenizer was not recognized". The benchmark feeds token ids, not
@@ -14,6 +19,73 @@ unchanged, run from its own tree (never copied into this repository)."""
 import os
 import sys
 import types
+
+
+def safetensors_reader():
+    """A module standing in for the `safetensors` package (not in Debian):
+    safe_open(path, framework="pt") with keys(), get_tensor() and get_slice()
+    as the converter uses them, reading the format (an 8-byte little-endian
+    header length, a JSON header of dtype / shape / data_offsets, the data)
+    through a read-only numpy memmap."""
+    import json as _json
+    import numpy as np
+    import torch
+
+    dtypes = {"BF16": (np.int16, torch.bfloat16), "F16": (np.float16, None),
+              "F32": (np.float32, None), "F64": (np.float64, None), "I64": (np.int64, None),
+              "I32": (np.int32, None), "I16": (np.int16, None), "I8": (np.int8, None),
+              "U8": (np.uint8, None), "BOOL": (np.bool_, None)}
+
+    class Slice:
+        def __init__(self, f, name):
+            self.f, self.meta = f, f.header[name]
+
+        def get_dtype(self):
+            return self.meta["dtype"]
+
+        def get_shape(self):
+            return list(self.meta["shape"])
+
+        def __getitem__(self, idx):
+            t = self.f.tensor(self.meta)
+            return t if idx == slice(None) else t[idx]
+
+    class SafeOpen:
+        def __init__(self, path, framework="pt", device="cpu"):
+            del framework, device
+            with open(path, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                self.header = _json.loads(fh.read(n))
+            self.header.pop("__metadata__", None)
+            self.data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
+
+        def tensor(self, meta):
+            if meta["dtype"] not in dtypes:
+                raise ValueError("safetensors dtype %s not supported here" % meta["dtype"])
+            np_t, torch_t = dtypes[meta["dtype"]]
+            a, b = meta["data_offsets"]
+            arr = np.array(self.data[a:b]).view(np_t).reshape(meta["shape"])
+            t = torch.from_numpy(arr)
+            return t.view(torch_t) if torch_t is not None else t
+
+        def keys(self):
+            return list(self.header.keys())
+
+        def get_tensor(self, name):
+            return self.tensor(self.header[name])
+
+        def get_slice(self, name):
+            return Slice(self, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+    mod = types.ModuleType("safetensors")
+    mod.safe_open = SafeOpen
+    return mod
 
 
 def main():
@@ -34,6 +106,17 @@ def main():
                 raise ImportError("sentencepiece is not installed")
         stub.SentencePieceProcessor = SentencePieceProcessor
         sys.modules["sentencepiece"] = stub
+    import torch
+    # Debian's PyTorch (1.13) predates the float8 dtypes the converter names
+    # in its table of safetensors dtypes; the synth checkpoints are BF16, so
+    # those entries are never used: stand-ins let the module import.
+    for name in ("float8_e4m3fn", "float8_e5m2"):
+        if not hasattr(torch, name):
+            setattr(torch, name, torch.uint8)
+    try:
+        import safetensors  # noqa: F401
+    except ImportError:
+        sys.modules["safetensors"] = safetensors_reader()
     import convert_hf_to_gguf as conv
 
     for name in ("Model", "TextModel"):

@@ -36,6 +36,13 @@ while [ $# -gt 0 ]; do
   esac
 done
 repo=$(cd "$(dirname "$0")/../.." && pwd)
+# the converter's Python: the first with numpy and PyTorch (Debian's
+# python3-numpy python3-torch live in /usr/bin/python3, which a pyenv or
+# virtualenv python3 earlier in PATH may hide)
+convert_py=python3
+for py in python3 /usr/bin/python3; do
+  if "$py" -c 'import numpy, torch' 2>/dev/null; then convert_py=$py; break; fi
+done
 mkdir -p "$out/res" "$work"
 out=$(cd "$out" && pwd); work=$(cd "$work" && pwd)
 log="$out/side_by_side.log"
@@ -83,7 +90,7 @@ done
 for m in ${models//,/ }; do
   g="$work/model-$m.gguf"
   [ -s "$g" ] || [ "$llama_dir" = none ] && continue
-  python3 "$repo/tests/bench/gguf_convert.py" "$llama_dir" "$work/model-$m" "$g" --outtype bf16 \
+  "$convert_py" "$repo/tests/bench/gguf_convert.py" "$llama_dir" "$work/model-$m" "$g" --outtype bf16 \
     > "$out/convert_$m.log" 2>&1 || { say "conversion of $m failed:"; tail -n 20 "$out/convert_$m.log" | tee -a "$log"; }
   say "gguf $m: $(du -sh "$g" 2>/dev/null | cut -f1)"
 done

@@ -42,6 +42,13 @@ while [ $# -gt 0 ]; do
   esac
 done
 repo=$(cd "$(dirname "$0")/../.." && pwd)
+# the converter's Python: the first with numpy and PyTorch (Debian's
+# python3-numpy python3-torch live in /usr/bin/python3, which a pyenv or
+# virtualenv python3 earlier in PATH may hide)
+convert_py=python3
+for py in python3 /usr/bin/python3; do
+  if "$py" -c 'import numpy, torch' 2>/dev/null; then convert_py=$py; break; fi
+done
 mkdir -p "$out/res" "$work"
 out=$(cd "$out" && pwd); work=$(cd "$work" && pwd)
 log="$out/run.log"
@@ -87,7 +94,7 @@ fi
 say "llama.cpp: $([ -x "$bin/llama-bench" ] && echo built || echo MISSING)"
 G="$work/model-$size"
 if [ -x "$bin/llama-quantize" ] && [ ! -s "$G-bf16.gguf" ]; then
-  python3 "$repo/tests/bench/gguf_convert.py" "$llama_dir" "$M" "$G-bf16.gguf" --outtype bf16 \
+  "$convert_py" "$repo/tests/bench/gguf_convert.py" "$llama_dir" "$M" "$G-bf16.gguf" --outtype bf16 \
     > "$out/convert.log" 2>&1 || say "conversion failed: $(tail -n 3 "$out/convert.log")"
 fi
 for q in Q8_0 Q4_0 Q4_1; do
