@@ -348,8 +348,16 @@ static void pack_transposed(struct pack_job *j) {
     free(tmp);
 }
 
-/* A job quantized at load (--weights q8|q4): its one source converted to
- * float32 a panel (16 rows) at a time, then quantized into the panel. */
+/* Rows [n0, n0 + rows) of job j's stacked sources as float32 into dst. */
+static void stacked_f32(const struct pack_job *j, float *dst, int n0, int rows) {
+    for (int s = 0, s0 = 0; s < j->n_src; s0 += j->rows[s++]) {
+        int lo = n0 > s0 ? n0 : s0, hi = n0 + rows < s0 + j->rows[s] ? n0 + rows : s0 + j->rows[s];
+        if (hi > lo) source_f32(j, s, dst + (size_t)(lo - n0) * j->K, lo - s0, hi - lo);
+    }
+}
+
+/* A job quantized at load (--weights q8|q4): its sources, stacked, converted
+ * to float32 a panel (16 rows) at a time, then quantized into the panel. */
 static void pack_quantized(struct pack_job *j) {
     size_t K = (size_t)j->K, pb = capmoe_panel_bytes(j->dtype, j->K);
     float *tmp = capmoe_malloc_array((size_t)CAPMOE_PANEL_COLS * K, sizeof(float));
@@ -359,7 +367,7 @@ static void pack_quantized(struct pack_job *j) {
     }
     for (int p = 0; p * CAPMOE_PANEL_COLS < j->N; p++) {
         int n0 = p * CAPMOE_PANEL_COLS, rows = j->N - n0 < CAPMOE_PANEL_COLS ? j->N - n0 : CAPMOE_PANEL_COLS;
-        source_f32(j, 0, tmp, n0, rows);
+        stacked_f32(j, tmp, n0, rows);
         capmoe_quant_pack((char *)j->dst + (size_t)p * pb, j->dtype, tmp, K, rows, j->K);
     }
     free(tmp);
@@ -488,6 +496,24 @@ static void add_mla_jobs(const capmoe_hfconfig *c, struct capmoe_layer *L, struc
     add_one(jobs, n, &L->wo, H, nH * dv);
 }
 
+/* --quantize all: jobs [first, n) become Q8/Q4 (dtype t), each checked for
+ * inputs in whole quantization blocks; -1 with err naming the matrix. */
+static int quantize_jobs(struct pack_job *jobs, int first, int n, capmoe_dtype t, int layer,
+                         const char *what, capmoe_error *err) {
+    for (int i = first; i < n; i++) {
+        if (jobs[i].K % CAPMOE_QBLOCK) {
+            char where[32] = "";
+            if (layer >= 0) snprintf(where, sizeof where, "layer %d's ", layer);
+            return capmoe_set_error(err,
+                                    "--quantize all: %s%s has %d inputs, not a multiple of the "
+                                    "quantization block (%d); use --quantize experts",
+                                    where, what, jobs[i].K, CAPMOE_QBLOCK);
+        }
+        jobs[i].dtype = t;
+    }
+    return 0;
+}
+
 /* Every matrix the products read (attention, experts, shared expert, dense
  * MLP, lm_head) repacked, in parallel on the model's pool. The embedding
  * table stays row-major: lookups read single rows of it. */
@@ -513,16 +539,22 @@ static int pack_weights(struct capmoe_model *m, capmoe_error *err) {
     }
     struct pack_job *jobs = calloc(cap, sizeof *jobs);
     if (!jobs) return capmoe_set_error(err, "out of memory");
-    int n = 0;
-    for (int l = 0; l < c->n_layers; l++) {
+    int n = 0, rc = 0;
+    /* --quantize all: the jobs of the other matrices from `first` on */
+    capmoe_dtype qa = m->quantize == CAPMOE_QUANTIZE_ALL ? qt : CAPMOE_DTYPE_OTHER;
+#define QUANTIZE_REST(first, layer, what)                                                  \
+    if (rc == 0 && qa != CAPMOE_DTYPE_OTHER) rc = quantize_jobs(jobs, first, n, qa, layer, what, err)
+    for (int l = 0; l < c->n_layers && rc == 0; l++) {
         struct capmoe_layer *L = &m->layers[l];
         if (c->kv_lora_rank > 0) {
-            add_mla_jobs(c, L, jobs, &n);
+            add_mla_jobs(c, L, jobs, &n); /* latent attention keeps its dtype */
         } else {
             capmoe_wmat *qkv[3] = {&L->wq, &L->wk, &L->wv};
             int qkv_rows[3] = {qd, kd, kd};
+            int first = n;
             add_job(jobs, &n, &L->wqkv, 3, qkv, qkv_rows, H, c->fp8_block_n, c->fp8_block_k);
             add_one(jobs, &n, &L->wo, H, qd);
+            QUANTIZE_REST(first, l, "attention projection");
         }
         if (L->is_moe) {
             for (int e = m->e0; e < m->e1; e++) {
@@ -533,16 +565,29 @@ static int pack_weights(struct capmoe_model *m, capmoe_error *err) {
                 if (qt != CAPMOE_DTYPE_OTHER) /* --weights q8|q4 */
                     for (int i = first; i < n; i++) jobs[i].dtype = qt;
             }
+            int first = n;
             add_one(jobs, &n, &L->sh_gate, Is, H);
             add_one(jobs, &n, &L->sh_up, Is, H);
             add_one(jobs, &n, &L->sh_down, H, Is);
+            QUANTIZE_REST(first, l, "shared expert projection");
         } else {
+            int first = n;
             add_one(jobs, &n, &L->d_gate, Id, H);
             add_one(jobs, &n, &L->d_up, Id, H);
             add_one(jobs, &n, &L->d_down, H, Id);
+            QUANTIZE_REST(first, l, "dense MLP projection");
         }
     }
-    add_one(jobs, &n, &m->lm_head, c->vocab_size, H);
+    if (rc == 0) {
+        int first = n;
+        add_one(jobs, &n, &m->lm_head, c->vocab_size, H);
+        QUANTIZE_REST(first, -1, "lm_head");
+    }
+#undef QUANTIZE_REST
+    if (rc != 0) {
+        free(jobs);
+        return -1;
+    }
     /* One arena for all of them, in the order of use (layer by layer), on
      * transparent huge pages where the kernel offers them: a decode step
      * reads every page of it, and 2 MiB pages spare the TLB. */
@@ -649,6 +694,7 @@ int capmoe_model_load(capmoe_model **out, const char *dir, const capmoe_model_op
     m->inv_freq = calloc((size_t)(c->head_dim / 2 + 1), sizeof(float));
     m->mla_form = opts ? opts->mla_form : CAPMOE_MLA_AUTO;
     m->weights = opts ? opts->weights : CAPMOE_WEIGHTS_STORED;
+    m->quantize = opts && m->weights != CAPMOE_WEIGHTS_STORED ? opts->quantize : CAPMOE_QUANTIZE_EXPERTS;
     if (!m->layers || !m->inv_freq) {
         capmoe_set_error(err, "out of memory");
         goto fail;
@@ -794,7 +840,15 @@ capmoe_kv_dtype capmoe_model_kv_dtype(const capmoe_model *m) {
 }
 size_t capmoe_model_mapped_bytes(const capmoe_model *m) { return m->mapped_bytes; }
 capmoe_weights capmoe_model_weights(const capmoe_model *m) { return m->weights; }
+capmoe_quant_scope capmoe_model_quantize(const capmoe_model *m) { return m->quantize; }
 double capmoe_model_pack_seconds(const capmoe_model *m) { return m->pack_seconds; }
+
+/* Bytes of an N x K matrix w as the products read it (Q8/Q4: its panels,
+ * scales included). */
+static size_t mat_bytes(capmoe_wmat w, size_t N, size_t K) {
+    if (capmoe_dtype_is_q(w.dtype)) return capmoe_panel_matrix_bytes(w.dtype, (int)N, (int)K);
+    return N * K * capmoe_dtype_size(w.dtype);
+}
 
 size_t capmoe_model_active_bytes_per_token(const capmoe_model *m) {
     const capmoe_hfconfig *c = &m->cfg;
@@ -814,8 +868,8 @@ size_t capmoe_model_active_bytes_per_token(const capmoe_model *m) {
             bytes += nH * (dn + dv) * kvl * capmoe_dtype_size(L->wkv_b.dtype);
             bytes += H * nH * dv * capmoe_dtype_size(L->wo.dtype);
         } else {
-            bytes += H * (qd + 2 * kd) * capmoe_dtype_size(L->wqkv.dtype); /* q, k, v */
-            bytes += H * qd * capmoe_dtype_size(L->wo.dtype);                /* o */
+            bytes += mat_bytes(L->wqkv, qd + 2 * kd, H); /* q, k, v */
+            bytes += mat_bytes(L->wo, H, qd);            /* o */
         }
         if (c->layer_is_moe[l]) {
             bytes += (size_t)c->n_experts * H * sizeof(float); /* router */
@@ -827,13 +881,14 @@ size_t capmoe_model_active_bytes_per_token(const capmoe_model *m) {
             else
                 bytes += (size_t)c->top_k * 3 * H * (size_t)I * capmoe_dtype_size(et); /* k experts */
             if (c->shared_expert_intermediate_size > 0)
-                bytes += 3 * H * (size_t)c->shared_expert_intermediate_size *
-                         capmoe_dtype_size(L->sh_gate.dtype);
+                bytes += 2 * mat_bytes(L->sh_gate, c->shared_expert_intermediate_size, H) +
+                         mat_bytes(L->sh_down, H, c->shared_expert_intermediate_size);
         } else {
-            bytes += 3 * H * (size_t)c->intermediate_size * capmoe_dtype_size(L->d_gate.dtype);
+            bytes += 2 * mat_bytes(L->d_gate, c->intermediate_size, H) +
+                     mat_bytes(L->d_down, H, c->intermediate_size);
         }
     }
-    bytes += (size_t)c->vocab_size * H * capmoe_dtype_size(m->lm_head.dtype); /* lm_head */
+    bytes += mat_bytes(m->lm_head, c->vocab_size, H); /* lm_head */
     return bytes;
 }
 

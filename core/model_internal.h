@@ -141,6 +141,7 @@ struct capmoe_model {
     capmoe_router route;     /* the model's router (bias: per layer, set by moe.c) */
     int mla_form;            /* capmoe_model_opts.mla_form */
     capmoe_weights weights;  /* capmoe_model_opts.weights */
+    capmoe_quant_scope quantize; /* capmoe_model_opts.quantize */
     double pack_seconds;     /* time repacking (and quantizing) the weights at load */
     float mla_scale;         /* softmax scale of latent attention */
     capmoe_ep_pool *ep;

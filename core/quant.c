@@ -32,6 +32,18 @@ const char *capmoe_weights_name(capmoe_weights w) {
     return w == CAPMOE_WEIGHTS_Q8 ? "q8" : w == CAPMOE_WEIGHTS_Q4 ? "q4" : "bf16";
 }
 
+int capmoe_quant_scope_parse(const char *s, capmoe_quant_scope *q) {
+    if (!s) return -1;
+    if (strcmp(s, "experts") == 0) *q = CAPMOE_QUANTIZE_EXPERTS;
+    else if (strcmp(s, "all") == 0) *q = CAPMOE_QUANTIZE_ALL;
+    else return -1;
+    return 0;
+}
+
+const char *capmoe_quant_scope_name(capmoe_quant_scope q) {
+    return q == CAPMOE_QUANTIZE_ALL ? "all" : "experts";
+}
+
 /* ---- layout ----------------------------------------------------------------- */
 
 /* Bytes of one 32-input block of one panel: scales (and minimums), quants. */

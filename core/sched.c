@@ -398,7 +398,8 @@ static int load(capmoe_sched *s, capmoe_error *err) {
     capmoe_model_opts mo = {.max_ranks = s->o.dispatch.ep_ranks, .threads = s->o.threads,
                             .compute = (capmoe_compute)s->o.compute,
                             .kv_dtype = (capmoe_kv_dtype)s->o.kv_dtype,
-                            .comm = s->o.comm, .weights = (capmoe_weights)s->o.weights};
+                            .comm = s->o.comm, .weights = (capmoe_weights)s->o.weights,
+                            .quantize = (capmoe_quant_scope)s->o.quantize};
     capmoe_error lerr;
     int lrc = capmoe_model_load(&s->model, s->model_dir, &mo, &lerr);
     if (lrc == 0) {

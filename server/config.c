@@ -4,6 +4,7 @@
 #include "capmoe/cors.h"
 #include "capmoe/json.h"
 #include "capmoe/log.h"
+#include "capmoe/quant.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -145,6 +146,11 @@ static const opt k_opts[] = {
     {"weights", OPT_CHOICE, OFF(weights), 0, 0, "bf16", "bf16|q8|q4",
      "expert weights: bf16 keeps the checkpoint's dtype; q8 (int8 blocks of 32 with a scale) or "
      "q4 (4-bit blocks of 32 with a scale and a minimum) quantizes the experts at load",
+     OPT_RESTART},
+    {"quantize", OPT_CHOICE, OFF(quantize), 0, 0, "experts", "experts|all",
+     "what weights q8|q4 quantizes: the routed experts (the first MoE layer routes exactly as the "
+     "checkpoint) or all: attention, shared and dense MLPs and lm_head too (faster decode, "
+     "larger quality cost; the router stays exact)",
      OPT_RESTART},
     {"compute", OPT_CHOICE, OFF(compute), 0, 0, "f32", "f32|bf16",
      "precision of the experts' prefill-sized products: f32 (exact, the default) or bf16 "
@@ -635,6 +641,9 @@ int capmoe_config_check(const capmoe_config *cfg, capmoe_error *err) {
                                 cfg->max_batch_tokens, cfg->max_running);
     if (cfg->api_key && strpbrk(cfg->api_key, " \t\r\n"))
         return capmoe_set_error(err, "api_key: must not contain white space");
+    if (cfg->quantize == CAPMOE_QUANTIZE_ALL && cfg->weights == CAPMOE_WEIGHTS_STORED)
+        return capmoe_set_error(err, "quantize: all needs weights q8 or q4 (with bf16 nothing is "
+                                     "quantized)");
     if (!cfg->ep || (strcmp(cfg->ep, "threads") != 0 && strcmp(cfg->ep, "mpi") != 0))
         return capmoe_set_error(err, "ep: '%s' is neither threads nor mpi", cfg->ep ? cfg->ep : "");
     int cert = cfg->tls_cert && cfg->tls_cert[0], key = cfg->tls_key && cfg->tls_key[0];

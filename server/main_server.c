@@ -318,7 +318,8 @@ static int worker_main(const capmoe_config *cfg, capmoe_comm *comm, capmoe_log *
     capmoe_model_opts mo = {.max_ranks = 1, .threads = cfg->threads, .comm = comm,
                             .compute = (capmoe_compute)cfg->compute,
                             .kv_dtype = (capmoe_kv_dtype)cfg->kv_dtype,
-                            .weights = (capmoe_weights)cfg->weights};
+                            .weights = (capmoe_weights)cfg->weights,
+                            .quantize = (capmoe_quant_scope)cfg->quantize};
     int lrc = capmoe_model_load(&m, cfg->model, &mo, &lerr);
     int context = cfg->context;
     if (lrc == 0 && context <= 0) context = capmoe_model_config(m)->max_position_embeddings;
@@ -395,7 +396,9 @@ static int run(server *s) {
                            "blas_slow", si.blas.weak ? "1" : "0", "onednn", si.dnnl,
                            "threads", threads, "compute",
                            capmoe_compute_name((capmoe_compute)cfg->compute), "kv_dtype",
-                           cfg->kv_dtype ? "bf16" : "f32", NULL};
+                           cfg->kv_dtype ? "bf16" : "f32", "weights",
+                           capmoe_weights_name((capmoe_weights)cfg->weights), "quantize",
+                           capmoe_quant_scope_name((capmoe_quant_scope)cfg->quantize), NULL};
     capmoe_metrics_opts mo = {
         .model_name = model_id ? model_id : "model",
         .n_layers = s->hc.n_layers,

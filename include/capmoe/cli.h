@@ -43,8 +43,9 @@ int capmoe_cli_dispatch(capmoe_cli_args *a, capmoe_dispatch_cfg *cfg, capmoe_err
 /* The engine options every model-loading command takes: --threads N (0 or
  * absent: one per usable CPU), --compute f32|bf16 (or CAPMOE_COMPUTE),
  * --bf16-min-rows N, --kv-dtype f32|bf16 (or CAPMOE_KV_DTYPE),
- * --weights bf16|q8|q4 (or CAPMOE_WEIGHTS; bf16: as stored), into o
- * (other fields zeroed). */
+ * --weights bf16|q8|q4 (or CAPMOE_WEIGHTS; bf16: as stored), --quantize
+ * experts|all (or CAPMOE_QUANTIZE; all needs q8 or q4), into o (other fields
+ * zeroed). */
 int capmoe_cli_engine(capmoe_cli_args *a, capmoe_model_opts *o, capmoe_error *err);
 #define CAPMOE_CLI_ENGINE_HELP \
     "engine options:\n" \
@@ -52,6 +53,8 @@ int capmoe_cli_engine(capmoe_cli_args *a, capmoe_model_opts *o, capmoe_error *er
     "  --weights bf16|q8|q4       quantize the experts' matrices at load (q8: int8 blocks of\n" \
     "                             32 with a scale; q4: 4-bit blocks of 32, scale and minimum;\n" \
     "                             default $CAPMOE_WEIGHTS, else bf16: as stored)\n" \
+    "  --quantize experts|all     what --weights q8|q4 quantizes: the routed experts (default,\n" \
+    "                             $CAPMOE_QUANTIZE) or also attention, shared/dense MLPs, lm_head\n" \
     "  --compute f32|bf16         experts' large products: f32 (exact, default) or BF16 through\n" \
     "                             oneDNN (AMX / AVX512-BF16; env CAPMOE_COMPUTE)\n" \
     "  --bf16-min-rows N          bf16: an expert's products go to oneDNN from N rows (16)\n" \

@@ -46,6 +46,8 @@
  *   metrics_per_layer_expert  bool            false          expert-token counters per {layer,expert}
  *   threads                   int 0..64       0              engine threads (0 = one per usable CPU)
  *   weights                   enum            bf16           bf16|q8|q4: experts quantized at load
+ *   quantize                  experts|all     experts        what weights q8|q4 quantizes (all: attention,
+ *                                                            shared/dense MLPs and lm_head too)
  *   compute                   f32|bf16        f32            precision of the experts' large products
  *   kv_dtype                  f32|bf16        f32            element type of the KV cache
  *   log_level                 enum            info           debug|info|warn|error
@@ -104,6 +106,7 @@ typedef struct capmoe_config {
     int metrics_per_layer_expert;
     int threads;
     int weights;                 /* capmoe_weights */
+    int quantize;                /* capmoe_quant_scope: 0 experts, 1 all */
     int compute;                 /* capmoe_compute: 0 f32, 1 bf16 */
     int kv_dtype;                /* capmoe_kv_dtype: 0 f32, 1 bf16 */
     int log_level;               /* capmoe_log_level */

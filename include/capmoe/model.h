@@ -54,7 +54,9 @@ typedef struct capmoe_model_opts {
                                  load to Q8 or Q4 (quant.h), in parallel on the
                                  model's threads; STORED keeps the checkpoint's dtype.
                                  Attention, router, shared experts, dense layers and
-                                 lm_head keep theirs. */
+                                 lm_head keep theirs unless quantize is ALL. */
+    capmoe_quant_scope quantize; /* --quantize: EXPERTS (the default) or ALL (quant.h);
+                                 only with weights Q8/Q4 */
     capmoe_compute compute;   /* F32 (exact, the default) or BF16: the experts'
                                  prefill-sized products in BF16 through oneDNN
                                  (float32 accumulation), their weights packed a
@@ -83,6 +85,7 @@ size_t capmoe_model_mapped_bytes(const capmoe_model *m);
  * repacking its weight matrices into panels, in parallel (with q8 / q4 the
  * experts' quantization included). */
 capmoe_weights capmoe_model_weights(const capmoe_model *m);
+capmoe_quant_scope capmoe_model_quantize(const capmoe_model *m);
 double capmoe_model_pack_seconds(const capmoe_model *m);
 /* Bytes of weights read per token: attention, router, top-k experts, shared
  * expert, lm_head, each at its stored element size. */

@@ -62,6 +62,17 @@ typedef enum capmoe_weights {
 int capmoe_weights_parse(const char *s, capmoe_weights *w);
 const char *capmoe_weights_name(capmoe_weights w);
 
+/* --quantize: which matrices --weights q8|q4 turns into Q8/Q4. EXPERTS: the
+ * routed experts only (the first MoE layer then routes exactly as the
+ * checkpoint does). ALL: also the attention projections (q, k, v, o; latent
+ * attention keeps its dtype), shared experts, dense MLP layers and lm_head,
+ * as llama.cpp's formats do: a decode step then reads about half the bytes
+ * (or less) of EXPERTS' attention and lm_head. The router stays exact. */
+typedef enum capmoe_quant_scope { CAPMOE_QUANTIZE_EXPERTS = 0, CAPMOE_QUANTIZE_ALL } capmoe_quant_scope;
+/* "experts", "all" -> *q; -1 for anything else. */
+int capmoe_quant_scope_parse(const char *s, capmoe_quant_scope *q);
+const char *capmoe_quant_scope_name(capmoe_quant_scope q);
+
 static inline int capmoe_dtype_is_q(capmoe_dtype t) {
     return t == CAPMOE_DTYPE_Q8 || t == CAPMOE_DTYPE_Q4;
 }

@@ -172,6 +172,7 @@ typedef struct capmoe_sched_opts {
     int collect_stats;           /* 1: pass capmoe_forward_stats to the forward */
     int threads;                 /* engine threads (capmoe_model_opts); 0 = one per core */
     int weights;                 /* capmoe_weights: experts quantized at load (quant.h) */
+    int quantize;                /* capmoe_quant_scope: which matrices weights applies to */
     int compute;                 /* capmoe_model_opts.compute */
     int kv_dtype;                /* capmoe_model_opts.kv_dtype */
     capmoe_comm *comm;           /* --ep mpi (borrowed): this is rank 0; the other ranks run

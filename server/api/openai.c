@@ -156,6 +156,7 @@ int capmoe_api_new(capmoe_api **out, const capmoe_config *cfg, capmoe_metrics *m
     so.max_running = cfg->max_running;
     so.threads = cfg->threads;
     so.weights = cfg->weights;
+    so.quantize = cfg->quantize;
     so.compute = cfg->compute;
     so.kv_dtype = cfg->kv_dtype;
     so.max_queue = cfg->max_queue;

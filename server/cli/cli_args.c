@@ -153,6 +153,22 @@ int capmoe_cli_weights(capmoe_cli_args *a, capmoe_weights *w, capmoe_error *err)
     return 0;
 }
 
+static int cli_quantize(capmoe_cli_args *a, capmoe_weights w, capmoe_quant_scope *q,
+                        capmoe_error *err) {
+    const char *v = capmoe_cli_get(a, "quantize"), *what = "--quantize";
+    if (!v) {
+        v = getenv("CAPMOE_QUANTIZE");
+        what = "CAPMOE_QUANTIZE";
+    }
+    *q = CAPMOE_QUANTIZE_EXPERTS;
+    if (v && capmoe_quant_scope_parse(v, q) != 0)
+        return capmoe_set_error(err, "%s: '%s' is neither experts nor all", what, v);
+    if (*q == CAPMOE_QUANTIZE_ALL && w == CAPMOE_WEIGHTS_STORED)
+        return capmoe_set_error(err, "%s all: needs --weights q8 or q4 (nothing is quantized "
+                                     "with bf16)", what);
+    return 0;
+}
+
 int capmoe_cli_dispatch(capmoe_cli_args *a, capmoe_dispatch_cfg *cfg, capmoe_error *err) {
     capmoe_dispatch_cfg_default(cfg);
     const char *pol = capmoe_cli_get(a, "policy");
@@ -321,5 +337,6 @@ int capmoe_cli_engine(capmoe_cli_args *a, capmoe_model_opts *o, capmoe_error *er
     }
     if (capmoe_cli_int(a, "bf16-min-rows", 1, 1L << 20, 0, &t, err)) return -1;
     o->bf16_min_rows = (int)t;
-    return capmoe_cli_weights(a, &o->weights, err);
+    if (capmoe_cli_weights(a, &o->weights, err)) return -1;
+    return cli_quantize(a, o->weights, &o->quantize, err);
 }

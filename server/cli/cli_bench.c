@@ -83,6 +83,7 @@ static const char *BENCH_USAGE =
     "  --decode LIST        decode batch sizes in sequences (default 1,16,64; \"\" for none)\n"
     "  --repeat N (2)  --seed S (0)  --text FILE (token ids from a text)\n"
     "  --weights bf16|q8|q4 experts quantized at load (default $CAPMOE_WEIGHTS, else bf16)\n"
+    "  --quantize experts|all  what --weights q8|q4 quantizes (default $CAPMOE_QUANTIZE, else experts)\n"
     "  --format json|table (json)  --seq-len N (512)  --decode-context N (64)\n"
     "  --decode-steps N (8)  --min-tokens N (16)  --renormalize\n"
     "  --sgemm-size N (2048)  --copy-mib N (256)\n"
@@ -939,6 +940,7 @@ int capmoe_cmd_bench(int argc, char **argv) {
         for (int g = 0; g < n_gam; g++) cJSON_AddItemToArray(gl, cJSON_CreateNumber(gammas[g]));
         cJSON_AddNumberToObject(se, "repeat", (double)repeat);
         cJSON_AddStringToObject(se, "weights", capmoe_weights_name(capmoe_model_weights(b.m)));
+        cJSON_AddStringToObject(se, "quantize", capmoe_quant_scope_name(capmoe_model_quantize(b.m)));
         cJSON_AddNumberToObject(se, "pack_s", capmoe_model_pack_seconds(b.m));
         cJSON_AddNumberToObject(se, "seed", (double)seed);
         cJSON_AddStringToObject(se, "ids", text ? "text" : "random");

@@ -59,6 +59,7 @@ static const char *PPL_USAGE =
     "  --stride N       window step (default context / 2); each window scores its new tokens\n"
     "  --batch B        windows per forward pass (default 8)\n"
     "  --weights W      bf16 (as stored), q8 or q4: experts quantized at load\n"
+    "  --quantize S     experts (default) or all: what --weights q8|q4 quantizes\n"
     "  --max-tokens N   use only the first N tokens of the text\n"
     "  --decode         run each batch of windows one position at a time, as decode steps\n"
     "                   (every dispatch sees B tokens)\n"
@@ -289,6 +290,7 @@ int capmoe_cmd_perplexity(int argc, char **argv) {
     cJSON_AddNumberToObject(o, "stride", (double)stride);
     cJSON_AddNumberToObject(o, "batch", (double)batch);
     cJSON_AddStringToObject(o, "weights", capmoe_weights_name(capmoe_model_weights(m)));
+    cJSON_AddStringToObject(o, "quantize", capmoe_quant_scope_name(capmoe_model_quantize(m)));
     cJSON_AddNumberToObject(o, "pack_s", capmoe_model_pack_seconds(m));
     cJSON_AddStringToObject(o, "policy", capmoe_policy_name(cfg.policy));
     if (cfg.policy == CAPMOE_POLICY_NONE || cfg.policy == CAPMOE_POLICY_PIGGYBACK)

@@ -124,7 +124,9 @@ static int mla_form_opt(capmoe_cli_args *a, capmoe_mla_form *f, capmoe_error *er
 /* --weights q8|q4: how long the load spent quantizing (stderr). */
 static void report_weights(const capmoe_model *m) {
     if (capmoe_model_weights(m) != CAPMOE_WEIGHTS_STORED)
-        fprintf(stderr, "capmoe: experts quantized to %s at load: weights repacked in %.3f s\n",
+        fprintf(stderr, "capmoe: %s quantized to %s at load: weights repacked in %.3f s\n",
+                capmoe_model_quantize(m) == CAPMOE_QUANTIZE_ALL ? "every matrix but the router"
+                                                                : "experts",
                 capmoe_weights_name(capmoe_model_weights(m)), capmoe_model_pack_seconds(m));
 }
 

@@ -18,7 +18,9 @@
 # Runs, each once, in priority order until --budget-s has passed:
 #  - capmoe bench --ep-ranks 1 --policies none: prefill of 512 tokens (one
 #    sequence), decode at batch 1 and 16 (context 64, median step), with the
-#    same-run memory bandwidth ceiling; --weights bf16, q8, q4;
+#    same-run memory bandwidth ceiling; --weights bf16, q8, q4 (the experts
+#    quantized) and q8, q4 with --quantize all (every matrix but the router
+#    and the embedding, as llama.cpp's formats; runs capmoe_q8all, q4all);
 #  - llama-bench -p 512 -n 64 (prefill 512, batch-1 decode) per GGUF;
 #  - llama-batched-bench -npp 64 -ntg 32 -npl 16 (16 sequences decoding)
 #    per GGUF.
@@ -107,16 +109,19 @@ done
   grep -i "AVX512\|AMX\|GGML_NATIVE" "$out/llama_build.log" 2>/dev/null | head -n 8; } > "$out/res/system.txt" 2>&1
 
 # 3. the runs
-run_capmoe() { # weights
-  local f="$out/res/capmoe_$1.json"
+run_capmoe() { # weights, or q8all / q4all (--quantize all)
+  local f="$out/res/capmoe_$1.json" w="${1%all}" scope=experts
+  [ "$w" != "$1" ] && scope=all
   "$capmoe" bench --model "$M" --ep-ranks 1 --policies none --gammas 1.0 \
     --prefill 512 --decode 1,16 --decode-context 64 --decode-steps 16 --repeat 2 --threads "$threads" \
-    --weights "$1" --sgemm-size 1024 --copy-mib 512 > "$f" 2>>"$log" || { say "capmoe $1 failed"; rm -f "$f"; }
+    --weights "$w" --quantize "$scope" --sgemm-size 1024 --copy-mib 512 > "$f" 2>>"$log" || { say "capmoe $1 failed"; rm -f "$f"; }
 }
-run_rss() { # weights: peak RSS of loading the model and one short forward (the bench's
+run_rss() { # weights (q8all, q4all: --quantize all): peak RSS of loading the model and one short forward (the bench's
   # own copy and sgemm buffers would count in its RSS)
+  local w="${1%all}" scope=experts
+  [ "$w" != "$1" ] && scope=all
   timed "$out/res/capmoe_$1.rss" "$capmoe" logits --model "$M" --ids 1,2,3,4,5,6,7,8 --out "$work/x.bin" \
-    --weights "$1" --threads "$threads" > /dev/null 2>>"$log" || say "capmoe logits $1 failed"
+    --weights "$w" --quantize "$scope" --threads "$threads" > /dev/null 2>>"$log" || say "capmoe logits $1 failed"
 }
 run_llama() { # quant
   local g="$G-$1.gguf"
@@ -131,7 +136,8 @@ run_batched() { # quant
     > "$out/res/llama_batched_$1.txt" 2>>"$log" || say "batched-bench $1 failed"
 }
 for job in capmoe:q8 llama:Q8_0 capmoe:q4 llama:Q4_0 capmoe:bf16 llama:bf16 llama:Q4_1 \
-           batched:Q8_0 batched:Q4_0 batched:bf16 batched:Q4_1 rss:bf16 rss:q8 rss:q4; do
+           capmoe:q8all capmoe:q4all batched:Q8_0 batched:Q4_0 batched:bf16 batched:Q4_1 \
+           rss:bf16 rss:q8 rss:q4 rss:q8all rss:q4all; do
   what=${job%%:*}; w=${job##*:}
   if over; then say "over budget: skipped $job"; echo "$job" >> "$out/res/skipped.txt"; continue; fi
   case "$what" in

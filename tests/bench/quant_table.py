@@ -10,7 +10,12 @@ import os
 import re
 import sys
 
-PAIRS = [("bf16", "bf16"), ("q8", "Q8_0"), ("q4", "Q4_0"), ("q4", "Q4_1")]
+# capmoe's runs: q8 / q4 quantize the experts (--quantize experts), q8all /
+# q4all every matrix but the router and the embedding (--quantize all), as
+# llama.cpp's formats do.
+PAIRS = [("bf16", "bf16"), ("q8", "Q8_0"), ("q8all", "Q8_0"), ("q4", "Q4_0"), ("q4all", "Q4_0"),
+         ("q4", "Q4_1"), ("q4all", "Q4_1")]
+LABEL = {"q8all": "q8 all", "q4all": "q4 all"}
 
 
 def load(p):
@@ -86,7 +91,7 @@ def main():
         c = c or {"pre": None, "d1": None, "d16": None, "gbs": None, "bw": None, "rss": None}
         l = l or {"pre": None, "d1": None, "d16": None, "rss": None}
         lines.append("| %s / %s | %s / %s | %s | %s / %s | %s | %s / %s | %s | %s (%s) | %s / %s |" % (
-            w, q, f(c["pre"]), f(l["pre"]), ratio(c["pre"], l["pre"]), f(c["d1"]), f(l["d1"]),
+            LABEL.get(w, w), q, f(c["pre"]), f(l["pre"]), ratio(c["pre"], l["pre"]), f(c["d1"]), f(l["d1"]),
             ratio(c["d1"], l["d1"]), f(c["d16"]), f(l["d16"]), ratio(c["d16"], l["d16"]),
             f(c["gbs"]), f(c["bw"]), f(c["rss"], "%.2f"), f(l["rss"], "%.2f")))
     try:
