@@ -97,6 +97,13 @@ int capmoe_cli_fail_rank(capmoe_comm *c, const char *cmd, const capmoe_error *er
  * st->layers there (capmoe_layer_stats_merge_ranks). No-op without MPI. */
 int capmoe_cli_gather_stats(capmoe_comm *c, capmoe_forward_stats *st, capmoe_error *err);
 
+/* The float32 products of one expert at m rows (gate and up: m x H times
+ * 2 IW x H; down: m x IW times H x IW), best of 3 after a warm-up, in GFLOP/s,
+ * two ways: *blas through OpenBLAS's own threads (threads of them), *engine
+ * through capmoe_gemm_nt over a pool of threads. 0, or -1 (out of memory or
+ * bad sizes; both set to -1). server/cli/cli_matmul.c. */
+int capmoe_cli_sgemm_experts(int m, int H, int IW, int threads, double *blas, double *engine);
+
 /* Subcommands implemented in server/cli/cli_bench.c, cli_perplexity.c, cli_synth.c. */
 int capmoe_cmd_bench(int argc, char **argv);
 int capmoe_cmd_bench_ep(int argc, char **argv); /* bench --ep mpi (cli_bench_ep.c) */

@@ -141,12 +141,18 @@ int capmoe_cli_parse_ids(const char *s, int32_t **ids, int *n, capmoe_error *err
     return 0;
 }
 
+/* The value of --NAME, else of the environment variable env (NULL when
+ * neither is set); where names the source for error messages. */
+static const char *flag_or_env(capmoe_cli_args *a, const char *name, const char *env, char *where,
+                               size_t n) {
+    const char *v = capmoe_cli_get(a, name);
+    snprintf(where, n, v ? "--%s" : "%s", v ? name : env);
+    return v ? v : getenv(env);
+}
+
 int capmoe_cli_weights(capmoe_cli_args *a, capmoe_weights *w, capmoe_error *err) {
-    const char *v = capmoe_cli_get(a, "weights"), *what = "--weights";
-    if (!v) {
-        v = getenv("CAPMOE_WEIGHTS");
-        what = "CAPMOE_WEIGHTS";
-    }
+    char what[32];
+    const char *v = flag_or_env(a, "weights", "CAPMOE_WEIGHTS", what, sizeof what);
     *w = CAPMOE_WEIGHTS_STORED;
     if (v && capmoe_weights_parse(v, w) != 0)
         return capmoe_set_error(err, "%s: '%s' is not one of bf16, q8, q4", what, v);
@@ -155,11 +161,8 @@ int capmoe_cli_weights(capmoe_cli_args *a, capmoe_weights *w, capmoe_error *err)
 
 static int cli_quantize(capmoe_cli_args *a, capmoe_weights w, capmoe_quant_scope *q,
                         capmoe_error *err) {
-    const char *v = capmoe_cli_get(a, "quantize"), *what = "--quantize";
-    if (!v) {
-        v = getenv("CAPMOE_QUANTIZE");
-        what = "CAPMOE_QUANTIZE";
-    }
+    char what[32];
+    const char *v = flag_or_env(a, "quantize", "CAPMOE_QUANTIZE", what, sizeof what);
     *q = CAPMOE_QUANTIZE_EXPERTS;
     if (v && capmoe_quant_scope_parse(v, q) != 0)
         return capmoe_set_error(err, "%s: '%s' is neither experts nor all", what, v);

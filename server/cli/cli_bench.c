@@ -15,7 +15,9 @@
  *    square N x N float32 matrices, best of 5, 2 N^3 flops; memory bandwidth = bytes read + bytes written per second of
  *    a memcpy of --copy-mib MiB (best of 3), with 1 thread and with one thread
  *    per core. Both are measured before and after the runs (the machine may be
- *    shared) and the largest value is the ceiling.
+ *    shared) and the largest value is the ceiling. And the float32 product at
+ *    the experts' own shapes (cli_matmul.c; the mean rows per expert of the
+ *    largest prefill), the best of OpenBLAS's threads and the engine's path.
  *  - Prefill T: the T tokens are split into max(R, ceil(T / seq_len)) sequences
  *    (at most T; sequence i lives on rank i mod R), token ids uniform random
  *    (seeded) or taken in order from --text through the model's tokenizer. Each
@@ -1055,6 +1057,26 @@ int capmoe_cmd_bench(int argc, char **argv) {
         ADD_PEAK("peak_amx_bf16_gflops", pkamx);
         ADD_PEAK("triad_gbs", triad);
 #undef ADD_PEAK
+        /* the float32 product at the experts' own shapes (mean rows per
+         * expert of the largest prefill), a ceiling they can reach */
+        const capmoe_hfconfig *mc = capmoe_model_config(b.m);
+        double sgx = -1.0, sgx_blas = -1.0, sgx_eng = -1.0;
+        int sgx_rows = 0;
+        if (n_pre > 0 && mc->n_experts > 0 && mc->moe_intermediate_size > 0) {
+            sgx_rows = (int)((double)pre_T * mc->top_k / mc->n_experts + 0.5);
+            if (sgx_rows < 1) sgx_rows = 1;
+            if (capmoe_cli_sgemm_experts(sgx_rows, mc->hidden_size, mc->moe_intermediate_size,
+                                         threads, &sgx_blas, &sgx_eng) == 0)
+                sgx = fmax(sgx_blas, sgx_eng);
+        }
+        if (sgx > 0) {
+            cJSON_AddNumberToObject(ma, "sgemm_experts_rows", sgx_rows);
+            cJSON_AddNumberToObject(ma, "sgemm_experts_gflops", sgx);
+            cJSON_AddNumberToObject(ma, "sgemm_experts_blas_gflops", sgx_blas);
+            cJSON_AddNumberToObject(ma, "sgemm_experts_engine_gflops", sgx_eng);
+        } else {
+            cJSON_AddNullToObject(ma, "sgemm_experts_gflops");
+        }
         cJSON *sr = cJSON_AddArrayToObject(ma, "sgemm_gflops_start_end");
         cJSON_AddItemToArray(sr, cJSON_CreateNumber(c0.sgemm));
         cJSON_AddItemToArray(sr, cJSON_CreateNumber(c1.sgemm));
@@ -1071,6 +1093,10 @@ int capmoe_cmd_bench(int argc, char **argv) {
             cJSON_AddNumberToObject(ra, "prefill_tokens", pre_T);
             cJSON_AddNumberToObject(ra, "prefill_gflops", pre_gflops);
             cJSON_AddNumberToObject(ra, "prefill_fraction_of_sgemm", pre_gflops / sg);
+            if (sgx > 0)
+                cJSON_AddNumberToObject(ra, "prefill_fraction_of_sgemm_experts", pre_gflops / sgx);
+            else
+                cJSON_AddNullToObject(ra, "prefill_fraction_of_sgemm_experts");
             cJSON_AddBoolToObject(ra, "prefill_target_met", pre_gflops / sg >= 0.5);
             if (pk32 > 0) cJSON_AddNumberToObject(ra, "prefill_fraction_of_fp32_peak", pre_gflops / pk32);
             else cJSON_AddNullToObject(ra, "prefill_fraction_of_fp32_peak");
@@ -1103,6 +1129,14 @@ int capmoe_cmd_bench(int argc, char **argv) {
                          "running single-threaded OpenBLAS cblas_sgemm on its columns) on N x N "
                          "float32, 2 N^3 flops, best of 5; measured before and after the runs, "
                          "the larger counts");
+        cJSON_AddStringToObject(
+            df, "sgemm_experts",
+            "float32 products of one expert at sgemm_experts_rows rows (the largest prefill's "
+            "tokens x top_k / experts): gate and up (rows x H times 2I x H) then down (rows x I "
+            "times H x I), best of 3 after a warm-up, through OpenBLAS's own threads "
+            "(sgemm_experts_blas_gflops) and through the engine's GEMM "
+            "(sgemm_experts_engine_gflops); sgemm_experts_gflops is the larger: the f32 rate "
+            "the experts' shapes allow");
         cJSON_AddStringToObject(
             df, "peaks",
             "hand-written loops on every engine thread, best of 3: peak_fp32_gflops = 12 "

@@ -65,8 +65,10 @@ def main():
         pbf = ma.get("peak_amx_bf16_gflops") or ma.get("peak_bf16_dot_gflops")
         f_gf = pf["gflops"] if pf else None
         b_gf = pb["gflops"] if pb else None
-        share = "%s (%s of sgemm, %s of FP32 peak)" % (
+        sgx = ma.get("sgemm_experts_gflops")
+        share = "%s (%s of sgemm, %s of sgemm at the experts' shapes, %s of FP32 peak)" % (
             fmt(f_gf), "%.0f%%" % (100 * f_gf / sg) if f_gf and sg else "–",
+            "%.0f%%" % (100 * f_gf / sgx) if f_gf and sgx else "–",
             "%.0f%%" % (100 * f_gf / p32) if f_gf and p32 else "–")
         bshare = "%s (%s of the BF16 peak)" % (fmt(b_gf), "%.0f%%" % (100 * b_gf / pbf) if b_gf and pbf else "–")
         attn = "–"
@@ -89,8 +91,9 @@ def main():
                 " | ".join("%.1f (%.0f%%)" % (1e3 * v, 100 * v / tt) for v in (ap, ac, ao, ro, ex, rest))))
         if ma:
             sysj = ma.get("system", {})
-            ceil.append("| %s | %d | %s | %s | %s | %s | %s | %s |" % (
-                NAMES.get(model, model), t, sysj.get("blas_core", "?"), fmt(sg), fmt(p32),
+            ceil.append("| %s | %d | %s | %s | %s | %s | %s | %s | %s |" % (
+                NAMES.get(model, model), t, sysj.get("blas_core", "?"), fmt(sg),
+                "%s (%s rows)" % (fmt(sgx), ma.get("sgemm_experts_rows", "?")) if sgx else "–", fmt(p32),
                 fmt(ma.get("peak_bf16_dot_gflops")), fmt(ma.get("peak_amx_bf16_gflops")), fmt(ma.get("triad_gbs"), "%.1f")))
     print("| model | threads | prefill 512 tokens, tokens/s: capmoe f32 / capmoe bf16 / llama.cpp | "
           "capmoe / llama.cpp: f32 / bf16 | capmoe f32 prefill GFLOP/s | capmoe bf16 prefill GFLOP/s | "
@@ -101,8 +104,9 @@ def main():
     print()
     print("Ceilings measured in the same runs (GFLOP/s; triad GB/s):")
     print()
-    print("| model | threads | OpenBLAS core | sgemm | FP32 FMA loop | BF16 dot loop | AMX-BF16 tile loop | triad |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    print("| model | threads | OpenBLAS core | sgemm | sgemm at the experts' shapes | FP32 FMA loop | BF16 dot loop | "
+          "AMX-BF16 tile loop | triad |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in ceil:
         print(r)
     if parts:
