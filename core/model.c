@@ -497,10 +497,11 @@ static void add_mla_jobs(const capmoe_hfconfig *c, struct capmoe_layer *L, struc
 }
 
 /* --quantize all: jobs [first, n) become Q8/Q4 (dtype t), each checked for
- * inputs in whole quantization blocks; -1 with err naming the matrix. */
+ * inputs in whole quantization blocks; -1 with err naming the matrix. t
+ * CAPMOE_DTYPE_OTHER (not --quantize all) leaves them as they are. */
 static int quantize_jobs(struct pack_job *jobs, int first, int n, capmoe_dtype t, int layer,
                          const char *what, capmoe_error *err) {
-    for (int i = first; i < n; i++) {
+    for (int i = first; i < n && t != CAPMOE_DTYPE_OTHER; i++) {
         if (jobs[i].K % CAPMOE_QBLOCK) {
             char where[32] = "";
             if (layer >= 0) snprintf(where, sizeof where, "layer %d's ", layer);
@@ -540,10 +541,8 @@ static int pack_weights(struct capmoe_model *m, capmoe_error *err) {
     struct pack_job *jobs = calloc(cap, sizeof *jobs);
     if (!jobs) return capmoe_set_error(err, "out of memory");
     int n = 0, rc = 0;
-    /* --quantize all: the jobs of the other matrices from `first` on */
+    /* --quantize all: the other matrices' jobs too (quantize_jobs) */
     capmoe_dtype qa = m->quantize == CAPMOE_QUANTIZE_ALL ? qt : CAPMOE_DTYPE_OTHER;
-#define QUANTIZE_REST(first, layer, what)                                                  \
-    if (rc == 0 && qa != CAPMOE_DTYPE_OTHER) rc = quantize_jobs(jobs, first, n, qa, layer, what, err)
     for (int l = 0; l < c->n_layers && rc == 0; l++) {
         struct capmoe_layer *L = &m->layers[l];
         if (c->kv_lora_rank > 0) {
@@ -554,7 +553,7 @@ static int pack_weights(struct capmoe_model *m, capmoe_error *err) {
             int first = n;
             add_job(jobs, &n, &L->wqkv, 3, qkv, qkv_rows, H, c->fp8_block_n, c->fp8_block_k);
             add_one(jobs, &n, &L->wo, H, qd);
-            QUANTIZE_REST(first, l, "attention projection");
+            rc = quantize_jobs(jobs, first, n, qa, l, "attention projection", err);
         }
         if (L->is_moe) {
             for (int e = m->e0; e < m->e1; e++) {
@@ -569,21 +568,20 @@ static int pack_weights(struct capmoe_model *m, capmoe_error *err) {
             add_one(jobs, &n, &L->sh_gate, Is, H);
             add_one(jobs, &n, &L->sh_up, Is, H);
             add_one(jobs, &n, &L->sh_down, H, Is);
-            QUANTIZE_REST(first, l, "shared expert projection");
+            if (rc == 0) rc = quantize_jobs(jobs, first, n, qa, l, "shared expert projection", err);
         } else {
             int first = n;
             add_one(jobs, &n, &L->d_gate, Id, H);
             add_one(jobs, &n, &L->d_up, Id, H);
             add_one(jobs, &n, &L->d_down, H, Id);
-            QUANTIZE_REST(first, l, "dense MLP projection");
+            if (rc == 0) rc = quantize_jobs(jobs, first, n, qa, l, "dense MLP projection", err);
         }
     }
     if (rc == 0) {
         int first = n;
         add_one(jobs, &n, &m->lm_head, c->vocab_size, H);
-        QUANTIZE_REST(first, -1, "lm_head");
+        rc = quantize_jobs(jobs, first, n, qa, -1, "lm_head", err);
     }
-#undef QUANTIZE_REST
     if (rc != 0) {
         free(jobs);
         return -1;
@@ -873,13 +871,9 @@ size_t capmoe_model_active_bytes_per_token(const capmoe_model *m) {
         }
         if (c->layer_is_moe[l]) {
             bytes += (size_t)c->n_experts * H * sizeof(float); /* router */
-            capmoe_dtype et = L->w_gate[m->e0].dtype;
-            int I = c->moe_intermediate_size;
-            if (capmoe_dtype_is_q(et)) /* k experts, scales included */
-                bytes += (size_t)c->top_k * (2 * capmoe_panel_matrix_bytes(et, I, (int)H) +
-                                             capmoe_panel_matrix_bytes(et, (int)H, I));
-            else
-                bytes += (size_t)c->top_k * 3 * H * (size_t)I * capmoe_dtype_size(et); /* k experts */
+            size_t I = (size_t)c->moe_intermediate_size; /* k experts, Q8/Q4 scales included */
+            bytes += (size_t)c->top_k * (2 * mat_bytes(L->w_gate[m->e0], I, H) +
+                                         mat_bytes(L->w_down[m->e0], H, I));
             if (c->shared_expert_intermediate_size > 0)
                 bytes += 2 * mat_bytes(L->sh_gate, c->shared_expert_intermediate_size, H) +
                          mat_bytes(L->sh_down, H, c->shared_expert_intermediate_size);
